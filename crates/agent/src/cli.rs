@@ -1,0 +1,94 @@
+//! The command line (SPEC §8), as data. Parsing only; `main.rs` runs the commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// twinguard - a security agent for Linux IoT devices, configured through a module twin.
+#[derive(Debug, Parser)]
+#[command(name = "twinguard", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a twin document; prints one line per problem.
+    ///
+    /// Accepts a full module twin, {"desired": ...}, the desired section, or the bare
+    /// configuration object. Exit 0 valid (warnings allowed), 1 invalid, 2 unreadable or usage.
+    Validate {
+        /// The document (`-` reads standard input).
+        file: PathBuf,
+    },
+    /// Show the configuration or its JSON Schema.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run snapshot collector(s) once and print each message as one compact line.
+    Collect(CollectArgs),
+    /// Run the agent (local mode unless --mqtt or --iothub).
+    Run(Box<RunArgs>),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (all defaults without --twin), pretty JSON.
+    Show {
+        /// A twin document whose configuration to show (`-` reads standard input).
+        #[arg(long, value_name = "FILE")]
+        twin: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of the configuration object.
+    Schema,
+}
+
+/// `collect` arguments.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// The event to collect (e.g. SystemInformation).
+    #[arg(value_name = "EVENT", required_unless_present = "all", conflicts_with = "all")]
+    pub event: Option<String>,
+    /// Run the six Security snapshot collectors.
+    #[arg(long)]
+    pub all: bool,
+    /// Indent a single message.
+    #[arg(long)]
+    pub pretty: bool,
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The twin document (local mode): watched; each change replaces the desired document.
+    #[arg(long, value_name = "FILE")]
+    pub twin: Option<PathBuf>,
+    /// Where messages go in local mode: one compact JSON message per line.
+    #[arg(long, value_name = "FILE")]
+    pub outbox: Option<PathBuf>,
+    /// Where the reported section is written (atomically) in local mode.
+    #[arg(long, value_name = "FILE")]
+    pub reported: Option<PathBuf>,
+    /// The data directory (cache, agent id, lock). Default /var/lib/twinguard as root, else
+    /// ./twinguard-data.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    /// MQTT broker URL (mqtt://host:port or mqtts://host:port).
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// Device id for MQTT mode.
+    #[arg(long, value_name = "ID")]
+    pub device_id: Option<String>,
+    /// File holding the IoT Hub module connection string.
+    #[arg(long, value_name = "FILE")]
+    pub iothub: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the IoT Hub endpoint.
+    #[arg(long, value_name = "FILE")]
+    pub iothub_ca: Option<PathBuf>,
+}

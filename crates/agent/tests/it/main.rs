@@ -1,0 +1,9 @@
+//! The single integration-test binary: the real `twinguard` binary and the public library API,
+//! against real files (and, where the machine has them, real kernel interfaces).
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+mod config_cases;
+mod conformance;
+mod fuzz_corpus;
+mod support;
