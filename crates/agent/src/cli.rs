@@ -85,10 +85,48 @@ pub struct RunArgs {
     /// Device id for MQTT mode.
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
-    /// File holding the IoT Hub module connection string.
+    /// Topic prefix in MQTT mode (default twinguard/{device-id}).
+    #[arg(long, value_name = "PREFIX")]
+    pub mqtt_prefix: Option<String>,
+    /// CA certificate (PEM) to trust for the broker, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for the broker.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate; must not be readable by group or others.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_client_key: Option<PathBuf>,
+    /// User name for the broker.
+    #[arg(long, value_name = "NAME")]
+    pub mqtt_username: Option<String>,
+    /// File holding the broker password; must not be readable by group or others.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// File holding the IoT Hub module connection string; must not be readable by group or
+    /// others.
     #[arg(long, value_name = "FILE")]
     pub iothub: Option<PathBuf>,
-    /// CA certificate (PEM) to trust for the IoT Hub endpoint.
+    /// CA certificate (PEM) to trust for the IoT Hub endpoint, besides the system's.
     #[arg(long, value_name = "FILE")]
     pub iothub_ca: Option<PathBuf>,
+    /// Tests and local hubs: connect to HOST:PORT instead of the connection string's
+    /// HostName on 8883.
+    #[arg(long, hide = true, value_name = "HOST:PORT")]
+    pub iothub_endpoint: Option<String>,
+    /// Tests: SAS token lifetime in seconds (renewed by reconnecting at five sixths of it).
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub iothub_token_secs: Option<u64>,
+    /// Size in bytes at which the outbox is rotated (a few old files are kept).
+    #[arg(long, value_name = "BYTES")]
+    pub outbox_rotate_bytes: Option<u64>,
+    /// Test and benchmark source: synthetic ProcessCreate events per second.
+    #[arg(long, hide = true, value_name = "N")]
+    pub synthetic_rate: Option<u64>,
+    /// Stop the synthetic source after N events.
+    #[arg(long, hide = true, value_name = "N")]
+    pub synthetic_limit: Option<u64>,
+    /// Append the id of every synthetic event the cache acknowledged to FILE.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub synthetic_ack_log: Option<PathBuf>,
 }

@@ -11,7 +11,13 @@ use clap::Parser;
 use twinguard::config::{json_schema, validate_document, Config, Severity, Validation};
 use twinguard::input::{display_name, read_twin};
 
-use cli::{Cli, Command, ConfigCommand};
+use cli::{Cli, CollectArgs, Command, ConfigCommand, RunArgs};
+use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
+use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
+use twinguard::transport::remote::{run_iothub, run_mqtt};
+use twinguard::transport::settings::{ConnectionSettings, Mode};
+use twinguard::collect::snapshot_collector;
+use twinguard::event::{Event, EventName, MessageFrame};
 
 /// Exit code for a usage error or an unreadable document.
 const EXIT_USAGE: u8 = 2;
@@ -25,14 +31,132 @@ fn main() -> ExitCode {
             print_json_pretty(&json_schema());
             ExitCode::SUCCESS
         }
-        Command::Collect(_) => not_built("collect", "snapshot collectors"),
-        Command::Run(_) => not_built("run", "the agent's run loop"),
+        Command::Collect(args) => collect(&args),
+        Command::Run(args) => run(*args),
     }
 }
 
-fn not_built(command: &str, what: &str) -> ExitCode {
-    eprintln!("twinguard {command}: {what} is not built yet in this version");
-    ExitCode::FAILURE
+/// Logs go to stderr; the level comes from TWINGUARD_LOG (error, warn, info, debug, trace).
+fn init_logging() {
+    let level = match std::env::var("TWINGUARD_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let flags = ConnectionSettings {
+        mqtt: args.mqtt.clone(),
+        device_id: args.device_id.clone(),
+        mqtt_prefix: args.mqtt_prefix.clone(),
+        mqtt_ca: args.mqtt_ca.clone(),
+        mqtt_client_cert: args.mqtt_client_cert.clone(),
+        mqtt_client_key: args.mqtt_client_key.clone(),
+        mqtt_username: args.mqtt_username.clone(),
+        mqtt_password_file: args.mqtt_password_file.clone(),
+        iothub: args.iothub.clone(),
+        iothub_ca: args.iothub_ca.clone(),
+    };
+    match flags.resolve(args.settings.as_deref()).and_then(|s| s.mode()) {
+        Ok(Mode::Local) => {}
+        Ok(mode) => return run_remote(args, mode),
+        Err(e) => {
+            eprintln!("twinguard run: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    init_logging();
+    let data_dir = args.data_dir.clone().unwrap_or_else(twinguard::app::default_data_dir);
+    let opts = LocalOptions {
+        twin: args.twin.clone(),
+        outbox: args.outbox.clone().unwrap_or_else(|| data_dir.join("outbox.jsonl")),
+        reported: args.reported.clone().unwrap_or_else(|| data_dir.join("reported.json")),
+        data_dir,
+        outbox_rotate_bytes: args.outbox_rotate_bytes.unwrap_or(DEFAULT_OUTBOX_ROTATE_BYTES),
+        synthetic: args.synthetic_rate.map(|rate| Synthetic {
+            rate,
+            limit: args.synthetic_limit,
+            ack_log: args.synthetic_ack_log.clone(),
+        }),
+    };
+    match run_local(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Config(lines)) => {
+            for line in lines {
+                eprintln!("{line}");
+            }
+            eprintln!("twinguard run: the configuration is not valid; nothing was started (fix the twin and start again)");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(RunError::Other(e)) => {
+            eprintln!("twinguard run: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `run` in MQTT or IoT Hub mode.
+fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
+    let local_only = [
+        ("--twin", args.twin.is_some()),
+        ("--outbox", args.outbox.is_some()),
+        ("--reported", args.reported.is_some()),
+        ("--outbox-rotate-bytes", args.outbox_rotate_bytes.is_some()),
+    ];
+    if let Some((flag, _)) = local_only.iter().find(|(_, set)| *set) {
+        eprintln!("twinguard run: error: {flag} is a local-mode flag; with --mqtt or --iothub the twin and the messages go through the broker");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    init_logging();
+    let data_dir = args.data_dir.clone().unwrap_or_else(twinguard::app::default_data_dir);
+    let synthetic = args.synthetic_rate.map(|rate| Synthetic {
+        rate,
+        limit: args.synthetic_limit,
+        ack_log: args.synthetic_ack_log.clone(),
+    });
+    let result = match mode {
+        Mode::Mqtt(options) => run_mqtt(&options, &data_dir, synthetic),
+        Mode::IotHub(mut options) => {
+            if let Some(endpoint) = &args.iothub_endpoint {
+                let parsed = endpoint
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host.trim_matches(['[', ']']).to_owned(), port.parse::<u16>().ok()?)));
+                match parsed {
+                    Some(hp) => options.endpoint = Some(hp),
+                    None => {
+                        eprintln!("twinguard run: error: --iothub-endpoint {endpoint:?}: expected HOST:PORT");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
+            }
+            if let Some(secs) = args.iothub_token_secs {
+                options.token_ttl = std::time::Duration::from_secs(secs.max(6));
+            }
+            run_iothub(&options, &data_dir, synthetic)
+        }
+        Mode::Local => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Config(lines)) => {
+            for line in lines {
+                eprintln!("{line}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(RunError::Other(e)) => {
+            eprintln!("twinguard run: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Reads and validates a twin document, printing every problem. `Err` carries the exit code
@@ -104,5 +228,72 @@ fn print_json_pretty(value: &serde_json::Value) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("twinguard: error: cannot serialize: {e}"),
+    }
+}
+
+fn collect(args: &CollectArgs) -> ExitCode {
+    let names: Vec<EventName> = if args.all {
+        EventName::SECURITY_SNAPSHOTS.to_vec()
+    } else {
+        let wanted = args.event.as_deref().unwrap_or_default();
+        match EventName::parse(wanted).filter(|n| snapshot_collector(*n).is_some()) {
+            Some(n) => vec![n],
+            None => {
+                let known: Vec<&str> = EventName::ALL
+                    .into_iter()
+                    .filter(|n| snapshot_collector(*n).is_some())
+                    .map(EventName::as_str)
+                    .collect();
+                eprintln!(
+                    "twinguard collect: error: no snapshot collector named {wanted:?}; known: {}",
+                    known.join(", ")
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    };
+    let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), twinguard::app::agent_id_for_display());
+    let max_event = frame.max_event_bytes(Config::default().max_message_size_in_bytes as usize);
+    let mut failed = false;
+    for name in names {
+        let Some(mut collector) = snapshot_collector(name) else {
+            continue;
+        };
+        let items = match collector.collect() {
+            Ok(items) => items,
+            Err(e) => {
+                eprintln!("twinguard collect: {name}: error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let event = match Event::new(name, items, std::time::SystemTime::now()) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("twinguard collect: {name}: error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let split = event.split_to_fit(max_event);
+        for item in &split.too_large {
+            eprintln!("twinguard collect: {name}: warning: one payload item is larger than a message and was dropped ({} bytes)", serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0));
+        }
+        for part in split.events {
+            let body = frame.assemble(&[part.to_json()]);
+            if args.pretty {
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(v) => print_json_pretty(&v),
+                    Err(_) => println!("{}", String::from_utf8_lossy(&body)),
+                }
+            } else {
+                println!("{}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

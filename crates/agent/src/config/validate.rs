@@ -263,7 +263,7 @@ impl Validator {
                 self.warning(ProblemKind::Conflict, &at(p), &p.name(), text.clone());
             }
         }
-        if c.max_message_size_in_bytes % 4096 != 0 {
+        if !c.max_message_size_in_bytes.is_multiple_of(4096) {
             self.warning(
                 ProblemKind::NotOptimal,
                 &at(message),

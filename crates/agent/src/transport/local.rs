@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Transport, TransportError};
+use super::{DesiredUpdate, Transport, TransportError};
 use crate::datadir::write_atomically;
 
 /// Size at which the outbox is rotated by default.
@@ -26,6 +26,7 @@ pub struct LocalTransport {
     rotate_bytes: u64,
     keep: usize,
     reported_path: PathBuf,
+    twin: Option<TwinFile>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportError {
@@ -41,6 +42,7 @@ impl LocalTransport {
         reported_path: &Path,
         rotate_bytes: u64,
         keep: usize,
+        twin: Option<TwinFile>,
     ) -> Result<LocalTransport, TransportError> {
         let what = format!("outbox {}", outbox_path.display());
         let outbox = open_outbox(outbox_path).map_err(io(what.clone()))?;
@@ -52,6 +54,7 @@ impl LocalTransport {
             rotate_bytes: rotate_bytes.max(1),
             keep,
             reported_path: reported_path.to_owned(),
+            twin,
         })
     }
 
@@ -140,6 +143,19 @@ impl Transport for LocalTransport {
         text.push(b'\n');
         write_atomically(&self.reported_path, &text)
             .map_err(io(format!("reported {}", self.reported_path.display())))
+    }
+
+    fn poll_desired(&mut self, now_ms: u64) -> Option<DesiredUpdate> {
+        let twin = self.twin.as_mut()?;
+        let name = twin.path().display().to_string();
+        Some(match twin.poll(now_ms)? {
+            TwinChange::Deleted => DesiredUpdate::Cleared,
+            TwinChange::Content(Err(e)) => DesiredUpdate::Unreadable(format!("cannot read {name}: {e}")),
+            TwinChange::Content(Ok(bytes)) => match crate::config::read_document(&bytes) {
+                Ok(doc) => DesiredUpdate::Document { doc, version: None },
+                Err(e) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
+            },
+        })
     }
 
     fn describe(&self) -> String {
@@ -260,7 +276,7 @@ mod tests {
         let dir = temp("outbox");
         let outbox = dir.join("outbox.jsonl");
         fs::write(&outbox, b"{\"a\":1}\n{\"b\":").unwrap();
-        let mut t = LocalTransport::open(&outbox, &dir.join("reported.json"), 40, 2).unwrap();
+        let mut t = LocalTransport::open(&outbox, &dir.join("reported.json"), 40, 2, None).unwrap();
         assert_eq!(fs::read(&outbox).unwrap(), b"{\"a\":1}\n");
         t.deliver(b"{\"c\":2}").unwrap();
         assert_eq!(fs::read(&outbox).unwrap(), b"{\"a\":1}\n{\"c\":2}\n");

@@ -1,7 +1,14 @@
 //! Transports (SPEC §6): deliver a message and confirm it; publish reported properties; bring
 //! desired configuration documents. Only this layer knows files, topics or brokers.
 
+pub mod iothub;
 pub mod local;
+pub mod mqtt;
+pub mod mqtt_client;
+pub mod net;
+pub mod remote;
+pub mod settings;
+pub mod tls;
 
 use serde_json::Value;
 
@@ -28,6 +35,28 @@ pub trait Transport {
     /// Publishes the reported section (configuration object and `twinguard`).
     fn report(&mut self, section: &Value) -> Result<(), TransportError>;
 
+    /// A new desired document, if one arrived since the last call (`now_ms`: monotonic time,
+    /// for debouncing). The transport hands over whole documents: IoT Hub patches are merged
+    /// into the last received document before they get here.
+    fn poll_desired(&mut self, now_ms: u64) -> Option<DesiredUpdate>;
+
     /// A short name for logs (`outbox /path`, `mqtt host:port`).
     fn describe(&self) -> String;
+}
+
+/// A desired document brought by a transport.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DesiredUpdate {
+    /// A whole desired document (any accepted shape), with its `$version` when the transport
+    /// has versions.
+    Document {
+        /// The document.
+        doc: Value,
+        /// Its `$version`.
+        version: Option<i64>,
+    },
+    /// The document is gone or empty: all defaults.
+    Cleared,
+    /// Something arrived that is not a JSON document (why, for the ConfigurationError).
+    Unreadable(String),
 }

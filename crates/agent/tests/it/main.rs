@@ -3,7 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
+mod collectors;
 mod config_cases;
 mod conformance;
+mod events;
 mod fuzz_corpus;
+mod pipeline;
+mod run;
 mod support;

@@ -1,0 +1,586 @@
+//! `twinguard run` in local mode: the run loop that wires collectors -> pipeline -> transport,
+//! applies twin changes, runs the snapshot schedule, and stops cleanly on SIGINT/SIGTERM.
+//!
+//! One thread owns the pipeline and the transport; collectors, the snapshot worker and the
+//! signal thread talk to it through one bounded channel ([`INPUT_CAPACITY`]).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::signals::{block_termination_signals, spawn_signal_thread};
+use super::snapshots::SnapshotWorker;
+use super::streams::Streams;
+use crate::collect::{snapshot_collector, stream_collectors, CollectError};
+use crate::config::{
+    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus, Problem,
+    ProblemKind, Property, Severity, TwinguardStatus, Validation,
+};
+use crate::datadir::DataDir;
+use crate::event::{
+    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame, PayloadItem,
+    Priority, ProcessCreate,
+};
+use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
+use crate::pipeline::cache::Cache;
+use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
+use crate::transport::{DesiredUpdate, Transport};
+
+/// Exit code for an invalid or unreadable configuration at start (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+/// Capacity of the input channel. When it is full, stream collectors count a loss (they never
+/// block the kernel side); the snapshot worker and the signal thread wait for room.
+pub const INPUT_CAPACITY: usize = 4096;
+/// Longest time between two fdatasyncs of the cache: what a power loss may lose at most.
+pub const SYNC_INTERVAL_MS: u64 = 2000;
+/// How often the twin file's metadata is checked.
+const TWIN_POLL_MS: u64 = 100;
+/// A twin file must be stable this long before it is read (editors write in several steps).
+const TWIN_DEBOUNCE_MS: u64 = 200;
+
+/// Everything `twinguard run` needs in local mode.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// The twin file; `None` = defaults, nothing watched.
+    pub twin: Option<PathBuf>,
+    /// The outbox file.
+    pub outbox: PathBuf,
+    /// The reported file.
+    pub reported: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Size at which the outbox rotates.
+    pub outbox_rotate_bytes: u64,
+    /// A synthetic event source, for tests and benchmarks.
+    pub synthetic: Option<Synthetic>,
+}
+
+/// A synthetic event source: ProcessCreate events with a sequence number, at a fixed rate.
+#[derive(Clone, Debug)]
+pub struct Synthetic {
+    /// Events per second.
+    pub rate: u64,
+    /// Stop after this many events (none: run until stopped).
+    pub limit: Option<u64>,
+    /// Where the id of every event acknowledged by the cache is appended, one per line, as
+    /// soon as the cache has it (independently of the cache, for crash tests).
+    pub ack_log: Option<PathBuf>,
+}
+
+/// Why `run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration at start is invalid or unreadable: one line per problem.
+    #[error("invalid configuration")]
+    Config(Vec<String>),
+    /// Anything else (data directory, cache, outbox).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What reaches the run loop.
+#[derive(Debug)]
+pub enum Input {
+    /// An event from a stream collector.
+    Event(Event),
+    /// A synthetic event, whose id is logged once the cache has it.
+    Synthetic(Event),
+    /// A snapshot collector's result.
+    Snapshot {
+        /// The collector.
+        name: EventName,
+        /// Its items, or why it failed.
+        result: Result<Vec<PayloadItem>, CollectError>,
+        /// What it uses.
+        status: CollectorStatus,
+        /// When it ran.
+        wall: SystemTime,
+    },
+    /// A stream collector's status changed.
+    Status(EventName, CollectorStatus),
+    /// Stop (the signal's name).
+    Shutdown(&'static str),
+}
+
+/// The run loop's state.
+struct Agent {
+    pipeline: Pipeline,
+    transport: Box<dyn Transport>,
+    /// False until a valid configuration is in force (remote modes may start without one):
+    /// then nothing is collected.
+    started: bool,
+    status: TwinguardStatus,
+    collectors: BTreeMap<String, CollectorStatus>,
+    start: Instant,
+    last_snapshot_ms: Option<u64>,
+    snapshots: SnapshotWorker,
+    available_snapshots: Vec<EventName>,
+    ack_log: Option<std::fs::File>,
+    last_sync_ms: u64,
+    streams: Streams,
+}
+
+/// Reads and validates the twin at start. `Err` holds the lines to print.
+fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>), Vec<String>> {
+    let Some(twin) = twin else {
+        return Ok((Config::default(), Vec::new()));
+    };
+    let name = twin.path().display().to_string();
+    match twin.read_now() {
+        TwinChange::Deleted => {
+            info!(twin = %name, "the twin file does not exist yet: running with the defaults; create it to configure the agent");
+            Ok((Config::default(), Vec::new()))
+        }
+        TwinChange::Content(Err(e)) => Err(vec![format!("{name}: error: cannot read: {e}")]),
+        TwinChange::Content(Ok(bytes)) => {
+            let doc = read_document(&bytes).map_err(|e| vec![format!("{name}: error: {e}")])?;
+            let v = validate_document(&doc);
+            match v.config {
+                Some(c) => Ok((c, v.problems)),
+                None => Err(v
+                    .problems
+                    .iter()
+                    .map(|p| format!("{name}: {}: {p}", p.severity.as_str()))
+                    .collect()),
+            }
+        }
+    }
+}
+
+/// Runs the agent in local mode until SIGINT/SIGTERM.
+pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
+    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let mut twin = opts.twin.as_deref().map(|p| TwinFile::new(p, TWIN_DEBOUNCE_MS));
+    let (config, problems) = initial_config(twin.as_mut()).map_err(RunError::Config)?;
+    let transport = LocalTransport::open(
+        &opts.outbox,
+        &opts.reported,
+        opts.outbox_rotate_bytes,
+        DEFAULT_OUTBOX_KEEP,
+        twin,
+    )
+    .map_err(|e| RunError::Other(e.to_string()))?;
+    info!(
+        outbox = %opts.outbox.display(),
+        reported = %opts.reported.display(),
+        data_dir = %opts.data_dir.display(),
+        twin = %opts.twin.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none: defaults)".into()),
+        "twinguard starting in local mode"
+    );
+    run_agent(
+        signals,
+        Box::new(transport),
+        &opts.data_dir,
+        Some((config, problems)),
+        opts.synthetic,
+    )
+}
+
+/// Runs the agent over any transport until SIGINT/SIGTERM. `initial` is the configuration in
+/// force at start; `None` (remote modes whose desired document is not valid or not there yet)
+/// means: stay connected, collect nothing, start when a valid document arrives.
+/// `signals` comes from [`block_termination_signals`], called before any thread was spawned.
+pub fn run_agent(
+    signals: libc::sigset_t,
+    transport: Box<dyn Transport>,
+    data_dir: &std::path::Path,
+    initial: Option<(Config, Vec<Problem>)>,
+    synthetic: Option<Synthetic>,
+) -> Result<(), RunError> {
+    let started = initial.is_some();
+    let (config, problems) = initial.unwrap_or_else(|| (Config::default(), Vec::new()));
+    let data_dir = DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))?;
+    let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
+    let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
+    let (cache, recovery) = Cache::open(&data_dir.path().join("cache"), config.max_local_cache_size_in_bytes)
+        .map_err(|e| RunError::Other(format!("cache: {e}")))?;
+    if recovery.entries > 0 || recovery.torn_bytes > 0 {
+        info!(
+            events = recovery.entries,
+            torn_bytes = recovery.torn_bytes,
+            "cache reopened: events from the previous run are due at once"
+        );
+    }
+    let ack_log = match &synthetic {
+        Some(Synthetic { ack_log: Some(path), .. }) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| RunError::Other(format!("{}: {e}", path.display())))?,
+        ),
+        _ => None,
+    };
+
+    let (tx, rx) = sync_channel(INPUT_CAPACITY);
+    spawn_signal_thread(signals, tx.clone()).map_err(|e| RunError::Other(format!("signal thread: {e}")))?;
+    let snapshots = SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
+    if let Some(s) = synthetic {
+        spawn_synthetic(s, tx.clone()).map_err(|e| RunError::Other(format!("synthetic source: {e}")))?;
+    }
+    let streams = Streams::new(stream_collectors(), tx.clone());
+    drop(tx);
+
+    let available_snapshots = EventName::SECURITY_SNAPSHOTS
+        .into_iter()
+        .filter(|n| snapshot_collector(*n).is_some())
+        .collect();
+    let status = if started {
+        TwinguardStatus::new(ConfigurationStatus::Applied, problem_lines(&problems))
+    } else {
+        TwinguardStatus::new(ConfigurationStatus::Rejected, ["waiting for a valid desired configuration".to_owned()])
+    };
+    let mut agent = Agent {
+        pipeline: Pipeline::new(cache, config.clone(), frame),
+        transport,
+        started,
+        status,
+        collectors: BTreeMap::new(),
+        start: Instant::now(),
+        last_snapshot_ms: None,
+        snapshots,
+        available_snapshots,
+        ack_log,
+        last_sync_ms: 0,
+        streams,
+    };
+    if started {
+        agent.streams.apply(&config);
+    }
+    for p in problems.iter().filter(|p| p.severity == Severity::Warning) {
+        warn!("configuration: {p}");
+    }
+    agent.report();
+    let now = agent.now_ms();
+    agent.emit_configuration_errors(&problems, now);
+    info!(transport = %agent.transport.describe(), "twinguard running");
+    agent.run(&rx);
+    Ok(())
+}
+
+fn problem_lines(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(|p| format!("{}: {p}", p.severity.as_str())).collect()
+}
+
+impl Agent {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    fn run(&mut self, rx: &Receiver<Input>) {
+        loop {
+            let now = self.now_ms();
+            self.poll_desired(now);
+            self.run_snapshots_if_due(now);
+            self.flush_diagnostics();
+            self.send_due(now);
+            self.sync_if_due(now);
+
+            let mut deadline = self.next_snapshot_ms();
+            if let Some(d) = self.pipeline.next_deadline() {
+                deadline = deadline.min(d);
+            }
+            // The transport's desired document is polled (a file's metadata, or what a network
+            // thread received): at most this long a change waits.
+            deadline = deadline.min(now + TWIN_POLL_MS);
+            let wait = Duration::from_millis(deadline.saturating_sub(self.now_ms()).min(1000));
+            let first = match rx.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Input::Shutdown("input closed")),
+            };
+            // Take what is waiting in one go (bounded), so a burst costs one loop turn.
+            let burst = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(INPUT_CAPACITY));
+            let mut stop = None;
+            for input in burst {
+                if let Input::Shutdown(why) = input {
+                    stop = Some(why);
+                } else {
+                    self.handle(input);
+                }
+            }
+            if let Some(why) = stop {
+                info!(signal = why, "stopping: sending what is due");
+                self.streams.stop_all();
+                let now = self.now_ms();
+                self.flush_diagnostics();
+                self.send_due(now);
+                if let Err(e) = self.pipeline.cache_mut().sync() {
+                    warn!("cache sync at exit: {e}");
+                }
+                info!("stopped");
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.now_ms();
+        match input {
+            Input::Event(event) => {
+                self.pipeline.submit(event, now);
+            }
+            Input::Synthetic(event) => {
+                let id = event.id();
+                let submitted = self.pipeline.submit(event, now);
+                if submitted.stored == 1 && submitted.dropped.is_empty() {
+                    if let Some(log) = self.ack_log.as_mut() {
+                        let _ = writeln!(log, "{id}");
+                    }
+                }
+            }
+            Input::Snapshot {
+                name,
+                result,
+                status,
+                wall,
+            } => {
+                let mut status = status;
+                match result {
+                    Ok(items) => match Event::new(name, items, wall) {
+                        Ok(event) => {
+                            self.pipeline.submit(event, now);
+                        }
+                        Err(e) => status.last_error = Some(e.to_string()),
+                    },
+                    Err(e) => {
+                        warn!(collector = %name, "snapshot failed: {e}");
+                        self.pipeline.diagnose(DiagnosticSeverity::Error, format!("{name}: {e}"), now);
+                        status.last_error = Some(e.to_string());
+                    }
+                }
+                if self.collectors.get(name.as_str()) != Some(&status) {
+                    self.collectors.insert(name.as_str().to_owned(), status);
+                    self.report();
+                }
+            }
+            Input::Status(name, status) => {
+                if self.collectors.get(name.as_str()) != Some(&status) {
+                    self.collectors.insert(name.as_str().to_owned(), status);
+                    self.report();
+                }
+            }
+            Input::Shutdown(_) => {}
+        }
+    }
+
+    /// Power-loss bound: cached events are fdatasync'd at least every [`SYNC_INTERVAL_MS`].
+    fn sync_if_due(&mut self, now: u64) {
+        if now.saturating_sub(self.last_sync_ms) >= SYNC_INTERVAL_MS {
+            self.last_sync_ms = now;
+            if let Err(e) = self.pipeline.cache_mut().sync() {
+                warn!("cache: {e}");
+            }
+        }
+    }
+
+    fn next_snapshot_ms(&self) -> u64 {
+        match self.last_snapshot_ms {
+            None => 0,
+            Some(last) => {
+                let freq = u64::try_from(self.pipeline.config().snapshot_frequency.duration().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(MIN_TIMER_MS);
+                last.saturating_add(freq)
+            }
+        }
+    }
+
+    fn run_snapshots_if_due(&mut self, now: u64) {
+        if !self.started || now < self.next_snapshot_ms() {
+            return;
+        }
+        self.last_snapshot_ms = Some(now);
+        let config = self.pipeline.config();
+        let names: Vec<EventName> = self
+            .available_snapshots
+            .iter()
+            .copied()
+            .filter(|n| config.priority(*n) != Priority::Off)
+            .collect();
+        if !names.is_empty() && !self.snapshots.request(names) {
+            warn!("the previous snapshot is still running; this one is skipped");
+        }
+        for event in self.pipeline.statistics_events(SystemTime::now()) {
+            self.pipeline.submit(event, now);
+        }
+    }
+
+    fn flush_diagnostics(&mut self) {
+        if let Some(event) = self.pipeline.take_diagnostics(SystemTime::now()) {
+            let now = self.now_ms();
+            self.pipeline.submit(event, now);
+        }
+    }
+
+    fn send_due(&mut self, now: u64) {
+        while let Some(out) = self.pipeline.poll_message(now) {
+            match self.transport.deliver(&out.body) {
+                Ok(()) => {
+                    if let Err(e) = self.pipeline.confirm(&out) {
+                        warn!("cache: {e}");
+                    }
+                    // Make the acknowledgement durable too, so a power loss resends little.
+                    if let Err(e) = self.pipeline.cache_mut().sync() {
+                        warn!("cache: {e}");
+                    }
+                    let names: Vec<String> = out.names.iter().map(|(n, c)| format!("{n} x{c}")).collect();
+                    info!(
+                        bytes = out.body.len(),
+                        events = out.ids.len(),
+                        "sent a message: {}",
+                        names.join(", ")
+                    );
+                }
+                Err(e) => {
+                    self.pipeline.failed(&out, now);
+                    warn!("delivery failed, will retry: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn poll_desired(&mut self, now: u64) {
+        let Some(update) = self.transport.poll_desired(now) else {
+            return;
+        };
+        let (validation, version) = match update {
+            DesiredUpdate::Cleared => {
+                info!("the desired document is gone: back to the defaults");
+                (crate::config::validate_config_object(None, ""), None)
+            }
+            DesiredUpdate::Unreadable(why) => return self.reject_document(why, now),
+            DesiredUpdate::Document { doc, version } => (validate_document(&doc), version),
+        };
+        self.apply(validation, version, now);
+    }
+
+    fn apply(&mut self, validation: Validation, version: Option<i64>, now: u64) {
+        match validation.config {
+            Some(config) => {
+                info!("configuration applied");
+                for p in &validation.problems {
+                    warn!("configuration: {p}");
+                }
+                self.pipeline.apply_config(config);
+                if !self.started {
+                    info!("a valid configuration is in force: monitoring starts");
+                    self.started = true;
+                    self.last_snapshot_ms = None;
+                }
+                self.streams.apply(self.pipeline.config());
+                self.status = TwinguardStatus::new(ConfigurationStatus::Applied, problem_lines(&validation.problems));
+                self.status.desired_version = version;
+                self.report();
+                self.emit_configuration_errors(&validation.problems, now);
+            }
+            None => {
+                for p in &validation.problems {
+                    warn!("configuration rejected: {p}");
+                }
+                let applied_version = self.status.desired_version;
+                self.status = TwinguardStatus::new(ConfigurationStatus::Rejected, problem_lines(&validation.problems));
+                self.status.desired_version = applied_version;
+                self.report();
+                self.emit_configuration_errors(&validation.problems, now);
+            }
+        }
+    }
+
+    fn reject_document(&mut self, message: String, now: u64) {
+        warn!("configuration rejected: {message}");
+        self.status = TwinguardStatus::new(ConfigurationStatus::Rejected, [format!("error: {message}")]);
+        self.report();
+        let used = Value::Object(self.pipeline.config().to_object()).to_string();
+        let item = ConfigurationError::new("", ConfigurationErrorType::TypeMismatch, used, message);
+        if let Ok(event) = Event::new(EventName::ConfigurationError, vec![item.into()], SystemTime::now()) {
+            self.pipeline.submit(event, now);
+        }
+    }
+
+    /// One ConfigurationError item per problem (errors: TypeMismatch; advisories: Conflict or
+    /// NotOptimal), emitted once per configuration change.
+    fn emit_configuration_errors(&mut self, problems: &[Problem], now: u64) {
+        let config = self.pipeline.config();
+        let items: Vec<PayloadItem> = problems
+            .iter()
+            .map(|p| {
+                let used = match Property::from_name(&p.property) {
+                    Some(property) => config.value_of(property).to_string(),
+                    None if p.property.is_empty() => Value::Object(config.to_object()).to_string(),
+                    None => String::new(),
+                };
+                let kind = match p.kind {
+                    ProblemKind::TypeMismatch => ConfigurationErrorType::TypeMismatch,
+                    ProblemKind::Conflict => ConfigurationErrorType::Conflict,
+                    ProblemKind::NotOptimal => ConfigurationErrorType::NotOptimal,
+                };
+                ConfigurationError::new(p.property.clone(), kind, used, p.to_string()).into()
+            })
+            .collect();
+        if items.is_empty() {
+            return;
+        }
+        if let Ok(event) = Event::new(EventName::ConfigurationError, items, SystemTime::now()) {
+            self.pipeline.submit(event, now);
+        }
+    }
+
+    fn report(&mut self) {
+        self.status.collectors = self.collectors.clone();
+        let counters = self.pipeline.counters();
+        self.status.counters = Some(serde_json::json!({
+            "high": {"collected": counters.high.collected, "sent": counters.high.sent, "dropped": counters.high.dropped.total(), "cached": counters.high.cached},
+            "low": {"collected": counters.low.collected, "sent": counters.low.sent, "dropped": counters.low.dropped.total(), "cached": counters.low.cached},
+        }));
+        let section = reported_section(self.pipeline.config(), &self.status);
+        if let Err(e) = self.transport.report(&section) {
+            warn!("cannot write the reported properties: {e}");
+        }
+    }
+}
+
+/// Spawns the synthetic source: `rate` ProcessCreate events per second, paced every 10 ms.
+fn spawn_synthetic(s: Synthetic, tx: SyncSender<Input>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("synthetic".into()).spawn(move || {
+        let start = Instant::now();
+        let mut sent: u64 = 0;
+        loop {
+            if s.limit.is_some_and(|l| sent >= l) {
+                return;
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let target = (elapsed * s.rate as f64) as u64;
+            let target = s.limit.map_or(target, |l| target.min(l));
+            while sent < target {
+                let item = ProcessCreate {
+                    executable: "/usr/bin/synthetic".into(),
+                    command_line: format!("synthetic {sent}"),
+                    process_id: 1000 + (sent % 30_000) as u32,
+                    parent_process_id: 1,
+                    user_id: "0".into(),
+                    user_name: Some("root".into()),
+                    extra_details: Default::default(),
+                }
+                .with_extra("Synthetic", sent.to_string());
+                match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
+                    Ok(event) => {
+                        if tx.send(Input::Synthetic(event)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Supervision of stream collectors: each runs in its own thread while at least one of its
+//! events is not Off; a failure is reported and retried with exponential backoff; a change of
+//! priorities starts or stops them.
+
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::run::Input;
+use crate::collect::{EventSink, StopSignal, StreamCollector};
+use crate::config::{CollectorStatus, Config};
+use crate::event::{EventName, Priority};
+
+/// First retry delay after a collector failed; doubled up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+struct Running {
+    stop: StopSignal,
+    /// The thread gives the collector back when it ends, so it can be started again.
+    handle: JoinHandle<Box<dyn StreamCollector>>,
+}
+
+/// One stream collector slot.
+struct Slot {
+    names: Vec<EventName>,
+    /// The collector while it is not running.
+    idle: Option<Box<dyn StreamCollector>>,
+    running: Option<Running>,
+    sink: EventSink,
+}
+
+/// All stream collectors.
+pub struct Streams {
+    slots: Vec<Slot>,
+    tx: SyncSender<Input>,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").field("slots", &self.slots.len()).finish()
+    }
+}
+
+impl Streams {
+    /// Takes the collectors; none runs until [`Streams::apply`].
+    pub fn new(collectors: Vec<Box<dyn StreamCollector>>, tx: SyncSender<Input>) -> Streams {
+        let slots = collectors
+            .into_iter()
+            .map(|c| {
+                let tx = tx.clone();
+                Slot {
+                    names: c.names().to_vec(),
+                    idle: Some(c),
+                    running: None,
+                    sink: EventSink::new(move |event| tx.try_send(Input::Event(event)).is_ok()),
+                }
+            })
+            .collect();
+        Streams { slots, tx }
+    }
+
+    /// Starts the collectors whose events are wanted and stops the others.
+    pub fn apply(&mut self, config: &Config) {
+        for slot in &mut self.slots {
+            let wanted = slot.names.iter().any(|n| config.priority(*n) != Priority::Off);
+            if wanted && slot.running.is_none() {
+                if let Some(collector) = slot.idle.take() {
+                    slot.running = spawn(collector, slot.sink.clone(), self.tx.clone());
+                }
+            } else if !wanted {
+                if let Some(running) = slot.running.take() {
+                    running.stop.stop();
+                    if let Ok(collector) = running.handle.join() {
+                        slot.idle = Some(collector);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every collector and waits for them (each checks its stop signal every 250 ms).
+    pub fn stop_all(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(running) = &slot.running {
+                running.stop.stop();
+            }
+        }
+        for slot in &mut self.slots {
+            if let Some(running) = slot.running.take() {
+                if let Ok(collector) = running.handle.join() {
+                    slot.idle = Some(collector);
+                }
+            }
+        }
+    }
+}
+
+fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<Input>) -> Option<Running> {
+    let stop = StopSignal::new();
+    let thread_stop = stop.clone();
+    let name = collector.names().first().map(|n| n.as_str()).unwrap_or("stream");
+    let spawned = std::thread::Builder::new().name(format!("collect-{name}")).spawn(move || {
+        let mut collector = collector;
+        supervise(collector.as_mut(), &sink, &thread_stop, &tx);
+        collector
+    });
+    match spawned {
+        Ok(handle) => Some(Running { stop, handle }),
+        Err(e) => {
+            warn!("cannot start a collector thread: {e}");
+            None
+        }
+    }
+}
+
+fn supervise(collector: &mut dyn StreamCollector, sink: &EventSink, stop: &StopSignal, tx: &SyncSender<Input>) {
+    let mut delay = FIRST_RETRY;
+    let names = collector.names().to_vec();
+    let report = |status: CollectorStatus| {
+        for name in &names {
+            let _ = tx.send(Input::Status(*name, status.clone()));
+        }
+    };
+    while !stop.is_stopped() {
+        let mut status = collector.status();
+        status.losses = sink.losses();
+        report(status);
+        match collector.run(sink, stop) {
+            Ok(()) => break,
+            Err(e) => {
+                let mut status = collector.status();
+                status.last_error = Some(e.to_string());
+                status.losses = sink.losses();
+                report(status);
+                warn!("collector failed, retrying in {} s: {e}", delay.as_secs());
+                let mut waited = Duration::ZERO;
+                while waited < delay && !stop.is_stopped() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    waited += Duration::from_millis(100);
+                }
+                delay = (delay * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}

@@ -1,0 +1,790 @@
+//! ConnectionCreate: TCP connections to and from the device (SPEC §3).
+//!
+//! - **Audit** (the main source): rules tagged `twinguard` log successful `connect`, `accept`
+//!   and `accept4`, and `connect` returning `EINPROGRESS` (non-blocking connects), IPv4 and
+//!   IPv6. Each event's records (SYSCALL + SOCKADDR + PROCTITLE ...) are reassembled; the
+//!   remote end comes from SOCKADDR, the local end from the socket itself (fd -> inode via
+//!   `/proc/<pid>/fd`, then a sock_diag lookup filtered on the remote end). The socket's
+//!   protocol name (`system.sockprotoname`) keeps UDP connects out; non-INET sockets are
+//!   ignored from their SOCKADDR family.
+//! - **Polling** (always on beside audit, and the fallback without it): processes that existed
+//!   before audit was first enabled are never audited by the kernel, so every few seconds a
+//!   sock_diag dump of TCP sockets is compared with the previous one; a connected socket not
+//!   seen before and not reported by audit is reported with `ExtraDetails.Source: "poll"`
+//!   (owner found through `/proc/<pid>/fd`; direction In when a listening socket has its local
+//!   port). Connections shorter than the poll interval escape polling: that is the cost of
+//!   having no kernel stream for those processes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info};
+
+use crate::config::CollectorStatus;
+use crate::event::{ConnectionCreate, Direction, Event, EventName, ExtraDetails, Protocol};
+use crate::sys::audit::{
+    self, Assembler, AuditEvent, SockAddr, AUDIT_PROCTITLE, AUDIT_SOCKADDR, AUDIT_SYSCALL,
+};
+use crate::sys::fs::Root;
+use crate::sys::netlink::Received;
+use crate::sys::procfd;
+use crate::sys::procinfo::{self, ProcDir};
+use crate::sys::procnet::ProcNetSocket;
+use crate::sys::sockdiag;
+use crate::sys::tcpdiag::{self, TcpDiag};
+
+use super::audit::{AuditMember, RULE_KEY};
+use super::{CollectError, EventSink, StopSignal, StreamCollector};
+
+/// How often TCP sockets are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often audit is tried again while polling is the fallback.
+const AUDIT_RETRY: Duration = Duration::from_secs(60);
+/// Most sockets read in one poll.
+const MAX_SOCKETS: usize = 100_000;
+/// Most new connections reported per poll (a burst beyond is counted, not reported).
+const MAX_NEW_PER_POLL: usize = 10_000;
+
+/// The source names in `reported.twinguard`.
+const SOURCE_AUDIT: &str = "audit netlink + sock_diag polling";
+const SOURCE_POLL: &str = "sock_diag polling";
+
+/// The connection a SYSCALL event describes, before the socket lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditedConnection {
+    /// The process.
+    pub pid: u32,
+    /// Its real uid.
+    pub uid: Option<u32>,
+    /// Its executable.
+    pub executable: Option<String>,
+    /// Its command line from PROCTITLE (at most 128 bytes: the kernel cuts it).
+    pub proctitle: Option<String>,
+    /// Out for connect, In for accept.
+    pub direction: Direction,
+    /// The socket's descriptor in the process (connect's a0, accept's return value).
+    pub fd: u64,
+    /// The remote end, when the event has a SOCKADDR (accept without an address has none).
+    pub remote: Option<(IpAddr, u16, u32)>,
+    /// `connect` returned EINPROGRESS.
+    pub in_progress: bool,
+    /// The syscall's name.
+    pub syscall: &'static str,
+}
+
+/// Reads the connection out of a reassembled audit event; `None` when the event is not one of
+/// ours or not an INET connection (UNIX, netlink ... sockets).
+pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
+    let sys = event.record(AUDIT_SYSCALL)?;
+    let f = audit::fields(&sys.body);
+    if audit::get(&f, "key").and_then(audit::untrusted).as_deref() != Some(RULE_KEY) {
+        return None;
+    }
+    let nr: u32 = audit::get(&f, "syscall")?.parse().ok()?;
+    let exit: i64 = audit::get(&f, "exit")?.parse().ok()?;
+    let success = audit::get(&f, "success") == Some("yes");
+    let (direction, fd) = if audit::connect_syscalls().contains(&nr) {
+        let a0 = u64::from_str_radix(audit::get(&f, "a0")?, 16).ok()?;
+        (Direction::Out, a0)
+    } else if audit::accept_syscalls().contains(&nr) {
+        (Direction::In, u64::try_from(exit).ok()?)
+    } else {
+        return None;
+    };
+    let in_progress = direction == Direction::Out && exit == -i64::from(libc::EINPROGRESS);
+    if !success && !in_progress {
+        return None;
+    }
+    let remote = match event
+        .record(AUDIT_SOCKADDR)
+        .and_then(|r| audit::get(&audit::fields(&r.body), "saddr").and_then(audit::parse_sockaddr))
+    {
+        Some(SockAddr::Inet { ip, port, scope_id }) => Some((ip, port, scope_id)),
+        Some(SockAddr::Other(_)) => return None,
+        // connect always logs its address; without one this is not a connection we can name.
+        None if direction == Direction::Out => return None,
+        None => None,
+    };
+    Some(AuditedConnection {
+        pid: audit::get(&f, "pid")?.parse().ok()?,
+        uid: audit::get(&f, "uid").and_then(|u| u.parse().ok()),
+        executable: audit::get(&f, "exe").and_then(audit::untrusted),
+        proctitle: event
+            .record(AUDIT_PROCTITLE)
+            .and_then(|r| audit::get(&audit::fields(&r.body), "proctitle").and_then(audit::proctitle)),
+        direction,
+        fd,
+        remote,
+        in_progress,
+        syscall: audit::syscall_name(nr),
+    })
+}
+
+/// Whether a socket protocol name (`system.sockprotoname`) is TCP.
+pub fn is_tcp_name(name: &[u8]) -> bool {
+    matches!(name, b"TCP" | b"TCPv6" | b"MPTCP" | b"MPTCPv6")
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it maps; others unchanged.
+fn canonical(ip: IpAddr) -> (IpAddr, bool) {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), true),
+            None => (ip, false),
+        },
+        v4 => (v4, false),
+    }
+}
+
+/// Which way a polled connection goes: In when a listening socket owns its local port.
+pub fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Direction {
+    let (local, _) = canonical(socket.local_ip);
+    let inbound = listening.iter().any(|l| {
+        let (ip, _) = canonical(l.local_ip);
+        l.local_port == socket.local_port && (l.local_ip.is_unspecified() || ip == local)
+    });
+    if inbound {
+        Direction::In
+    } else {
+        Direction::Out
+    }
+}
+
+/// The state of connection polling: which sockets were seen, and which audit reported.
+#[derive(Debug, Default)]
+pub struct ConnectionPoller {
+    known: HashSet<u64>,
+    /// Inodes audit reported, with the poll count when it did.
+    audited: HashMap<u64, u64>,
+    polls: u64,
+}
+
+impl ConnectionPoller {
+    /// Most inodes remembered as reported by audit between two polls.
+    const MAX_AUDITED: usize = 65_536;
+
+    /// Notes a socket audit reported, so polling does not report it again.
+    pub fn audited(&mut self, inode: u64) {
+        if self.audited.len() < Self::MAX_AUDITED {
+            self.audited.insert(inode, self.polls);
+        }
+    }
+
+    /// Takes one dump of connected sockets; returns the new connections (none on the first
+    /// call: what exists when the agent starts is the baseline, not news). A connect still in
+    /// progress (SYN_SENT) or a connection not yet accepted (SYN_RECV, no inode) is reported
+    /// once it is established.
+    pub fn poll(&mut self, connected: &[ProcNetSocket]) -> Vec<ProcNetSocket> {
+        const SYN_RECV: u8 = 3;
+        let mut now = HashSet::with_capacity(connected.len());
+        let mut new = Vec::new();
+        for s in connected {
+            if s.inode == 0 || s.state == tcpdiag::SYN_SENT || s.state == SYN_RECV {
+                continue;
+            }
+            now.insert(s.inode);
+            if self.polls > 0 && !self.known.contains(&s.inode) && !self.audited.contains_key(&s.inode) {
+                new.push(s.clone());
+            }
+        }
+        // An audited socket seen in this dump is known from now on; one not seen yet (audit
+        // was faster than the dump) is kept for two more polls, then forgotten.
+        let polls = self.polls;
+        self.audited.retain(|i, at| !now.contains(i) && *at + 2 > polls);
+        self.known = now;
+        self.polls += 1;
+        new
+    }
+}
+
+/// The ConnectionCreate stream collector.
+#[derive(Debug)]
+pub struct ConnectionCollector {
+    status: CollectorStatus,
+    /// Why audit could not be used (then polling is the source), until it is tried again.
+    audit_failed: Option<(String, Instant)>,
+    /// Connections audit named whose socket had closed (or was not TCP-identifiable) before
+    /// it could be looked up.
+    unresolved: u64,
+}
+
+impl Default for ConnectionCollector {
+    fn default() -> Self {
+        ConnectionCollector::new()
+    }
+}
+
+fn now_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn event_time(ms: i64) -> SystemTime {
+    u64::try_from(ms)
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        .unwrap_or_else(|_| SystemTime::now())
+}
+
+fn send(sink: &EventSink, item: ConnectionCreate, wall: SystemTime) {
+    match Event::new(EventName::ConnectionCreate, vec![item.into()], wall) {
+        Ok(e) => {
+            sink.send(e);
+        }
+        Err(e) => debug!("connection event not built: {e}"),
+    }
+}
+
+fn scope_name(scope: u32) -> String {
+    sockdiag::interface_name(scope).unwrap_or_else(|| scope.to_string())
+}
+
+impl ConnectionCollector {
+    /// A collector of this machine's TCP connections.
+    pub fn new() -> ConnectionCollector {
+        ConnectionCollector {
+            status: CollectorStatus {
+                source: SOURCE_AUDIT.into(),
+                ..CollectorStatus::default()
+            },
+            audit_failed: None,
+            unresolved: 0,
+        }
+    }
+
+    /// Turns an audited connection into its item, looking up the socket; `None` when it is
+    /// not TCP or cannot be named.
+    fn resolve(
+        &mut self,
+        c: AuditedConnection,
+        diag: Option<&mut TcpDiag>,
+        poller: &mut ConnectionPoller,
+        audit_id: String,
+    ) -> Option<ConnectionCreate> {
+        let mut missing: Vec<&str> = Vec::new();
+        let mut extra = ExtraDetails::new();
+        let dir = ProcDir::open(c.pid).ok();
+        let fd_name = format!("fd/{}", c.fd);
+        let inode = dir
+            .as_ref()
+            .and_then(|d| d.read_link(&fd_name).ok())
+            .and_then(|l| procfd::socket_inode(&l));
+        let proto = dir
+            .as_ref()
+            .and_then(|d| d.link_xattr(&fd_name, "system.sockprotoname").ok());
+        match &proto {
+            Some(name) if !is_tcp_name(name) => return None,
+            Some(_) => {}
+            // The socket is gone already. Only a stream socket accepts or connects in progress;
+            // a completed connect could as well have been UDP, so it is not claimed as TCP.
+            None if c.direction == Direction::In || c.in_progress => {}
+            None => {
+                self.unresolved += 1;
+                return None;
+            }
+        }
+        // The local end (and, for accept without an address, the remote end) from the socket.
+        let mut found: Option<ProcNetSocket> = None;
+        if let (Some(diag), Some(inode)) = (diag, inode) {
+            let mut out = Vec::new();
+            let _ = match c.remote {
+                Some((ip, port, _)) => {
+                    let family = if ip.is_ipv4() {
+                        libc::AF_INET
+                    } else {
+                        libc::AF_INET6
+                    } as u8;
+                    diag.dump(family, tcpdiag::CONNECTED, Some((ip, port)), 1024, &mut out)
+                }
+                None => diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut out),
+            };
+            found = out.into_iter().find(|s| s.inode == inode);
+        }
+        if let Some(inode) = inode {
+            poller.audited(inode);
+        }
+        let (remote_ip, remote_port, scope) = match (c.remote, &found) {
+            (Some(r), _) => r,
+            (None, Some(s)) => (s.remote_ip, s.remote_port, 0),
+            (None, None) => {
+                self.unresolved += 1;
+                return None;
+            }
+        };
+        let (remote_ip, mapped) = canonical(remote_ip);
+        if mapped {
+            extra.insert("SocketFamily".into(), "IPv6".into());
+        }
+        if scope != 0 {
+            extra.insert("ScopeId".into(), scope_name(scope));
+        }
+        let (local_address, local_port) = match &found {
+            Some(s) => (Some(canonical(s.local_ip).0), Some(s.local_port.to_string())),
+            None => {
+                missing.push("LocalAddress");
+                missing.push("LocalPort");
+                (None, None)
+            }
+        };
+        let command_line = dir
+            .as_ref()
+            .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
+            .filter(|raw| !raw.is_empty())
+            .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0)
+            .or(c.proctitle);
+        if command_line.is_none() {
+            missing.push("CommandLine");
+        }
+        if c.executable.is_none() {
+            missing.push("Executable");
+        }
+        extra.insert("Source".into(), "audit".into());
+        extra.insert("Syscall".into(), c.syscall.into());
+        extra.insert("AuditEventId".into(), audit_id);
+        if c.in_progress {
+            extra.insert("InProgress".into(), "true".into());
+        }
+        if !missing.is_empty() {
+            extra.insert("Missing".into(), missing.join(";"));
+        }
+        Some(ConnectionCreate {
+            remote_address: remote_ip,
+            remote_port: remote_port.to_string(),
+            local_address,
+            local_port,
+            direction: c.direction,
+            protocol: Protocol::Tcp,
+            process_id: c.pid,
+            user_id: c.uid.map(|u| u.to_string()),
+            executable: c.executable.unwrap_or_default(),
+            command_line,
+            extra_details: extra,
+        })
+    }
+
+    /// One poll: reports connections that are new since the last one.
+    fn poll(&mut self, diag: &mut TcpDiag, poller: &mut ConnectionPoller, sink: &EventSink) {
+        let mut connected = Vec::new();
+        if let Err(e) = diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut connected) {
+            debug!("connection poll failed: {e}");
+            return;
+        }
+        let mut new = poller.poll(&connected);
+        if new.is_empty() {
+            return;
+        }
+        if new.len() > MAX_NEW_PER_POLL {
+            sink.count_losses((new.len() - MAX_NEW_PER_POLL) as u64);
+            new.truncate(MAX_NEW_PER_POLL);
+        }
+        let mut listening = Vec::new();
+        let _ = diag.dump_all(tcpdiag::LISTENING, MAX_SOCKETS, &mut listening);
+        let wanted: HashSet<u64> = new.iter().map(|s| s.inode).collect();
+        let owners = procfd::socket_owners(&Root::system(), &wanted).unwrap_or_default();
+        let wall = SystemTime::now();
+        for s in new {
+            let mut extra = ExtraDetails::new();
+            let mut missing: Vec<&str> = Vec::new();
+            let pid = owners.owners.get(&s.inode).and_then(|p| p.first().copied());
+            let dir = pid.and_then(|p| ProcDir::open(p).ok());
+            let executable = dir
+                .as_ref()
+                .and_then(|d| d.read_link("exe").ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let command_line = dir
+                .as_ref()
+                .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
+                .filter(|raw| !raw.is_empty())
+                .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0);
+            if pid.is_none() {
+                missing.push("ProcessId");
+            }
+            if executable.is_none() {
+                missing.push("Executable");
+            }
+            if command_line.is_none() {
+                missing.push("CommandLine");
+            }
+            let (remote, mapped) = canonical(s.remote_ip);
+            if mapped {
+                extra.insert("SocketFamily".into(), "IPv6".into());
+            }
+            if s.ifindex != 0 && matches!(s.remote_ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+                extra.insert("ScopeId".into(), scope_name(s.ifindex));
+            }
+            extra.insert("Source".into(), "poll".into());
+            if !missing.is_empty() {
+                extra.insert("Missing".into(), missing.join(";"));
+            }
+            let item = ConnectionCreate {
+                remote_address: remote,
+                remote_port: s.remote_port.to_string(),
+                local_address: Some(canonical(s.local_ip).0),
+                local_port: Some(s.local_port.to_string()),
+                direction: poll_direction(&s, &listening),
+                protocol: Protocol::Tcp,
+                process_id: pid.unwrap_or(0),
+                user_id: Some(s.uid.to_string()),
+                executable: executable.unwrap_or_default(),
+                command_line,
+                extra_details: extra,
+            };
+            send(sink, item, wall);
+        }
+    }
+
+    fn set_status(&mut self, source: &str, fallback: bool, note: Option<String>) {
+        self.status = CollectorStatus {
+            source: source.into(),
+            fallback,
+            last_error: None,
+            losses: 0,
+            note,
+        };
+    }
+}
+
+impl StreamCollector for ConnectionCollector {
+    fn names(&self) -> &[EventName] {
+        &[EventName::ConnectionCreate]
+    }
+
+    fn run(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
+        let mut diag = TcpDiag::open().ok();
+        let retry_audit = self
+            .audit_failed
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= AUDIT_RETRY);
+        let mut member = None;
+        if retry_audit {
+            match AuditMember::join(true) {
+                Ok(m) => {
+                    if self.audit_failed.take().is_some() {
+                        info!("ConnectionCreate: audit is available again");
+                    }
+                    member = Some(m);
+                }
+                Err(e) => {
+                    let first = self.audit_failed.is_none();
+                    self.audit_failed = Some((e.to_string(), Instant::now()));
+                    if diag.is_none() {
+                        return Err(CollectError::Unavailable {
+                            source_name: "audit netlink and sock_diag".into(),
+                            why: e.to_string(),
+                        });
+                    }
+                    self.set_status(SOURCE_POLL, true, Some(format!("audit unavailable: {e}")));
+                    if first {
+                        // Fail this run once, so the supervisor reports the fallback status;
+                        // the next run (a second later) polls.
+                        return Err(CollectError::Unavailable {
+                            source_name: "audit netlink".into(),
+                            why: format!("{e}; falling back to sock_diag polling"),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(m) = &member {
+            let mut note = format!("{}; polling every {} s", m.describe(), POLL_INTERVAL.as_secs());
+            if !m.rules_in_place() {
+                note += "; audit rules could not be added (audit locked?)";
+            }
+            if let Some(e) = m.last_error() {
+                note += &format!("; {e}");
+            }
+            self.set_status(SOURCE_AUDIT, false, Some(note));
+        } else if diag.is_none() {
+            return Err(CollectError::Unavailable {
+                source_name: "sock_diag".into(),
+                why: "cannot open NETLINK_SOCK_DIAG".into(),
+            });
+        }
+
+        let start = Instant::now();
+        let mut poller = ConnectionPoller::default();
+        let mut next_poll = Instant::now();
+        let mut assembler = Assembler::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !stop.is_stopped() {
+            let mut complete = Vec::new();
+            if let Some(m) = member.as_mut() {
+                match m.recv(&mut buf) {
+                    Ok(Received::Data { len, .. }) => {
+                        if let Some(record) =
+                            audit::datagram_record(&buf[..len]).and_then(|(k, t)| audit::parse_record(k, t))
+                        {
+                            complete.extend(assembler.push(record, now_ms(start)));
+                        }
+                    }
+                    Ok(Received::Timeout) => {}
+                    // The count is unknown; one is the least that was lost.
+                    Ok(Received::Overrun) => sink.count_losses(1),
+                    Err(e) => {
+                        return Err(CollectError::Failed {
+                            source_name: "audit netlink".into(),
+                            why: format!("receive: {e}"),
+                        })
+                    }
+                }
+                complete.extend(assembler.expire(now_ms(start)));
+                let lost = m.tick();
+                if lost > 0 {
+                    sink.count_losses(lost);
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+                if self
+                    .audit_failed
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() >= AUDIT_RETRY)
+                {
+                    if let Ok(m) = AuditMember::join(true) {
+                        drop(m);
+                        // Restart on audit, so the supervisor reports the new source.
+                        return Err(CollectError::Failed {
+                            source_name: SOURCE_POLL.into(),
+                            why: "audit became available; restarting on it".into(),
+                        });
+                    }
+                    self.audit_failed = self.audit_failed.take().map(|(e, _)| (e, Instant::now()));
+                }
+            }
+            for event in complete {
+                let id = event.id();
+                let time = event.time_ms;
+                if let Some(c) = audited_connection(&event) {
+                    if let Some(item) = self.resolve(c, diag.as_mut(), &mut poller, id) {
+                        send(sink, item, event_time(time));
+                    }
+                }
+            }
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + POLL_INTERVAL;
+                if let Some(d) = diag.as_mut() {
+                    self.poll(d, &mut poller, sink);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> CollectorStatus {
+        let mut s = self.status.clone();
+        if self.unresolved > 0 {
+            let note = format!(
+                "{} connections closed before their socket could be read",
+                self.unresolved
+            );
+            s.note = Some(match s.note {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sys::audit::{parse_record, Record};
+
+    fn event(records: &[(u16, &str)]) -> AuditEvent {
+        let records: Vec<Record> = records
+            .iter()
+            .map(|(k, t)| parse_record(*k, format!("audit(1700000000.250:9): {t}").as_bytes()).unwrap())
+            .collect();
+        AuditEvent {
+            serial: 9,
+            time_ms: 1_700_000_000_250,
+            records,
+        }
+    }
+
+    const SYS_CONNECT: &str = "arch=c000003e syscall=42 success=yes exit=0 a0=1f a1=7ffc a2=10 a3=0 items=0 ppid=1 pid=321 auid=4294967295 uid=1000 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=4294967295 comm=\"curl\" exe=\"/usr/bin/curl\" key=\"twinguard\"";
+
+    #[test]
+    fn connect_records_name_the_process_fd_and_remote_end() {
+        let sys = SYS_CONNECT.replace("syscall=42", &format!("syscall={}", libc::SYS_connect));
+        let e = event(&[
+            (AUDIT_SYSCALL, &sys),
+            (AUDIT_SOCKADDR, "saddr=020001BBC0000207000000000000000000"),
+            (
+                AUDIT_PROCTITLE,
+                "proctitle=6375726C0068747470733A2F2F6578616D706C65",
+            ),
+        ]);
+        let c = audited_connection(&e).unwrap();
+        assert_eq!((c.pid, c.uid, c.fd), (321, Some(1000), 0x1f));
+        assert_eq!(c.direction, Direction::Out);
+        assert_eq!(c.remote, Some(("192.0.2.7".parse().unwrap(), 443, 0)));
+        assert_eq!(c.executable.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(c.proctitle.as_deref(), Some("curl https://example"));
+        assert!(!c.in_progress);
+        assert_eq!(e.id(), "1700000000.250:9");
+    }
+
+    #[test]
+    fn in_progress_connects_count_and_other_failures_do_not() {
+        let connect = format!("syscall={}", libc::SYS_connect);
+        let inprogress = SYS_CONNECT
+            .replace("syscall=42", &connect)
+            .replace("success=yes exit=0", "success=no exit=-115");
+        let e = event(&[
+            (AUDIT_SYSCALL, &inprogress),
+            (
+                AUDIT_SOCKADDR,
+                "saddr=0A0001BB00000000000000000000000000000000000000010000000000",
+            ),
+        ]);
+        let c = audited_connection(&e).unwrap();
+        assert!(c.in_progress);
+        assert_eq!(c.remote.unwrap().0.to_string(), "::1");
+        let refused = SYS_CONNECT
+            .replace("syscall=42", &connect)
+            .replace("success=yes exit=0", "success=no exit=-111");
+        assert_eq!(
+            audited_connection(&event(&[
+                (AUDIT_SYSCALL, &refused),
+                (AUDIT_SOCKADDR, "saddr=0200005070000001")
+            ])),
+            None
+        );
+    }
+
+    #[test]
+    fn foreign_keys_unix_sockets_and_unknown_syscalls_are_ignored() {
+        let connect = format!("syscall={}", libc::SYS_connect);
+        let sys = SYS_CONNECT.replace("syscall=42", &connect);
+        let unix = event(&[
+            (AUDIT_SYSCALL, &sys),
+            (AUDIT_SOCKADDR, "saddr=01002F6465762F6C6F67"),
+        ]);
+        assert_eq!(audited_connection(&unix), None);
+        let other_key = sys.replace("key=\"twinguard\"", "key=\"net\"");
+        assert_eq!(
+            audited_connection(&event(&[
+                (AUDIT_SYSCALL, &other_key),
+                (AUDIT_SOCKADDR, "saddr=0200005070000001")
+            ])),
+            None
+        );
+        let read = sys.replace(&connect, "syscall=0");
+        assert_eq!(
+            audited_connection(&event(&[
+                (AUDIT_SYSCALL, &read),
+                (AUDIT_SOCKADDR, "saddr=0200005070000001")
+            ])),
+            None
+        );
+        assert_eq!(
+            audited_connection(&event(&[(AUDIT_SYSCALL, &sys)])),
+            None,
+            "connect without SOCKADDR"
+        );
+    }
+
+    #[test]
+    fn accept_without_an_address_uses_the_returned_fd() {
+        let accept = format!("syscall={}", libc::SYS_accept4);
+        let sys = SYS_CONNECT
+            .replace("syscall=42", &accept)
+            .replace("exit=0", "exit=7");
+        let c = audited_connection(&event(&[(AUDIT_SYSCALL, &sys)])).unwrap();
+        assert_eq!((c.direction, c.fd, c.remote), (Direction::In, 7, None));
+        assert_eq!(c.syscall, "accept4");
+    }
+
+    #[test]
+    fn captured_connections_are_recognised() {
+        if cfg!(target_endian = "big") {
+            return;
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/audit/records.bin");
+        let bytes = std::fs::read(path).unwrap();
+        let mut rest = &bytes[..];
+        let mut a = Assembler::default();
+        let mut events = Vec::new();
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            if let Some((k, t)) = audit::datagram_record(&rest[4..4 + len]) {
+                events.extend(a.push(parse_record(k, t).unwrap(), 0));
+            }
+            rest = &rest[4 + len..];
+        }
+        let conns: Vec<AuditedConnection> = events.iter().filter_map(audited_connection).collect();
+        let dirs: Vec<(Direction, bool, bool)> = conns
+            .iter()
+            .map(|c| (c.direction, c.in_progress, c.remote.is_some()))
+            .collect();
+        // v4 connect, v4 accept4, v6 connect in progress, v6 accept4, UDP connect (dropped
+        // later by its protocol name), hex-named connect + accept4, perl connect, bare accept.
+        assert_eq!(
+            dirs,
+            vec![
+                (Direction::Out, false, true),
+                (Direction::In, false, true),
+                (Direction::Out, true, true),
+                (Direction::In, false, true),
+                (Direction::Out, false, true),
+                (Direction::Out, false, true),
+                (Direction::In, false, true),
+                (Direction::Out, false, true),
+                (Direction::In, false, false),
+            ]
+        );
+        assert_eq!(conns[5].executable.as_deref(), Some("/tmp/tg dir/py\"thon"));
+    }
+
+    fn sock(local: &str, lport: u16, remote: &str, rport: u16, state: u8, inode: u64) -> ProcNetSocket {
+        ProcNetSocket {
+            local_ip: local.parse().unwrap(),
+            local_port: lport,
+            remote_ip: remote.parse().unwrap(),
+            remote_port: rport,
+            state,
+            uid: 0,
+            inode,
+            ifindex: 0,
+        }
+    }
+
+    #[test]
+    fn polling_reports_new_connections_once_and_not_the_baseline_or_audited_ones() {
+        let mut p = ConnectionPoller::default();
+        let a = sock("10.0.0.2", 40000, "1.1.1.1", 443, 1, 100);
+        let syn = sock("10.0.0.2", 40001, "1.1.1.1", 443, tcpdiag::SYN_SENT, 101);
+        assert!(p.poll(&[a.clone(), syn.clone()]).is_empty(), "baseline");
+        let b = sock("10.0.0.2", 22, "10.0.0.9", 50000, 1, 102);
+        let c = sock("10.0.0.2", 40002, "8.8.8.8", 53, 1, 103);
+        p.audited(103);
+        let established = sock("10.0.0.2", 40001, "1.1.1.1", 443, 1, 101);
+        let new = p.poll(&[a.clone(), b.clone(), c.clone(), established.clone()]);
+        assert_eq!(new.iter().map(|s| s.inode).collect::<Vec<_>>(), vec![102, 101]);
+        assert!(p.poll(&[a, b, c, established]).is_empty(), "reported once");
+        let listening = [sock("0.0.0.0", 22, "0.0.0.0", 0, tcpdiag::LISTEN, 5)];
+        assert_eq!(
+            poll_direction(&sock("10.0.0.2", 22, "10.0.0.9", 50000, 1, 7), &listening),
+            Direction::In
+        );
+        assert_eq!(
+            poll_direction(&sock("10.0.0.2", 40000, "10.0.0.9", 22, 1, 8), &listening),
+            Direction::Out
+        );
+        let v6_listener = [sock("::", 8080, "::", 0, tcpdiag::LISTEN, 5)];
+        assert_eq!(
+            poll_direction(
+                &sock("::ffff:127.0.0.1", 8080, "::ffff:127.0.0.1", 5000, 1, 9),
+                &v6_listener
+            ),
+            Direction::In
+        );
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert!(is_tcp_name(b"TCP") && is_tcp_name(b"TCPv6"));
+        assert!(!is_tcp_name(b"UDP") && !is_tcp_name(b"UNIX") && !is_tcp_name(b""));
+    }
+}

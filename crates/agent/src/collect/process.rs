@@ -1,0 +1,575 @@
+//! ProcessCreate and ProcessTerminate from the netlink process connector (SPEC §3).
+//!
+//! - exec -> ProcessCreate: Executable, CommandLine (arguments joined with spaces), UserId and
+//!   UserName read from `/proc/<pid>` the moment the event arrives, through one directory
+//!   descriptor so that a reused pid cannot mix two processes; ParentProcessId from the fork
+//!   event (the parent at fork time, not the reaper a `/proc` read would show later).
+//! - exit of a thread-group leader -> ProcessTerminate: ExitStatus = exit code, or 128 + the
+//!   signal; Executable from a bounded pid -> executable table fed by exec events, by fork
+//!   events (a forked child runs its parent's executable until it execs) and by a scan of
+//!   `/proc` at start. Thread exits and thread creations are not process events.
+//! - A process gone before it could be read still gives its event, with what is known and
+//!   `ExtraDetails.Missing` naming the rest.
+//! - Losses: the kernel's per-CPU sequence numbers count exactly the events that never reached
+//!   us (receive buffer overruns, `ENOBUFS`); they go to the sink's loss counter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, warn};
+
+use crate::config::CollectorStatus;
+use crate::event::{Event, EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
+use crate::sys::cnproc::{self, LossCounter, ProcConnector, ProcEvent, ProcMessage};
+use crate::sys::netlink::Received;
+use crate::sys::procinfo::{self, ProcDir, ProcessInfo};
+
+use super::user_names::UserNames;
+use super::{CollectError, EventSink, StopSignal, StreamCollector};
+
+/// Most processes remembered in the pid -> executable table (about 100 bytes each).
+pub const MAX_TRACKED: usize = 32_768;
+/// How long a receive waits before the stop signal is checked again.
+const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+/// The source's name in `reported.twinguard`.
+pub const SOURCE: &str = "netlink proc connector";
+
+/// What the table remembers of a live process.
+#[derive(Clone, Debug, Default)]
+struct Tracked {
+    /// Its executable; shared between a parent and its forked children.
+    executable: Option<Arc<str>>,
+    /// The parent at fork time, when the fork was seen.
+    parent: Option<u32>,
+}
+
+/// The state of the process event stream: the bounded pid table and the exact loss counter.
+/// Pure apart from the `/proc` reads the caller passes in, so it is tested without a kernel.
+#[derive(Debug)]
+pub struct ProcessTracker {
+    table: HashMap<u32, Tracked>,
+    cap: usize,
+    losses: LossCounter,
+    /// Insertions refused because the table was full even after removing dead processes.
+    pub refused: u64,
+}
+
+impl ProcessTracker {
+    /// An empty tracker remembering at most `cap` processes.
+    pub fn new(cap: usize) -> ProcessTracker {
+        ProcessTracker {
+            table: HashMap::new(),
+            cap: cap.max(1),
+            losses: LossCounter::default(),
+            refused: 0,
+        }
+    }
+
+    /// Number of processes remembered.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Events of this message's CPU lost since the previous one.
+    pub fn count_losses(&mut self, msg: &ProcMessage) -> u64 {
+        self.losses.observe(msg)
+    }
+
+    fn insert(&mut self, pid: u32, entry: Tracked, alive: &dyn Fn(u32) -> bool) {
+        if self.table.len() >= self.cap && !self.table.contains_key(&pid) {
+            // Full: the entries of processes whose exit we missed are dead weight.
+            self.table.retain(|p, _| alive(*p));
+            if self.table.len() >= self.cap {
+                self.refused += 1;
+                return;
+            }
+        }
+        self.table.insert(pid, entry);
+    }
+
+    /// Remembers a process that existed before the stream started.
+    pub fn seed(&mut self, pid: u32, executable: Option<String>, parent: Option<u32>) {
+        if self.table.len() < self.cap {
+            self.table.insert(
+                pid,
+                Tracked {
+                    executable: executable.map(Arc::from),
+                    parent,
+                },
+            );
+        }
+    }
+
+    /// A fork: a new process (not a thread) runs its parent's executable until it execs.
+    pub fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, alive: &dyn Fn(u32) -> bool) {
+        let executable = self.table.get(&parent_tgid).and_then(|t| t.executable.clone());
+        self.insert(
+            child_tgid,
+            Tracked {
+                executable,
+                parent: Some(parent_tgid),
+            },
+            alive,
+        );
+    }
+
+    /// An exec: the ProcessCreate item from what `/proc` gave (`None`: the process was gone).
+    pub fn on_exec(
+        &mut self,
+        pid: u32,
+        info: Option<ProcessInfo>,
+        user_name: &mut dyn FnMut(u32) -> Option<String>,
+        alive: &dyn Fn(u32) -> bool,
+    ) -> ProcessCreate {
+        let info = info.unwrap_or_default();
+        let mut missing: Vec<&str> = Vec::new();
+        let mut extra = ExtraDetails::new();
+        let known_parent = self.table.get(&pid).and_then(|t| t.parent);
+        let parent = known_parent.or(info.ppid);
+        if parent.is_none() {
+            missing.push("ParentProcessId");
+        }
+        if info.executable.is_none() {
+            missing.push("Executable");
+        }
+        if info.command_line.is_none() {
+            missing.push("CommandLine");
+        }
+        if info.command_line_truncated {
+            extra.insert("Truncated".into(), "CommandLine".into());
+        }
+        let user_name_text = info.uid.and_then(&mut *user_name);
+        match info.uid {
+            None => missing.push("UserId"),
+            Some(uid) => {
+                if info.euid.is_some_and(|e| e != uid) {
+                    extra.insert("EffectiveUserId".into(), info.euid.unwrap_or(uid).to_string());
+                }
+            }
+        }
+        if info.executable.is_none() || info.command_line.is_none() {
+            // The kernel's command name survives the process's exit until it is reaped.
+            if let Some(comm) = &info.comm {
+                extra.insert("Comm".into(), comm.clone());
+            }
+        }
+        if !missing.is_empty() {
+            extra.insert("Missing".into(), missing.join(";"));
+        }
+        self.insert(
+            pid,
+            Tracked {
+                executable: info.executable.as_deref().map(Arc::from),
+                parent,
+            },
+            alive,
+        );
+        ProcessCreate {
+            executable: info.executable.unwrap_or_default(),
+            process_id: pid,
+            parent_process_id: parent.unwrap_or(0),
+            user_id: info.uid.map(|u| u.to_string()).unwrap_or_default(),
+            user_name: user_name_text,
+            command_line: info.command_line.unwrap_or_default(),
+            extra_details: extra,
+        }
+    }
+
+    /// A process exit (the caller has checked it is the thread-group leader): the item.
+    pub fn on_exit(&mut self, pid: u32, exit_code: u32) -> ProcessTerminate {
+        let tracked = self.table.remove(&pid);
+        let executable = tracked.and_then(|t| t.executable);
+        let (exit_status, signal, core) = cnproc::exit_status(exit_code);
+        let mut extra = ExtraDetails::new();
+        if let Some(signal) = signal {
+            extra.insert("Signal".into(), signal.to_string());
+        }
+        if core {
+            extra.insert("CoreDumped".into(), "true".into());
+        }
+        if executable.is_none() {
+            extra.insert("Missing".into(), "Executable".into());
+        }
+        ProcessTerminate {
+            executable: executable.map(|e| e.to_string()).unwrap_or_default(),
+            process_id: pid,
+            exit_status,
+            extra_details: extra,
+        }
+    }
+
+    /// Applies one message; returns the item it makes, if any. `read` reads `/proc/<pid>`.
+    pub fn apply(
+        &mut self,
+        msg: &ProcMessage,
+        read: &mut dyn FnMut(u32) -> Option<ProcessInfo>,
+        user_name: &mut dyn FnMut(u32) -> Option<String>,
+        alive: &dyn Fn(u32) -> bool,
+    ) -> Option<PayloadItem> {
+        match msg.event {
+            ProcEvent::Fork {
+                parent_tgid,
+                child_pid,
+                child_tgid,
+                ..
+            } if child_pid == child_tgid => {
+                self.on_fork(parent_tgid, child_tgid, alive);
+                None
+            }
+            ProcEvent::Exec { tgid, .. } => {
+                let info = read(tgid);
+                Some(self.on_exec(tgid, info, user_name, alive).into())
+            }
+            ProcEvent::Exit {
+                pid, tgid, exit_code, ..
+            } if pid == tgid => Some(self.on_exit(tgid, exit_code).into()),
+            _ => None,
+        }
+    }
+}
+
+/// Converts a `CLOCK_MONOTONIC` event time into wall-clock time, given both clocks now.
+pub fn wall_time(event_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> SystemTime {
+    let ago = Duration::from_nanos(mono_now_ns.saturating_sub(event_ns));
+    // An event is never from the future, and never more than a minute old here: a larger
+    // difference is a clock oddity, and "now" is then the better answer.
+    if ago > Duration::from_secs(60) {
+        return wall_now;
+    }
+    wall_now.checked_sub(ago).unwrap_or(wall_now)
+}
+
+/// The ProcessCreate / ProcessTerminate stream collector.
+#[derive(Debug)]
+pub struct ProcessCollector {
+    status: CollectorStatus,
+}
+
+impl Default for ProcessCollector {
+    fn default() -> Self {
+        ProcessCollector::new()
+    }
+}
+
+impl ProcessCollector {
+    /// A collector of this machine's process events.
+    pub fn new() -> ProcessCollector {
+        // The supervisor reports the status before each run, so it says up front which source
+        // the run will use; a failed run reports its error beside it.
+        ProcessCollector {
+            status: CollectorStatus {
+                source: SOURCE.into(),
+                ..CollectorStatus::default()
+            },
+        }
+    }
+}
+
+fn read_process(pid: u32) -> Option<ProcessInfo> {
+    ProcDir::open(pid).ok().map(|d| d.info())
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Fills the table with the processes that exist now, so their exits have an executable.
+fn seed(tracker: &mut ProcessTracker) {
+    let Ok(pids) = procinfo::all_pids(MAX_TRACKED) else {
+        return;
+    };
+    for pid in pids {
+        if let Ok(dir) = ProcDir::open(pid) {
+            let exe = dir
+                .read_link("exe")
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let parent = dir
+                .read("stat", 4096)
+                .ok()
+                .and_then(|b| procinfo::parse_stat(&b))
+                .map(|s| s.ppid);
+            tracker.seed(pid, exe, parent);
+        }
+    }
+}
+
+impl StreamCollector for ProcessCollector {
+    fn names(&self) -> &[EventName] {
+        &[EventName::ProcessCreate, EventName::ProcessTerminate]
+    }
+
+    fn run(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
+        let unavailable = |why: String| CollectError::Unavailable {
+            source_name: SOURCE.into(),
+            why,
+        };
+        let (conn, early) = ProcConnector::subscribe(RECV_TIMEOUT).map_err(|e| unavailable(e.to_string()))?;
+        self.status = CollectorStatus {
+            source: SOURCE.into(),
+            fallback: false,
+            last_error: None,
+            losses: 0,
+            note: Some(format!("receive buffer {} KiB", conn.recv_buffer / 1024)),
+        };
+        let mut tracker = ProcessTracker::new(MAX_TRACKED);
+        seed(&mut tracker);
+        let mut users = UserNames::default();
+        let mut overruns: u64 = 0;
+        let mut handle =
+            |tracker: &mut ProcessTracker, msg: &ProcMessage, mono_now: u64, wall_now: SystemTime| {
+                let lost = tracker.count_losses(msg);
+                if lost > 0 {
+                    sink.count_losses(lost);
+                }
+                let item = tracker.apply(msg, &mut read_process, &mut |uid| users.name(uid), &alive)?;
+                let name = item.name();
+                match Event::new(name, vec![item], wall_time(msg.timestamp_ns, mono_now, wall_now)) {
+                    Ok(event) => {
+                        sink.send(event);
+                    }
+                    Err(e) => debug!("process event not built: {e}"),
+                }
+                Some(())
+            };
+        let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
+        for msg in &early {
+            handle(&mut tracker, msg, mono, wall);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        while !stop.is_stopped() {
+            match conn.recv(&mut buf) {
+                Ok(Received::Data { len, .. }) => {
+                    let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
+                    for msg in cnproc::parse_datagram(&buf[..len]).into_iter().flatten() {
+                        handle(&mut tracker, &msg, mono, wall);
+                    }
+                }
+                Ok(Received::Timeout) => {}
+                Ok(Received::Overrun) => {
+                    // The sequence gaps of the next messages count exactly what was lost.
+                    overruns += 1;
+                    if overruns.is_power_of_two() {
+                        warn!(
+                            overruns,
+                            "process connector: receive buffer overrun, events lost (counted)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    return Err(CollectError::Failed {
+                        source_name: SOURCE.into(),
+                        why: format!("receive: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> CollectorStatus {
+        self.status.clone()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn msg(event: ProcEvent) -> ProcMessage {
+        ProcMessage {
+            cpu: 0,
+            seq: 0,
+            ack: 0,
+            timestamp_ns: 0,
+            event,
+        }
+    }
+
+    fn info(exe: &str, args: &str, uid: u32, ppid: u32) -> ProcessInfo {
+        ProcessInfo {
+            executable: Some(exe.into()),
+            command_line: Some(args.into()),
+            command_line_truncated: false,
+            uid: Some(uid),
+            euid: Some(uid),
+            ppid: Some(ppid),
+            start_time: Some(1),
+            comm: Some("x".into()),
+        }
+    }
+
+    fn names(uid: u32) -> Option<String> {
+        (uid == 0).then(|| "root".to_string())
+    }
+
+    fn always(_: u32) -> bool {
+        true
+    }
+
+    #[test]
+    fn fork_exec_exit_make_create_and_terminate() {
+        let mut t = ProcessTracker::new(100);
+        t.seed(1, Some("/sbin/init".into()), Some(0));
+        t.seed(50, Some("/bin/bash".into()), Some(1));
+        let fork = ProcEvent::Fork {
+            parent_pid: 50,
+            parent_tgid: 50,
+            child_pid: 60,
+            child_tgid: 60,
+        };
+        assert_eq!(t.apply(&msg(fork), &mut |_| None, &mut names, &always), None);
+        // The child's /proc says its parent is init (reparented): the fork event wins.
+        let mut read = |_| Some(info("/usr/bin/curl", "curl -s http://x", 0, 1));
+        let created = t.apply(
+            &msg(ProcEvent::Exec { pid: 60, tgid: 60 }),
+            &mut read,
+            &mut names,
+            &always,
+        );
+        let PayloadItem::ProcessCreate(c) = created.unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.process_id, c.parent_process_id), (60, 50));
+        assert_eq!(
+            (c.executable.as_str(), c.command_line.as_str()),
+            ("/usr/bin/curl", "curl -s http://x")
+        );
+        assert_eq!((c.user_id.as_str(), c.user_name.as_deref()), ("0", Some("root")));
+        assert!(c.extra_details.is_empty());
+        let exit = ProcEvent::Exit {
+            pid: 60,
+            tgid: 60,
+            exit_code: 9,
+            exit_signal: 17,
+        };
+        let PayloadItem::ProcessTerminate(e) =
+            t.apply(&msg(exit), &mut |_| None, &mut names, &always).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((e.executable.as_str(), e.exit_status), ("/usr/bin/curl", 137));
+        assert_eq!(e.extra_details.get("Signal").map(String::as_str), Some("9"));
+        assert_eq!(t.len(), 2, "the exited process is forgotten");
+    }
+
+    #[test]
+    fn threads_are_not_processes() {
+        let mut t = ProcessTracker::new(100);
+        let thread = ProcEvent::Fork {
+            parent_pid: 50,
+            parent_tgid: 50,
+            child_pid: 51,
+            child_tgid: 50,
+        };
+        assert_eq!(t.apply(&msg(thread), &mut |_| None, &mut names, &always), None);
+        assert!(t.is_empty());
+        let thread_exit = ProcEvent::Exit {
+            pid: 51,
+            tgid: 50,
+            exit_code: 0,
+            exit_signal: u32::MAX,
+        };
+        assert_eq!(
+            t.apply(&msg(thread_exit), &mut |_| None, &mut names, &always),
+            None
+        );
+    }
+
+    #[test]
+    fn a_forked_child_that_never_execs_terminates_with_its_parents_executable() {
+        let mut t = ProcessTracker::new(100);
+        t.seed(50, Some("/usr/sbin/nginx".into()), Some(1));
+        t.on_fork(50, 70, &always);
+        let e = t.on_exit(70, 3 << 8);
+        assert_eq!((e.executable.as_str(), e.exit_status), ("/usr/sbin/nginx", 3));
+        assert!(e.extra_details.is_empty());
+    }
+
+    #[test]
+    fn a_process_gone_before_enrichment_still_gives_its_event() {
+        let mut t = ProcessTracker::new(100);
+        let c = t.on_exec(80, None, &mut names, &always);
+        assert_eq!(
+            (c.executable.as_str(), c.user_id.as_str(), c.parent_process_id),
+            ("", "", 0)
+        );
+        assert_eq!(
+            c.extra_details.get("Missing").map(String::as_str),
+            Some("ParentProcessId;Executable;CommandLine;UserId")
+        );
+        let zombie = ProcessInfo {
+            uid: Some(1000),
+            euid: Some(1000),
+            ppid: Some(5),
+            comm: Some("true".into()),
+            ..ProcessInfo::default()
+        };
+        let c = t.on_exec(81, Some(zombie), &mut names, &always);
+        assert_eq!(
+            c.extra_details.get("Missing").map(String::as_str),
+            Some("Executable;CommandLine")
+        );
+        assert_eq!(c.extra_details.get("Comm").map(String::as_str), Some("true"));
+        assert_eq!(c.user_name, None);
+        let e = t.on_exit(999, 0);
+        assert_eq!(
+            e.extra_details.get("Missing").map(String::as_str),
+            Some("Executable")
+        );
+    }
+
+    #[test]
+    fn setuid_programs_show_the_effective_uid() {
+        let mut t = ProcessTracker::new(10);
+        let mut i = info("/usr/bin/sudo", "sudo id", 1000, 1);
+        i.euid = Some(0);
+        i.command_line_truncated = true;
+        let c = t.on_exec(5, Some(i), &mut names, &always);
+        assert_eq!(c.user_id, "1000");
+        assert_eq!(
+            c.extra_details.get("EffectiveUserId").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(
+            c.extra_details.get("Truncated").map(String::as_str),
+            Some("CommandLine")
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_sheds_dead_processes_first() {
+        let mut t = ProcessTracker::new(3);
+        for pid in 1..=3 {
+            t.on_fork(0, pid, &always);
+        }
+        t.on_fork(0, 4, &|p| p != 2);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.refused, 0);
+        t.on_fork(0, 5, &always);
+        assert_eq!((t.len(), t.refused), (3, 1));
+        assert_eq!(t.on_exit(4, 0).executable, "");
+    }
+
+    #[test]
+    fn monotonic_times_become_wall_times() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            wall_time(4_000_000_000, 5_000_000_000, now),
+            now - Duration::from_secs(1)
+        );
+        assert_eq!(
+            wall_time(6_000_000_000, 5_000_000_000, now),
+            now,
+            "never in the future"
+        );
+        assert_eq!(wall_time(0, 500_000_000_000, now), now, "absurd ages are clamped");
+    }
+}

@@ -1,0 +1,444 @@
+//! The pipeline's decisions (SPEC §5): give each event its priority, split what cannot fit a
+//! message, keep events in the cache, decide when a message is due, pack it up to
+//! `maxMessageSizeInBytes` on the exact body bytes, and count everything for the statistics
+//! events. Time is a parameter (monotonic milliseconds, wall clock for timestamps): the tests
+//! drive it in milliseconds, deterministically.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use super::cache::{Cache, CacheCounters, CacheError, DropReason, EntryId, Eviction, PushOutcome};
+use crate::config::Config;
+use crate::event::{
+    Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
+    MessageStatistics, PayloadItem, Priority, Queue,
+};
+
+/// Timers run at most once per second, whatever the configuration says (SPEC §2).
+pub const MIN_TIMER_MS: u64 = 1000;
+/// First retry delay after a failed delivery; doubled per failure up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: u64 = 1000;
+/// Longest retry delay.
+pub const MAX_BACKOFF_MS: u64 = 60_000;
+/// At most this many Diagnostic events per minute; the rest are counted and summarised.
+pub const DIAGNOSTICS_PER_MINUTE: u32 = 10;
+
+/// A message ready to be delivered: its events are pinned in the cache until
+/// [`Pipeline::confirm`] or [`Pipeline::failed`].
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The cache entries in the message.
+    pub ids: Vec<EntryId>,
+    /// The exact message body.
+    pub body: Vec<u8>,
+    /// How many events of each name it holds (for the log line).
+    pub names: BTreeMap<String, usize>,
+}
+
+/// Counts for the period since the last statistics events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeriodCounts {
+    /// Events collected per queue (High, Low).
+    pub collected: [u64; 2],
+    /// Events dropped per queue (High, Low).
+    pub dropped: [u64; 2],
+    /// Messages confirmed.
+    pub messages_sent: u64,
+    /// Messages confirmed whose body was under 4 KB.
+    pub messages_under_4kb: u64,
+    /// Failed delivery attempts.
+    pub failed: u64,
+}
+
+fn queue_index(p: Priority) -> usize {
+    usize::from(p != Priority::High)
+}
+
+/// What happened to a submitted event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Submitted {
+    /// Events stored (more than one when the event was split).
+    pub stored: usize,
+    /// Events or payload items dropped, with why.
+    pub dropped: Vec<DropReason>,
+    /// Entries evicted to make room.
+    pub evicted: usize,
+}
+
+/// The pipeline state around the cache.
+#[derive(Debug)]
+pub struct Pipeline {
+    cache: Cache,
+    config: Config,
+    frame: MessageFrame,
+    in_flight: Option<Vec<EntryId>>,
+    backoff_ms: u64,
+    retry_at_ms: u64,
+    period: PeriodCounts,
+    /// Items dropped before reaching the cache (too large alone), per queue, cumulative.
+    dropped_before_cache: [u64; 2],
+    diagnostics: Vec<Diagnostic>,
+    diagnostics_window: (u64, u32),
+    diagnostics_suppressed: u64,
+    jitter_state: u64,
+    /// Set when the message size may have shrunk under cached events (start, new config).
+    recheck_sizes: bool,
+}
+
+impl Pipeline {
+    /// A pipeline over an open cache, with the configuration in force.
+    pub fn new(mut cache: Cache, config: Config, frame: MessageFrame) -> Pipeline {
+        let evictions = cache.set_max_bytes(config.max_local_cache_size_in_bytes);
+        let seed = frame.agent_id.as_u128() as u64 | 1;
+        let mut p = Pipeline {
+            cache,
+            config,
+            frame,
+            in_flight: None,
+            backoff_ms: 0,
+            retry_at_ms: 0,
+            period: PeriodCounts::default(),
+            dropped_before_cache: [0; 2],
+            diagnostics: Vec::new(),
+            diagnostics_window: (0, 0),
+            diagnostics_suppressed: 0,
+            jitter_state: seed,
+            recheck_sizes: true,
+        };
+        p.count_evictions(&evictions.evicted);
+        p
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The cache's cumulative counters.
+    pub fn counters(&self) -> CacheCounters {
+        self.cache.counters()
+    }
+
+    /// Items dropped before they reached the cache (too large even alone), High and Low.
+    pub fn dropped_before_cache(&self) -> [u64; 2] {
+        self.dropped_before_cache
+    }
+
+    /// The cache, for its disk figures and `sync`.
+    pub fn cache_mut(&mut self) -> &mut Cache {
+        &mut self.cache
+    }
+
+    /// Applies a new valid configuration: priorities apply to events queued from now on, the
+    /// timers use the new frequencies at once, a smaller cache evicts.
+    pub fn apply_config(&mut self, config: Config) {
+        let evictions = self.cache.set_max_bytes(config.max_local_cache_size_in_bytes);
+        self.count_evictions(&evictions.evicted);
+        if let Some(e) = evictions.error {
+            self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), 0);
+        }
+        self.config = config;
+        self.recheck_sizes = true;
+    }
+
+    fn count_evictions(&mut self, evicted: &[Eviction]) {
+        for e in evicted {
+            self.period.dropped[queue_index(e.priority)] += 1;
+        }
+    }
+
+    fn max_message(&self) -> usize {
+        usize::try_from(self.config.max_message_size_in_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Queues an event at the priority its name has now. `Off` events are discarded (their
+    /// collectors should not run). An event too large for one message is split; a payload item
+    /// too large even alone is dropped, counted, and explained in a Diagnostic.
+    pub fn submit(&mut self, event: Event, now_ms: u64) -> Submitted {
+        let mut out = Submitted::default();
+        let priority = self.config.priority(event.name());
+        if priority == Priority::Off {
+            return out;
+        }
+        let q = queue_index(priority);
+        let name = event.name();
+        let max_event = self.frame.max_event_bytes(self.max_message());
+        let split = if event.json_len() <= max_event {
+            vec![event]
+        } else {
+            let outcome = event.split_to_fit(max_event);
+            for item in &outcome.too_large {
+                self.period.collected[q] += 1;
+                self.period.dropped[q] += 1;
+                self.dropped_before_cache[q] += 1;
+                out.dropped.push(DropReason::TooLarge);
+                let len = serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0);
+                self.diagnose(
+                    DiagnosticSeverity::Warning,
+                    format!("a {name} payload item of {len} bytes cannot fit in a message of {} bytes; dropped", self.max_message()),
+                    now_ms,
+                );
+            }
+            outcome.events
+        };
+        for part in split {
+            self.period.collected[q] += 1;
+            match self.cache.push(priority, part.to_json(), now_ms.max(1)) {
+                PushOutcome::Stored { evicted, error, .. } => {
+                    out.stored += 1;
+                    out.evicted += evicted.len();
+                    self.count_evictions(&evicted);
+                    if let Some(e) = error {
+                        self.diagnose(DiagnosticSeverity::Warning, format!("cache: {e}"), now_ms);
+                    }
+                }
+                PushOutcome::Dropped { reason, evicted, error } => {
+                    out.evicted += evicted.len();
+                    self.count_evictions(&evicted);
+                    if reason != DropReason::PriorityOff {
+                        self.period.dropped[q] += 1;
+                    }
+                    out.dropped.push(reason);
+                    if let Some(e) = error {
+                        self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}; {name} event dropped"), now_ms);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Frequency of a queue in ms, at least one second.
+    fn frequency_ms(&self, p: Priority) -> u64 {
+        let ms = self.config.frequency(p).map(|d| d.as_millis()).unwrap_or(0);
+        u64::try_from(ms).unwrap_or(u64::MAX).max(MIN_TIMER_MS)
+    }
+
+    /// When the oldest unpinned event of a queue becomes due; reloaded events (time 0) are due
+    /// at once.
+    fn due_ms(&self, p: Priority) -> Option<u64> {
+        let oldest = self.cache.unpinned(p).next()?.enqueued_ms;
+        Some(if oldest == 0 { 0 } else { oldest.saturating_add(self.frequency_ms(p)) })
+    }
+
+    /// Whether the unpinned events of both queues more than fill a message.
+    fn is_full(&self) -> bool {
+        let mut total = self.frame.overhead();
+        let max = self.max_message();
+        for p in [Priority::High, Priority::Low] {
+            for e in self.cache.unpinned(p) {
+                total += usize::try_from(e.len).unwrap_or(usize::MAX).saturating_add(1);
+                if total > max {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The next monotonic time at which [`Pipeline::poll_message`] may have something to send,
+    /// `None` when nothing is queued.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let due = if self.is_full() {
+            Some(0)
+        } else {
+            [Priority::High, Priority::Low].into_iter().filter_map(|p| self.due_ms(p)).min()
+        };
+        due.map(|d| d.max(self.retry_at_ms))
+    }
+
+    /// A message to deliver now, if one is due (or a full message is ready). Its events are
+    /// pinned until `confirm` or `failed`. One message is in flight at a time.
+    pub fn poll_message(&mut self, now_ms: u64) -> Option<Outgoing> {
+        if self.in_flight.is_some() || now_ms < self.retry_at_ms {
+            return None;
+        }
+        let high_due = self.due_ms(Priority::High).is_some_and(|d| d <= now_ms);
+        let low_due = self.due_ms(Priority::Low).is_some_and(|d| d <= now_ms);
+        let (first, second) = if high_due {
+            (Priority::High, Priority::Low)
+        } else if low_due {
+            (Priority::Low, Priority::High)
+        } else if self.is_full() {
+            (Priority::High, Priority::Low)
+        } else {
+            return None;
+        };
+        self.take_message(first, second, now_ms)
+    }
+
+    fn take_message(&mut self, first: Priority, second: Priority, now_ms: u64) -> Option<Outgoing> {
+        let max = self.max_message();
+        if std::mem::take(&mut self.recheck_sizes) {
+            self.discard_unsendable(now_ms);
+        }
+        let mut chosen = Vec::new();
+        let mut lens = Vec::new();
+        for p in [first, second] {
+            for e in self.cache.unpinned(p) {
+                let len = usize::try_from(e.len).unwrap_or(usize::MAX);
+                if self.frame.body_len(lens.iter().copied().chain([len])) > max {
+                    break;
+                }
+                lens.push(len);
+                chosen.push(e.id);
+            }
+        }
+        let mut events = Vec::with_capacity(chosen.len());
+        let mut ids = Vec::with_capacity(chosen.len());
+        for id in chosen {
+            match self.cache.read(id) {
+                Ok(bytes) => {
+                    events.push(bytes);
+                    ids.push(id);
+                }
+                // The cache has dropped and counted an unreadable entry; go on without it.
+                Err(e) => self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), now_ms),
+            }
+        }
+        if ids.is_empty() {
+            return None;
+        }
+        self.cache.pin(&ids);
+        let mut names = BTreeMap::new();
+        for e in &events {
+            *names.entry(event_name_of(e)).or_insert(0) += 1;
+        }
+        let body = self.frame.assemble(&events);
+        self.in_flight = Some(ids.clone());
+        Some(Outgoing { ids, body, names })
+    }
+
+    /// Drops (counted, explained) cached events that no longer fit in a message on their own,
+    /// which happens when `maxMessageSizeInBytes` shrinks after they were cached; otherwise
+    /// they would stall their queue.
+    fn discard_unsendable(&mut self, now_ms: u64) {
+        let max_event = self.frame.max_event_bytes(self.max_message()) as u64;
+        let mut unsendable = Vec::new();
+        for p in [Priority::High, Priority::Low] {
+            for e in self.cache.unpinned(p).filter(|e| e.len > max_event) {
+                unsendable.push((p, e.id, e.len));
+            }
+        }
+        if unsendable.is_empty() {
+            return;
+        }
+        let ids: Vec<EntryId> = unsendable.iter().map(|(_, id, _)| *id).collect();
+        for (p, _, len) in &unsendable {
+            self.period.dropped[queue_index(*p)] += 1;
+            self.diagnose(
+                DiagnosticSeverity::Warning,
+                format!("a cached event of {len} bytes no longer fits in a message of {} bytes; dropped", self.max_message()),
+                now_ms,
+            );
+        }
+        if let Err(e) = self.cache.discard(&ids, DropReason::TooLarge) {
+            self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), now_ms);
+        }
+    }
+
+    /// The transport confirmed the message: its events leave the cache as sent.
+    pub fn confirm(&mut self, out: &Outgoing) -> Result<(), CacheError> {
+        self.in_flight = None;
+        self.backoff_ms = 0;
+        self.retry_at_ms = 0;
+        self.period.messages_sent += 1;
+        if out.body.len() < 4096 {
+            self.period.messages_under_4kb += 1;
+        }
+        self.cache.ack(&out.ids)
+    }
+
+    /// The delivery failed: the events go back to their queues (never counted as drops), and
+    /// the next attempt waits an exponential backoff with jitter.
+    pub fn failed(&mut self, out: &Outgoing, now_ms: u64) {
+        self.in_flight = None;
+        self.period.failed += 1;
+        let evictions = self.cache.unpin(&out.ids);
+        self.count_evictions(&evictions.evicted);
+        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
+        // xorshift: a cheap jitter of up to a quarter of the delay, so a fleet does not retry
+        // in lockstep after a broker outage.
+        self.jitter_state ^= self.jitter_state << 13;
+        self.jitter_state ^= self.jitter_state >> 7;
+        self.jitter_state ^= self.jitter_state << 17;
+        let jitter = self.jitter_state % (self.backoff_ms / 4 + 1);
+        self.retry_at_ms = now_ms.saturating_add(self.backoff_ms + jitter);
+    }
+
+    /// Records a Diagnostic for the agent's own problem, rate-limited to
+    /// [`DIAGNOSTICS_PER_MINUTE`]. They are queued by [`Pipeline::take_diagnostics`].
+    pub fn diagnose(&mut self, severity: DiagnosticSeverity, message: String, now_ms: u64) {
+        let (start, count) = self.diagnostics_window;
+        if now_ms.saturating_sub(start) >= 60_000 || start == 0 {
+            self.diagnostics_window = (now_ms.max(1), 0);
+        }
+        if self.diagnostics_window.1 >= DIAGNOSTICS_PER_MINUTE {
+            self.diagnostics_suppressed += 1;
+            return;
+        }
+        let _ = count;
+        self.diagnostics_window.1 += 1;
+        self.diagnostics.push(Diagnostic::new(severity, message, std::process::id(), 0));
+    }
+
+    /// The pending Diagnostic items (as one event), to be submitted when Diagnostic is not Off.
+    pub fn take_diagnostics(&mut self, wall: SystemTime) -> Option<Event> {
+        if self.diagnostics_suppressed > 0 {
+            let n = std::mem::take(&mut self.diagnostics_suppressed);
+            self.diagnostics.push(Diagnostic::new(
+                DiagnosticSeverity::Warning,
+                format!("{n} more diagnostics suppressed by the rate limit"),
+                std::process::id(),
+                0,
+            ));
+        }
+        if self.diagnostics.is_empty() {
+            return None;
+        }
+        let items: Vec<PayloadItem> = self.diagnostics.drain(..).map(PayloadItem::from).collect();
+        Event::new(EventName::Diagnostic, items, wall).ok()
+    }
+
+    /// The DroppedEventsStatistics and MessageStatistics events for the period since the last
+    /// call; the period counts restart at zero.
+    pub fn statistics_events(&mut self, wall: SystemTime) -> Vec<Event> {
+        let p = std::mem::take(&mut self.period);
+        let dropped = vec![
+            PayloadItem::from(DroppedEventsStatistics::new(Queue::High, p.collected[0], p.dropped[0])),
+            PayloadItem::from(DroppedEventsStatistics::new(Queue::Low, p.collected[1], p.dropped[1])),
+        ];
+        let messages = vec![PayloadItem::from(MessageStatistics::new(
+            p.messages_sent,
+            p.messages_under_4kb,
+            p.failed,
+        ))];
+        [(EventName::DroppedEventsStatistics, dropped), (EventName::MessageStatistics, messages)]
+            .into_iter()
+            .filter(|(name, _)| self.config.priority(*name) != Priority::Off)
+            .filter_map(|(name, items)| Event::new(name, items, wall).ok())
+            .collect()
+    }
+
+    /// The counts of the current period so far.
+    pub fn period(&self) -> &PeriodCounts {
+        &self.period
+    }
+}
+
+/// The `Name` of a serialized event, for log lines; `"?"` if it cannot be found.
+fn event_name_of(event: &[u8]) -> String {
+    const KEY: &[u8] = b"\"Name\":\"";
+    event
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .and_then(|i| {
+            let rest = &event[i + KEY.len()..];
+            let end = rest.iter().position(|&b| b == b'"')?;
+            std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}

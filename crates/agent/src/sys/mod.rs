@@ -1,0 +1,35 @@
+//! The only layer that touches the operating system: procfs, sysfs, `/etc` files, `uname`,
+//! and the firewall tools' machine-readable output - plus the pure parsers of what they
+//! return, each tested on fixtures captured from real machines.
+//!
+//! Every read is bounded in size, invalid UTF-8 is kept lossily, and nothing here panics on
+//! what the system returns. Paths are resolved under a [`fs::Root`], `/` in production and a
+//! fixture tree in tests.
+//!
+//! - `fs`: bounded reads, bounded line iteration, the `Root`.
+//! - `procnet`: `/proc/net/{tcp,udp}{,6}`.
+//! - `sockdiag`: the same sockets through `NETLINK_SOCK_DIAG`, filtered by the kernel.
+//! - `procfd`: socket inode -> owning processes; `/proc/<pid>/exe`.
+//! - `accounts`: `/etc/passwd`, `/etc/group`, `/etc/shadow` (no NSS).
+//! - `osinfo`: os-release, meminfo, mountinfo, kernel command line, `uname(2)`.
+//! - `sysfs`: PCI, USB, block and network devices; `hwids`: pci.ids / usb.ids names.
+//! - `program`: running a tool directly, with a timeout and an output cap.
+//! - `firewall`: `nft -j list ruleset` and `iptables-legacy-save` parsers.
+//! - `sshd`: sshd_config as sshd reads it; `keyvalue`: login.defs, limits.conf.
+pub mod accounts;
+pub mod cnproc;
+pub mod firewall;
+pub mod fs;
+pub mod hwids;
+pub mod keyvalue;
+pub mod netlink;
+pub mod osinfo;
+pub mod procfd;
+pub mod procinfo;
+pub mod procnet;
+pub mod program;
+pub mod sockdiag;
+pub mod sshd;
+pub mod sysfs;
+pub mod audit;
+pub mod tcpdiag;

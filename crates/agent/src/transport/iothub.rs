@@ -1,0 +1,865 @@
+//! IoT Hub mode (SPEC §6): the `azureiotsecurity` module identity over MQTT 3.1.1 and TLS
+//! (port 8883), written from the protocol description because no maintained Rust SDK exists.
+//!
+//! - Identity: a module connection string read from a file (a secret); client id
+//!   `{device}/{module}`, user name `{host}/{device}/{module}/?api-version=2021-04-12`, password
+//!   a SAS token signed with the module key, valid [`TOKEN_TTL`] and renewed by reconnecting
+//!   before it expires.
+//! - Twin: subscribe to `$iothub/twin/res/#` and `$iothub/twin/PATCH/properties/desired/#` (2
+//!   of the 5 subscriptions IoT Hub allows); after every connection GET the full twin
+//!   (`$rid`-correlated, with a timeout); desired patches are merged onto the last received
+//!   document with [`DesiredState`] (RFC 7386, `$version` order, a gap -> GET again);
+//!   notifications not newer than the GET's `$version` are ignored. Reported properties are
+//!   PATCHed and confirmed by the 204 answer.
+//! - Messages: `devices/{d}/modules/{m}/messages/events/` + the security-message property bag
+//!   and a `$.mid`, QoS 1 only (QoS 2 makes IoT Hub close the connection), 256 KB at most.
+//!   One message is in flight at a time, so the hub's PUBACK pace is the send rate: a
+//!   throttled hub slows us down; a disconnect is retried with backoff and jitter.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use tracing::{debug, info, warn};
+use twinguard_mqtt::{Publish, QoS};
+
+use super::mqtt::{transport_error_for, BACKOFF, CONNECT_TIMEOUT, MAX_INCOMING_PACKET};
+use super::mqtt_client::{Backoff, ClientOptions, Credentials, Login, MqttClient, Secret};
+use super::settings::read_secret_file;
+use super::tls::{client_config, TlsOptions};
+use super::{DesiredUpdate, Transport, TransportError};
+use crate::config::{DesiredState, PatchOutcome, CONFIG_KEY};
+
+/// The API version IoT Hub is asked for.
+pub const API_VERSION: &str = "2021-04-12";
+/// Lifetime of a SAS token; the connection is renewed after five sixths of it.
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// IoT Hub's MQTT port.
+pub const IOTHUB_PORT: u16 = 8883;
+/// Largest device-to-cloud message IoT Hub takes.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// How long a twin GET or reported PATCH waits for its answer.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publish waits for its PUBACK.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// IoT Hub's keep-alive default in the official SDKs is 60 s; we ping sooner so a dead
+/// connection is noticed within a minute.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Desired patches held while a GET is outstanding; more are dropped (the GET has them).
+const MAX_BUFFERED_PATCHES: usize = 32;
+/// Incoming publishes waiting for the transport.
+const INCOMING_CAPACITY: usize = 64;
+/// The security-message property bag (SPEC §6), before `$.mid`.
+pub const PROPERTY_BAG: &str =
+    "%24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.ct=application%2Fjson&%24.ce=utf-8";
+
+/// The validated IoT Hub mode settings.
+#[derive(Clone, Debug)]
+pub struct IotHubOptions {
+    /// File holding the module connection string.
+    pub connection_string_file: PathBuf,
+    /// A private CA to trust.
+    pub ca: Option<PathBuf>,
+    /// Connect here instead of `HostName:8883` (tests and local hubs; the TLS name is this
+    /// host).
+    pub endpoint: Option<(String, u16)>,
+    /// SAS token lifetime (tests shorten it to see renewals).
+    pub token_ttl: Duration,
+}
+
+impl IotHubOptions {
+    /// Options for a connection string file, with the defaults.
+    pub fn new(connection_string_file: PathBuf, ca: Option<PathBuf>) -> IotHubOptions {
+        IotHubOptions {
+            connection_string_file,
+            ca,
+            endpoint: None,
+            token_ttl: TOKEN_TTL,
+        }
+    }
+}
+
+/// A module connection string: `HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionString {
+    /// The hub's host name.
+    pub host: String,
+    /// The device id.
+    pub device_id: String,
+    /// The module id.
+    pub module_id: String,
+    /// The decoded symmetric key.
+    key: Secret,
+}
+
+impl std::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionString")
+            .field("host", &self.host)
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl ConnectionString {
+    /// Parses a connection string. Errors never quote the key.
+    pub fn parse(text: &str) -> Result<ConnectionString, String> {
+        let (mut host, mut device, mut module, mut key) = (None, None, None, None);
+        for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
+            let (name, value) = part.split_once('=').ok_or_else(|| {
+                format!(
+                    "connection string: {:?} is not Name=value",
+                    part.split('=').next().unwrap_or("")
+                )
+            })?;
+            let value = value.trim();
+            match name.trim() {
+                "HostName" => host = Some(value.to_owned()),
+                "DeviceId" => device = Some(value.to_owned()),
+                "ModuleId" => module = Some(value.to_owned()),
+                "SharedAccessKey" => key = Some(value.to_owned()),
+                "SharedAccessKeyName" => {
+                    return Err("connection string: a shared access policy (SharedAccessKeyName) is a service credential; give the module's connection string".into())
+                }
+                "x509" => return Err("connection string: X.509 authentication is not supported; use a symmetric key".into()),
+                // GatewayHostName and future keys are not needed to connect directly.
+                other => debug!(key = other, "connection string: key ignored"),
+            }
+        }
+        let need = |v: Option<String>, name: &str| {
+            v.filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("connection string: {name}= is missing"))
+        };
+        let host = need(host, "HostName")?;
+        let device_id = need(device, "DeviceId")?;
+        let module_id = need(module, "ModuleId")
+            .map_err(|e| format!("{e} (a module identity is required, e.g. azureiotsecurity)"))?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(need(key, "SharedAccessKey")?)
+            .map_err(|_| "connection string: SharedAccessKey is not base64".to_owned())?;
+        for (name, v) in [("DeviceId", &device_id), ("ModuleId", &module_id)] {
+            if v.contains(['/', '+', '#', '\0']) {
+                return Err(format!("connection string: {name} contains / + # or NUL"));
+            }
+        }
+        Ok(ConnectionString {
+            host,
+            device_id,
+            module_id,
+            key: Secret(key),
+        })
+    }
+
+    /// `{host}/devices/{d}/modules/{m}`, the SAS resource.
+    pub fn resource(&self) -> String {
+        format!(
+            "{}/devices/{}/modules/{}",
+            self.host, self.device_id, self.module_id
+        )
+    }
+
+    /// The MQTT client id `{d}/{m}`.
+    pub fn client_id(&self) -> String {
+        format!("{}/{}", self.device_id, self.module_id)
+    }
+
+    /// The MQTT user name.
+    pub fn username(&self) -> String {
+        format!(
+            "{}/{}/{}/?api-version={API_VERSION}",
+            self.host, self.device_id, self.module_id
+        )
+    }
+
+    /// A SAS token for this identity, expiring at `expiry` (Unix seconds).
+    pub fn sas_token(&self, expiry: u64) -> String {
+        sas_token(&self.resource(), &self.key.0, expiry)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, with upper-case hex (the
+/// signature depends on the exact bytes, as the SPEC §6 vector shows).
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The signature of a SAS token: base64(HMAC-SHA256(key, urlenc(resource) + "\n" + expiry)).
+pub fn sas_signature(resource: &str, key: &[u8], expiry: u64) -> String {
+    let signing_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let to_sign = format!("{}\n{expiry}", url_encode(resource));
+    let tag = ring::hmac::sign(&signing_key, to_sign.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+}
+
+/// `SharedAccessSignature sr={urlenc(resource)}&sig={urlenc(signature)}&se={expiry}`.
+pub fn sas_token(resource: &str, key: &[u8], expiry: u64) -> String {
+    format!(
+        "SharedAccessSignature sr={}&sig={}&se={expiry}",
+        url_encode(resource),
+        url_encode(&sas_signature(resource, key, expiry))
+    )
+}
+
+/// Fresh SAS credentials for every connection.
+#[derive(Debug)]
+struct SasLogin {
+    identity: ConnectionString,
+    ttl: Duration,
+}
+
+impl Login for SasLogin {
+    fn credentials(&mut self) -> Result<Credentials, String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| "the system clock is before 1970: cannot sign a SAS token".to_owned())?;
+        let expiry = (now + self.ttl).as_secs();
+        Ok(Credentials {
+            username: Some(self.identity.username()),
+            password: Some(Secret(self.identity.sas_token(expiry).into_bytes())),
+            renew_after: Some(self.ttl - self.ttl / 6),
+        })
+    }
+}
+
+/// The device-to-cloud topic of one security message, with its property bag and message id.
+pub fn message_topic(device_id: &str, module_id: &str, message_id: &str) -> String {
+    format!(
+        "devices/{device_id}/modules/{module_id}/messages/events/{PROPERTY_BAG}&%24.mid={}",
+        url_encode(message_id)
+    )
+}
+
+/// Twin topics.
+pub mod topics {
+    /// Responses to GET and reported PATCH.
+    pub const RESPONSES: &str = "$iothub/twin/res/#";
+    /// Desired-property notifications.
+    pub const DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
+    /// Prefix of a response topic.
+    pub const RESPONSE_PREFIX: &str = "$iothub/twin/res/";
+    /// Prefix of a desired-property notification topic.
+    pub const DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
+
+    /// GET the full twin.
+    pub fn get(rid: u64) -> String {
+        format!("$iothub/twin/GET/?$rid={rid}")
+    }
+
+    /// PATCH the reported properties.
+    pub fn patch_reported(rid: u64) -> String {
+        format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+    }
+}
+
+/// A parsed `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]` topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwinResponse {
+    /// HTTP-like status: 200 (GET), 204 (PATCH), 429 (throttled), 4xx/5xx.
+    pub status: u16,
+    /// The request id it answers.
+    pub rid: Option<u64>,
+    /// The twin's new reported `$version` (PATCH answers).
+    pub version: Option<i64>,
+}
+
+/// Parses a query string `a=1&b=2` into (name, value) pairs.
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query.split('&').filter_map(|kv| kv.split_once('='))
+}
+
+/// Parses a twin response topic; `None` if the topic is not one.
+pub fn parse_response_topic(topic: &str) -> Option<TwinResponse> {
+    let rest = topic.strip_prefix(topics::RESPONSE_PREFIX)?;
+    let (status, query) = rest.split_once("/?").unwrap_or((rest.trim_end_matches('/'), ""));
+    let status = status.parse().ok()?;
+    let mut response = TwinResponse {
+        status,
+        rid: None,
+        version: None,
+    };
+    for (name, value) in query_pairs(query) {
+        match name {
+            "$rid" => response.rid = value.parse().ok(),
+            "$version" => response.version = value.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(response)
+}
+
+/// The `$version` of a desired-properties notification topic (`Some(None)`: such a topic
+/// without a version); `None` if the topic is not one.
+pub fn parse_desired_topic(topic: &str) -> Option<Option<i64>> {
+    let rest = topic.strip_prefix(topics::DESIRED_PREFIX)?;
+    let query = rest.strip_prefix('?').unwrap_or(rest);
+    Some(
+        query_pairs(query)
+            .find(|(n, _)| *n == "$version")
+            .and_then(|(_, v)| v.parse().ok()),
+    )
+}
+
+/// The desired document handed to the run loop: only our configuration key (other modules'
+/// desired properties are not ours to warn about) and `$version`.
+pub fn desired_for_agent(desired: &Value, version: Option<i64>) -> DesiredUpdate {
+    let mut doc = Map::new();
+    if let Some(object) = desired.get(CONFIG_KEY).filter(|v| !v.is_null()) {
+        doc.insert(CONFIG_KEY.to_owned(), object.clone());
+    }
+    if let Some(v) = version {
+        doc.insert("$version".into(), Value::from(v));
+    }
+    DesiredUpdate::Document {
+        doc: Value::Object(doc),
+        version,
+    }
+}
+
+/// The IoT Hub mode transport.
+#[derive(Debug)]
+pub struct IotHubTransport {
+    client: MqttClient,
+    identity: ConnectionString,
+    desired: DesiredState,
+    next_rid: u64,
+    seen_connections: u64,
+    /// A full GET is needed (after a connection, a gap, lost notifications).
+    need_get: bool,
+    /// The outstanding GET: its `$rid` and when it was sent.
+    get: Option<(u64, Instant)>,
+    get_failures: u32,
+    get_not_before: Option<Instant>,
+    /// Notifications that came while a GET was outstanding.
+    buffered: VecDeque<Value>,
+    /// The next update for the run loop.
+    update: Option<DesiredUpdate>,
+    /// The `$version` the run loop is known to apply (for `twinguard.desiredVersion` of the
+    /// first report, before any update went through the run loop).
+    started_version: Option<i64>,
+    /// The newest reported section (compact JSON) and whether the hub has confirmed it.
+    reported: Option<Vec<u8>>,
+    report_confirmed: bool,
+    /// The reported PATCH waiting for its answer, and the answer.
+    report_rid: Option<u64>,
+    report_status: Option<u16>,
+}
+
+impl IotHubTransport {
+    /// Reads the connection string (a secret file), builds TLS and starts the client.
+    pub fn start(options: &IotHubOptions) -> Result<IotHubTransport, TransportError> {
+        let what = || format!("iothub {}", options.connection_string_file.display());
+        let bytes =
+            read_secret_file(&options.connection_string_file).map_err(|e| transport_error_for(what(), e))?;
+        let text = String::from_utf8(bytes).map_err(|_| transport_error_for(what(), "not UTF-8"))?;
+        let identity = ConnectionString::parse(&text).map_err(|e| transport_error_for(what(), e))?;
+        let tls = client_config(&TlsOptions {
+            ca: options.ca.clone(),
+            client_auth: None,
+        })
+        .map_err(|e| transport_error_for(what(), e))?;
+        let (host, port) = options
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| (identity.host.clone(), IOTHUB_PORT));
+        let client = MqttClient::start(ClientOptions {
+            host,
+            port,
+            tls: Some(tls),
+            client_id: identity.client_id(),
+            keep_alive: KEEP_ALIVE,
+            clean_session: true,
+            will: None,
+            subscriptions: vec![
+                (topics::RESPONSES.to_owned(), QoS::AtLeastOnce),
+                (topics::DESIRED.to_owned(), QoS::AtLeastOnce),
+            ],
+            login: Box::new(SasLogin {
+                identity: identity.clone(),
+                ttl: options.token_ttl,
+            }),
+            max_incoming_packet: MAX_INCOMING_PACKET,
+            connect_timeout: CONNECT_TIMEOUT,
+            backoff: BACKOFF,
+            incoming_capacity: INCOMING_CAPACITY,
+        })
+        .map_err(|e| transport_error_for(what(), e))?;
+        Ok(IotHubTransport {
+            client,
+            identity,
+            desired: DesiredState::new(),
+            next_rid: 0,
+            seen_connections: 0,
+            need_get: true,
+            get: None,
+            get_failures: 0,
+            get_not_before: None,
+            buffered: VecDeque::new(),
+            update: None,
+            started_version: None,
+            reported: None,
+            report_confirmed: true,
+            report_rid: None,
+            report_status: None,
+        })
+    }
+
+    /// Waits up to `timeout` for the full twin at start-up. `None` if the hub could not be
+    /// reached (or did not answer) in time. The update stays pending for
+    /// [`Transport::poll_desired`] unless [`IotHubTransport::mark_handed`] is called.
+    pub fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            self.pump();
+            if self.update.is_some() {
+                return self.update.clone();
+            }
+            if let Some(p) = self.client.recv_timeout(Duration::from_millis(50)) {
+                self.handle(p);
+            }
+        }
+        None
+    }
+
+    /// The run loop applied the start-up document itself: do not hand it over again.
+    pub fn mark_handed(&mut self) {
+        if let Some(DesiredUpdate::Document { version, .. }) = self.update.take() {
+            self.started_version = version;
+        }
+    }
+
+    fn next_rid(&mut self) -> u64 {
+        self.next_rid += 1;
+        self.next_rid
+    }
+
+    /// Handles what arrived, notices reconnections and (re)sends the GET when needed.
+    fn pump(&mut self) {
+        let connections = self.client.connections();
+        if connections != self.seen_connections {
+            self.seen_connections = connections;
+            // A new connection: its subscriptions are fresh; GET the whole twin, and send the
+            // reported section again if the hub never confirmed it.
+            self.need_get = true;
+            self.get = None;
+            self.get_failures = 0;
+            self.get_not_before = None;
+            if !self.report_confirmed && self.reported.is_some() {
+                if let Err(e) = self.send_report() {
+                    warn!("reported properties not confirmed yet: {e}");
+                }
+            }
+        }
+        while let Some(p) = self.client.try_recv() {
+            self.handle(p);
+        }
+        if self.client.take_overflow() {
+            self.need_get = true;
+        }
+        if let Some((rid, sent)) = self.get {
+            if sent.elapsed() >= RESPONSE_TIMEOUT {
+                warn!(rid, "no answer to the twin GET: asking again");
+                self.get = None;
+                self.need_get = true;
+                self.get_failed();
+            }
+        }
+        if self.need_get && self.get.is_none() && self.client.is_connected() {
+            if self.get_not_before.is_some_and(|t| Instant::now() < t) {
+                return;
+            }
+            let rid = self.next_rid();
+            match self
+                .client
+                .publish(&topics::get(rid), b"", false, PUBLISH_TIMEOUT)
+            {
+                Ok(()) => {
+                    debug!(rid, "twin GET sent");
+                    self.get = Some((rid, Instant::now()));
+                    self.need_get = false;
+                    self.buffered.clear();
+                }
+                Err(e) => {
+                    warn!("twin GET not sent: {e}");
+                    self.get_failed();
+                }
+            }
+        }
+    }
+
+    fn get_failed(&mut self) {
+        let delay = Backoff::delay(&BACKOFF, self.get_failures);
+        self.get_failures = self.get_failures.saturating_add(1);
+        self.get_not_before = Some(Instant::now() + delay);
+    }
+
+    /// Handles one incoming publish.
+    fn handle(&mut self, publish: Publish) {
+        if let Some(response) = parse_response_topic(&publish.topic) {
+            self.handle_response(response, &publish.payload);
+        } else if let Some(topic_version) = parse_desired_topic(&publish.topic) {
+            self.handle_notification(topic_version, &publish.payload);
+        } else {
+            debug!(topic = %publish.topic, "ignoring a publish on an unexpected topic");
+        }
+    }
+
+    fn handle_response(&mut self, response: TwinResponse, body: &[u8]) {
+        if response.rid.is_some() && response.rid == self.report_rid {
+            self.report_status = Some(response.status);
+            return;
+        }
+        let Some((rid, _)) = self.get else {
+            debug!(?response, "a twin answer nobody waits for (an earlier request)");
+            return;
+        };
+        if response.rid != Some(rid) {
+            debug!(?response, "a twin answer to an earlier request: ignored");
+            return;
+        }
+        self.get = None;
+        if response.status != 200 {
+            warn!(
+                status = response.status,
+                "the twin GET failed; asking again after a delay"
+            );
+            self.need_get = true;
+            self.get_failed();
+            return;
+        }
+        self.get_failures = 0;
+        let twin: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                self.update = Some(DesiredUpdate::Unreadable(format!(
+                    "the twin from the hub is not JSON: {e}"
+                )));
+                return;
+            }
+        };
+        let Some(desired) = twin.get("desired").filter(|d| d.is_object()) else {
+            self.update = Some(DesiredUpdate::Unreadable(
+                "the twin from the hub has no desired section".into(),
+            ));
+            return;
+        };
+        self.desired.replace(desired.clone());
+        info!(version = ?self.desired.version(), "twin received");
+        // Notifications that came while the GET was out: apply those newer than the GET's.
+        let buffered: Vec<Value> = self.buffered.drain(..).collect();
+        for patch in buffered {
+            self.apply_patch(&patch);
+        }
+        self.update = Some(desired_for_agent(self.desired.document(), self.desired.version()));
+    }
+
+    fn handle_notification(&mut self, topic_version: Option<i64>, body: &[u8]) {
+        let mut patch: Value = match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                warn!("a desired-properties notification is not a JSON object: fetching the twin");
+                self.need_get = true;
+                return;
+            }
+        };
+        // The version is in the body; the topic's is a fallback for hubs that omit it.
+        if patch.get("$version").is_none() {
+            if let (Some(v), Value::Object(members)) = (topic_version, &mut patch) {
+                members.insert("$version".into(), Value::from(v));
+            }
+        }
+        if self.get.is_some() || self.need_get {
+            if self.buffered.len() < MAX_BUFFERED_PATCHES {
+                self.buffered.push_back(patch);
+            }
+            return;
+        }
+        if self.apply_patch(&patch) {
+            self.update = Some(desired_for_agent(self.desired.document(), self.desired.version()));
+        }
+    }
+
+    /// Applies a patch to the desired state; true when it changed the document.
+    fn apply_patch(&mut self, patch: &Value) -> bool {
+        match self.desired.apply_patch(patch) {
+            PatchOutcome::Applied { version } => {
+                info!(version, "desired patch merged");
+                true
+            }
+            PatchOutcome::Stale { received, known } => {
+                debug!(received, known, "stale desired notification ignored");
+                false
+            }
+            PatchOutcome::Gap { expected, received } => {
+                info!(
+                    ?expected,
+                    received, "desired versions missed: fetching the whole twin"
+                );
+                self.need_get = true;
+                false
+            }
+            PatchOutcome::Unversioned => {
+                warn!("a desired notification without $version: fetching the whole twin");
+                self.need_get = true;
+                false
+            }
+        }
+    }
+
+    /// PATCHes the newest reported section and waits for the hub's answer.
+    fn send_report(&mut self) -> Result<(), TransportError> {
+        let Some(body) = self.reported.clone() else {
+            return Ok(());
+        };
+        let what = || "iothub reported PATCH".to_owned();
+        let rid = self.next_rid();
+        self.report_rid = Some(rid);
+        self.report_status = None;
+        self.client
+            .publish(&topics::patch_reported(rid), &body, false, PUBLISH_TIMEOUT)
+            .map_err(|e| transport_error_for(what(), e))?;
+        let deadline = Instant::now() + RESPONSE_TIMEOUT;
+        while Instant::now() < deadline && self.client.is_connected() {
+            if let Some(status) = self.report_status.take() {
+                self.report_rid = None;
+                return match status {
+                    200..=299 => {
+                        self.report_confirmed = true;
+                        Ok(())
+                    }
+                    429 => Err(transport_error_for(
+                        what(),
+                        "throttled by the hub (429); sent again later",
+                    )),
+                    s => Err(transport_error_for(what(), format!("the hub answered {s}"))),
+                };
+            }
+            if let Some(p) = self.client.recv_timeout(Duration::from_millis(20)) {
+                self.handle(p);
+            }
+        }
+        self.report_rid = None;
+        Err(transport_error_for(
+            what(),
+            "no answer from the hub; sent again on reconnection",
+        ))
+    }
+}
+
+impl Transport for IotHubTransport {
+    fn deliver(&mut self, body: &[u8]) -> Result<(), TransportError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(transport_error_for(
+                "iothub message".into(),
+                format!("{} bytes is over IoT Hub's 256 KB limit", body.len()),
+            ));
+        }
+        let topic = message_topic(
+            &self.identity.device_id,
+            &self.identity.module_id,
+            &uuid::Uuid::new_v4().to_string(),
+        );
+        self.client
+            .publish(&topic, body, false, PUBLISH_TIMEOUT)
+            .map_err(|e| transport_error_for("iothub message".into(), e))
+    }
+
+    fn report(&mut self, section: &Value) -> Result<(), TransportError> {
+        let mut section = section.clone();
+        // The first report comes before any update went through the run loop: it applies the
+        // start-up twin, whose version only we know.
+        if let (Some(v), Some(Value::Object(status))) = (self.started_version, section.get_mut("twinguard")) {
+            status.entry("desiredVersion").or_insert(Value::from(v));
+        }
+        let body =
+            serde_json::to_vec(&section).map_err(|e| transport_error_for("reported section".into(), e))?;
+        self.reported = Some(body);
+        self.report_confirmed = false;
+        self.send_report()
+    }
+
+    fn poll_desired(&mut self, _now_ms: u64) -> Option<DesiredUpdate> {
+        self.pump();
+        let update = self.update.take();
+        if update.is_some() {
+            // From now on the run loop tracks the version itself.
+            self.started_version = None;
+        }
+        update
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "iothub {} module {}",
+            self.identity.host,
+            self.identity.client_id()
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sas_matches_the_spec_vector() {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .unwrap();
+        let resource = "myhub.azure-devices.net/devices/dev1/modules/mod1";
+        assert_eq!(
+            sas_signature(resource, &key, 1_700_000_000),
+            "kA6xjFLkZvk4Cdh0nD8uWAzassq6PB47f7BepMMtmlY="
+        );
+        assert_eq!(
+            sas_token(resource, &key, 1_700_000_000),
+            "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev1%2Fmodules%2Fmod1\
+             &sig=kA6xjFLkZvk4Cdh0nD8uWAzassq6PB47f7BepMMtmlY%3D&se=1700000000"
+        );
+    }
+
+    #[test]
+    fn connection_strings() {
+        let cs = ConnectionString::parse(
+            "HostName=myhub.azure-devices.net;DeviceId=dev1;ModuleId=mod1;SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        )
+        .unwrap();
+        assert_eq!(cs.client_id(), "dev1/mod1");
+        assert_eq!(
+            cs.username(),
+            "myhub.azure-devices.net/dev1/mod1/?api-version=2021-04-12"
+        );
+        assert_eq!(cs.resource(), "myhub.azure-devices.net/devices/dev1/modules/mod1");
+        assert!(cs
+            .sas_token(1_700_000_000)
+            .contains("sig=kA6xjFLkZvk4Cdh0nD8uWAzassq6PB47f7BepMMtmlY%3D"));
+        assert!(!format!("{cs:?}").contains("AAEC"));
+        for (bad, says) in [
+            ("HostName=h;DeviceId=d;SharedAccessKey=AA==", "ModuleId"),
+            ("HostName=h;DeviceId=d;ModuleId=m", "SharedAccessKey"),
+            ("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=!!", "base64"),
+            (
+                "HostName=h;SharedAccessKeyName=iothubowner;SharedAccessKey=AA==",
+                "policy",
+            ),
+            ("garbage", "Name=value"),
+        ] {
+            let e = ConnectionString::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(!e.contains("AA=="), "{e}");
+        }
+    }
+
+    #[test]
+    fn message_topic_has_the_exact_property_bag() {
+        assert_eq!(
+            message_topic("dev1", "azureiotsecurity", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+            "devices/dev1/modules/azureiotsecurity/messages/events/\
+             %24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.ct=application%2Fjson&%24.ce=utf-8\
+             &%24.mid=0f8fad5b-d9cb-469f-a165-70867728950e"
+        );
+        assert!(twinguard_mqtt::topic::validate_name(&message_topic("d", "m", "x")).is_ok());
+    }
+
+    #[test]
+    fn twin_topics_parse() {
+        assert_eq!(topics::get(3), "$iothub/twin/GET/?$rid=3");
+        assert_eq!(
+            topics::patch_reported(4),
+            "$iothub/twin/PATCH/properties/reported/?$rid=4"
+        );
+        assert_eq!(
+            parse_response_topic("$iothub/twin/res/204/?$rid=4&$version=12"),
+            Some(TwinResponse {
+                status: 204,
+                rid: Some(4),
+                version: Some(12)
+            })
+        );
+        assert_eq!(
+            parse_response_topic("$iothub/twin/res/200/?$rid=3"),
+            Some(TwinResponse {
+                status: 200,
+                rid: Some(3),
+                version: None
+            })
+        );
+        assert_eq!(
+            parse_response_topic("$iothub/twin/res/429/?$rid=x"),
+            Some(TwinResponse {
+                status: 429,
+                rid: None,
+                version: None
+            })
+        );
+        assert_eq!(parse_response_topic("$iothub/twin/res/abc/?$rid=1"), None);
+        assert_eq!(parse_response_topic("$iothub/twin/PATCH/x"), None);
+        assert_eq!(
+            parse_desired_topic("$iothub/twin/PATCH/properties/desired/?$version=7"),
+            Some(Some(7))
+        );
+        assert_eq!(
+            parse_desired_topic("$iothub/twin/PATCH/properties/desired/"),
+            Some(None)
+        );
+        assert_eq!(parse_desired_topic("$iothub/twin/res/200/?$rid=1"), None);
+    }
+
+    #[test]
+    fn the_agent_sees_only_its_configuration_and_the_version() {
+        let desired =
+            json!({CONFIG_KEY: {"snapshotFrequency": {"value": "PT1H"}}, "otherApp": 1, "$version": 5});
+        assert_eq!(
+            desired_for_agent(&desired, Some(5)),
+            DesiredUpdate::Document {
+                doc: json!({CONFIG_KEY: {"snapshotFrequency": {"value": "PT1H"}}, "$version": 5}),
+                version: Some(5)
+            }
+        );
+        let DesiredUpdate::Document { doc, .. } = desired_for_agent(&json!({"otherApp": 1}), Some(2)) else {
+            panic!()
+        };
+        assert!(crate::config::validate_document(&doc).problems.is_empty());
+    }
+
+    /// A patch arrives while the GET is outstanding: it is applied after the GET's document
+    /// only if newer; a gap asks for the twin again.
+    #[test]
+    fn patch_sequencing_against_the_twin_state() {
+        let mut state = DesiredState::new();
+        state.replace(json!({CONFIG_KEY: {"eventPriorityLogin": {"value": "Low"}}, "$version": 4}));
+        assert_eq!(
+            state.apply_patch(&json!({CONFIG_KEY: {"eventPriorityLogin": null}, "$version": 4})),
+            PatchOutcome::Stale {
+                received: 4,
+                known: 4
+            }
+        );
+        assert_eq!(
+            state.apply_patch(&json!({CONFIG_KEY: {"snapshotFrequency": {"value": "PT2H"}}, "$version": 5})),
+            PatchOutcome::Applied { version: 5 }
+        );
+        let DesiredUpdate::Document { doc, version } = desired_for_agent(state.document(), state.version())
+        else {
+            panic!()
+        };
+        assert_eq!(version, Some(5));
+        assert_eq!(
+            doc[CONFIG_KEY],
+            json!({"eventPriorityLogin": {"value": "Low"}, "snapshotFrequency": {"value": "PT2H"}})
+        );
+    }
+}

@@ -1,0 +1,554 @@
+//! MQTT mode (SPEC §6): any MQTT 3.1.1 broker. Topics under a prefix (default
+//! `twinguard/{deviceId}`):
+//!
+//! | topic | who writes | what |
+//! |---|---|---|
+//! | `{prefix}/twin/desired` | the operator, retained | the desired section; each publish replaces it; an empty payload (or no retained message) = defaults |
+//! | `{prefix}/twin/reported` | the agent, retained | the reported section (configuration object and `twinguard`) |
+//! | `{prefix}/messages` | the agent, QoS 1 | one compact security message per publish |
+//! | `{prefix}/status` | the agent, retained | `online`; the last will says `offline` |
+//!
+//! The status and the last reported section are "birth" messages: re-published on every
+//! connection, so a broker that lost its retained store (restarted without persistence) gets
+//! them back.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracing::{debug, info};
+use twinguard_mqtt::{topic, LastWill, QoS};
+
+use super::mqtt_client::{Backoff, ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
+use super::settings::read_secret_file;
+use super::tls::{client_config, TlsOptions};
+use super::{DesiredUpdate, Transport, TransportError};
+use crate::config::MAX_DOCUMENT_BYTES;
+
+/// Keep-alive: a dead broker is noticed within about this plus the ping timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// How long a message or report waits for its PUBACK.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of one connection attempt (TCP, TLS, CONNACK, SUBACK).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect delays: 0.5 s doubling to 30 s, with jitter.
+pub const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+};
+/// Largest packet taken from the broker: a desired document (1 MiB) plus topic and headers.
+pub const MAX_INCOMING_PACKET: usize = MAX_DOCUMENT_BYTES + 64 * 1024;
+/// After a (re)connection, a retained desired document arrives right after the SUBACK; when
+/// none came within this grace, the topic has none (= defaults).
+pub const RETAINED_GRACE: Duration = Duration::from_secs(2);
+/// Incoming publishes waiting for the run loop (only the desired topic is subscribed).
+const INCOMING_CAPACITY: usize = 32;
+
+/// A broker URL: `mqtt://host[:port]` (plain, default 1883) or `mqtts://host[:port]` (TLS,
+/// default 8883). IPv6 addresses in brackets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or address (no brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    /// Parses a broker URL; the error is a one-line explanation.
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "--mqtt {url:?}: expected mqtt://host[:port] or mqtts://host[:port]"
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('@') {
+            return Err(format!(
+                "--mqtt {url:?}: credentials in the URL are not accepted; use --mqtt-username and --mqtt-password-file"
+            ));
+        }
+        if rest.contains('/') || rest.contains('?') {
+            return Err(format!("--mqtt {url:?}: a broker URL has no path or query"));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("--mqtt {url:?}: unclosed [ in an IPv6 address"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, Some(p)),
+                None if after.is_empty() => (host, None),
+                None => return Err(format!("--mqtt {url:?}: unexpected {after:?} after the address")),
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("--mqtt {url:?}: no host"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("--mqtt {url:?}: {p:?} is not a port"))?,
+        };
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The validated MQTT mode settings.
+#[derive(Clone, Debug)]
+pub struct MqttOptions {
+    /// The broker.
+    pub broker: BrokerUrl,
+    /// The device id (also the MQTT client id).
+    pub device_id: String,
+    /// The topic prefix.
+    pub prefix: String,
+    /// CA and client certificate.
+    pub tls: TlsOptions,
+    /// User name.
+    pub username: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+}
+
+impl MqttOptions {
+    /// Checks the device id (it names topics: no `/`, `+`, `#`) and the prefix (a topic name).
+    pub fn new(
+        broker: BrokerUrl,
+        device_id: String,
+        prefix: Option<String>,
+        tls: TlsOptions,
+        username: Option<String>,
+        password_file: Option<PathBuf>,
+    ) -> Result<MqttOptions, String> {
+        if device_id.is_empty()
+            || device_id.len() > 128
+            || device_id.contains(['/', '+', '#', '\0'])
+            || device_id.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "--device-id {device_id:?}: 1 to 128 characters, without / + # or control characters"
+            ));
+        }
+        let prefix = prefix.unwrap_or_else(|| format!("twinguard/{device_id}"));
+        let prefix = prefix.strip_suffix('/').unwrap_or(&prefix).to_owned();
+        topic::validate_name(&prefix).map_err(|e| format!("--mqtt-prefix {prefix:?}: {e}"))?;
+        Ok(MqttOptions {
+            broker,
+            device_id,
+            prefix,
+            tls,
+            username,
+            password_file,
+        })
+    }
+}
+
+/// The four topics of a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// `{prefix}/twin/desired`.
+    pub desired: String,
+    /// `{prefix}/twin/reported`.
+    pub reported: String,
+    /// `{prefix}/messages`.
+    pub messages: String,
+    /// `{prefix}/status`.
+    pub status: String,
+}
+
+impl Topics {
+    /// The topics under `prefix`.
+    pub fn new(prefix: &str) -> Topics {
+        Topics {
+            desired: format!("{prefix}/twin/desired"),
+            reported: format!("{prefix}/twin/reported"),
+            messages: format!("{prefix}/messages"),
+            status: format!("{prefix}/status"),
+        }
+    }
+}
+
+/// A transport error from anything printable (client, TLS and settings errors are not OS
+/// errors but travel as one).
+pub(crate) fn transport_error_for(what: String, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Io {
+        what,
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The MQTT mode transport.
+#[derive(Debug)]
+pub struct MqttTransport {
+    client: MqttClient,
+    topics: Topics,
+    broker: BrokerUrl,
+    /// The desired payload last handed to the run loop (a retained message comes again on
+    /// every reconnection; the same bytes are not handed over twice).
+    handed: Option<Vec<u8>>,
+    /// The newest desired payload received and not handed over yet.
+    received: Option<Vec<u8>>,
+    /// Connections seen, and since when the current one waits for its retained desired.
+    seen_connections: u64,
+    grace_since: Option<Instant>,
+    /// The last reported section sent (compact JSON), re-published on reconnection.
+    reported: Option<Vec<u8>>,
+}
+
+impl MqttTransport {
+    /// Reads the secrets, builds TLS and starts the client (which connects in the
+    /// background).
+    pub fn start(options: &MqttOptions) -> Result<MqttTransport, TransportError> {
+        let what = || format!("mqtt {}", options.broker);
+        let tls = if options.broker.tls {
+            Some(client_config(&options.tls).map_err(|e| transport_error_for(what(), e))?)
+        } else {
+            None
+        };
+        let password = match &options.password_file {
+            None => None,
+            Some(path) => {
+                let mut bytes = read_secret_file(path).map_err(|e| transport_error_for(what(), e))?;
+                // Editors end files with a newline; it is not part of the password.
+                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                    bytes.pop();
+                }
+                Some(Secret(bytes))
+            }
+        };
+        let topics = Topics::new(&options.prefix);
+        let client = MqttClient::start(ClientOptions {
+            host: options.broker.host.clone(),
+            port: options.broker.port,
+            tls,
+            client_id: options.device_id.clone(),
+            keep_alive: KEEP_ALIVE,
+            clean_session: true,
+            will: Some(LastWill {
+                topic: topics.status.clone(),
+                payload: b"offline".to_vec(),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+            }),
+            subscriptions: vec![(topics.desired.clone(), QoS::AtLeastOnce)],
+            login: Box::new(StaticLogin(Credentials {
+                username: options.username.clone(),
+                password,
+                renew_after: None,
+            })),
+            max_incoming_packet: MAX_INCOMING_PACKET,
+            connect_timeout: CONNECT_TIMEOUT,
+            backoff: BACKOFF,
+            incoming_capacity: INCOMING_CAPACITY,
+        })
+        .map_err(|e| transport_error_for(what(), e))?;
+        client.set_birth(vec![online(&topics)]);
+        Ok(MqttTransport {
+            client,
+            topics,
+            broker: options.broker.clone(),
+            handed: None,
+            received: None,
+            seen_connections: 0,
+            grace_since: None,
+            reported: None,
+        })
+    }
+
+    /// The topics in use.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Waits up to `timeout` for the desired state at start-up: `Some` once connected and the
+    /// retained desired document (or its absence) is known; `None` if the broker could not be
+    /// reached in time. The answer is not marked as handed over: call
+    /// [`MqttTransport::mark_handed`] when the caller applied it itself.
+    pub fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.take_incoming();
+            if self.received.is_some() {
+                return self.received.as_deref().map(desired_update);
+            }
+            if self.grace_over() {
+                return Some(DesiredUpdate::Cleared);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(p) = self.client.recv_timeout(left.min(Duration::from_millis(50))) {
+                self.accept(p.topic, p.payload);
+            }
+        }
+    }
+
+    /// Records that the run loop already has the current desired document (applied at start).
+    pub fn mark_handed(&mut self) {
+        self.handed = Some(self.received.take().unwrap_or_default());
+    }
+
+    /// Records the desired payload the agent started from (cached from an earlier run), so the
+    /// same retained document is not applied twice.
+    pub fn assume_handed(&mut self, payload: Vec<u8>) {
+        self.handed = Some(payload);
+    }
+
+    fn accept(&mut self, topic: String, payload: Vec<u8>) {
+        if topic == self.topics.desired {
+            self.received = Some(payload);
+            self.grace_since = None;
+        } else {
+            debug!(%topic, "ignoring a publish on an unexpected topic");
+        }
+    }
+
+    /// Drains the client's incoming publishes and notices reconnections.
+    fn take_incoming(&mut self) {
+        let connections = self.client.connections();
+        if connections != self.seen_connections {
+            self.seen_connections = connections;
+            self.grace_since = Some(Instant::now());
+        }
+        while let Some(p) = self.client.try_recv() {
+            self.accept(p.topic, p.payload);
+        }
+        if self.client.take_overflow() {
+            // Something was dropped: ask the broker for the retained document again.
+            self.client.resubscribe();
+            self.grace_since = Some(Instant::now());
+        }
+    }
+
+    /// True once the current connection has been up for the grace time without bringing a
+    /// retained desired document.
+    fn grace_over(&mut self) -> bool {
+        match self.grace_since {
+            Some(since) if since.elapsed() >= RETAINED_GRACE && self.client.is_connected() => {
+                self.grace_since = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn online(topics: &Topics) -> Message {
+    Message {
+        topic: topics.status.clone(),
+        payload: b"online".to_vec(),
+        retain: true,
+    }
+}
+
+/// A desired payload as the run loop takes it: empty = defaults.
+fn desired_update(payload: &[u8]) -> DesiredUpdate {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return DesiredUpdate::Cleared;
+    }
+    match crate::config::read_document(payload) {
+        Ok(doc) => DesiredUpdate::Document { doc, version: None },
+        Err(e) => DesiredUpdate::Unreadable(format!("the desired document on the broker: {e}")),
+    }
+}
+
+impl Transport for MqttTransport {
+    fn deliver(&mut self, body: &[u8]) -> Result<(), TransportError> {
+        self.client
+            .publish(&self.topics.messages, body, false, PUBLISH_TIMEOUT)
+            .map_err(|e| transport_error_for(format!("mqtt publish to {}", self.topics.messages), e))
+    }
+
+    fn report(&mut self, section: &Value) -> Result<(), TransportError> {
+        let payload =
+            serde_json::to_vec(section).map_err(|e| transport_error_for("reported section".into(), e))?;
+        self.reported = Some(payload.clone());
+        // Whatever happens now, the next connection publishes the newest section.
+        self.client.set_birth(vec![
+            online(&self.topics),
+            Message {
+                topic: self.topics.reported.clone(),
+                payload: payload.clone(),
+                retain: true,
+            },
+        ]);
+        self.client
+            .publish(&self.topics.reported, &payload, true, PUBLISH_TIMEOUT)
+            .map_err(|e| {
+                transport_error_for(
+                    format!(
+                        "mqtt publish to {} (sent again on reconnection)",
+                        self.topics.reported
+                    ),
+                    e,
+                )
+            })
+    }
+
+    fn poll_desired(&mut self, _now_ms: u64) -> Option<DesiredUpdate> {
+        self.take_incoming();
+        if let Some(payload) = self.received.take() {
+            if self.handed.as_ref() == Some(&payload) {
+                return None;
+            }
+            let update = desired_update(&payload);
+            self.handed = Some(payload);
+            return Some(update);
+        }
+        if self.grace_over() && self.handed.as_ref().is_some_and(|h| !h.is_empty()) {
+            info!("no retained desired document on the broker any more: back to the defaults");
+            self.handed = Some(Vec::new());
+            return Some(DesiredUpdate::Cleared);
+        }
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "mqtt {} prefix {}",
+            self.broker,
+            self.topics.messages.trim_end_matches("/messages")
+        )
+    }
+}
+
+impl Drop for MqttTransport {
+    fn drop(&mut self) {
+        // A clean stop says `offline` itself: DISCONNECT makes the broker drop the last will.
+        let farewell = Message {
+            topic: self.topics.status.clone(),
+            payload: b"offline".to_vec(),
+            retain: true,
+        };
+        self.client.stop(Some(farewell), Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let ok = |u: &str, host: &str, port: u16, tls: bool| {
+            assert_eq!(
+                BrokerUrl::parse(u),
+                Ok(BrokerUrl {
+                    host: host.into(),
+                    port,
+                    tls
+                }),
+                "{u}"
+            );
+        };
+        ok("mqtt://localhost", "localhost", 1883, false);
+        ok("mqtts://broker.example:8884/", "broker.example", 8884, true);
+        ok("mqtt://[::1]:1884", "::1", 1884, false);
+        ok("mqtts://[fe80::1]", "fe80::1", 8883, true);
+        for bad in [
+            "tcp://h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h",
+            "mqtt://h/x",
+            "mqtt://[::1",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            BrokerUrl::parse("mqtt://[::1]:1884").map(|u| u.to_string()),
+            Ok("mqtt://[::1]:1884".into())
+        );
+    }
+
+    #[test]
+    fn topics_and_device_ids() {
+        let url = BrokerUrl::parse("mqtt://h").unwrap_or_else(|e| panic!("{e}"));
+        let o = MqttOptions::new(
+            url.clone(),
+            "dev-1".into(),
+            None,
+            TlsOptions::default(),
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            Topics::new(&o.prefix),
+            Topics {
+                desired: "twinguard/dev-1/twin/desired".into(),
+                reported: "twinguard/dev-1/twin/reported".into(),
+                messages: "twinguard/dev-1/messages".into(),
+                status: "twinguard/dev-1/status".into(),
+            }
+        );
+        let o = MqttOptions::new(
+            url.clone(),
+            "d".into(),
+            Some("fleet/a/".into()),
+            TlsOptions::default(),
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.prefix, "fleet/a");
+        for bad in ["", "a/b", "a+", "#", "a\nb"] {
+            assert!(
+                MqttOptions::new(url.clone(), bad.into(), None, TlsOptions::default(), None, None).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(MqttOptions::new(
+            url,
+            "d".into(),
+            Some("a/#".into()),
+            TlsOptions::default(),
+            None,
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn desired_payloads() {
+        assert_eq!(desired_update(b""), DesiredUpdate::Cleared);
+        assert_eq!(desired_update(b" \n"), DesiredUpdate::Cleared);
+        assert!(matches!(desired_update(b"{\"a\":"), DesiredUpdate::Unreadable(_)));
+        assert!(matches!(
+            desired_update(b"{}"),
+            DesiredUpdate::Document { version: None, .. }
+        ));
+    }
+}
