@@ -37,7 +37,11 @@ fn in_memory(n: u64) -> (f64, u64) {
     let mut messages = 0u64;
     let mut bytes = 0u64;
     for (i, e) in events.iter().enumerate() {
-        let p = if i % 10 == 0 { Priority::High } else { Priority::Low };
+        let p = if i % 10 == 0 {
+            Priority::High
+        } else {
+            Priority::Low
+        };
         queues[usize::from(p != Priority::High)].push_back(e.to_json());
     }
     let mut batch: Vec<Vec<u8>> = Vec::new();
@@ -90,7 +94,11 @@ fn durable(n: u64) -> (f64, f64, f64) {
     let written = cache.bytes_written() as f64;
     drop(cache);
     let _ = std::fs::remove_dir_all(&dir);
-    (n as f64 / secs, total as f64 / secs / 1e6, written / n as f64 - total as f64 / n as f64)
+    (
+        n as f64 / secs,
+        total as f64 / secs / 1e6,
+        written / n as f64 - total as f64 / n as f64,
+    )
 }
 
 fn main() {

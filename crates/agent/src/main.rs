@@ -13,11 +13,11 @@ use twinguard::input::{display_name, read_twin};
 
 use cli::{Cli, CollectArgs, Command, ConfigCommand, RunArgs};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
+use twinguard::collect::snapshot_collector;
+use twinguard::event::{Event, EventName, MessageFrame};
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
 use twinguard::transport::remote::{run_iothub, run_mqtt};
 use twinguard::transport::settings::{ConnectionSettings, Mode};
-use twinguard::collect::snapshot_collector;
-use twinguard::event::{Event, EventName, MessageFrame};
 
 /// Exit code for a usage error or an unreadable document.
 const EXIT_USAGE: u8 = 2;
@@ -38,7 +38,11 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; the level comes from TWINGUARD_LOG (error, warn, info, debug, trace).
 fn init_logging() {
-    let level = match std::env::var("TWINGUARD_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+    let level = match std::env::var("TWINGUARD_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "error" => tracing::Level::ERROR,
         "warn" => tracing::Level::WARN,
         "debug" => tracing::Level::DEBUG,
@@ -74,11 +78,20 @@ fn run(args: RunArgs) -> ExitCode {
         }
     }
     init_logging();
-    let data_dir = args.data_dir.clone().unwrap_or_else(twinguard::app::default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(twinguard::app::default_data_dir);
     let opts = LocalOptions {
         twin: args.twin.clone(),
-        outbox: args.outbox.clone().unwrap_or_else(|| data_dir.join("outbox.jsonl")),
-        reported: args.reported.clone().unwrap_or_else(|| data_dir.join("reported.json")),
+        outbox: args
+            .outbox
+            .clone()
+            .unwrap_or_else(|| data_dir.join("outbox.jsonl")),
+        reported: args
+            .reported
+            .clone()
+            .unwrap_or_else(|| data_dir.join("reported.json")),
         data_dir,
         outbox_rotate_bytes: args.outbox_rotate_bytes.unwrap_or(DEFAULT_OUTBOX_ROTATE_BYTES),
         synthetic: args.synthetic_rate.map(|rate| Synthetic {
@@ -116,7 +129,10 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     init_logging();
-    let data_dir = args.data_dir.clone().unwrap_or_else(twinguard::app::default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(twinguard::app::default_data_dir);
     let synthetic = args.synthetic_rate.map(|rate| Synthetic {
         rate,
         limit: args.synthetic_limit,
@@ -126,9 +142,12 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
         Mode::Mqtt(options) => run_mqtt(&options, &data_dir, synthetic),
         Mode::IotHub(mut options) => {
             if let Some(endpoint) = &args.iothub_endpoint {
-                let parsed = endpoint
-                    .rsplit_once(':')
-                    .and_then(|(host, port)| Some((host.trim_matches(['[', ']']).to_owned(), port.parse::<u16>().ok()?)));
+                let parsed = endpoint.rsplit_once(':').and_then(|(host, port)| {
+                    Some((
+                        host.trim_matches(['[', ']']).to_owned(),
+                        port.parse::<u16>().ok()?,
+                    ))
+                });
                 match parsed {
                     Some(hp) => options.endpoint = Some(hp),
                     None => {

@@ -18,13 +18,13 @@ use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
 use crate::collect::{snapshot_collector, stream_collectors, CollectError};
 use crate::config::{
-    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus, Problem,
-    ProblemKind, Property, Severity, TwinguardStatus, Validation,
+    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
+    Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
 };
 use crate::datadir::DataDir;
 use crate::event::{
-    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame, PayloadItem,
-    Priority, ProcessCreate,
+    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame,
+    PayloadItem, Priority, ProcessCreate,
 };
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
 use crate::pipeline::cache::Cache;
@@ -197,8 +197,11 @@ pub fn run_agent(
     let data_dir = DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))?;
     let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
     let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
-    let (cache, recovery) = Cache::open(&data_dir.path().join("cache"), config.max_local_cache_size_in_bytes)
-        .map_err(|e| RunError::Other(format!("cache: {e}")))?;
+    let (cache, recovery) = Cache::open(
+        &data_dir.path().join("cache"),
+        config.max_local_cache_size_in_bytes,
+    )
+    .map_err(|e| RunError::Other(format!("cache: {e}")))?;
     if recovery.entries > 0 || recovery.torn_bytes > 0 {
         info!(
             events = recovery.entries,
@@ -207,7 +210,9 @@ pub fn run_agent(
         );
     }
     let ack_log = match &synthetic {
-        Some(Synthetic { ack_log: Some(path), .. }) => Some(
+        Some(Synthetic {
+            ack_log: Some(path), ..
+        }) => Some(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -219,7 +224,8 @@ pub fn run_agent(
 
     let (tx, rx) = sync_channel(INPUT_CAPACITY);
     spawn_signal_thread(signals, tx.clone()).map_err(|e| RunError::Other(format!("signal thread: {e}")))?;
-    let snapshots = SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
+    let snapshots =
+        SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
     if let Some(s) = synthetic {
         spawn_synthetic(s, tx.clone()).map_err(|e| RunError::Other(format!("synthetic source: {e}")))?;
     }
@@ -233,7 +239,10 @@ pub fn run_agent(
     let status = if started {
         TwinguardStatus::new(ConfigurationStatus::Applied, problem_lines(&problems))
     } else {
-        TwinguardStatus::new(ConfigurationStatus::Rejected, ["waiting for a valid desired configuration".to_owned()])
+        TwinguardStatus::new(
+            ConfigurationStatus::Rejected,
+            ["waiting for a valid desired configuration".to_owned()],
+        )
     };
     let mut agent = Agent {
         pipeline: Pipeline::new(cache, config.clone(), frame),
@@ -259,17 +268,29 @@ pub fn run_agent(
     let now = agent.now_ms();
     agent.emit_configuration_errors(&problems, now);
     info!(transport = %agent.transport.describe(), "twinguard running");
+    if started {
+        let c = agent.pipeline.config();
+        info!(
+            "snapshots are taken now and every {}; queued events are sent within {} (High) or {} (Low): a newcomer waits that long for the first message (a twin file can set shorter values)",
+            c.snapshot_frequency, c.high_priority_message_frequency, c.low_priority_message_frequency
+        );
+    }
     agent.run(&rx);
     Ok(())
 }
 
 fn problem_lines(problems: &[Problem]) -> Vec<String> {
-    problems.iter().map(|p| format!("{}: {p}", p.severity.as_str())).collect()
+    problems
+        .iter()
+        .map(|p| format!("{}: {p}", p.severity.as_str()))
+        .collect()
 }
 
 impl Agent {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+        u64::try_from(self.start.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     fn run(&mut self, rx: &Receiver<Input>) {
@@ -295,7 +316,9 @@ impl Agent {
                 Err(RecvTimeoutError::Disconnected) => Some(Input::Shutdown("input closed")),
             };
             // Take what is waiting in one go (bounded), so a burst costs one loop turn.
-            let burst = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(INPUT_CAPACITY));
+            let burst = first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(INPUT_CAPACITY));
             let mut stop = None;
             for input in burst {
                 if let Input::Shutdown(why) = input {
@@ -350,7 +373,8 @@ impl Agent {
                     },
                     Err(e) => {
                         warn!(collector = %name, "snapshot failed: {e}");
-                        self.pipeline.diagnose(DiagnosticSeverity::Error, format!("{name}: {e}"), now);
+                        self.pipeline
+                            .diagnose(DiagnosticSeverity::Error, format!("{name}: {e}"), now);
                         status.last_error = Some(e.to_string());
                     }
                 }
@@ -475,7 +499,8 @@ impl Agent {
                     self.last_snapshot_ms = None;
                 }
                 self.streams.apply(self.pipeline.config());
-                self.status = TwinguardStatus::new(ConfigurationStatus::Applied, problem_lines(&validation.problems));
+                self.status =
+                    TwinguardStatus::new(ConfigurationStatus::Applied, problem_lines(&validation.problems));
                 self.status.desired_version = version;
                 self.report();
                 self.emit_configuration_errors(&validation.problems, now);
@@ -485,7 +510,8 @@ impl Agent {
                     warn!("configuration rejected: {p}");
                 }
                 let applied_version = self.status.desired_version;
-                self.status = TwinguardStatus::new(ConfigurationStatus::Rejected, problem_lines(&validation.problems));
+                self.status =
+                    TwinguardStatus::new(ConfigurationStatus::Rejected, problem_lines(&validation.problems));
                 self.status.desired_version = applied_version;
                 self.report();
                 self.emit_configuration_errors(&validation.problems, now);
@@ -499,7 +525,11 @@ impl Agent {
         self.report();
         let used = Value::Object(self.pipeline.config().to_object()).to_string();
         let item = ConfigurationError::new("", ConfigurationErrorType::TypeMismatch, used, message);
-        if let Ok(event) = Event::new(EventName::ConfigurationError, vec![item.into()], SystemTime::now()) {
+        if let Ok(event) = Event::new(
+            EventName::ConfigurationError,
+            vec![item.into()],
+            SystemTime::now(),
+        ) {
             self.pipeline.submit(event, now);
         }
     }
@@ -548,39 +578,41 @@ impl Agent {
 
 /// Spawns the synthetic source: `rate` ProcessCreate events per second, paced every 10 ms.
 fn spawn_synthetic(s: Synthetic, tx: SyncSender<Input>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("synthetic".into()).spawn(move || {
-        let start = Instant::now();
-        let mut sent: u64 = 0;
-        loop {
-            if s.limit.is_some_and(|l| sent >= l) {
-                return;
-            }
-            let elapsed = start.elapsed().as_secs_f64();
-            let target = (elapsed * s.rate as f64) as u64;
-            let target = s.limit.map_or(target, |l| target.min(l));
-            while sent < target {
-                let item = ProcessCreate {
-                    executable: "/usr/bin/synthetic".into(),
-                    command_line: format!("synthetic {sent}"),
-                    process_id: 1000 + (sent % 30_000) as u32,
-                    parent_process_id: 1,
-                    user_id: "0".into(),
-                    user_name: Some("root".into()),
-                    extra_details: Default::default(),
+    std::thread::Builder::new()
+        .name("synthetic".into())
+        .spawn(move || {
+            let start = Instant::now();
+            let mut sent: u64 = 0;
+            loop {
+                if s.limit.is_some_and(|l| sent >= l) {
+                    return;
                 }
-                .with_extra("Synthetic", sent.to_string());
-                match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
-                    Ok(event) => {
-                        if tx.send(Input::Synthetic(event)).is_err() {
-                            return;
-                        }
+                let elapsed = start.elapsed().as_secs_f64();
+                let target = (elapsed * s.rate as f64) as u64;
+                let target = s.limit.map_or(target, |l| target.min(l));
+                while sent < target {
+                    let item = ProcessCreate {
+                        executable: "/usr/bin/synthetic".into(),
+                        command_line: format!("synthetic {sent}"),
+                        process_id: 1000 + (sent % 30_000) as u32,
+                        parent_process_id: 1,
+                        user_id: "0".into(),
+                        user_name: Some("root".into()),
+                        extra_details: Default::default(),
                     }
-                    Err(_) => return,
+                    .with_extra("Synthetic", sent.to_string());
+                    match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
+                        Ok(event) => {
+                            if tx.send(Input::Synthetic(event)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                    sent += 1;
                 }
-                sent += 1;
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })?;
+        })?;
     Ok(())
 }

@@ -28,19 +28,25 @@ pub fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
 
 /// Spawns the thread that turns the blocked signals into [`Input::Shutdown`].
 pub fn spawn_signal_thread(set: libc::sigset_t, tx: SyncSender<Input>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: `set` is an initialised sigset_t owned by this thread; `signal` is a valid
-        // out-pointer.
-        let rc = unsafe { libc::sigwait(&set, &mut signal) };
-        if rc != 0 {
-            continue;
-        }
-        let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
-        // A full channel still gets the shutdown: `send` waits for room.
-        if tx.send(Input::Shutdown(name)).is_err() {
-            return;
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is an initialised sigset_t owned by this thread; `signal` is a valid
+            // out-pointer.
+            let rc = unsafe { libc::sigwait(&set, &mut signal) };
+            if rc != 0 {
+                continue;
+            }
+            let name = if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            // A full channel still gets the shutdown: `send` waits for room.
+            if tx.send(Input::Shutdown(name)).is_err() {
+                return;
+            }
+        })?;
     Ok(())
 }

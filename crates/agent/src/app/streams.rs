@@ -40,7 +40,9 @@ pub struct Streams {
 
 impl std::fmt::Debug for Streams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streams").field("slots", &self.slots.len()).finish()
+        f.debug_struct("Streams")
+            .field("slots", &self.slots.len())
+            .finish()
     }
 }
 
@@ -102,11 +104,13 @@ fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<In
     let stop = StopSignal::new();
     let thread_stop = stop.clone();
     let name = collector.names().first().map(|n| n.as_str()).unwrap_or("stream");
-    let spawned = std::thread::Builder::new().name(format!("collect-{name}")).spawn(move || {
-        let mut collector = collector;
-        supervise(collector.as_mut(), &sink, &thread_stop, &tx);
-        collector
-    });
+    let spawned = std::thread::Builder::new()
+        .name(format!("collect-{name}"))
+        .spawn(move || {
+            let mut collector = collector;
+            supervise(collector.as_mut(), &sink, &thread_stop, &tx);
+            collector
+        });
     match spawned {
         Ok(handle) => Some(Running { stop, handle }),
         Err(e) => {
@@ -116,7 +120,12 @@ fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<In
     }
 }
 
-fn supervise(collector: &mut dyn StreamCollector, sink: &EventSink, stop: &StopSignal, tx: &SyncSender<Input>) {
+fn supervise(
+    collector: &mut dyn StreamCollector,
+    sink: &EventSink,
+    stop: &StopSignal,
+    tx: &SyncSender<Input>,
+) {
     let mut delay = FIRST_RETRY;
     let names = collector.names().to_vec();
     let report = |status: CollectorStatus| {

@@ -10,11 +10,13 @@
 //!   it, and restored when its last member leaves - also by the next manager after a crash
 //!   (`/run` is cleared at boot, when audit's state resets too).
 //! - **Readers.** Each member (collector) has its own socket. If nobody is the audit daemon
-//!   (no auditd), one member of the manager process registers as the daemon and gets records
-//!   unicast - without a daemon the kernel would print every record to the kernel log. Every
-//!   other member reads the read-only multicast group (`CAP_AUDIT_READ`). A member checks once a
-//!   second whether it should take over a role that was left (the manager exited, auditd
-//!   stopped) and whether auditd, starting, deleted our rules.
+//!   (no auditd) and audit was off before twinguard enabled it, one member of the manager
+//!   process registers as the daemon and gets records unicast - without a daemon the kernel
+//!   would print every record to the kernel log. Every other member reads the read-only
+//!   multicast group (`CAP_AUDIT_READ`). If audit was already on without a daemon, the kernel
+//!   log is where its records go (AppArmor and SELinux denials ...): no member takes them
+//!   away. A member checks once a second whether it should take over a role that was left
+//!   (the manager exited, auditd stopped) and whether auditd, starting, deleted our rules.
 //! - Rules are added only while a member that needs them (ConnectionCreate) is running.
 
 use std::fs::File;
@@ -332,15 +334,7 @@ impl AuditMember {
             role: Role::Multicast,
             next_tick: Instant::now() + TICK,
         };
-        let setup = (|| {
-            if let Err(e) = s.try_manage() {
-                // Not fatal: another process or auditd may provide the records.
-                s.last_error = Some(format!("audit: cannot manage: {e}"));
-            }
-            s.keep_rules();
-            member.choose_role(&mut s)
-        })();
-        if let Err(e) = setup {
+        if let Err(e) = member.setup(&mut s) {
             drop(s);
             drop(member);
             return Err(e);
@@ -348,9 +342,22 @@ impl AuditMember {
         Ok(member)
     }
 
+    /// Becomes the manager if possible, puts the rules in place, and picks a role.
+    fn setup(&mut self, s: &mut Shared) -> io::Result<()> {
+        if let Err(e) = s.try_manage() {
+            // Not fatal: another process or auditd may provide the records.
+            s.last_error = Some(format!("audit: cannot manage: {e}"));
+        }
+        s.keep_rules();
+        self.choose_role(s)
+    }
+
     fn choose_role(&mut self, s: &mut Shared) -> io::Result<()> {
         if s.daemon.is_none() {
-            if let Some(m) = s.manager.as_mut() {
+            // Only when audit was off before us: then nothing read its records. When it was on
+            // without a daemon, the kernel log had them (AppArmor/SELinux denials ...), and a
+            // daemon would take them away from it.
+            if let Some(m) = s.manager.as_mut().filter(|m| m.original.enabled == 0) {
                 if m.control.status()?.pid == 0 {
                     let me = AuditStatus {
                         pid: std::process::id(),

@@ -171,6 +171,11 @@ impl ConnectionPoller {
         }
     }
 
+    /// Whether audit reported this socket since it was last seen in a dump.
+    pub fn was_audited(&self, inode: u64) -> bool {
+        self.audited.contains_key(&inode)
+    }
+
     /// Takes one dump of connected sockets; returns the new connections (none on the first
     /// call: what exists when the agent starts is the baseline, not news). A connect still in
     /// progress (SYN_SENT) or a connection not yet accepted (SYN_RECV, no inode) is reported
@@ -207,6 +212,8 @@ pub struct ConnectionCollector {
     /// Connections audit named whose socket had closed (or was not TCP-identifiable) before
     /// it could be looked up.
     unresolved: u64,
+    /// Polled connections waiting one poll interval for an audit record (inode, item).
+    candidates: Vec<(u64, ConnectionCreate)>,
 }
 
 impl Default for ConnectionCollector {
@@ -238,6 +245,55 @@ fn scope_name(scope: u32) -> String {
     sockdiag::interface_name(scope).unwrap_or_else(|| scope.to_string())
 }
 
+/// The item of a polled connection owned by `pid`.
+fn polled_item(s: &ProcNetSocket, pid: Option<u32>, direction: Direction) -> ConnectionCreate {
+    let mut extra = ExtraDetails::new();
+    let mut missing: Vec<&str> = Vec::new();
+    let dir = pid.and_then(|p| ProcDir::open(p).ok());
+    let executable = dir
+        .as_ref()
+        .and_then(|d| d.read_link("exe").ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let command_line = dir
+        .as_ref()
+        .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
+        .filter(|raw| !raw.is_empty())
+        .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0);
+    if pid.is_none() {
+        missing.push("ProcessId");
+    }
+    if executable.is_none() {
+        missing.push("Executable");
+    }
+    if command_line.is_none() {
+        missing.push("CommandLine");
+    }
+    let (remote, mapped) = canonical(s.remote_ip);
+    if mapped {
+        extra.insert("SocketFamily".into(), "IPv6".into());
+    }
+    if s.ifindex != 0 && matches!(s.remote_ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+        extra.insert("ScopeId".into(), scope_name(s.ifindex));
+    }
+    extra.insert("Source".into(), "poll".into());
+    if !missing.is_empty() {
+        extra.insert("Missing".into(), missing.join(";"));
+    }
+    ConnectionCreate {
+        remote_address: remote,
+        remote_port: s.remote_port.to_string(),
+        local_address: Some(canonical(s.local_ip).0),
+        local_port: Some(s.local_port.to_string()),
+        direction,
+        protocol: Protocol::Tcp,
+        process_id: pid.unwrap_or(0),
+        user_id: Some(s.uid.to_string()),
+        executable: executable.unwrap_or_default(),
+        command_line,
+        extra_details: extra,
+    }
+}
+
 impl ConnectionCollector {
     /// A collector of this machine's TCP connections.
     pub fn new() -> ConnectionCollector {
@@ -248,6 +304,7 @@ impl ConnectionCollector {
             },
             audit_failed: None,
             unresolved: 0,
+            candidates: Vec::new(),
         }
     }
 
@@ -361,8 +418,16 @@ impl ConnectionCollector {
         })
     }
 
-    /// One poll: reports connections that are new since the last one.
+    /// One poll. New connections are looked up at once (their owner is alive now) but reported
+    /// at the next poll, and only if audit did not report them meanwhile: the audit record of a
+    /// connection can trail the dump that first shows its socket.
     fn poll(&mut self, diag: &mut TcpDiag, poller: &mut ConnectionPoller, sink: &EventSink) {
+        let wall = SystemTime::now();
+        for (inode, item) in std::mem::take(&mut self.candidates) {
+            if !poller.was_audited(inode) {
+                send(sink, item, wall);
+            }
+        }
         let mut connected = Vec::new();
         if let Err(e) = diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut connected) {
             debug!("connection poll failed: {e}");
@@ -380,55 +445,10 @@ impl ConnectionCollector {
         let _ = diag.dump_all(tcpdiag::LISTENING, MAX_SOCKETS, &mut listening);
         let wanted: HashSet<u64> = new.iter().map(|s| s.inode).collect();
         let owners = procfd::socket_owners(&Root::system(), &wanted).unwrap_or_default();
-        let wall = SystemTime::now();
         for s in new {
-            let mut extra = ExtraDetails::new();
-            let mut missing: Vec<&str> = Vec::new();
             let pid = owners.owners.get(&s.inode).and_then(|p| p.first().copied());
-            let dir = pid.and_then(|p| ProcDir::open(p).ok());
-            let executable = dir
-                .as_ref()
-                .and_then(|d| d.read_link("exe").ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
-            let command_line = dir
-                .as_ref()
-                .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
-                .filter(|raw| !raw.is_empty())
-                .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0);
-            if pid.is_none() {
-                missing.push("ProcessId");
-            }
-            if executable.is_none() {
-                missing.push("Executable");
-            }
-            if command_line.is_none() {
-                missing.push("CommandLine");
-            }
-            let (remote, mapped) = canonical(s.remote_ip);
-            if mapped {
-                extra.insert("SocketFamily".into(), "IPv6".into());
-            }
-            if s.ifindex != 0 && matches!(s.remote_ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
-                extra.insert("ScopeId".into(), scope_name(s.ifindex));
-            }
-            extra.insert("Source".into(), "poll".into());
-            if !missing.is_empty() {
-                extra.insert("Missing".into(), missing.join(";"));
-            }
-            let item = ConnectionCreate {
-                remote_address: remote,
-                remote_port: s.remote_port.to_string(),
-                local_address: Some(canonical(s.local_ip).0),
-                local_port: Some(s.local_port.to_string()),
-                direction: poll_direction(&s, &listening),
-                protocol: Protocol::Tcp,
-                process_id: pid.unwrap_or(0),
-                user_id: Some(s.uid.to_string()),
-                executable: executable.unwrap_or_default(),
-                command_line,
-                extra_details: extra,
-            };
-            send(sink, item, wall);
+            let item = polled_item(&s, pid, poll_direction(&s, &listening));
+            self.candidates.push((s.inode, item));
         }
     }
 
@@ -502,7 +522,12 @@ impl StreamCollector for ConnectionCollector {
 
         let start = Instant::now();
         let mut poller = ConnectionPoller::default();
-        let mut next_poll = Instant::now();
+        // The baseline, before any record is read: what exists now is not news.
+        self.candidates.clear();
+        if let Some(d) = diag.as_mut() {
+            self.poll(d, &mut poller, sink);
+        }
+        let mut next_poll = Instant::now() + POLL_INTERVAL;
         let mut assembler = Assembler::default();
         let mut buf = vec![0u8; 64 * 1024];
         while !stop.is_stopped() {

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod firewall;
 pub mod listening_ports;
 pub mod local_users;
+pub mod login;
 pub mod os_baseline;
 pub mod process;
 mod stream;
@@ -73,5 +74,6 @@ pub fn stream_collectors() -> Vec<Box<dyn StreamCollector>> {
     vec![
         Box::new(process::ProcessCollector::new()),
         Box::new(connection::ConnectionCollector::new()),
+        Box::new(login::LoginCollector::new(None)),
     ]
 }

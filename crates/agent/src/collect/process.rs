@@ -42,6 +42,19 @@ struct Tracked {
     executable: Option<Arc<str>>,
     /// The parent at fork time, when the fork was seen.
     parent: Option<u32>,
+    /// Real and effective uid, followed through fork and uid-change events, so that an exec
+    /// need not read `/proc/<pid>/status` (the costliest file: the kernel formats some fifty
+    /// lines for it).
+    uid: Option<(u32, u32)>,
+}
+
+/// What an exec needs read from `/proc` beyond the executable and command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// The parent is not known from a fork event: read `stat`.
+    pub parent: bool,
+    /// The uids are not known from events: read `status`.
+    pub uid: bool,
 }
 
 /// The state of the process event stream: the bounded pid table and the exact loss counter.
@@ -94,32 +107,56 @@ impl ProcessTracker {
     }
 
     /// Remembers a process that existed before the stream started.
-    pub fn seed(&mut self, pid: u32, executable: Option<String>, parent: Option<u32>) {
+    pub fn seed(
+        &mut self,
+        pid: u32,
+        executable: Option<String>,
+        parent: Option<u32>,
+        uid: Option<(u32, u32)>,
+    ) {
         if self.table.len() < self.cap {
+            let executable = executable.map(Arc::from);
             self.table.insert(
                 pid,
                 Tracked {
-                    executable: executable.map(Arc::from),
+                    executable,
                     parent,
+                    uid,
                 },
             );
         }
     }
 
-    /// A fork: a new process (not a thread) runs its parent's executable until it execs.
-    pub fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, alive: &dyn Fn(u32) -> bool) {
-        let executable = self.table.get(&parent_tgid).and_then(|t| t.executable.clone());
-        self.insert(
-            child_tgid,
-            Tracked {
-                executable,
-                parent: Some(parent_tgid),
-            },
-            alive,
-        );
+    /// What an exec of `pid` needs read beyond its image.
+    pub fn needs(&self, pid: u32) -> Needs {
+        let known = self.table.get(&pid);
+        Needs {
+            parent: known.and_then(|t| t.parent).is_none(),
+            uid: known.and_then(|t| t.uid).is_none(),
+        }
     }
 
-    /// An exec: the ProcessCreate item from what `/proc` gave (`None`: the process was gone).
+    /// A fork: a new process (not a thread) runs its parent's executable, as its parent's
+    /// user, until it execs or changes ids.
+    pub fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, alive: &dyn Fn(u32) -> bool) {
+        let from = self.table.get(&parent_tgid);
+        let entry = Tracked {
+            executable: from.and_then(|t| t.executable.clone()),
+            parent: Some(parent_tgid),
+            uid: from.and_then(|t| t.uid),
+        };
+        self.insert(child_tgid, entry, alive);
+    }
+
+    /// A uid change (setuid, or the exec of a setuid program).
+    pub fn on_uid(&mut self, tgid: u32, ruid: u32, euid: u32) {
+        if let Some(t) = self.table.get_mut(&tgid) {
+            t.uid = Some((ruid, euid));
+        }
+    }
+
+    /// An exec: the ProcessCreate item from what `/proc` gave (`None`: the process was gone),
+    /// completed with what the table knows (parent, uids).
     pub fn on_exec(
         &mut self,
         pid: u32,
@@ -127,11 +164,15 @@ impl ProcessTracker {
         user_name: &mut dyn FnMut(u32) -> Option<String>,
         alive: &dyn Fn(u32) -> bool,
     ) -> ProcessCreate {
-        let info = info.unwrap_or_default();
+        let mut info = info.unwrap_or_default();
         let mut missing: Vec<&str> = Vec::new();
         let mut extra = ExtraDetails::new();
-        let known_parent = self.table.get(&pid).and_then(|t| t.parent);
-        let parent = known_parent.or(info.ppid);
+        let known = self.table.get(&pid);
+        let parent = known.and_then(|t| t.parent).or(info.ppid);
+        if let (None, Some((uid, euid))) = (info.uid, known.and_then(|t| t.uid)) {
+            info.uid = Some(uid);
+            info.euid = Some(euid);
+        }
         if parent.is_none() {
             missing.push("ParentProcessId");
         }
@@ -145,13 +186,12 @@ impl ProcessTracker {
             extra.insert("Truncated".into(), "CommandLine".into());
         }
         let user_name_text = info.uid.and_then(&mut *user_name);
-        match info.uid {
-            None => missing.push("UserId"),
-            Some(uid) => {
-                if info.euid.is_some_and(|e| e != uid) {
-                    extra.insert("EffectiveUserId".into(), info.euid.unwrap_or(uid).to_string());
-                }
+        match (info.uid, info.euid) {
+            (None, _) => missing.push("UserId"),
+            (Some(uid), Some(euid)) if euid != uid => {
+                extra.insert("EffectiveUserId".into(), euid.to_string());
             }
+            _ => {}
         }
         if info.executable.is_none() || info.command_line.is_none() {
             // The kernel's command name survives the process's exit until it is reaped.
@@ -162,14 +202,12 @@ impl ProcessTracker {
         if !missing.is_empty() {
             extra.insert("Missing".into(), missing.join(";"));
         }
-        self.insert(
-            pid,
-            Tracked {
-                executable: info.executable.as_deref().map(Arc::from),
-                parent,
-            },
-            alive,
-        );
+        let entry = Tracked {
+            executable: info.executable.as_deref().map(Arc::from),
+            parent,
+            uid: info.uid.zip(info.euid),
+        };
+        self.insert(pid, entry, alive);
         ProcessCreate {
             executable: info.executable.unwrap_or_default(),
             process_id: pid,
@@ -204,11 +242,12 @@ impl ProcessTracker {
         }
     }
 
-    /// Applies one message; returns the item it makes, if any. `read` reads `/proc/<pid>`.
+    /// Applies one message; returns the item it makes, if any. `read` reads `/proc/<pid>`:
+    /// always the image, and what [`Needs`] says.
     pub fn apply(
         &mut self,
         msg: &ProcMessage,
-        read: &mut dyn FnMut(u32) -> Option<ProcessInfo>,
+        read: &mut dyn FnMut(u32, Needs) -> Option<ProcessInfo>,
         user_name: &mut dyn FnMut(u32) -> Option<String>,
         alive: &dyn Fn(u32) -> bool,
     ) -> Option<PayloadItem> {
@@ -223,8 +262,12 @@ impl ProcessTracker {
                 None
             }
             ProcEvent::Exec { tgid, .. } => {
-                let info = read(tgid);
+                let info = read(tgid, self.needs(tgid));
                 Some(self.on_exec(tgid, info, user_name, alive).into())
+            }
+            ProcEvent::Uid { tgid, ruid, euid, .. } => {
+                self.on_uid(tgid, ruid, euid);
+                None
             }
             ProcEvent::Exit {
                 pid, tgid, exit_code, ..
@@ -271,15 +314,27 @@ impl ProcessCollector {
     }
 }
 
-fn read_process(pid: u32) -> Option<ProcessInfo> {
-    ProcDir::open(pid).ok().map(|d| d.info())
+/// Reads `/proc/<pid>` for an exec: the image first (it vanishes when the process exits),
+/// then only what the tracker does not know from events.
+fn read_process(pid: u32, needs: Needs) -> Option<ProcessInfo> {
+    let dir = ProcDir::open(pid).ok()?;
+    let mut info = dir.image();
+    // `stat` gives the parent, and the command name when the image is already gone.
+    if needs.parent || info.executable.is_none() || info.command_line.is_none() {
+        dir.add_stat(&mut info);
+    }
+    if needs.uid {
+        dir.add_uids(&mut info);
+    }
+    Some(info)
 }
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Fills the table with the processes that exist now, so their exits have an executable.
+/// Fills the table with the processes that exist now, so their exits have an executable and
+/// their children a user.
 fn seed(tracker: &mut ProcessTracker) {
     let Ok(pids) = procinfo::all_pids(MAX_TRACKED) else {
         return;
@@ -290,15 +345,16 @@ fn seed(tracker: &mut ProcessTracker) {
                 .read_link("exe")
                 .ok()
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
-            let parent = dir
-                .read("stat", 4096)
-                .ok()
-                .and_then(|b| procinfo::parse_stat(&b))
-                .map(|s| s.ppid);
-            tracker.seed(pid, exe, parent);
+            let mut info = ProcessInfo::default();
+            dir.add_stat(&mut info);
+            dir.add_uids(&mut info);
+            tracker.seed(pid, exe, info.ppid, info.uid.zip(info.euid));
         }
     }
 }
+
+/// Most items gathered before they are handed over, while the socket still has messages.
+const MAX_BATCH: usize = 256;
 
 impl StreamCollector for ProcessCollector {
     fn names(&self) -> &[EventName] {
@@ -322,34 +378,66 @@ impl StreamCollector for ProcessCollector {
         seed(&mut tracker);
         let mut users = UserNames::default();
         let mut overruns: u64 = 0;
-        let mut handle =
-            |tracker: &mut ProcessTracker, msg: &ProcMessage, mono_now: u64, wall_now: SystemTime| {
-                let lost = tracker.count_losses(msg);
-                if lost > 0 {
-                    sink.count_losses(lost);
-                }
-                let item = tracker.apply(msg, &mut read_process, &mut |uid| users.name(uid), &alive)?;
-                let name = item.name();
-                match Event::new(name, vec![item], wall_time(msg.timestamp_ns, mono_now, wall_now)) {
+        // Items are gathered while messages keep coming and handed over once the socket is
+        // drained: reading `/proc` for the next exec (before that process exits) comes before
+        // building and handing over the previous events.
+        let mut batch: Vec<(PayloadItem, SystemTime)> = Vec::with_capacity(MAX_BATCH);
+        let mut take = |tracker: &mut ProcessTracker,
+                        msg: &ProcMessage,
+                        wall: SystemTime,
+                        batch: &mut Vec<(PayloadItem, SystemTime)>| {
+            let lost = tracker.count_losses(msg);
+            if lost > 0 {
+                sink.count_losses(lost);
+            }
+            if let Some(item) = tracker.apply(msg, &mut read_process, &mut |uid| users.name(uid), &alive) {
+                batch.push((item, wall));
+            }
+        };
+        let hand_over = |batch: &mut Vec<(PayloadItem, SystemTime)>| {
+            for (item, wall) in batch.drain(..) {
+                match Event::new(item.name(), vec![item], wall) {
                     Ok(event) => {
                         sink.send(event);
                     }
                     Err(e) => debug!("process event not built: {e}"),
                 }
-                Some(())
-            };
+            }
+        };
         let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
         for msg in &early {
-            handle(&mut tracker, msg, mono, wall);
+            take(
+                &mut tracker,
+                msg,
+                wall_time(msg.timestamp_ns, mono, wall),
+                &mut batch,
+            );
         }
+        hand_over(&mut batch);
         let mut buf = vec![0u8; 64 * 1024];
+        let mut waiting = true;
         while !stop.is_stopped() {
-            match conn.recv(&mut buf) {
+            let received = if waiting {
+                conn.recv(&mut buf)
+            } else {
+                conn.recv_nowait(&mut buf)
+            };
+            match received {
                 Ok(Received::Data { len, .. }) => {
                     let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
                     for msg in cnproc::parse_datagram(&buf[..len]).into_iter().flatten() {
-                        handle(&mut tracker, &msg, mono, wall);
+                        take(
+                            &mut tracker,
+                            &msg,
+                            wall_time(msg.timestamp_ns, mono, wall),
+                            &mut batch,
+                        );
                     }
+                    waiting = false;
+                    if batch.len() >= MAX_BATCH {
+                        hand_over(&mut batch);
+                    }
+                    continue;
                 }
                 Ok(Received::Timeout) => {}
                 Ok(Received::Overrun) => {
@@ -361,6 +449,7 @@ impl StreamCollector for ProcessCollector {
                             "process connector: receive buffer overrun, events lost (counted)"
                         );
                     }
+                    continue;
                 }
                 Err(e) => {
                     return Err(CollectError::Failed {
@@ -369,7 +458,11 @@ impl StreamCollector for ProcessCollector {
                     })
                 }
             }
+            // Drained (or timed out): hand over what was gathered, then wait again.
+            hand_over(&mut batch);
+            waiting = true;
         }
+        hand_over(&mut batch);
         Ok(())
     }
 
@@ -417,17 +510,17 @@ mod tests {
     #[test]
     fn fork_exec_exit_make_create_and_terminate() {
         let mut t = ProcessTracker::new(100);
-        t.seed(1, Some("/sbin/init".into()), Some(0));
-        t.seed(50, Some("/bin/bash".into()), Some(1));
+        t.seed(1, Some("/sbin/init".into()), Some(0), Some((0, 0)));
+        t.seed(50, Some("/bin/bash".into()), Some(1), Some((0, 0)));
         let fork = ProcEvent::Fork {
             parent_pid: 50,
             parent_tgid: 50,
             child_pid: 60,
             child_tgid: 60,
         };
-        assert_eq!(t.apply(&msg(fork), &mut |_| None, &mut names, &always), None);
+        assert_eq!(t.apply(&msg(fork), &mut |_, _| None, &mut names, &always), None);
         // The child's /proc says its parent is init (reparented): the fork event wins.
-        let mut read = |_| Some(info("/usr/bin/curl", "curl -s http://x", 0, 1));
+        let mut read = |_, _| Some(info("/usr/bin/curl", "curl -s http://x", 0, 1));
         let created = t.apply(
             &msg(ProcEvent::Exec { pid: 60, tgid: 60 }),
             &mut read,
@@ -450,14 +543,75 @@ mod tests {
             exit_code: 9,
             exit_signal: 17,
         };
-        let PayloadItem::ProcessTerminate(e) =
-            t.apply(&msg(exit), &mut |_| None, &mut names, &always).unwrap()
+        let PayloadItem::ProcessTerminate(e) = t
+            .apply(&msg(exit), &mut |_, _| None, &mut names, &always)
+            .unwrap()
         else {
             panic!()
         };
         assert_eq!((e.executable.as_str(), e.exit_status), ("/usr/bin/curl", 137));
         assert_eq!(e.extra_details.get("Signal").map(String::as_str), Some("9"));
         assert_eq!(t.len(), 2, "the exited process is forgotten");
+    }
+
+    #[test]
+    fn uids_follow_forks_and_uid_changes_so_status_is_read_only_when_unknown() {
+        let mut t = ProcessTracker::new(100);
+        t.seed(50, Some("/bin/bash".into()), Some(1), Some((1000, 1000)));
+        assert_eq!(
+            t.needs(50),
+            Needs {
+                parent: false,
+                uid: false
+            }
+        );
+        assert_eq!(
+            t.needs(77),
+            Needs {
+                parent: true,
+                uid: true
+            }
+        );
+        t.on_fork(50, 60, &always);
+        assert_eq!(
+            t.needs(60),
+            Needs {
+                parent: false,
+                uid: false
+            }
+        );
+        let image = ProcessInfo {
+            executable: Some("/usr/bin/sudo".into()),
+            command_line: Some("sudo id".into()),
+            ..ProcessInfo::default()
+        };
+        // The exec of a setuid program changes the effective uid: the kernel says so first.
+        t.on_uid(60, 1000, 0);
+        let c = t.on_exec(
+            60,
+            Some(image.clone()),
+            &mut |u| (u == 1000).then(|| "pi".into()),
+            &always,
+        );
+        assert_eq!((c.user_id.as_str(), c.user_name.as_deref()), ("1000", Some("pi")));
+        assert_eq!(
+            c.extra_details.get("EffectiveUserId").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(c.parent_process_id, 50);
+        assert!(!c.extra_details.contains_key("Missing"));
+        let uid_event = ProcEvent::Uid {
+            pid: 60,
+            tgid: 60,
+            ruid: 0,
+            euid: 0,
+        };
+        assert_eq!(
+            t.apply(&msg(uid_event), &mut |_, _| None, &mut names, &always),
+            None
+        );
+        let c = t.on_exec(60, Some(image), &mut names, &always);
+        assert_eq!(c.user_id, "0");
     }
 
     #[test]
@@ -469,7 +623,7 @@ mod tests {
             child_pid: 51,
             child_tgid: 50,
         };
-        assert_eq!(t.apply(&msg(thread), &mut |_| None, &mut names, &always), None);
+        assert_eq!(t.apply(&msg(thread), &mut |_, _| None, &mut names, &always), None);
         assert!(t.is_empty());
         let thread_exit = ProcEvent::Exit {
             pid: 51,
@@ -478,7 +632,7 @@ mod tests {
             exit_signal: u32::MAX,
         };
         assert_eq!(
-            t.apply(&msg(thread_exit), &mut |_| None, &mut names, &always),
+            t.apply(&msg(thread_exit), &mut |_, _| None, &mut names, &always),
             None
         );
     }
@@ -486,7 +640,7 @@ mod tests {
     #[test]
     fn a_forked_child_that_never_execs_terminates_with_its_parents_executable() {
         let mut t = ProcessTracker::new(100);
-        t.seed(50, Some("/usr/sbin/nginx".into()), Some(1));
+        t.seed(50, Some("/usr/sbin/nginx".into()), Some(1), None);
         t.on_fork(50, 70, &always);
         let e = t.on_exit(70, 3 << 8);
         assert_eq!((e.executable.as_str(), e.exit_status), ("/usr/sbin/nginx", 3));

@@ -175,7 +175,7 @@ impl Event {
 
     /// The compact JSON of the event, as it appears inside a message's `Events` array.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+        let mut out = Vec::with_capacity(512);
         // Cannot fail: writing to a Vec does not fail, every map key is a string, and no
         // Serialize impl of the event types returns an error.
         if let Err(e) = serde_json::to_writer(&mut out, self) {

@@ -175,7 +175,10 @@ impl Pipeline {
                 let len = serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0);
                 self.diagnose(
                     DiagnosticSeverity::Warning,
-                    format!("a {name} payload item of {len} bytes cannot fit in a message of {} bytes; dropped", self.max_message()),
+                    format!(
+                        "a {name} payload item of {len} bytes cannot fit in a message of {} bytes; dropped",
+                        self.max_message()
+                    ),
                     now_ms,
                 );
             }
@@ -192,7 +195,11 @@ impl Pipeline {
                         self.diagnose(DiagnosticSeverity::Warning, format!("cache: {e}"), now_ms);
                     }
                 }
-                PushOutcome::Dropped { reason, evicted, error } => {
+                PushOutcome::Dropped {
+                    reason,
+                    evicted,
+                    error,
+                } => {
                     out.evicted += evicted.len();
                     self.count_evictions(&evicted);
                     if reason != DropReason::PriorityOff {
@@ -200,7 +207,11 @@ impl Pipeline {
                     }
                     out.dropped.push(reason);
                     if let Some(e) = error {
-                        self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}; {name} event dropped"), now_ms);
+                        self.diagnose(
+                            DiagnosticSeverity::Error,
+                            format!("cache: {e}; {name} event dropped"),
+                            now_ms,
+                        );
                     }
                 }
             }
@@ -218,7 +229,11 @@ impl Pipeline {
     /// at once.
     fn due_ms(&self, p: Priority) -> Option<u64> {
         let oldest = self.cache.unpinned(p).next()?.enqueued_ms;
-        Some(if oldest == 0 { 0 } else { oldest.saturating_add(self.frequency_ms(p)) })
+        Some(if oldest == 0 {
+            0
+        } else {
+            oldest.saturating_add(self.frequency_ms(p))
+        })
     }
 
     /// Whether the unpinned events of both queues more than fill a message.
@@ -245,7 +260,10 @@ impl Pipeline {
         let due = if self.is_full() {
             Some(0)
         } else {
-            [Priority::High, Priority::Low].into_iter().filter_map(|p| self.due_ms(p)).min()
+            [Priority::High, Priority::Low]
+                .into_iter()
+                .filter_map(|p| self.due_ms(p))
+                .min()
         };
         due.map(|d| d.max(self.retry_at_ms))
     }
@@ -331,7 +349,10 @@ impl Pipeline {
             self.period.dropped[queue_index(*p)] += 1;
             self.diagnose(
                 DiagnosticSeverity::Warning,
-                format!("a cached event of {len} bytes no longer fits in a message of {} bytes; dropped", self.max_message()),
+                format!(
+                    "a cached event of {len} bytes no longer fits in a message of {} bytes; dropped",
+                    self.max_message()
+                ),
                 now_ms,
             );
         }
@@ -382,7 +403,8 @@ impl Pipeline {
         }
         let _ = count;
         self.diagnostics_window.1 += 1;
-        self.diagnostics.push(Diagnostic::new(severity, message, std::process::id(), 0));
+        self.diagnostics
+            .push(Diagnostic::new(severity, message, std::process::id(), 0));
     }
 
     /// The pending Diagnostic items (as one event), to be submitted when Diagnostic is not Off.
@@ -408,19 +430,30 @@ impl Pipeline {
     pub fn statistics_events(&mut self, wall: SystemTime) -> Vec<Event> {
         let p = std::mem::take(&mut self.period);
         let dropped = vec![
-            PayloadItem::from(DroppedEventsStatistics::new(Queue::High, p.collected[0], p.dropped[0])),
-            PayloadItem::from(DroppedEventsStatistics::new(Queue::Low, p.collected[1], p.dropped[1])),
+            PayloadItem::from(DroppedEventsStatistics::new(
+                Queue::High,
+                p.collected[0],
+                p.dropped[0],
+            )),
+            PayloadItem::from(DroppedEventsStatistics::new(
+                Queue::Low,
+                p.collected[1],
+                p.dropped[1],
+            )),
         ];
         let messages = vec![PayloadItem::from(MessageStatistics::new(
             p.messages_sent,
             p.messages_under_4kb,
             p.failed,
         ))];
-        [(EventName::DroppedEventsStatistics, dropped), (EventName::MessageStatistics, messages)]
-            .into_iter()
-            .filter(|(name, _)| self.config.priority(*name) != Priority::Off)
-            .filter_map(|(name, items)| Event::new(name, items, wall).ok())
-            .collect()
+        [
+            (EventName::DroppedEventsStatistics, dropped),
+            (EventName::MessageStatistics, messages),
+        ]
+        .into_iter()
+        .filter(|(name, _)| self.config.priority(*name) != Priority::Off)
+        .filter_map(|(name, items)| Event::new(name, items, wall).ok())
+        .collect()
     }
 
     /// The counts of the current period so far.

@@ -113,16 +113,11 @@ pub fn accept_syscalls() -> Vec<u32> {
 
 /// The name of a connection syscall number, for `ExtraDetails.Syscall`.
 pub fn syscall_name(nr: u32) -> &'static str {
-    let nr = i64::from(nr);
-    #[cfg(not(target_arch = "x86"))]
-    let accept = libc::SYS_accept as i64;
-    #[cfg(target_arch = "x86")]
-    let accept = -1;
-    if nr == libc::SYS_connect as i64 {
+    if connect_syscalls().contains(&nr) {
         "connect"
-    } else if nr == libc::SYS_accept4 as i64 {
+    } else if nr == libc::SYS_accept4 as u32 {
         "accept4"
-    } else if nr == accept {
+    } else if accept_syscalls().contains(&nr) {
         "accept"
     } else {
         "other"
@@ -361,7 +356,7 @@ pub fn plain(raw: &str) -> Option<&str> {
 
 /// Decodes hex text into bytes; `None` unless it is an even number of hex digits.
 pub fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..hex.len())

@@ -31,6 +31,7 @@ const EVENT_DATA: usize = 16;
 const PROC_EVENT_NONE: u32 = 0;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_UID: u32 = 0x4;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
 /// Receive buffer asked for: room for tens of thousands of events during a burst while the
@@ -62,6 +63,17 @@ pub enum ProcEvent {
         pid: u32,
         /// The process.
         tgid: u32,
+    },
+    /// A task's user ids changed (setuid, or exec of a setuid program).
+    Uid {
+        /// The thread id.
+        pid: u32,
+        /// The process.
+        tgid: u32,
+        /// The real uid now.
+        ruid: u32,
+        /// The effective uid now.
+        euid: u32,
     },
     /// A task ended. It is a process exit when `pid == tgid` (the leader); else a thread.
     Exit {
@@ -151,6 +163,12 @@ pub fn parse_cn_msg(b: &[u8]) -> Result<ProcMessage, ParseError> {
         PROC_EVENT_EXEC => ProcEvent::Exec {
             pid: d(0)?,
             tgid: d(1)?,
+        },
+        PROC_EVENT_UID => ProcEvent::Uid {
+            pid: d(0)?,
+            tgid: d(1)?,
+            ruid: d(2)?,
+            euid: d(3)?,
         },
         PROC_EVENT_EXIT => ProcEvent::Exit {
             pid: d(0)?,
@@ -285,6 +303,11 @@ impl ProcConnector {
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         self.sock.recv(buf)
     }
+
+    /// Receives one datagram if one is queued (`Timeout` otherwise).
+    pub fn recv_nowait(&self, buf: &mut [u8]) -> io::Result<Received> {
+        self.sock.recv_nowait(buf)
+    }
 }
 
 impl Drop for ProcConnector {
@@ -348,6 +371,16 @@ mod tests {
                 tgid: 200,
                 exit_code: 0x0900,
                 exit_signal: 17
+            }
+        );
+        let uid = parse_datagram(&datagram(0, 5, PROC_EVENT_UID, &[7, 7, 1000, 0]))[0].unwrap();
+        assert_eq!(
+            uid.event,
+            ProcEvent::Uid {
+                pid: 7,
+                tgid: 7,
+                ruid: 1000,
+                euid: 0
             }
         );
         let other = parse_datagram(&datagram(0, 5, 0x200, &[1, 1]))[0].unwrap();

@@ -17,6 +17,7 @@
 //! - `firewall`: `nft -j list ruleset` and `iptables-legacy-save` parsers.
 //! - `sshd`: sshd_config as sshd reads it; `keyvalue`: login.defs, limits.conf.
 pub mod accounts;
+pub mod audit;
 pub mod cnproc;
 pub mod firewall;
 pub mod fs;
@@ -31,5 +32,5 @@ pub mod program;
 pub mod sockdiag;
 pub mod sshd;
 pub mod sysfs;
-pub mod audit;
 pub mod tcpdiag;
+pub mod utmp;

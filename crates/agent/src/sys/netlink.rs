@@ -141,7 +141,7 @@ pub fn request(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     // nlmsg_pid 0: the kernel fills in our port.
     b.extend_from_slice(&0u32.to_ne_bytes());
     b.extend_from_slice(payload);
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
     b
@@ -316,6 +316,15 @@ impl NetlinkSocket {
     /// Receives one datagram into `buf`, waiting at most the receive timeout. Only datagrams
     /// from the kernel (port 0) are accepted; anything a process sends us is skipped.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        self.recv_flags(buf, 0)
+    }
+
+    /// Like [`NetlinkSocket::recv`] without waiting: `Timeout` when nothing is queued.
+    pub fn recv_nowait(&self, buf: &mut [u8]) -> io::Result<Received> {
+        self.recv_flags(buf, libc::MSG_DONTWAIT)
+    }
+
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
         loop {
             // SAFETY: sockaddr_nl is plain data for which all-zero is valid.
             let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -327,7 +336,7 @@ impl NetlinkSocket {
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
-                    libc::MSG_TRUNC,
+                    libc::MSG_TRUNC | flags,
                     (&mut from as *mut libc::sockaddr_nl).cast(),
                     &mut from_len,
                 )
@@ -390,11 +399,9 @@ mod tests {
         #[test]
         fn any_bytes_walk_without_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut total = 0;
-            for m in messages(&data) {
-                if let Ok(m) = m {
-                    total += NLMSG_HDR + m.payload.len();
-                    let _ = m.error();
-                }
+            for m in messages(&data).flatten() {
+                total += NLMSG_HDR + m.payload.len();
+                let _ = m.error();
             }
             prop_assert!(total <= data.len());
         }

@@ -110,9 +110,8 @@ impl ProcDir {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a descriptor we just opened and own exclusively.
-        Ok(ProcDir {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(ProcDir { fd })
     }
 
     /// Reads the file `name` of this directory, at most `limit` bytes (the rest is not read).
@@ -172,9 +171,9 @@ impl ProcDir {
         Ok(buf)
     }
 
-    /// Reads what the events need. The executable and command line go first: they vanish as
-    /// soon as the process exits, while `stat` and `status` last until it is reaped.
-    pub fn info(&self) -> ProcessInfo {
+    /// The executable and the command line: what vanishes first when the process exits (with
+    /// its memory), so what is read first.
+    pub fn image(&self) -> ProcessInfo {
         let mut info = ProcessInfo {
             executable: self
                 .read_link("exe")
@@ -190,6 +189,12 @@ impl ProcDir {
                 info.command_line_truncated = cut;
             }
         }
+        info
+    }
+
+    /// Adds what `stat` says (parent, start time, command name); it lasts until the process
+    /// is reaped.
+    pub fn add_stat(&self, info: &mut ProcessInfo) {
         if let Some(stat) = self
             .read("stat", MAX_SMALL_FILE)
             .ok()
@@ -199,6 +204,11 @@ impl ProcDir {
             info.start_time = Some(stat.start_time);
             info.comm = Some(stat.comm);
         }
+    }
+
+    /// Adds the real and effective uid from `status` (the costliest file to read: the kernel
+    /// formats some fifty lines for it).
+    pub fn add_uids(&self, info: &mut ProcessInfo) {
         if let Some((uid, euid)) = self
             .read("status", MAX_SMALL_FILE)
             .ok()
@@ -207,6 +217,13 @@ impl ProcDir {
             info.uid = Some(uid);
             info.euid = Some(euid);
         }
+    }
+
+    /// Everything: [`ProcDir::image`], [`ProcDir::add_stat`], [`ProcDir::add_uids`].
+    pub fn info(&self) -> ProcessInfo {
+        let mut info = self.image();
+        self.add_stat(&mut info);
+        self.add_uids(&mut info);
         info
     }
 }

@@ -71,7 +71,7 @@ pub fn request(family: u8, states: u32, bytecode: Option<&[u8]>, seq: u32) -> Ve
         req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
         req.extend_from_slice(&REQ_BYTECODE.to_ne_bytes());
         req.extend_from_slice(bc);
-        while req.len() % 4 != 0 {
+        while !req.len().is_multiple_of(4) {
             req.push(0);
         }
     }

@@ -351,9 +351,11 @@ pub struct IotHubTransport {
     /// The newest reported section (compact JSON) and whether the hub has confirmed it.
     reported: Option<Vec<u8>>,
     report_confirmed: bool,
-    /// The reported PATCH waiting for its answer, and the answer.
-    report_rid: Option<u64>,
-    report_status: Option<u16>,
+    /// The reported PATCH waiting for its answer: its `$rid` and when it was sent. The answer
+    /// is awaited asynchronously so a slow hub never holds up the run loop.
+    report_rid: Option<(u64, Instant)>,
+    report_failures: u32,
+    report_not_before: Option<Instant>,
 }
 
 impl IotHubTransport {
@@ -385,6 +387,7 @@ impl IotHubTransport {
                 (topics::RESPONSES.to_owned(), QoS::AtLeastOnce),
                 (topics::DESIRED.to_owned(), QoS::AtLeastOnce),
             ],
+            birth: vec![],
             login: Box::new(SasLogin {
                 identity: identity.clone(),
                 ttl: options.token_ttl,
@@ -411,7 +414,8 @@ impl IotHubTransport {
             reported: None,
             report_confirmed: true,
             report_rid: None,
-            report_status: None,
+            report_failures: 0,
+            report_not_before: None,
         })
     }
 
@@ -455,11 +459,8 @@ impl IotHubTransport {
             self.get = None;
             self.get_failures = 0;
             self.get_not_before = None;
-            if !self.report_confirmed && self.reported.is_some() {
-                if let Err(e) = self.send_report() {
-                    warn!("reported properties not confirmed yet: {e}");
-                }
-            }
+            self.report_rid = None;
+            self.report_not_before = None;
         }
         while let Some(p) = self.client.try_recv() {
             self.handle(p);
@@ -467,6 +468,7 @@ impl IotHubTransport {
         if self.client.take_overflow() {
             self.need_get = true;
         }
+        self.resend_report_if_due();
         if let Some((rid, sent)) = self.get {
             if sent.elapsed() >= RESPONSE_TIMEOUT {
                 warn!(rid, "no answer to the twin GET: asking again");
@@ -516,9 +518,21 @@ impl IotHubTransport {
     }
 
     fn handle_response(&mut self, response: TwinResponse, body: &[u8]) {
-        if response.rid.is_some() && response.rid == self.report_rid {
-            self.report_status = Some(response.status);
-            return;
+        if let Some((rid, _)) = self.report_rid {
+            if response.rid == Some(rid) {
+                self.report_rid = None;
+                match response.status {
+                    200..=299 => {
+                        self.report_confirmed = true;
+                        self.report_failures = 0;
+                    }
+                    status => {
+                        warn!(status, "the hub refused the reported properties (429 = throttled): sending them again after a delay");
+                        self.report_failed();
+                    }
+                }
+                return;
+            }
         }
         let Some((rid, _)) = self.get else {
             debug!(?response, "a twin answer nobody waits for (an earlier request)");
@@ -617,43 +631,56 @@ impl IotHubTransport {
         }
     }
 
-    /// PATCHes the newest reported section and waits for the hub's answer.
+    /// PATCHes the newest reported section; the hub's answer is handled when it comes.
     fn send_report(&mut self) -> Result<(), TransportError> {
         let Some(body) = self.reported.clone() else {
             return Ok(());
         };
-        let what = || "iothub reported PATCH".to_owned();
         let rid = self.next_rid();
-        self.report_rid = Some(rid);
-        self.report_status = None;
-        self.client
+        match self
+            .client
             .publish(&topics::patch_reported(rid), &body, false, PUBLISH_TIMEOUT)
-            .map_err(|e| transport_error_for(what(), e))?;
-        let deadline = Instant::now() + RESPONSE_TIMEOUT;
-        while Instant::now() < deadline && self.client.is_connected() {
-            if let Some(status) = self.report_status.take() {
-                self.report_rid = None;
-                return match status {
-                    200..=299 => {
-                        self.report_confirmed = true;
-                        Ok(())
-                    }
-                    429 => Err(transport_error_for(
-                        what(),
-                        "throttled by the hub (429); sent again later",
-                    )),
-                    s => Err(transport_error_for(what(), format!("the hub answered {s}"))),
-                };
+        {
+            Ok(()) => {
+                self.report_rid = Some((rid, Instant::now()));
+                Ok(())
             }
-            if let Some(p) = self.client.recv_timeout(Duration::from_millis(20)) {
-                self.handle(p);
+            Err(e) => {
+                self.report_failed();
+                Err(transport_error_for(
+                    "iothub reported PATCH (sent again when connected)".into(),
+                    e,
+                ))
             }
         }
-        self.report_rid = None;
-        Err(transport_error_for(
-            what(),
-            "no answer from the hub; sent again on reconnection",
-        ))
+    }
+
+    fn report_failed(&mut self) {
+        let delay = Backoff::delay(&BACKOFF, self.report_failures);
+        self.report_failures = self.report_failures.saturating_add(1);
+        self.report_not_before = Some(Instant::now() + delay);
+    }
+
+    /// Sends the newest reported section again when the hub has not confirmed it: after a
+    /// refusal (with backoff), a lost answer, or a reconnection.
+    fn resend_report_if_due(&mut self) {
+        if self.report_confirmed || self.reported.is_none() || !self.client.is_connected() {
+            return;
+        }
+        if let Some((rid, sent)) = self.report_rid {
+            if sent.elapsed() < RESPONSE_TIMEOUT {
+                return;
+            }
+            warn!(rid, "no answer to the reported PATCH: sending it again");
+            self.report_rid = None;
+            self.report_failed();
+        }
+        if self.report_not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if let Err(e) = self.send_report() {
+            debug!("{e}");
+        }
     }
 }
 
@@ -686,6 +713,9 @@ impl Transport for IotHubTransport {
             serde_json::to_vec(&section).map_err(|e| transport_error_for("reported section".into(), e))?;
         self.reported = Some(body);
         self.report_confirmed = false;
+        self.report_rid = None;
+        self.report_failures = 0;
+        self.report_not_before = None;
         self.send_report()
     }
 
@@ -833,6 +863,26 @@ mod tests {
             panic!()
         };
         assert!(crate::config::validate_document(&doc).problems.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Topics, connection strings and twin bodies come from the network or a file: the
+        /// parsers return `None`/an error on anything, never panic.
+        #[test]
+        fn parsers_never_panic(tail in ".{0,60}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            for prefix in ["", topics::RESPONSE_PREFIX, topics::DESIRED_PREFIX, "$iothub/twin/res/200/?"] {
+                let topic = format!("{prefix}{tail}");
+                let _ = parse_response_topic(&topic);
+                let _ = parse_desired_topic(&topic);
+            }
+            let _ = ConnectionString::parse(&tail);
+            let _ = ConnectionString::parse(&String::from_utf8_lossy(&bytes));
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = desired_for_agent(&v, Some(1));
+                let mut state = DesiredState::new();
+                let _ = state.apply_patch(&v);
+            }
+        }
     }
 
     /// A patch arrives while the GET is outstanding: it is applied after the GET's document

@@ -45,6 +45,15 @@ impl LocalTransport {
         twin: Option<TwinFile>,
     ) -> Result<LocalTransport, TransportError> {
         let what = format!("outbox {}", outbox_path.display());
+        // The default outbox and reported file live in the data directory, which may not exist
+        // yet on a first start; create missing parents (0700: they may hold the data dir).
+        for path in [outbox_path, reported_path] {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+                std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+                    .create(parent)
+                    .map_err(io(format!("directory {}", parent.display())))?;
+            }
+        }
         let outbox = open_outbox(outbox_path).map_err(io(what.clone()))?;
         let size = truncate_partial_line(&outbox).map_err(io(what))?;
         Ok(LocalTransport {

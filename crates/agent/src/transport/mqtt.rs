@@ -261,6 +261,7 @@ impl MqttTransport {
                 retain: true,
             }),
             subscriptions: vec![(topics.desired.clone(), QoS::AtLeastOnce)],
+            birth: vec![online(&topics)],
             login: Box::new(StaticLogin(Credentials {
                 username: options.username.clone(),
                 password,
@@ -272,7 +273,6 @@ impl MqttTransport {
             incoming_capacity: INCOMING_CAPACITY,
         })
         .map_err(|e| transport_error_for(what(), e))?;
-        client.set_birth(vec![online(&topics)]);
         Ok(MqttTransport {
             client,
             topics,

@@ -152,6 +152,9 @@ pub struct ClientOptions {
     pub will: Option<LastWill>,
     /// Subscribed (and SUBACK-confirmed) on every connection before it counts as up.
     pub subscriptions: Vec<(String, QoS)>,
+    /// Published (QoS 1) on every connection once subscribed; [`MqttClient::set_birth`]
+    /// replaces them. Given here so that even the first connection has them.
+    pub birth: Vec<Message>,
     /// Credentials, asked for at each attempt.
     pub login: Box<dyn Login>,
     /// Largest packet accepted from the broker; a larger one ends the connection.
@@ -259,13 +262,14 @@ impl fmt::Debug for CommandBox {
 
 impl MqttClient {
     /// Starts the IO thread, which connects in the background.
-    pub fn start(options: ClientOptions) -> io::Result<MqttClient> {
+    pub fn start(mut options: ClientOptions) -> io::Result<MqttClient> {
         let (commands, command_rx) = sync_channel(COMMAND_CAPACITY);
         let (incoming_tx, incoming) = sync_channel(options.incoming_capacity.max(1));
         let (done_tx, done) = sync_channel(1);
         let waker = Waker::new()?;
         let wake = waker.sender()?;
         let shared = Arc::new(Shared::default());
+        *lock(&shared.birth) = std::mem::take(&mut options.birth);
         let endpoint = format!("{}:{}", options.host, options.port);
         let worker = Worker {
             options,

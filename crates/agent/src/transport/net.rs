@@ -95,7 +95,11 @@ impl Stream {
                 format!("{host}: not a valid TLS server name"),
             )
         })?;
-        let tls = ClientConnection::new(Arc::clone(config), name).map_err(tls_error)?;
+        let mut tls = ClientConnection::new(Arc::clone(config), name).map_err(tls_error)?;
+        // rustls caps buffered outgoing plaintext at 64 KiB by default, which a 256 KB message
+        // exceeds; the client bounds what it queues itself (one message in flight plus a few
+        // control packets), so rustls need not.
+        tls.set_buffer_limit(None);
         let mut stream = Stream::Tls {
             sock,
             tls: Box::new(tls),
@@ -113,7 +117,9 @@ impl Stream {
                 match tls.write_tls(sock) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        wait_fd(sock.as_raw_fd(), true, None, deadline)?;
+                        if wait_fd(sock.as_raw_fd(), true, None, deadline)?.is_none() {
+                            return Err(timed_out("TLS handshake"));
+                        }
                     }
                     Err(e) => return Err(e),
                 }

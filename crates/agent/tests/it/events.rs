@@ -8,7 +8,6 @@
 //! without it they skip, which fails under CI. They run one at a time (audit is one per
 //! machine).
 
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -296,4 +295,509 @@ fn process_create_and_terminate_reach_the_outbox_live() {
     assert_eq!(thread_exits, 0, "thread exits are not process exits");
     let stderr = agent.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn tool(path: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(path);
+    p.is_file().then_some(p)
+}
+
+/// `auditctl` output, when the tool is installed (to check the agent's rules and state).
+fn auditctl(args: &[&str]) -> Option<String> {
+    let out = Command::new(tool("/usr/sbin/auditctl").or_else(|| tool("/sbin/auditctl"))?)
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The audit manager's lock, when no twinguard holds it (no agent manages audit now).
+fn audit_lock() -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open("/run/twinguard/audit.lock").ok()?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(f)
+}
+
+fn audit_enabled() -> Option<String> {
+    auditctl(&["-s"])?
+        .lines()
+        .find_map(|l| l.strip_prefix("enabled ").map(str::to_owned))
+}
+
+/// A Python program started in the background; its first stdout line is read.
+struct Helper {
+    child: Child,
+    first_line: String,
+}
+
+impl Helper {
+    fn start(code: &str, args: &[String]) -> Helper {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first_line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut first_line).unwrap();
+        Helper { child, first_line }
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+
+    fn numbers(&self) -> Vec<u16> {
+        self.first_line
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const HOLDING_SERVER: &str = r#"
+import socket, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+print(l.getsockname()[1], flush=True)
+held = []
+while True:
+    c, _ = l.accept(); held.append(c)
+"#;
+
+const DUAL_SERVER: &str = r#"
+import socket, time
+l4 = socket.socket(); l4.bind(("127.0.0.1", 0)); l4.listen(16)
+l6 = socket.socket(socket.AF_INET6); l6.bind(("::1", 0)); l6.listen(16)
+print(l4.getsockname()[1], l6.getsockname()[1], flush=True)
+held = [l4.accept(), l6.accept()]
+time.sleep(60)
+"#;
+
+const CLIENT: &str = r#"
+import socket, sys, time
+p4, p6, p0 = map(int, sys.argv[1:4])
+a = socket.create_connection(("127.0.0.1", p4))
+b = socket.socket(socket.AF_INET6); b.setblocking(False)
+try:
+    b.connect(("::1", p6))
+except BlockingIOError:
+    pass
+c = socket.create_connection(("127.0.0.1", p0))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("127.0.0.1", 9))
+x = socket.socket(socket.AF_UNIX)
+try:
+    x.connect("/dev/log")
+except OSError:
+    pass
+time.sleep(0.3)
+print(a.getsockname()[1], b.getsockname()[1], c.getsockname()[1], u.getsockname()[1], flush=True)
+time.sleep(60)
+"#;
+
+fn port_of(v: &Value, field: &str) -> u16 {
+    v[field].as_str().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn connection_create_live_in_and_out_ipv4_ipv6_blocking_non_blocking_and_pre_existing() {
+    let test = "connection_create_live_in_and_out_ipv4_ipv6_blocking_non_blocking_and_pre_existing";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    if tool("/usr/bin/python3").is_none() {
+        skip(test, "needs /usr/bin/python3 for the client and server processes");
+        return;
+    }
+    let lock_was_free = audit_lock().is_some();
+    let enabled_before = audit_enabled();
+    // A server started before the agent, and kept out of audit by a rule of our own, as a
+    // process started before audit was ever enabled is: only polling can see its connections.
+    let old_server = Helper::start(HOLDING_SERVER, &[]);
+    let p0 = old_server.numbers()[0];
+    let exclude_pid = format!("pid={}", old_server.pid());
+    let exclude = |op: &str| {
+        let arch = if cfg!(target_pointer_width = "64") {
+            "arch=b64"
+        } else {
+            "arch=b32"
+        };
+        let args = [
+            op,
+            "exit,never",
+            "-F",
+            arch,
+            "-S",
+            "connect",
+            "-S",
+            "accept4",
+            "-F",
+            &exclude_pid,
+            "-k",
+            "tg-it-exclude",
+        ];
+        auditctl(&args).is_some()
+    };
+    let excluded = exclude("-A");
+
+    let agent = LiveAgent::start("ev-connection", LIVE_TWIN);
+    let status = agent.wait_running("ConnectionCreate");
+    // Ready when the rules are in place (or, without auditctl to look, after a while).
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        match auditctl(&["-l"]) {
+            Some(rules) if rules.contains("key=twinguard") => break,
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+            None => {
+                std::thread::sleep(Duration::from_millis(1500));
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let server = Helper::start(DUAL_SERVER, &[]);
+    let (p4, p6) = (server.numbers()[0], server.numbers()[1]);
+    let client = Helper::start(CLIENT, &[p4.to_string(), p6.to_string(), p0.to_string()]);
+    let ports = client.numbers();
+    let (a, b, c, udp) = (ports[0], ports[1], ports[2], ports[3]);
+
+    // IPv4, blocking, out and in.
+    let out4 = agent.find("ConnectionCreate", "out to the IPv4 server", |v| {
+        v["Direction"] == "Out" && pid_of(v) == client.pid() && port_of(v, "RemotePort") == p4
+    });
+    assert_eq!(out4["RemoteAddress"], "127.0.0.1");
+    assert_eq!(port_of(&out4, "LocalPort"), a, "{out4}");
+    assert_eq!(out4["LocalAddress"], "127.0.0.1");
+    assert_eq!(out4["Protocol"], "TCP");
+    assert_eq!(out4["Executable"], "/usr/bin/python3.11");
+    assert_eq!(out4["UserId"], "0");
+    assert_eq!(out4["ExtraDetails"]["Source"], "audit", "{out4}");
+    assert_eq!(out4["ExtraDetails"]["Syscall"], "connect");
+    assert!(out4["CommandLine"]
+        .as_str()
+        .unwrap()
+        .starts_with("/usr/bin/python3 -c"));
+    let in4 = agent.find("ConnectionCreate", "in at the IPv4 server", |v| {
+        v["Direction"] == "In" && pid_of(v) == server.pid() && port_of(v, "LocalPort") == p4
+    });
+    assert_eq!(
+        (in4["RemoteAddress"].as_str(), port_of(&in4, "RemotePort")),
+        (Some("127.0.0.1"), a),
+        "{in4}"
+    );
+    assert_eq!(in4["ExtraDetails"]["Source"], "audit");
+    // IPv6, non-blocking (EINPROGRESS), out and in.
+    let out6 = agent.find("ConnectionCreate", "out to the IPv6 server", |v| {
+        v["Direction"] == "Out" && pid_of(v) == client.pid() && port_of(v, "RemotePort") == p6
+    });
+    assert_eq!(out6["RemoteAddress"], "::1");
+    assert_eq!(port_of(&out6, "LocalPort"), b, "{out6}");
+    assert_eq!(out6["ExtraDetails"]["InProgress"], "true", "{out6}");
+    let in6 = agent.find("ConnectionCreate", "in at the IPv6 server", |v| {
+        v["Direction"] == "In" && pid_of(v) == server.pid() && port_of(v, "LocalPort") == p6
+    });
+    assert_eq!(
+        (in6["RemoteAddress"].as_str(), port_of(&in6, "RemotePort")),
+        (Some("::1"), b),
+        "{in6}"
+    );
+    // The server started before the agent: its side comes from polling.
+    let old_in = agent.find(
+        "ConnectionCreate",
+        "in at the server started before the agent",
+        |v| v["Direction"] == "In" && pid_of(v) == old_server.pid() && port_of(v, "LocalPort") == p0,
+    );
+    assert_eq!(port_of(&old_in, "RemotePort"), c, "{old_in}");
+    assert_eq!(old_in["Executable"], "/usr/bin/python3.11");
+    if excluded {
+        assert_eq!(old_in["ExtraDetails"]["Source"], "poll", "{old_in}");
+    }
+    agent.find("ConnectionCreate", "out to the old server", |v| {
+        v["Direction"] == "Out" && pid_of(v) == client.pid() && port_of(v, "RemotePort") == p0
+    });
+    // Once only: audit and polling do not both report a connection.
+    std::thread::sleep(Duration::from_millis(2500));
+    let items = agent.items("ConnectionCreate");
+    for (what, want) in [
+        ("out4", &out4),
+        ("in4", &in4),
+        ("out6", &out6),
+        ("in6", &in6),
+        ("old_in", &old_in),
+    ] {
+        let same = items
+            .iter()
+            .filter(|v| {
+                v["Direction"] == want["Direction"]
+                    && v["LocalPort"] == want["LocalPort"]
+                    && v["RemotePort"] == want["RemotePort"]
+            })
+            .count();
+        assert_eq!(same, 1, "{what} reported {same} times");
+    }
+    // Not TCP: the UDP connect and the UNIX socket are not connections.
+    assert!(
+        !items
+            .iter()
+            .any(|v| port_of(v, "LocalPort") == udp || port_of(v, "RemotePort") == 9),
+        "UDP reported"
+    );
+
+    drop(client);
+    drop(server);
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if excluded {
+        exclude("-d");
+    }
+    // The agent's rules are gone and audit is as it was - unless another twinguard on this
+    // machine (another test's agent) manages audit now: it holds the lock and its rules.
+    if let Some(_lock) = audit_lock() {
+        if let Some(rules) = auditctl(&["-l"]) {
+            assert!(!rules.contains("twinguard"), "rules left behind: {rules}");
+            if lock_was_free {
+                assert_eq!(audit_enabled(), enabled_before, "audit state not restored");
+            }
+        }
+        assert!(!twinguard::collect::audit::state_file_exists());
+    }
+    assert_eq!(status["fallback"], false);
+}
+
+/// Sends a user-space audit message (as sshd's libaudit does) from this process.
+fn send_user_audit_message(kind: u16, text: &str) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() takes no pointers; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 9) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor we just opened and own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut msg = Vec::new();
+    let len = 16 + text.len() + 1;
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(&0x5u16.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(text.as_bytes());
+    msg.push(0);
+    // SAFETY: sockaddr_nl is plain data; all-zero is the kernel's address.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `msg` and `kernel` are valid for the lengths given.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn login_from_pam_and_sshd_style_audit_records_live() {
+    let test = "login_from_pam_and_sshd_style_audit_records_live";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    let (Some(su), Some(runuser)) = (
+        tool("/usr/bin/su").or_else(|| tool("/bin/su")),
+        tool("/usr/sbin/runuser").or_else(|| tool("/sbin/runuser")),
+    ) else {
+        skip(test, "needs su and runuser (util-linux) for PAM authentications");
+        return;
+    };
+    let agent = LiveAgent::start("ev-login", LIVE_TWIN);
+    let status = agent.wait_running("Login");
+    assert_eq!(status["fallback"], false, "{status}");
+    let su_name = su.to_string_lossy().into_owned();
+
+    // A successful PAM authentication (root: pam_rootok). The collector may still be joining
+    // audit when the first one runs, so try until one is seen.
+    let t = Instant::now();
+    let ok = loop {
+        let mut child = Command::new(&su)
+            .args(["root", "-c", "true"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.wait().unwrap();
+        let pid = u64::from(child.id());
+        std::thread::sleep(Duration::from_millis(1500));
+        if let Some(v) = agent.items("Login").into_iter().find(|v| pid_of(v) == pid) {
+            break v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no Login for su (pid {pid}): {:?}",
+            agent.items("Login")
+        );
+    };
+    assert_eq!(ok["Operation"], "authentication", "{ok}");
+    assert_eq!(ok["Result"], "Success");
+    assert_eq!(ok["UserName"], "root");
+    assert_eq!(ok["UserId"], "0");
+    assert_eq!(ok["Executable"], su_name.as_str());
+
+    // A failed one: nobody asking su for root's password with no terminal.
+    let mut failing = Command::new(&runuser)
+        .args(["-u", "nobody", "--"])
+        .arg(&su)
+        .args(["root", "-c", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    failing.wait().unwrap();
+    let failed = agent.find("Login", "failed authentication by su", |v| {
+        v["Result"] == "Fail" && v["Executable"] == su_name.as_str() && v["Operation"] == "authentication"
+    });
+    assert_eq!(failed["UserName"], "root", "{failed}");
+    assert!(
+        pid_of(&failed) > u64::from(failing.id()),
+        "su runs as runuser's child"
+    );
+
+    // An sshd-style USER_LOGIN record from a remote address.
+    let user = format!("tg-{}", unique());
+    let text = format!(
+        "op=login acct=\"{user}\" exe=\"/usr/sbin/sshd\" hostname=203.0.113.9 addr=203.0.113.9 terminal=ssh res=failed"
+    );
+    send_user_audit_message(1112, &text).unwrap();
+    let login = agent.find("Login", "sshd-style login", |v| v["UserName"] == user.as_str());
+    assert_eq!(login["Operation"], "login");
+    assert_eq!(login["Result"], "Fail");
+    assert_eq!(login["RemoteAddress"], "203.0.113.9");
+    assert_eq!(login["Executable"], "/usr/sbin/sshd");
+    assert_eq!(pid_of(&login), u64::from(std::process::id()));
+    assert!(login.get("UserId").is_none(), "no such local user: {login}");
+    assert_eq!(login["ExtraDetails"]["Terminal"], "ssh");
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn login_fallback_follows_real_wtmp_and_btmp_records_with_a_checkpoint() {
+    use std::sync::{Arc, Mutex};
+    use twinguard::collect::login::LoginCollector;
+    use twinguard::collect::{EventSink, StopSignal, StreamCollector};
+    use twinguard::event::{Event, MessageFrame};
+
+    let dir = TempDir::new("ev-utmp");
+    let wtmp_fixture = std::fs::read(fixture("utmp/wtmp")).unwrap();
+    let btmp_fixture = std::fs::read(fixture("utmp/btmp")).unwrap();
+    let record = |bytes: &[u8], n: usize| bytes[n * 384..(n + 1) * 384].to_vec();
+    let (wtmp, btmp, checkpoint) = (dir.path("wtmp"), dir.path("btmp"), dir.path("login.checkpoint"));
+    // History before the agent: not reported.
+    std::fs::write(&wtmp, record(&wtmp_fixture, 0)).unwrap();
+    std::fs::write(&btmp, b"").unwrap();
+
+    let run = |wait_for: usize, append: &dyn Fn()| -> Vec<Event> {
+        let got: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let sink_got = got.clone();
+        let sink = EventSink::new(move |e| {
+            sink_got.lock().unwrap().push(e);
+            true
+        });
+        let stop = StopSignal::new();
+        let mut collector = LoginCollector::files_only(wtmp.clone(), btmp.clone(), Some(checkpoint.clone()));
+        let (thread_stop, thread_sink) = (stop.clone(), sink.clone());
+        let handle = std::thread::spawn(move || collector.run(&thread_sink, &thread_stop));
+        std::thread::sleep(Duration::from_millis(300));
+        append();
+        let t = Instant::now();
+        while got.lock().unwrap().len() < wait_for && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+        stop.stop();
+        handle.join().unwrap().unwrap();
+        let events = got.lock().unwrap().clone();
+        events
+    };
+    let append = |path: &PathBuf, bytes: Vec<u8>| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(&bytes).unwrap();
+    };
+
+    // A login, an IPv6 login, a logout (not a login) and a failed attempt.
+    let events = run(3, &|| {
+        let mut new = record(&wtmp_fixture, 1);
+        new.extend(record(&wtmp_fixture, 2));
+        new.extend(record(&wtmp_fixture, 3));
+        append(&wtmp, new);
+        append(&btmp, btmp_fixture.clone());
+    });
+    let items: Vec<Value> = events
+        .iter()
+        .flat_map(|e| {
+            serde_json::to_value(e.payload())
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    assert_eq!(items.len(), 3, "{items:#?}");
+    let pi = items.iter().find(|v| v["UserName"] == "pi").unwrap();
+    assert_eq!(
+        (pi["Operation"].as_str(), pi["Result"].as_str()),
+        (Some("wtmp"), Some("Success"))
+    );
+    assert_eq!(pi["RemoteAddress"], "192.0.2.10");
+    assert_eq!(pi["ProcessId"], 4242);
+    assert_eq!(pi["ExtraDetails"]["Terminal"], "pts/0");
+    let admin = items.iter().find(|v| v["UserName"] == "admin").unwrap();
+    assert_eq!(admin["RemoteAddress"], "2001:db8::7");
+    let failed = items.iter().find(|v| v["Operation"] == "btmp").unwrap();
+    assert_eq!(
+        (failed["UserName"].as_str(), failed["Result"].as_str()),
+        (Some("root"), Some("Fail"))
+    );
+    assert_eq!(failed["UserId"], "0");
+    assert_eq!(failed["RemoteAddress"], "198.51.100.23");
+    // The record's own time is the event's.
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| serde_json::to_value(e.payload()).unwrap()[0]["UserName"] == "pi")
+            .unwrap()
+            .time()
+            .millis_since_epoch(),
+        1_700_000_000_000
+    );
+    let frame = MessageFrame::new("0.1.0", uuid::Uuid::new_v4());
+    let bodies: Vec<Vec<u8>> = events.iter().map(|e| frame.assemble(&[e.to_json()])).collect();
+    validate_messages(&bodies).unwrap();
+
+    // The checkpoint holds both files' ends; a restart reports only what is new.
+    let saved = std::fs::read_to_string(&checkpoint).unwrap();
+    assert!(
+        saved.contains(&format!(" {}\n", 4 * 384)) && saved.contains(" 384\n"),
+        "{saved}"
+    );
+    let events = run(1, &|| append(&wtmp, record(&wtmp_fixture, 1)));
+    assert_eq!(events.len(), 1, "only the new record after a restart");
 }

@@ -8,6 +8,7 @@ mod config_cases;
 mod conformance;
 mod events;
 mod fuzz_corpus;
+mod mqtt;
 mod pipeline;
 mod run;
 mod support;

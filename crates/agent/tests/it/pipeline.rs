@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 use twinguard::config::{validate_document, Config};
 use twinguard::event::{
-    Event, EventName, MessageFrame, PayloadItem, ProcessCreate, ConfigurationError, ConfigurationErrorType,
+    ConfigurationError, ConfigurationErrorType, Event, EventName, MessageFrame, PayloadItem, ProcessCreate,
 };
 use twinguard::pipeline::batch::{Outgoing, Pipeline};
 use twinguard::pipeline::cache::{Cache, DropReason};
@@ -90,7 +90,9 @@ fn a_full_message_is_sent_at_once_and_never_exceeds_the_limit() {
     let dir = TempDir::new("full");
     let mut p = pipeline(
         &dir,
-        config(json!({"maxMessageSizeInBytes": {"value": 8192}, "maxLocalCacheSizeInBytes": {"value": 1000000}})),
+        config(
+            json!({"maxMessageSizeInBytes": {"value": 8192}, "maxLocalCacheSizeInBytes": {"value": 1000000}}),
+        ),
     );
     let mut bodies = Vec::new();
     let mut n = 0;
@@ -99,7 +101,9 @@ fn a_full_message_is_sent_at_once_and_never_exceeds_the_limit() {
         n += 1;
         assert!(n < 100, "never became full");
     }
-    let out = p.poll_message(10).expect("a full message goes at once, long before Low is due");
+    let out = p
+        .poll_message(10)
+        .expect("a full message goes at once, long before Low is due");
     assert!(out.body.len() <= 8192, "{} bytes", out.body.len());
     let in_message = out.ids.len();
     assert!(in_message >= n - 2 && in_message < n, "{in_message} of {n}");
@@ -144,7 +148,9 @@ fn an_oversized_event_is_split_and_a_too_large_item_dropped_and_explained() {
     let submitted = p.submit(event(EventName::ProcessCreate, items), 10);
     assert!(submitted.stored >= 4, "{submitted:?}");
     assert_eq!(submitted.dropped, vec![DropReason::TooLarge]);
-    let diagnostic = p.take_diagnostics(SystemTime::now()).expect("a Diagnostic explains the drop");
+    let diagnostic = p
+        .take_diagnostics(SystemTime::now())
+        .expect("a Diagnostic explains the drop");
     assert_eq!(diagnostic.name(), EventName::Diagnostic);
     p.submit(diagnostic, 10);
     let mut bodies = Vec::new();
@@ -169,7 +175,10 @@ fn an_oversized_event_is_split_and_a_too_large_item_dropped_and_explained() {
 #[test]
 fn a_failed_delivery_is_retried_with_backoff_and_never_counted_as_a_drop() {
     let dir = TempDir::new("retry");
-    let mut p = pipeline(&dir, config(json!({"eventPriorityConfigurationError": {"value": "High"}})));
+    let mut p = pipeline(
+        &dir,
+        config(json!({"eventPriorityConfigurationError": {"value": "High"}})),
+    );
     p.submit(high_event(), 1);
     let due = p.next_deadline().unwrap();
     let out = p.poll_message(due).unwrap();
@@ -214,10 +223,15 @@ fn a_cached_event_too_large_for_a_shrunk_message_is_dropped_not_stalled() {
     p.submit(event(EventName::ProcessCreate, vec![process(1, 30_000)]), 10);
     p.submit(event(EventName::ProcessCreate, vec![process(2, 10)]), 10);
     p.apply_config(config(json!({"maxMessageSizeInBytes": {"value": 8192}})));
-    let out = p.poll_message(u64::MAX / 2).expect("the small event is still sent");
+    let out = p
+        .poll_message(u64::MAX / 2)
+        .expect("the small event is still sent");
     assert_eq!(out.ids.len(), 1);
     p.confirm(&out).unwrap();
     let c = p.counters();
-    assert_eq!((c.low.sent, c.low.dropped.get(DropReason::TooLarge), c.low.cached), (1, 1, 0));
+    assert_eq!(
+        (c.low.sent, c.low.dropped.get(DropReason::TooLarge), c.low.cached),
+        (1, 1, 0)
+    );
     assert!(p.poll_message(u64::MAX / 2).is_none());
 }

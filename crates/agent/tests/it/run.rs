@@ -76,14 +76,30 @@ fn outbox_lines(dir: &TempDir) -> Vec<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir.0)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("outbox.jsonl"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("outbox.jsonl")
+        })
         .collect();
     // outbox.jsonl.3 is the oldest, outbox.jsonl the newest.
-    files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0)));
+    files.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
     let mut lines = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.is_empty() || text.ends_with('\n'), "{} ends with a partial line", f.display());
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends with a partial line",
+            f.display()
+        );
         lines.extend(text.lines().map(str::to_owned));
     }
     lines
@@ -125,7 +141,9 @@ fn high_events_reach_the_outbox_within_their_frequency_and_messages_conform() {
             "maxLocalCacheSizeInBytes": {"value": 65536}}"#,
     );
     let agent = Agent::start(&dir, &[]);
-    wait_for("reported properties", Duration::from_secs(5), || dir.path("reported.json").exists());
+    wait_for("reported properties", Duration::from_secs(5), || {
+        dir.path("reported.json").exists()
+    });
     std::thread::sleep(Duration::from_millis(7500));
     let (code, took, stderr) = agent.stop();
     assert_eq!(code, Some(0), "{stderr}");
@@ -136,8 +154,10 @@ fn high_events_reach_the_outbox_within_their_frequency_and_messages_conform() {
     assert!(bodies.iter().all(|b| b.len() <= 16384));
     // Snapshots of the statistics at 0 s, 3 s, 6 s: each is High and must be written within 2 s
     // of being queued (its TimestampUTC) - so at least the first two are in the outbox.
-    let stats: Vec<Value> =
-        events_of(&lines).into_iter().filter(|e| e["Name"] == "MessageStatistics").collect();
+    let stats: Vec<Value> = events_of(&lines)
+        .into_iter()
+        .filter(|e| e["Name"] == "MessageStatistics")
+        .collect();
     assert!(stats.len() >= 2, "{} MessageStatistics events", stats.len());
     // The outbox line is written when the message is sent; compare to the event's own time
     // through the order of messages: message k (k >= 1) must carry the snapshot of k*3 s.
@@ -150,7 +170,9 @@ fn high_events_reach_the_outbox_within_their_frequency_and_messages_conform() {
 
 /// Milliseconds since the epoch of an RFC 3339 UTC timestamp like 2026-11-28T21:10:58.950Z.
 fn chrono_millis(text: &str) -> i64 {
-    twinguard::event::Timestamp::parse_rfc3339(text).unwrap().millis_since_epoch()
+    twinguard::event::Timestamp::parse_rfc3339(text)
+        .unwrap()
+        .millis_since_epoch()
 }
 
 #[test]
@@ -166,14 +188,32 @@ fn messages_are_written_within_the_high_frequency_of_their_events() {
     let started = Instant::now();
     let mut seen = 0;
     let mut worst = 0i64;
+    let mut worst_name = String::new();
     while started.elapsed() < Duration::from_millis(7000) {
         let lines = std::fs::read_to_string(dir.path("outbox.jsonl")).unwrap_or_default();
         let lines: Vec<&str> = lines.lines().collect();
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
         for line in &lines[seen..] {
             let m: Value = serde_json::from_str(line).unwrap();
+            // Low events may ride along in a High message at any age; only High ones count.
+            let high = [
+                "DroppedEventsStatistics",
+                "MessageStatistics",
+                "ListeningPorts",
+                "LocalUsers",
+                "Login",
+            ];
             for e in m["Events"].as_array().unwrap() {
-                worst = worst.max(now_ms - chrono_millis(e["TimestampUTC"].as_str().unwrap()));
+                if high.iter().any(|h| e["Name"] == *h) {
+                    let waited = now_ms - chrono_millis(e["TimestampUTC"].as_str().unwrap());
+                    if waited > worst {
+                        worst = waited;
+                        worst_name = e["Name"].to_string();
+                    }
+                }
             }
         }
         seen = lines.len();
@@ -182,7 +222,10 @@ fn messages_are_written_within_the_high_frequency_of_their_events() {
     agent.stop();
     assert!(seen >= 2, "{seen} messages");
     // Queued at their timestamp, due 2 s later; the watcher itself samples every 20 ms.
-    assert!(worst <= 2000 + 150, "a High event waited {worst} ms");
+    assert!(
+        worst <= 2000 + 150,
+        "a High event ({worst_name}) waited {worst} ms"
+    );
 }
 
 #[test]
@@ -196,7 +239,10 @@ fn invalid_twin_at_start_exits_78_naming_the_property() {
         (r.0, (), r.1)
     };
     assert_eq!(code, Some(78));
-    assert!(stderr.contains("twin.json: error: /snapshotFrequency/value: expected an ISO 8601 duration"), "{stderr}");
+    assert!(
+        stderr.contains("twin.json: error: /snapshotFrequency/value: expected an ISO 8601 duration"),
+        "{stderr}"
+    );
     assert!(!dir.path("outbox.jsonl").exists());
 
     write_twin(&dir, "{");
@@ -209,18 +255,33 @@ fn invalid_twin_at_start_exits_78_naming_the_property() {
 #[test]
 fn invalid_twin_at_runtime_keeps_the_configuration_and_reports_it() {
     let dir = TempDir::new("run-runtime");
-    write_twin(&dir, r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "PT1S"}}"#);
+    write_twin(
+        &dir,
+        r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "PT1S"}}"#,
+    );
     let agent = Agent::start(&dir, &[]);
-    wait_for("reported properties", Duration::from_secs(5), || dir.path("reported.json").exists());
-    let reported = |dir: &TempDir| -> Value { serde_json::from_slice(&std::fs::read(dir.path("reported.json")).unwrap()).unwrap() };
+    wait_for("reported properties", Duration::from_secs(5), || {
+        dir.path("reported.json").exists()
+    });
+    let reported = |dir: &TempDir| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.path("reported.json")).unwrap()).unwrap()
+    };
     let before = reported(&dir);
     assert_eq!(before["twinguard"]["configurationStatus"], "applied");
 
-    write_twin(&dir, r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "often"}}"#);
-    wait_for("the rejection", Duration::from_secs(3), || reported(&dir)["twinguard"]["configurationStatus"] == "rejected");
+    write_twin(
+        &dir,
+        r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "often"}}"#,
+    );
+    wait_for("the rejection", Duration::from_secs(3), || {
+        reported(&dir)["twinguard"]["configurationStatus"] == "rejected"
+    });
     let after = reported(&dir);
     let key = twinguard::config::CONFIG_KEY;
-    assert_eq!(after[key], before[key], "the reported configuration object must not change");
+    assert_eq!(
+        after[key], before[key],
+        "the reported configuration object must not change"
+    );
     let errors = after["twinguard"]["errors"].to_string();
     assert!(errors.contains("/highPriorityMessageFrequency/value"), "{errors}");
 
@@ -233,10 +294,14 @@ fn invalid_twin_at_runtime_keeps_the_configuration_and_reports_it() {
     });
 
     // A valid change is then applied.
-    write_twin(&dir, r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "PT2S"}}"#);
+    write_twin(
+        &dir,
+        r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "PT2S"}}"#,
+    );
     wait_for("the new configuration", Duration::from_secs(3), || {
         let r = reported(&dir);
-        r["twinguard"]["configurationStatus"] == "applied" && r[key]["highPriorityMessageFrequency"]["value"] == "PT2S"
+        r["twinguard"]["configurationStatus"] == "applied"
+            && r[key]["highPriorityMessageFrequency"]["value"] == "PT2S"
     });
     let (code, took, stderr) = agent.stop();
     assert_eq!(code, Some(0), "{stderr}");
@@ -250,11 +315,16 @@ fn a_second_agent_on_the_same_data_directory_is_refused() {
     let dir = TempDir::new("run-lock");
     write_twin(&dir, "{}");
     let first = Agent::start(&dir, &[]);
-    wait_for("reported properties", Duration::from_secs(5), || dir.path("reported.json").exists());
+    wait_for("reported properties", Duration::from_secs(5), || {
+        dir.path("reported.json").exists()
+    });
     let mut second = Agent::start(&dir, &[]);
     let (code, stderr) = second.child.wait_with_output_ref();
     assert_eq!(code, Some(1));
-    assert!(stderr.contains(&format!("in use by another twinguard (pid {})", first.child.id())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("in use by another twinguard (pid {})", first.child.id())),
+        "{stderr}"
+    );
     first.stop();
 }
 

@@ -1,0 +1,580 @@
+//! Process-event capture figures (SPEC §10): the real agent in local mode, ProcessCreate High,
+//! aggregation off, a cache large enough that nothing is evicted, under N short processes
+//! launched at 1,000/s and at the fastest rate this machine manages. Then the same load with
+//! `auditd` (Debian's package) and an execve audit rule, in the same run.
+//!
+//! Printed per run: events generated, events found, capture %, how many of those were fully
+//! enriched (executable and command line read before the process exited), evictions (must be 0
+//! for the capture figure to count), whole-system CPU with the collector minus without it (in %
+//! of one core per 1,000 events/s - per-process CPU would miss the kernel's netlink and audit
+//! work), the collector process's own CPU, and its peak RSS.
+//!
+//! Run as root: `cargo bench --bench capture` (`TG_BENCH_N=20000` for more processes). Without
+//! root, or without auditd, it says why and prints what it can. Machines here are shared, so
+//! the whole-system CPU difference carries the noise of whatever else runs; each figure is the
+//! difference of two measurements taken back to back.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TRUE: &str = "/bin/true";
+
+/// Whole-system busy CPU time so far, in seconds (all CPUs: user, nice, system, irq, softirq,
+/// steal; not idle or iowait).
+fn system_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy = v.first().unwrap_or(&0.0)
+        + v.get(1).unwrap_or(&0.0)
+        + v.get(2).unwrap_or(&0.0)
+        + v.get(5).unwrap_or(&0.0)
+        + v.get(6).unwrap_or(&0.0)
+        + v.get(7).unwrap_or(&0.0);
+    busy / ticks_per_sec()
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// A process's own CPU time (user + system), in seconds.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // After the comm: state(0) ppid(1) ... utime(11) stime(12); the state is not a number, so
+    // the parsed list starts at ppid.
+    (f.get(10).unwrap_or(&0.0) + f.get(11).unwrap_or(&0.0)) / ticks_per_sec()
+}
+
+/// `VmHWM` or `VmRSS` of a process, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one load run did.
+struct Load {
+    pids: HashSet<u32>,
+    elapsed: Duration,
+}
+
+/// Launches `n` processes `/bin/true <marker>-<i>` at `rate` per second (0 = as fast as
+/// possible, from two threads), reaping them in the background.
+fn launch(n: usize, rate: u64, marker: &str) -> Load {
+    let start = Instant::now();
+    let threads = if rate == 0 { 2 } else { 1 };
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let marker = marker.to_owned();
+        handles.push(std::thread::spawn(move || {
+            let (tx, rx) = mpsc::channel::<Child>();
+            let reaper = std::thread::spawn(move || {
+                for mut c in rx {
+                    let _ = c.wait();
+                }
+            });
+            let mut pids = Vec::new();
+            let mut i = t;
+            while i < n {
+                if rate > 0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
+                if let Ok(child) = Command::new(TRUE).arg(format!("{marker}-{i}")).spawn() {
+                    pids.push(child.id());
+                    let _ = tx.send(child);
+                }
+                i += threads;
+            }
+            drop(tx);
+            let _ = reaper.join();
+            pids
+        }));
+    }
+    let mut pids = HashSet::new();
+    for h in handles {
+        pids.extend(h.join().unwrap());
+    }
+    Load {
+        pids,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// CPU figures of one measured window.
+struct Cpu {
+    /// Whole-system busy core-seconds.
+    system: f64,
+    /// The collector process's own core-seconds.
+    own: f64,
+    /// The window's length.
+    window: f64,
+}
+
+/// Runs the load and measures whole-system CPU over the load plus `tail` (the collector's
+/// catch-up), and `own_pid`'s CPU over the same window.
+fn measured(n: usize, rate: u64, marker: &str, tail: Duration, own_pid: Option<u32>) -> (Load, Cpu) {
+    let own0 = own_pid.map_or(0.0, process_cpu_secs);
+    let sys0 = system_busy_secs();
+    let t = Instant::now();
+    let load = launch(n, rate, marker);
+    std::thread::sleep(tail);
+    let sys1 = system_busy_secs();
+    let own1 = own_pid.map_or(0.0, process_cpu_secs);
+    (
+        load,
+        Cpu {
+            system: sys1 - sys0,
+            own: own1 - own0,
+            window: t.elapsed().as_secs_f64(),
+        },
+    )
+}
+
+/// One row of the results table.
+struct Row {
+    who: &'static str,
+    rate_label: String,
+    generated: usize,
+    found: usize,
+    enriched: Option<usize>,
+    evictions: Option<u64>,
+    extra_cpu_pct_per_1k: f64,
+    own_cpu_pct_per_1k: f64,
+    peak_rss_kib: u64,
+    achieved_rate: f64,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10}",
+        "collector",
+        "rate",
+        "achieved",
+        "generated",
+        "found",
+        "capture%",
+        "evicted",
+        "sys CPU %/1k/s",
+        "own CPU %/1k/s",
+        "peak RSS"
+    );
+    for r in rows {
+        let capture = 100.0 * r.found as f64 / r.generated.max(1) as f64;
+        println!(
+            "{:<10} {:>10} {:>9.0} {:>9} {:>9} {:>8.2}% {:>9} {:>16.2} {:>16.2} {:>7} KiB",
+            r.who,
+            r.rate_label,
+            r.achieved_rate,
+            r.generated,
+            r.found,
+            capture,
+            r.evictions.map_or("-".to_string(), |e| e.to_string()),
+            r.extra_cpu_pct_per_1k,
+            r.own_cpu_pct_per_1k,
+            r.peak_rss_kib
+        );
+        if let Some(e) = r.enriched {
+            println!(
+                "{:<10} {:>10} with Executable and CommandLine read before the process exited: {} ({:.1}%)",
+                "",
+                "",
+                e,
+                100.0 * e as f64 / r.generated.max(1) as f64
+            );
+        }
+    }
+}
+
+/// % of one core per 1,000 events/s, from extra core-seconds over a window at `rate`.
+fn pct_per_1k(extra_core_secs: f64, window: f64, events: usize) -> f64 {
+    let cores = extra_core_secs / window;
+    let rate = events as f64 / window;
+    if rate <= 0.0 {
+        return 0.0;
+    }
+    100.0 * cores / (rate / 1000.0)
+}
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+}
+
+fn start_agent(dir: &Path) -> Agent {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let twin = r#"{
+        "eventPriorityProcessCreate": {"value": "High"},
+        "aggregationEnabledProcessCreate": {"value": false},
+        "aggregationEnabledProcessTerminate": {"value": false},
+        "aggregationEnabledConnectionCreate": {"value": false},
+        "highPriorityMessageFrequency": {"value": "PT2S"},
+        "maxLocalCacheSizeInBytes": {"value": 500000000},
+        "maxMessageSizeInBytes": {"value": 262144},
+        "snapshotFrequency": {"value": "PT5S"},
+        "eventPriorityDroppedEventsStatistics": {"value": "High"},
+        "eventPriorityConnectedHardware": {"value": "Off"},
+        "eventPriorityListeningPorts": {"value": "Off"},
+        "eventPrioritySystemInformation": {"value": "Off"},
+        "eventPriorityLocalUsers": {"value": "Off"},
+        "eventPriorityFirewallConfiguration": {"value": "Off"},
+        "eventPriorityOSBaseline": {"value": "Off"}
+    }"#;
+    std::fs::write(dir.join("twin.json"), twin).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_twinguard"))
+        .arg("run")
+        .arg("--twin")
+        .arg(dir.join("twin.json"))
+        .arg("--outbox")
+        .arg(dir.join("outbox.jsonl"))
+        .arg("--reported")
+        .arg(dir.join("reported.json"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("TWINGUARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Agent {
+        child,
+        dir: dir.to_owned(),
+    }
+}
+
+/// ProcessCreate pids (and how many with the marker in their command line) in the outbox,
+/// and the evictions its DroppedEventsStatistics count.
+fn outbox_figures(dir: &Path, pids: &HashSet<u32>, marker: &str) -> (usize, usize, u64) {
+    let mut found = HashSet::new();
+    let mut enriched = 0;
+    let mut dropped = 0;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("outbox.jsonl"))
+    });
+    for f in files {
+        let Ok(file) = std::fs::File::open(&f) else {
+            continue;
+        };
+        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+            let Ok(m) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            for e in m["Events"].as_array().into_iter().flatten() {
+                let items = e["Payload"].as_array().cloned().unwrap_or_default();
+                match e["Name"].as_str() {
+                    Some("ProcessCreate") => {
+                        for i in items {
+                            let pid = i["ProcessId"].as_u64().unwrap_or(0) as u32;
+                            if pids.contains(&pid) && found.insert(pid) {
+                                let cmd = i["CommandLine"].as_str().unwrap_or("");
+                                if cmd.contains(marker)
+                                    && i["Executable"].as_str().is_some_and(|x| !x.is_empty())
+                                {
+                                    enriched += 1;
+                                }
+                            }
+                        }
+                    }
+                    Some("DroppedEventsStatistics") => {
+                        dropped += items
+                            .iter()
+                            .map(|i| i["DroppedEvents"].as_u64().unwrap_or(0))
+                            .sum::<u64>();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    (found.len(), enriched, dropped)
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// Waits until `count()` stops growing for `quiet` (or `max` passes).
+fn settle(mut count: impl FnMut() -> usize, quiet: Duration, max: Duration) -> usize {
+    let start = Instant::now();
+    let mut last = count();
+    let mut since = Instant::now();
+    while start.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = count();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+    }
+    last
+}
+
+fn ours(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> Row {
+    let dir = work.join(format!("agent-{label}"));
+    let agent = start_agent(&dir);
+    let pid = agent.child.id();
+    // Let it start: snapshots off, statistics only.
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_rss = memory_kib(pid, "VmRSS:");
+    let marker = format!("tgbench-ours-{label}-{}", std::process::id());
+    let (load, cpu) = measured(n, rate, &marker, Duration::from_secs(2), Some(pid));
+    let peak = memory_kib(pid, "VmHWM:");
+    // High events are sent within 2 s; wait until the outbox stops growing.
+    let pids = load.pids.clone();
+    let (dir2, marker2) = (agent.dir.clone(), marker.clone());
+    settle(
+        || outbox_figures(&dir2, &pids, &marker2).0,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    let mut agent = agent;
+    stop(&mut agent.child);
+    let (found, enriched, dropped) = outbox_figures(&agent.dir, &load.pids, &marker);
+    eprintln!("ours {label}: idle RSS {idle_rss} KiB before the load");
+    let extra = cpu.system - baseline.system * (cpu.window / baseline.window);
+    Row {
+        who: "twinguard",
+        rate_label: label.to_owned(),
+        generated: load.pids.len(),
+        found,
+        enriched: Some(enriched),
+        evictions: Some(dropped),
+        extra_cpu_pct_per_1k: pct_per_1k(extra, cpu.window, load.pids.len()),
+        own_cpu_pct_per_1k: pct_per_1k(cpu.own, cpu.window, load.pids.len()),
+        peak_rss_kib: peak,
+        achieved_rate: load.pids.len() as f64 / load.elapsed.as_secs_f64(),
+    }
+}
+
+fn auditctl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("auditctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("auditctl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn audit_status(field: &str) -> Option<String> {
+    auditctl(&["-s"])
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field} ")).map(str::to_owned))
+}
+
+/// Why auditd cannot run here, if it cannot.
+fn auditd_unavailable() -> Option<String> {
+    if !Path::new("/sbin/auditd").exists() && !Path::new("/usr/sbin/auditd").exists() {
+        return Some("auditd is not installed (apt-get install auditd)".into());
+    }
+    match audit_status("pid") {
+        None => Some("auditctl -s failed: no audit support or no privilege".into()),
+        Some(p) if p != "0" => Some(format!(
+            "another audit daemon (pid {p}, e.g. a twinguard of a concurrent test) owns the audit socket"
+        )),
+        Some(_) => None,
+    }
+}
+
+fn auditd_run(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> Result<Row, String> {
+    let dir = work.join(format!("auditd-{label}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let log = dir.join("audit.log");
+    // Debian's configuration, with the log in our directory and no size action (so nothing
+    // rotates or suspends during the run).
+    let system_conf = std::fs::read_to_string("/etc/audit/auditd.conf").unwrap_or_default();
+    let mut conf = String::new();
+    for line in system_conf.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        match key {
+            "log_file"
+            | "max_log_file_action"
+            | "space_left_action"
+            | "admin_space_left_action"
+            | "disk_full_action"
+            | "disk_error_action"
+            | "max_log_file" => {}
+            _ => conf += &format!("{line}\n"),
+        }
+    }
+    conf += &format!(
+        "log_file = {}\nmax_log_file = 4000\nmax_log_file_action = IGNORE\nspace_left_action = IGNORE\n\
+         admin_space_left_action = IGNORE\ndisk_full_action = IGNORE\ndisk_error_action = IGNORE\n",
+        log.display()
+    );
+    let conf_path = dir.join("auditd.conf");
+    let mut f = std::fs::File::create(&conf_path).map_err(|e| e.to_string())?;
+    f.write_all(conf.as_bytes()).map_err(|e| e.to_string())?;
+    drop(f);
+    let enabled_before = audit_status("enabled").unwrap_or_else(|| "0".into());
+    let auditd = if Path::new("/sbin/auditd").exists() {
+        "/sbin/auditd"
+    } else {
+        "/usr/sbin/auditd"
+    };
+    let mut child = Command::new(auditd)
+        .args(["-n", "-c"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("auditd: {e}"))?;
+    let pid = child.id();
+    let t = Instant::now();
+    while audit_status("pid").as_deref() != Some(&pid.to_string()) {
+        if t.elapsed() > Duration::from_secs(5) || child.try_wait().ok().flatten().is_some() {
+            stop(&mut child);
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Err(format!(
+                "auditd did not register as the audit daemon: {}",
+                err.trim()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let arch = if cfg!(target_pointer_width = "64") {
+        "arch=b64"
+    } else {
+        "arch=b32"
+    };
+    let rule = ["exit,always", "-F", arch, "-S", "execve", "-k", "tgbench"];
+    let mut add = vec!["-a"];
+    add.extend(rule);
+    auditctl(&add)?;
+    auditctl(&["-e", "1"])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let marker = format!("tgbench-auditd-{label}-{}", std::process::id());
+    let (load, cpu) = measured(n, rate, &marker, Duration::from_secs(2), Some(pid));
+    let peak = memory_kib(pid, "VmHWM:");
+    let mut del = vec!["-d"];
+    del.extend(rule);
+    let _ = auditctl(&del);
+    let _ = auditctl(&["-e", &enabled_before]);
+    let count = || -> usize {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut found = HashSet::new();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("type=SYSCALL") && l.contains("tgbench"))
+        {
+            if let Some(pid) = line
+                .split(' ')
+                .find_map(|f| f.strip_prefix("pid="))
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                if load.pids.contains(&pid) {
+                    found.insert(pid);
+                }
+            }
+        }
+        found.len()
+    };
+    let found = settle(count, Duration::from_secs(2), Duration::from_secs(30));
+    stop(&mut child);
+    let extra = cpu.system - baseline.system * (cpu.window / baseline.window);
+    Ok(Row {
+        who: "auditd",
+        rate_label: label.to_owned(),
+        generated: load.pids.len(),
+        found,
+        enriched: None,
+        evictions: None,
+        extra_cpu_pct_per_1k: pct_per_1k(extra, cpu.window, load.pids.len()),
+        own_cpu_pct_per_1k: pct_per_1k(cpu.own, cpu.window, load.pids.len()),
+        peak_rss_kib: peak,
+        achieved_rate: load.pids.len() as f64 / load.elapsed.as_secs_f64(),
+    })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (a filter) is ignored.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "capture: skipped: needs root (the process connector needs CAP_NET_ADMIN; auditd needs root)"
+        );
+        return;
+    }
+    let n: usize = std::env::var("TG_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let work = std::env::temp_dir().join(format!("twinguard-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    println!(
+        "capture: {n} processes ({TRUE}) per run; {} CPUs; figures per run below",
+        num_cpus()
+    );
+    let auditd_why = auditd_unavailable();
+    let mut rows = Vec::new();
+    for (rate, label) in [(1000u64, "1000/s"), (0u64, "max")] {
+        // The same load without any collector, right before each measured run.
+        let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
+        rows.push(ours(n, rate, label, &base, &work));
+        match &auditd_why {
+            Some(_) => {}
+            None => {
+                let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
+                match auditd_run(n, rate, label, &base, &work) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => println!("auditd {label}: could not run: {e}"),
+                }
+            }
+        }
+    }
+    print_rows(&rows);
+    if let Some(why) = auditd_why {
+        println!("auditd: not run: {why}");
+    }
+    println!(
+        "(sys CPU: whole-system busy time with the collector minus the same load without it, in % of one core \
+         per 1,000 events/s; own CPU: the collector process alone; SPEC §10 target: 100% captured, <= 3%/1k/s)"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

@@ -1,0 +1,140 @@
+//! The command line of `twinguard-hub`, as data. Parsing only; `commands.rs` runs them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default API address (loopback only).
+pub const DEFAULT_API: &str = "127.0.0.1:8884";
+
+/// twinguard-hub - a local Azure IoT Hub-compatible MQTT endpoint (device and module
+/// identities, SAS tokens, twins, device-to-cloud messages), for trying twinguard's IoT Hub
+/// mode without an Azure subscription.
+#[derive(Debug, Parser)]
+#[command(name = "twinguard-hub", version, about, long_about = None)]
+pub struct Cli {
+    /// The hub's data directory (database, certificates, listen.json).
+    #[arg(long, global = true, value_name = "DIR", default_value = "twinguard-hub-data")]
+    pub data_dir: PathBuf,
+    /// The API address of the running hub (default: from DIR/listen.json, else 127.0.0.1:8884).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub api: Option<SocketAddr>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub (MQTT over TLS, and the loopback API the other commands use).
+    Serve(ServeArgs),
+    /// Manage device and module identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Read and change twins.
+    #[command(subcommand)]
+    Twin(TwinCommand),
+    /// Print stored device-to-cloud messages, one JSON object per line.
+    Messages(MessagesArgs),
+    /// Show the running hub's addresses and live connections.
+    Status,
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// MQTT over TLS listens here (IoT Hub's port is 8883; the official SDKs only use it).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8883")]
+    pub listen: SocketAddr,
+    /// Also listen for MQTT over plain TCP here (local experiments only; off by default).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub plain: Option<SocketAddr>,
+    /// The host name in connection strings and SAS resources; clients connect to it, so the
+    /// server certificate names it too (besides localhost, 127.0.0.1 and ::1).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub hostname: String,
+    /// MQTT connections served at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
+    /// Messages kept in the database (the oldest are deleted beyond).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_messages: u64,
+    /// Log at debug level.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Which identity: a device, or one of its modules.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// The device id.
+    pub device: String,
+    /// The module id (e.g. azureiotsecurity, the agent's module).
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+}
+
+/// An identity and where its connection string goes.
+#[derive(Debug, Args)]
+pub struct ConnectionStringArgs {
+    /// Which identity.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Write the connection string to FILE (mode 0600, as `twinguard run --iothub FILE`
+    /// requires) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// `identity` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Create an identity with a new key and print its connection string.
+    Add(ConnectionStringArgs),
+    /// Print the connection string of an identity.
+    Show(ConnectionStringArgs),
+    /// List identities (JSON).
+    List,
+}
+
+/// `twin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TwinCommand {
+    /// Print a twin (pretty JSON).
+    Show(IdentityArgs),
+    /// Replace the desired properties with a document (FILE, or - for standard input).
+    SetDesired {
+        /// Whose twin.
+        #[command(flatten)]
+        identity: IdentityArgs,
+        /// The desired properties (the section itself, or {"desired": ...}, or a full twin).
+        file: PathBuf,
+    },
+    /// Merge a patch into the desired properties (RFC 7386: null deletes).
+    PatchDesired {
+        /// Whose twin.
+        #[command(flatten)]
+        identity: IdentityArgs,
+        /// The patch (FILE, or - for standard input).
+        file: PathBuf,
+    },
+}
+
+/// `messages` options.
+#[derive(Debug, Args)]
+pub struct MessagesArgs {
+    /// Only this device's messages (its modules' included).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Only this module's messages.
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+    /// Only messages after this sequence number.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub after: u64,
+    /// Keep printing new messages as they arrive.
+    #[arg(long, short)]
+    pub follow: bool,
+}

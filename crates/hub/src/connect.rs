@@ -1,0 +1,182 @@
+//! IoT Hub's rules for a CONNECT: the client id names the identity (`{device}` or
+//! `{device}/{module}`), the user name starts with `{host}/{client id}/` followed by any query
+//! (any `api-version`, `DeviceClientType`, `model-id`, ... as the official SDKs send them), and
+//! the password is a SAS token signed with the identity's key for its resource. Pure: the key
+//! and the time are parameters.
+
+use base64::Engine as _;
+use twinguard_mqtt::{Connect, ConnectReturnCode};
+
+use crate::identity::IdentityId;
+use crate::sas::SasToken;
+
+/// A refused CONNECT: the CONNACK code and, for the hub's log, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the CONNACK says.
+    pub code: ConnectReturnCode,
+    /// Why, for the log (never sent to the client, never holding a secret).
+    pub reason: String,
+}
+
+fn refuse(code: ConnectReturnCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// The identity a CONNECT claims and its parsed token, or why it is refused before any key is
+/// looked at. A client id that is not an identity -> "identifier rejected"; a missing or
+/// mismatched user name, a missing or malformed password -> "not authorized" (IoT Hub answers
+/// bad credentials of any kind that way).
+pub fn claimed_identity(connect: &Connect, host: &str) -> Result<(IdentityId, SasToken), Refusal> {
+    let (device, module) = match connect.client_id.split_once('/') {
+        Some((d, m)) => (d, Some(m)),
+        None => (connect.client_id.as_str(), None),
+    };
+    let id = IdentityId::new(device, module).map_err(|e| {
+        refuse(
+            ConnectReturnCode::IdentifierRejected,
+            format!("client id {:?}: {e}", connect.client_id),
+        )
+    })?;
+    let not_authorized = |reason: String| refuse(ConnectReturnCode::NotAuthorized, reason);
+    let username = connect
+        .username
+        .as_deref()
+        .ok_or_else(|| not_authorized("no user name".into()))?;
+    if !username_matches(username, host, &connect.client_id) {
+        return Err(not_authorized(format!(
+            "user name {username:?} does not start with {host}/{}/",
+            connect.client_id
+        )));
+    }
+    let password = connect
+        .password
+        .as_deref()
+        .ok_or_else(|| not_authorized("no password (SAS token)".into()))?;
+    let password =
+        std::str::from_utf8(password).map_err(|_| not_authorized("password is not UTF-8".into()))?;
+    let token = SasToken::parse(password).map_err(|e| not_authorized(e.to_string()))?;
+    Ok((id, token))
+}
+
+/// `{host}/{client id}/` then anything (a query string with any parameters; IoT Hub ignores
+/// what it does not know). The host compares without case; `{host}/{client id}` alone is
+/// accepted too, as older SDKs sent it.
+fn username_matches(username: &str, host: &str, client_id: &str) -> bool {
+    let Some((user_host, rest)) = username.split_once('/') else {
+        return false;
+    };
+    if !user_host.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    match rest.strip_prefix(client_id) {
+        Some("") => true,
+        Some(after) => after.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Checks the token against the identity's key (base64, `None` when the identity does not
+/// exist) at `now` (Unix seconds). Every failure is "not authorized", as IoT Hub does not tell
+/// an unknown identity from a wrong key.
+pub fn authenticate(
+    id: &IdentityId,
+    token: &SasToken,
+    host: &str,
+    key_base64: Option<&str>,
+    now: u64,
+) -> Result<(), Refusal> {
+    let not_authorized = |reason: String| refuse(ConnectReturnCode::NotAuthorized, reason);
+    let key_base64 = key_base64.ok_or_else(|| not_authorized(format!("no identity {id}")))?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key_base64)
+        .map_err(|_| not_authorized(format!("stored key of {id} is not base64")))?;
+    token
+        .verify(&id.resource(host), &key, now)
+        .map_err(|e| not_authorized(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sas::sign;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn connect(client_id: &str, username: Option<&str>, password: Option<String>) -> Connect {
+        Connect {
+            client_id: client_id.into(),
+            clean_session: true,
+            keep_alive_secs: 60,
+            will: None,
+            username: username.map(str::to_owned),
+            password: password.map(String::into_bytes),
+        }
+    }
+
+    fn token(resource: &str, expiry: u64) -> String {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(KEY)
+            .expect("base64");
+        sign(resource, &key, expiry)
+    }
+
+    #[test]
+    fn official_sdk_user_names_are_accepted() {
+        let t = token("localhost/devices/d1/modules/azureiotsecurity", 100);
+        for username in [
+            "localhost/d1/azureiotsecurity/?api-version=2019-10-01&DeviceClientType=py-azure-iot-device%2F2.14.0",
+            "LOCALHOST/d1/azureiotsecurity/?api-version=2021-04-12",
+            "localhost/d1/azureiotsecurity/?api-version=2099-01-01&model-id=dtmi%3Ax%3B1&extra=1",
+            "localhost/d1/azureiotsecurity/api-version=2016-11-14",
+            "localhost/d1/azureiotsecurity",
+        ] {
+            let c = connect("d1/azureiotsecurity", Some(username), Some(t.clone()));
+            let (id, token) = claimed_identity(&c, "localhost").expect(username);
+            assert_eq!(id.client_id(), "d1/azureiotsecurity");
+            assert_eq!(authenticate(&id, &token, "localhost", Some(KEY), 99), Ok(()));
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let t = token("localhost/devices/d1", 100);
+        let code = |c: Connect| claimed_identity(&c, "localhost").map(|_| ()).map_err(|r| r.code);
+        assert_eq!(
+            code(connect("", Some("localhost//"), Some(t.clone()))),
+            Err(ConnectReturnCode::IdentifierRejected)
+        );
+        assert_eq!(
+            code(connect("d1/m/x", Some("localhost/d1/m/x/"), Some(t.clone()))),
+            Err(ConnectReturnCode::IdentifierRejected)
+        );
+        for username in [
+            None,
+            Some("otherhost/d1/?x"),
+            Some("localhost/d2/?x"),
+            Some("localhost/d1x"),
+        ] {
+            assert_eq!(
+                code(connect("d1", username, Some(t.clone()))),
+                Err(ConnectReturnCode::NotAuthorized),
+                "{username:?}"
+            );
+        }
+        assert_eq!(
+            code(connect("d1", Some("localhost/d1/"), None)),
+            Err(ConnectReturnCode::NotAuthorized)
+        );
+        let c = connect("d1", Some("localhost/d1/"), Some(t));
+        let (id, token) = claimed_identity(&c, "localhost").expect("claims");
+        assert_eq!(authenticate(&id, &token, "localhost", Some(KEY), 99), Ok(()));
+        for (key, now) in [(None, 99), (Some("AAAA"), 99), (Some(KEY), 100)] {
+            assert_eq!(
+                authenticate(&id, &token, "localhost", key, now).map_err(|r| r.code),
+                Err(ConnectReturnCode::NotAuthorized)
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The state shared by every connection and API request: the store, the live connection of
+//! each identity (one per identity: a new one closes the old), and a signal for readers
+//! waiting for new messages (`messages --follow`).
+
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::identity::IdentityId;
+use crate::store::{NewMessage, Store, StoreError};
+use crate::twin::{DesiredChange, Twin};
+
+/// What the hub hands a live connection besides the client's own requests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outbound {
+    /// A desired-properties notification (the patch with its `$version`).
+    DesiredPatch(Value),
+}
+
+/// How many notifications may wait for one connection; past that the client is not reading
+/// and is disconnected (it GETs the full twin when it reconnects, so nothing is lost).
+pub const OUTBOX_CAPACITY: usize = 64;
+
+/// The live connection of one identity.
+#[derive(Debug)]
+pub struct Live {
+    /// The connection's number (for logs, and so a closing connection only removes itself).
+    pub conn: u64,
+    /// Where notifications for it go.
+    pub outbox: SyncSender<Outbound>,
+    /// A handle on its socket, to close it from another thread.
+    pub socket: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When it connected, Unix milliseconds.
+    pub since_ms: i64,
+}
+
+/// A summary of a live connection, for the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Who.
+    pub id: IdentityId,
+    /// From where.
+    pub peer: SocketAddr,
+    /// Since when, Unix milliseconds.
+    pub since_ms: i64,
+}
+
+/// The shared hub state.
+#[derive(Debug)]
+pub struct Hub {
+    hostname: String,
+    store: Mutex<Store>,
+    live: Mutex<HashMap<IdentityId, Live>>,
+    next_conn: AtomicU64,
+    /// The newest stored message's sequence number; waiters are woken on each new one.
+    last_message: Mutex<i64>,
+    new_message: Condvar,
+}
+
+/// Locks a mutex even if a thread panicked while holding it: the data behind these locks is
+/// kept consistent by SQLite transactions and whole-value updates, so it is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// A hub over `store`, answering as `hostname`.
+    pub fn new(hostname: String, store: Store) -> Result<Hub, StoreError> {
+        let last = store.last_message_seq()?;
+        Ok(Hub {
+            hostname,
+            store: Mutex::new(store),
+            live: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            last_message: Mutex::new(last),
+            new_message: Condvar::new(),
+        })
+    }
+
+    /// The host name in connection strings and SAS resources.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The store, locked.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// A new connection number.
+    pub fn next_connection(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes `live` the connection of `id`, closing the previous one (IoT Hub allows one
+    /// connection per identity; the newest wins).
+    pub fn register(&self, id: &IdentityId, live: Live) {
+        let old = lock(&self.live).insert(id.clone(), live);
+        if let Some(old) = old {
+            info!(identity = %id, old = old.conn, "a new connection of the identity closes the old one");
+            let _ = old.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Whether connection `conn` is still the live one of `id`.
+    pub fn is_live(&self, id: &IdentityId, conn: u64) -> bool {
+        lock(&self.live).get(id).is_some_and(|l| l.conn == conn)
+    }
+
+    /// Forgets connection `conn` of `id` (if it is still the live one).
+    pub fn unregister(&self, id: &IdentityId, conn: u64) {
+        let mut live = lock(&self.live);
+        if live.get(id).is_some_and(|l| l.conn == conn) {
+            live.remove(id);
+        }
+    }
+
+    /// The live connections.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let mut out: Vec<ConnectionInfo> = lock(&self.live)
+            .iter()
+            .map(|(id, l)| ConnectionInfo {
+                id: id.clone(),
+                peer: l.peer,
+                since_ms: l.since_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Changes an identity's desired properties and notifies its live connection. The store
+    /// stays locked while notifying, so notifications leave in `$version` order.
+    pub fn change_desired(&self, id: &IdentityId, change: &DesiredChange) -> Result<Twin, StoreError> {
+        let mut store = self.store();
+        let (twin, notification) = store.change_desired(id, change)?;
+        if let Some(patch) = notification {
+            let mut live = lock(&self.live);
+            if let Some(l) = live.get(id) {
+                match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        warn!(identity = %id, conn = l.conn, "client is not reading its notifications: closing it");
+                        let _ = l.socket.shutdown(Shutdown::Both);
+                        live.remove(id);
+                    }
+                    // The connection is ending; it will GET the twin when it comes back.
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+            }
+        }
+        Ok(twin)
+    }
+
+    /// Stores a message and wakes the readers waiting for one.
+    pub fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
+        let seq = self.store().insert_message(message)?;
+        let mut last = lock(&self.last_message);
+        *last = (*last).max(seq);
+        self.new_message.notify_all();
+        Ok(seq)
+    }
+
+    /// The newest stored message's sequence number.
+    pub fn last_message_seq(&self) -> i64 {
+        *lock(&self.last_message)
+    }
+
+    /// Waits until a message newer than `after` is stored, at most `timeout`.
+    pub fn wait_for_message(&self, after: i64, timeout: Duration) {
+        let last = lock(&self.last_message);
+        let _ = self
+            .new_message
+            .wait_timeout_while(last, timeout, |last| *last <= after)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+}

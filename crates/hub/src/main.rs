@@ -1,0 +1,294 @@
+//! The `twinguard-hub` binary: `serve` runs the hub; the other commands are clients of its
+//! loopback API. Output functions here are the only place that prints. Exit codes: 0 done,
+//! 1 failed (the hub said no, or could not be reached), 2 usage.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Parser;
+use serde_json::{json, Value};
+use twinguard_hub::http::call;
+use twinguard_hub::query::percent_encode;
+use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
+
+use cli::{Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, ServeArgs, TwinCommand, DEFAULT_API};
+
+/// Largest desired document read from a file or standard input.
+const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
+/// How long a `messages --follow` request waits on the hub before asking again.
+const FOLLOW_WAIT_MS: u64 = 25_000;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(args) => serve(&cli, args),
+        command => client(&cli, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twinguard-hub: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; the level is debug with `-v`, else from TWINGUARD_LOG (error, warn,
+/// info, debug, trace; default info).
+fn init_logging(verbose: bool) {
+    let level = match std::env::var("TWINGUARD_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        _ if verbose => tracing::Level::DEBUG,
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.verbose);
+    let running = start(&ServeOptions {
+        data_dir: cli.data_dir.clone(),
+        listen: args.listen,
+        plain: args.plain,
+        api: cli.api.unwrap_or_else(default_api),
+        hostname: args.hostname.clone(),
+        max_connections: args.max_connections.max(1),
+        max_messages: args.max_messages.max(1),
+    })?;
+    println!(
+        "twinguard-hub {} for host name {}",
+        env!("CARGO_PKG_VERSION"),
+        args.hostname
+    );
+    println!("MQTT over TLS:  {}", running.listen);
+    if let Some(plain) = running.plain {
+        println!("MQTT plain TCP: {plain} (no encryption: local experiments only)");
+    }
+    println!("operator API:   http://{}", running.api);
+    println!("CA certificate: {}", running.ca_file.display());
+    running.wait();
+    Ok(())
+}
+
+fn default_api() -> SocketAddr {
+    DEFAULT_API
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8884)))
+}
+
+/// The API address: `--api`, else the running hub's `listen.json`, else the default.
+fn api_address(cli: &Cli) -> SocketAddr {
+    if let Some(api) = cli.api {
+        return api;
+    }
+    std::fs::read(cli.data_dir.join(LISTEN_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("api").and_then(Value::as_str).and_then(|a| a.parse().ok()))
+        .unwrap_or_else(default_api)
+}
+
+/// One API call; a non-2xx answer is an error carrying the hub's message.
+fn request(
+    api: SocketAddr,
+    method: &str,
+    target: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let (status, value) = call(api, method, target, body, timeout).with_context(|| {
+        format!("cannot reach the hub's API at {api} (is `twinguard-hub serve` running?)")
+    })?;
+    if !(200..300).contains(&status) {
+        let message = value.get("error").and_then(Value::as_str).unwrap_or("no details");
+        bail!("{message} (HTTP {status})");
+    }
+    Ok(value)
+}
+
+fn identity_path(id: &IdentityArgs) -> String {
+    match &id.module {
+        Some(m) => format!("{}/modules/{}", percent_encode(&id.device), percent_encode(m)),
+        None => percent_encode(&id.device),
+    }
+}
+
+fn print_pretty(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
+    let api = api_address(cli);
+    let timeout = Duration::from_secs(30);
+    match command {
+        Command::Serve(_) => Ok(()),
+        Command::Identity(IdentityCommand::Add(args)) => {
+            let id = &args.identity;
+            let body = json!({"deviceId": id.device, "moduleId": id.module});
+            let created = request(api, "POST", "/v1/identities", Some(&body), timeout)?;
+            output_connection_string(&created, args.out.as_deref())
+        }
+        Command::Identity(IdentityCommand::Show(args)) => {
+            let target = format!("/v1/identities/{}", identity_path(&args.identity));
+            let found = request(api, "GET", &target, None, timeout)?;
+            output_connection_string(&found, args.out.as_deref())
+        }
+        Command::Identity(IdentityCommand::List) => {
+            print_pretty(&request(api, "GET", "/v1/identities", None, timeout)?);
+            Ok(())
+        }
+        Command::Twin(TwinCommand::Show(id)) => {
+            print_pretty(&request(
+                api,
+                "GET",
+                &format!("/v1/twins/{}", identity_path(id)),
+                None,
+                timeout,
+            )?);
+            Ok(())
+        }
+        Command::Twin(TwinCommand::SetDesired { identity, file }) => {
+            change_desired(api, "PUT", identity, file)
+        }
+        Command::Twin(TwinCommand::PatchDesired { identity, file }) => {
+            change_desired(api, "PATCH", identity, file)
+        }
+        Command::Messages(args) => messages(api, args),
+        Command::Status => {
+            let mut status = request(api, "GET", "/v1/status", None, timeout)?;
+            status["connections"] = request(api, "GET", "/v1/connections", None, timeout)?;
+            print_pretty(&status);
+            Ok(())
+        }
+    }
+}
+
+/// Prints the connection string, or writes it to `out` readable by the owner only (it holds
+/// the identity's key) and prints where it went.
+fn output_connection_string(identity: &Value, out: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let cs = identity
+        .get("connectionString")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the hub's answer has no connection string"))?;
+    let Some(path) = out else {
+        println!("{cs}");
+        return Ok(());
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode through open(2): make it private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(format!("{cs}\n").as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("connection string written to {}", path.display());
+    Ok(())
+}
+
+/// Reads a JSON document from a file or `-` (standard input), bounded.
+fn read_document(path: &Path) -> anyhow::Result<Value> {
+    let mut bytes = Vec::new();
+    let name = path.display().to_string();
+    if name == "-" {
+        std::io::stdin()
+            .take(MAX_DOCUMENT_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_DOCUMENT_BYTES + 1).read_to_end(&mut bytes))
+            .with_context(|| format!("reading {name}"))?;
+    }
+    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+        bail!("{name}: larger than {MAX_DOCUMENT_BYTES} bytes");
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("{name}: not JSON"))
+}
+
+/// The desired section of a document given as the section itself, `{"desired": ...}` or a
+/// full twin (`{"properties": {"desired": ...}}`, as `twin show` prints it). `$`-members
+/// (`$version`, `$metadata`) are dropped, so a shown twin can be edited and set again.
+fn desired_section(doc: Value) -> Value {
+    let mut section = match doc {
+        Value::Object(mut o) if o.get("properties").and_then(|p| p.get("desired")).is_some() => o
+            .remove("properties")
+            .and_then(|mut p| p.get_mut("desired").map(Value::take))
+            .unwrap_or_default(),
+        Value::Object(mut o) if o.len() == 1 && o.contains_key("desired") => {
+            o.remove("desired").unwrap_or_default()
+        }
+        other => other,
+    };
+    if let Value::Object(members) = &mut section {
+        members.retain(|k, _| !k.starts_with('$'));
+    }
+    section
+}
+
+fn change_desired(api: SocketAddr, method: &str, id: &IdentityArgs, file: &Path) -> anyhow::Result<()> {
+    let doc = desired_section(read_document(file)?);
+    let target = format!("/v1/twins/{}/desired", identity_path(id));
+    print_pretty(&request(
+        api,
+        method,
+        &target,
+        Some(&doc),
+        Duration::from_secs(30),
+    )?);
+    Ok(())
+}
+
+fn messages(api: SocketAddr, args: &MessagesArgs) -> anyhow::Result<()> {
+    let mut after = args.after;
+    loop {
+        let mut target = format!("/v1/messages?after={after}");
+        if let Some(d) = &args.device {
+            target.push_str(&format!("&device={}", percent_encode(d)));
+        }
+        if let Some(m) = &args.module {
+            target.push_str(&format!("&module={}", percent_encode(m)));
+        }
+        let wait = if args.follow { FOLLOW_WAIT_MS } else { 0 };
+        target.push_str(&format!("&waitMs={wait}"));
+        let page = request(api, "GET", &target, None, Duration::from_millis(wait + 30_000))?;
+        let list = page
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for m in &list {
+            println!("{m}");
+        }
+        after = page.get("next").and_then(Value::as_u64).unwrap_or(after);
+        if list.is_empty() && !args.follow {
+            return Ok(());
+        }
+    }
+}
