@@ -26,6 +26,7 @@ use crate::event::{
     ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame,
     PayloadItem, Priority, ProcessCreate,
 };
+use crate::pipeline::aggregate::{Aggregator, MAX_KEYS};
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
 use crate::pipeline::cache::Cache;
 use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
@@ -123,6 +124,7 @@ struct Agent {
     ack_log: Option<std::fs::File>,
     last_sync_ms: u64,
     streams: Streams,
+    aggregator: Aggregator,
 }
 
 /// Reads and validates the twin at start. `Err` holds the lines to print.
@@ -257,7 +259,9 @@ pub fn run_agent(
         ack_log,
         last_sync_ms: 0,
         streams,
+        aggregator: Aggregator::new(MAX_KEYS),
     };
+    agent.aggregator.apply_config(&config);
     if started {
         agent.streams.apply(&config);
     }
@@ -298,12 +302,18 @@ impl Agent {
             let now = self.now_ms();
             self.poll_desired(now);
             self.run_snapshots_if_due(now);
+            for e in self.aggregator.flush_due(now, SystemTime::now()) {
+                self.pipeline.submit(e, now);
+            }
             self.flush_diagnostics();
             self.send_due(now);
             self.sync_if_due(now);
 
             let mut deadline = self.next_snapshot_ms();
-            if let Some(d) = self.pipeline.next_deadline() {
+            for d in [self.pipeline.next_deadline(), self.aggregator.next_deadline()]
+                .into_iter()
+                .flatten()
+            {
                 deadline = deadline.min(d);
             }
             // The transport's desired document is polled (a file's metadata, or what a network
@@ -331,6 +341,10 @@ impl Agent {
                 info!(signal = why, "stopping: sending what is due");
                 self.streams.stop_all();
                 let now = self.now_ms();
+                // A clean stop flushes open aggregation windows (a crash may lose them).
+                for e in self.aggregator.flush_all(SystemTime::now()) {
+                    self.pipeline.submit(e, now);
+                }
                 self.flush_diagnostics();
                 self.send_due(now);
                 if let Err(e) = self.pipeline.cache_mut().sync() {
@@ -346,7 +360,9 @@ impl Agent {
         let now = self.now_ms();
         match input {
             Input::Event(event) => {
-                self.pipeline.submit(event, now);
+                for e in self.aggregator.offer(event, now) {
+                    self.pipeline.submit(e, now);
+                }
             }
             Input::Synthetic(event) => {
                 let id = event.id();
