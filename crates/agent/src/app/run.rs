@@ -39,6 +39,8 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const INPUT_CAPACITY: usize = 4096;
 /// Longest time between two fdatasyncs of the cache: what a power loss may lose at most.
 pub const SYNC_INTERVAL_MS: u64 = 2000;
+/// Collector status changes are reported at most this often.
+pub const REPORT_COALESCE_MS: u64 = 5000;
 /// How often the twin file's metadata is checked.
 const TWIN_POLL_MS: u64 = 100;
 /// A twin file must be stable this long before it is read (editors write in several steps).
@@ -125,6 +127,9 @@ struct Agent {
     last_sync_ms: u64,
     streams: Streams,
     aggregator: Aggregator,
+    /// When a coalesced report of collector statuses is due.
+    report_due_ms: Option<u64>,
+    last_report_ms: u64,
 }
 
 /// Reads and validates the twin at start. `Err` holds the lines to print.
@@ -260,6 +265,8 @@ pub fn run_agent(
         last_sync_ms: 0,
         streams,
         aggregator: Aggregator::new(MAX_KEYS),
+        report_due_ms: None,
+        last_report_ms: 0,
     };
     agent.aggregator.apply_config(&config);
     if started {
@@ -308,6 +315,7 @@ impl Agent {
             self.flush_diagnostics();
             self.send_due(now);
             self.sync_if_due(now);
+            self.report_if_due(now);
 
             let mut deadline = self.next_snapshot_ms();
             for d in [self.pipeline.next_deadline(), self.aggregator.next_deadline()]
@@ -347,6 +355,9 @@ impl Agent {
                 }
                 self.flush_diagnostics();
                 self.send_due(now);
+                if self.report_due_ms.is_some() {
+                    self.report();
+                }
                 if let Err(e) = self.pipeline.cache_mut().sync() {
                     warn!("cache sync at exit: {e}");
                 }
@@ -394,17 +405,9 @@ impl Agent {
                         status.last_error = Some(e.to_string());
                     }
                 }
-                if self.collectors.get(name.as_str()) != Some(&status) {
-                    self.collectors.insert(name.as_str().to_owned(), status);
-                    self.report();
-                }
+                self.collector_status(name, status, now);
             }
-            Input::Status(name, status) => {
-                if self.collectors.get(name.as_str()) != Some(&status) {
-                    self.collectors.insert(name.as_str().to_owned(), status);
-                    self.report();
-                }
-            }
+            Input::Status(name, status) => self.collector_status(name, status, now),
             Input::Shutdown(_) => {}
         }
     }
@@ -416,6 +419,24 @@ impl Agent {
             if let Err(e) = self.pipeline.cache_mut().sync() {
                 warn!("cache: {e}");
             }
+        }
+    }
+
+    /// Records a collector's status. Status changes are reported at most every
+    /// [`REPORT_COALESCE_MS`] (several collectors start at once; IoT Hub throttles twin
+    /// updates), configuration changes at once.
+    fn collector_status(&mut self, name: EventName, status: CollectorStatus, now: u64) {
+        if self.collectors.get(name.as_str()) != Some(&status) {
+            self.collectors.insert(name.as_str().to_owned(), status);
+            if self.report_due_ms.is_none() {
+                self.report_due_ms = Some(now.max(self.last_report_ms.saturating_add(REPORT_COALESCE_MS)));
+            }
+        }
+    }
+
+    fn report_if_due(&mut self, now: u64) {
+        if self.report_due_ms.is_some_and(|due| now >= due) {
+            self.report();
         }
     }
 
@@ -579,6 +600,8 @@ impl Agent {
     }
 
     fn report(&mut self) {
+        self.report_due_ms = None;
+        self.last_report_ms = self.now_ms();
         self.status.collectors = self.collectors.clone();
         let counters = self.pipeline.counters();
         self.status.counters = Some(serde_json::json!({

@@ -1091,8 +1091,9 @@ fn iothub_twin_patches_and_messages_against_a_harness_on_mosquitto() {
         json!({"value": "High"})
     );
 
+    // The start-up snapshots fill one message; more come only if the machine runs processes.
     hub.serve_until("security messages", Duration::from_secs(20), |h| {
-        h.messages().len() >= 2
+        !h.messages().is_empty()
     });
     let prefix = "devices/dev1/modules/azureiotsecurity/messages/events/%24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.ct=application%2Fjson&%24.ce=utf-8&%24.mid=";
     for m in hub.messages() {
