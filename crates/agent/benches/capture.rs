@@ -9,7 +9,8 @@
 //! of one core per 1,000 events/s - per-process CPU would miss the kernel's netlink and audit
 //! work), the collector process's own CPU, and its peak RSS.
 //!
-//! Run as root: `cargo bench --bench capture` (`TG_BENCH_N=20000` for more processes). Without
+//! Run as root: `cargo bench --bench capture` (`TG_BENCH_N=20000` for more processes,
+//! `TG_BENCH_REPS=5` for more paired runs; the medians are printed last). Without
 //! root, or without auditd, it says why and prints what it can. Machines here are shared, so
 //! the whole-system CPU difference carries the noise of whatever else runs; each figure is the
 //! difference of two measurements taken back to back.
@@ -168,6 +169,8 @@ struct Row {
     extra_cpu_pct_per_1k: f64,
     own_cpu_pct_per_1k: f64,
     peak_rss_kib: u64,
+    /// RSS before the load (the agent settled, idle).
+    idle_rss_kib: Option<u64>,
     achieved_rate: f64,
 }
 
@@ -202,11 +205,13 @@ fn print_rows(rows: &[Row]) {
         );
         if let Some(e) = r.enriched {
             println!(
-                "{:<10} {:>10} with Executable and CommandLine read before the process exited: {} ({:.1}%)",
+                "{:<10} {:>10} with Executable and CommandLine read before the process exited: {} ({:.1}%); \
+                 idle RSS before the load {} KiB",
                 "",
                 "",
                 e,
-                100.0 * e as f64 / r.generated.max(1) as f64
+                100.0 * e as f64 / r.generated.max(1) as f64,
+                r.idle_rss_kib.unwrap_or(0)
             );
         }
     }
@@ -365,7 +370,6 @@ fn ours(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> Row {
     let mut agent = agent;
     stop(&mut agent.child);
     let (found, enriched, dropped) = outbox_figures(&agent.dir, &load.pids, &marker);
-    eprintln!("ours {label}: idle RSS {idle_rss} KiB before the load");
     let extra = cpu.system - baseline.system * (cpu.window / baseline.window);
     Row {
         who: "twinguard",
@@ -377,6 +381,7 @@ fn ours(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> Row {
         extra_cpu_pct_per_1k: pct_per_1k(extra, cpu.window, load.pids.len()),
         own_cpu_pct_per_1k: pct_per_1k(cpu.own, cpu.window, load.pids.len()),
         peak_rss_kib: peak,
+        idle_rss_kib: Some(idle_rss),
         achieved_rate: load.pids.len() as f64 / load.elapsed.as_secs_f64(),
     }
 }
@@ -524,6 +529,7 @@ fn auditd_run(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> 
         extra_cpu_pct_per_1k: pct_per_1k(extra, cpu.window, load.pids.len()),
         own_cpu_pct_per_1k: pct_per_1k(cpu.own, cpu.window, load.pids.len()),
         peak_rss_kib: peak,
+        idle_rss_kib: None,
         achieved_rate: load.pids.len() as f64 / load.elapsed.as_secs_f64(),
     })
 }
@@ -547,24 +553,62 @@ fn main() {
         "capture: {n} processes ({TRUE}) per run; {} CPUs; figures per run below",
         num_cpus()
     );
+    let reps: usize = std::env::var("TG_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let auditd_why = auditd_unavailable();
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     for (rate, label) in [(1000u64, "1000/s"), (0u64, "max")] {
-        // The same load without any collector, right before each measured run.
-        let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
-        rows.push(ours(n, rate, label, &base, &work));
-        match &auditd_why {
-            Some(_) => {}
-            None => {
+        // Each run is paired with the same load without any collector, right before it; the
+        // median of the pairs damps what else the machine was doing.
+        for _ in 0..reps {
+            let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
+            rows.push(ours(n, rate, label, &base, &work));
+            if auditd_why.is_none() {
                 let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
                 match auditd_run(n, rate, label, &base, &work) {
                     Ok(row) => rows.push(row),
-                    Err(e) => println!("auditd {label}: could not run: {e}"),
+                    Err(e) => notes.push(format!("auditd {label}: could not run: {e}")),
                 }
             }
         }
     }
     print_rows(&rows);
+    println!();
+    println!("medians over {reps} paired runs:");
+    for who in ["twinguard", "auditd"] {
+        for label in ["1000/s", "max"] {
+            let mut sys: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.who == who && r.rate_label == label)
+                .map(|r| r.extra_cpu_pct_per_1k)
+                .collect();
+            let mut own: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.who == who && r.rate_label == label)
+                .map(|r| r.own_cpu_pct_per_1k)
+                .collect();
+            if sys.is_empty() {
+                continue;
+            }
+            let min_capture = rows
+                .iter()
+                .filter(|r| r.who == who && r.rate_label == label)
+                .map(|r| 100.0 * r.found as f64 / r.generated.max(1) as f64)
+                .fold(f64::INFINITY, f64::min);
+            println!(
+                "{who:<10} {label:>7}: capture >= {min_capture:.2}%, system CPU {:.2} %/1k/s (runs: {}), own CPU {:.2} %/1k/s",
+                median(&mut sys),
+                sys.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", "),
+                median(&mut own)
+            );
+        }
+    }
+    for note in notes {
+        println!("{note}");
+    }
     if let Some(why) = auditd_why {
         println!("auditd: not run: {why}");
     }
@@ -573,6 +617,15 @@ fn main() {
          per 1,000 events/s; own CPU: the collector process alone; SPEC §10 target: 100% captured, <= 3%/1k/s)"
     );
     let _ = std::fs::remove_dir_all(&work);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn num_cpus() -> usize {

@@ -31,6 +31,22 @@ pub enum Command {
     Collect(CollectArgs),
     /// Run the agent (local mode unless --mqtt or --iothub).
     Run(Box<RunArgs>),
+    /// Tell whether the agent can do its job here: every event source (available, fallback or
+    /// unavailable, and why), capabilities, the data directory, the configuration in force,
+    /// and in MQTT / IoT Hub mode a connection test.
+    ///
+    /// Exit 0 when the agent can do its job, 1 with the reasons otherwise, 2 usage.
+    Doctor {
+        /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.
+        #[arg(long, value_name = "FILE")]
+        settings: Option<PathBuf>,
+        /// The data directory. Default /var/lib/twinguard as root, else ./twinguard-data.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The twin document of local mode (a missing file means the defaults, as in `run`).
+        #[arg(long, value_name = "FILE")]
+        twin: Option<PathBuf>,
+    },
 }
 
 /// `config` subcommands.

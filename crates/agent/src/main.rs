@@ -12,11 +12,13 @@ use twinguard::config::{json_schema, validate_document, Config, Severity, Valida
 use twinguard::input::{display_name, read_twin};
 
 use cli::{Cli, CollectArgs, Command, ConfigCommand, RunArgs};
+use twinguard::app::doctor::{examine, DoctorOptions};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 use twinguard::collect::snapshot_collector;
 use twinguard::event::{Event, EventName, MessageFrame};
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
 use twinguard::transport::remote::{run_iothub, run_mqtt};
+use twinguard::transport::settings::{read_bounded_file, DEFAULT_SETTINGS_FILE};
 use twinguard::transport::settings::{ConnectionSettings, Mode};
 
 /// Exit code for a usage error or an unreadable document.
@@ -33,27 +35,104 @@ fn main() -> ExitCode {
         }
         Command::Collect(args) => collect(&args),
         Command::Run(args) => run(*args),
+        Command::Doctor {
+            settings,
+            data_dir,
+            twin,
+        } => doctor(DoctorOptions {
+            settings,
+            data_dir,
+            twin,
+        }),
     }
 }
 
-/// Logs go to stderr; the level comes from TWINGUARD_LOG (error, warn, info, debug, trace).
-fn init_logging() {
-    let level = match std::env::var("TWINGUARD_LOG")
+/// `twinguard doctor`: prints the report; exit 0 when the agent can do its job, else 1.
+fn doctor(opts: DoctorOptions) -> ExitCode {
+    let report = examine(&opts);
+    print!("{}", report.render());
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Logs go to journald (its native protocol, with structured fields) when the agent's stderr
+/// is the journal - systemd then sets `$JOURNAL_STREAM` to stderr's device and inode - and
+/// `/run/systemd/journal/socket` exists; else to stderr. The level comes from `TWINGUARD_LOG`,
+/// else from the settings file's `log-level`, else `info` (error, warn, info, debug, trace).
+fn init_logging(settings: Option<&Path>) {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
+
+    let wanted = std::env::var("TWINGUARD_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| settings_log_level(settings))
         .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
+        .to_ascii_lowercase();
+    let level = match wanted.trim() {
         "error" => tracing::Level::ERROR,
         "warn" => tracing::Level::WARN,
         "debug" => tracing::Level::DEBUG,
         "trace" => tracing::Level::TRACE,
         _ => tracing::Level::INFO,
     };
+    if stderr_is_the_journal() && Path::new(JOURNAL_SOCKET).exists() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal.with_syslog_identifier("twinguard".to_owned());
+                if tracing_subscriber::registry()
+                    .with(LevelFilter::from_level(level))
+                    .with(journal)
+                    .try_init()
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            Err(e) => eprintln!("twinguard: warning: cannot log to journald ({e}); logging to stderr"),
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
         .init();
+}
+
+/// journald's native-protocol socket.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Whether stderr is connected to the journal: `$JOURNAL_STREAM` is `DEVICE:INODE` of it.
+fn stderr_is_the_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata())
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// `log-level` of the settings file (`--settings`, else the default file when it exists).
+fn settings_log_level(explicit: Option<&Path>) -> Option<String> {
+    let default = Path::new(DEFAULT_SETTINGS_FILE);
+    let path = explicit.or_else(|| default.exists().then_some(default))?;
+    let bytes = read_bounded_file(path, 64 * 1024).ok()?;
+    let table: toml::Table = toml::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
+    table.get("log-level")?.as_str().map(str::to_owned)
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -77,7 +156,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    init_logging();
+    init_logging(args.settings.as_deref());
     let data_dir = args
         .data_dir
         .clone()
@@ -128,7 +207,7 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
         eprintln!("twinguard run: error: {flag} is a local-mode flag; with --mqtt or --iothub the twin and the messages go through the broker");
         return ExitCode::from(EXIT_USAGE);
     }
-    init_logging();
+    init_logging(args.settings.as_deref());
     let data_dir = args
         .data_dir
         .clone()

@@ -24,6 +24,8 @@ pub fn agent_id_for_display() -> Uuid {
         .unwrap_or_else(Uuid::new_v4)
 }
 
+pub mod doctor;
+pub mod notify;
 mod run;
 mod signals;
 mod snapshots;

@@ -127,6 +127,8 @@ struct Agent {
     last_sync_ms: u64,
     streams: Streams,
     aggregator: Aggregator,
+    /// Losses already counted, per stream collector.
+    losses_seen: BTreeMap<EventName, u64>,
     /// When a coalesced report of collector statuses is due.
     report_due_ms: Option<u64>,
     last_report_ms: u64,
@@ -267,6 +269,7 @@ pub fn run_agent(
         aggregator: Aggregator::new(MAX_KEYS),
         report_due_ms: None,
         last_report_ms: 0,
+        losses_seen: BTreeMap::new(),
     };
     agent.aggregator.apply_config(&config);
     if started {
@@ -313,6 +316,7 @@ impl Agent {
                 self.pipeline.submit(e, now);
             }
             self.flush_diagnostics();
+            self.account_losses();
             self.send_due(now);
             self.sync_if_due(now);
             self.report_if_due(now);
@@ -430,6 +434,19 @@ impl Agent {
             self.collectors.insert(name.as_str().to_owned(), status);
             if self.report_due_ms.is_none() {
                 self.report_due_ms = Some(now.max(self.last_report_ms.saturating_add(REPORT_COALESCE_MS)));
+            }
+        }
+    }
+
+    /// Adds new stream-collector losses to the period's DroppedEventsStatistics.
+    fn account_losses(&mut self) {
+        for (name, total) in self.streams.losses() {
+            let seen = self.losses_seen.entry(name).or_insert(0);
+            if total > *seen {
+                let delta = total - *seen;
+                *seen = total;
+                let priority = self.pipeline.config().priority(name);
+                self.pipeline.count_lost(priority, delta);
             }
         }
     }

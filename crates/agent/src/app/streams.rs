@@ -83,6 +83,15 @@ impl Streams {
         }
     }
 
+    /// Events lost so far by each collector's sink (channel full, kernel overruns), keyed by
+    /// the collector's first event name.
+    pub fn losses(&self) -> Vec<(EventName, u64)> {
+        self.slots
+            .iter()
+            .filter_map(|s| Some((*s.names.first()?, s.sink.losses())))
+            .collect()
+    }
+
     /// Stops every collector and waits for them (each checks its stop signal every 250 ms).
     pub fn stop_all(&mut self) {
         for slot in &mut self.slots {

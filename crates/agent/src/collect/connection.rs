@@ -529,7 +529,7 @@ impl StreamCollector for ConnectionCollector {
         }
         let mut next_poll = Instant::now() + POLL_INTERVAL;
         let mut assembler = Assembler::default();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; audit::RECV_BUFFER_BYTES];
         while !stop.is_stopped() {
             let mut complete = Vec::new();
             if let Some(m) = member.as_mut() {

@@ -294,7 +294,7 @@ impl LoginCollector {
         };
         let mut users = UserNames::default();
         let mut assembler = Assembler::default();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; audit::RECV_BUFFER_BYTES];
         while !stop.is_stopped() {
             match member.recv(&mut buf) {
                 Ok(Received::Data { len, .. }) => {

@@ -124,6 +124,18 @@ impl Pipeline {
         self.dropped_before_cache
     }
 
+    /// Counts events lost before they reached the pipeline (a collector's channel was full,
+    /// or the kernel dropped them), so DroppedEventsStatistics includes them.
+    pub fn count_lost(&mut self, priority: Priority, n: u64) {
+        if priority == Priority::Off || n == 0 {
+            return;
+        }
+        let q = queue_index(priority);
+        self.period.collected[q] += n;
+        self.period.dropped[q] += n;
+        self.dropped_before_cache[q] += n;
+    }
+
     /// The cache, for its disk figures and `sync`.
     pub fn cache_mut(&mut self) -> &mut Cache {
         &mut self.cache

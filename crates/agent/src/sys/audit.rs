@@ -278,6 +278,8 @@ pub struct Record {
 
 /// Most bytes of record text kept (the kernel's own maximum is 8970).
 pub const MAX_RECORD: usize = 9000;
+/// A buffer that holds any one audit datagram (a record of at most 8970 bytes + header).
+pub const RECV_BUFFER_BYTES: usize = 12 * 1024;
 
 /// The record type and text of one datagram from the audit socket, handling the `nlmsg_len`
 /// quirk (see the module doc). `None` for non-record messages (replies, acks).

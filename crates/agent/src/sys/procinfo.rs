@@ -235,6 +235,18 @@ pub fn current_thread_id() -> u32 {
     u32::try_from(tid).unwrap_or(0)
 }
 
+/// Lowers the calling thread's nice value by `boost` (raises its priority); false when not
+/// allowed (without `CAP_SYS_NICE` a thread cannot go below its current value).
+pub fn raise_thread_priority(boost: i32) -> bool {
+    let tid = current_thread_id();
+    // SAFETY: getpriority/setpriority take no pointers; on Linux PRIO_PROCESS with a thread id
+    // applies to that one thread. errno is not needed: the result is checked by reading back.
+    unsafe {
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now - boost).max(-20)) == 0
+    }
+}
+
 /// `CLOCK_MONOTONIC` now, in nanoseconds (the clock of process connector timestamps).
 pub fn monotonic_ns() -> u64 {
     // SAFETY: timespec is plain data for which all-zero is valid.

@@ -94,7 +94,8 @@ impl TcpDiag {
         Ok(TcpDiag {
             sock,
             seq: 0,
-            buf: vec![0u8; 64 * 1024],
+            // The kernel sizes dump datagrams after the buffers we read with, up to 32 KiB.
+            buf: vec![0u8; 32 * 1024],
         })
     }
 

@@ -361,11 +361,14 @@ pub struct IotHubTransport {
 impl IotHubTransport {
     /// Reads the connection string (a secret file), builds TLS and starts the client.
     pub fn start(options: &IotHubOptions) -> Result<IotHubTransport, TransportError> {
-        let what = || format!("iothub {}", options.connection_string_file.display());
+        let file = options.connection_string_file.display().to_string();
+        let what = || "iothub".to_owned();
         let bytes =
             read_secret_file(&options.connection_string_file).map_err(|e| transport_error_for(what(), e))?;
-        let text = String::from_utf8(bytes).map_err(|_| transport_error_for(what(), "not UTF-8"))?;
-        let identity = ConnectionString::parse(&text).map_err(|e| transport_error_for(what(), e))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| transport_error_for(what(), format!("{file}: not UTF-8")))?;
+        let identity = ConnectionString::parse(&text)
+            .map_err(|e| transport_error_for(what(), format!("{file}: {e}")))?;
         let tls = client_config(&TlsOptions {
             ca: options.ca.clone(),
             client_auth: None,

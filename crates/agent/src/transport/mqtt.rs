@@ -221,8 +221,6 @@ pub struct MqttTransport {
     /// Connections seen, and since when the current one waits for its retained desired.
     seen_connections: u64,
     grace_since: Option<Instant>,
-    /// The last reported section sent (compact JSON), re-published on reconnection.
-    reported: Option<Vec<u8>>,
 }
 
 impl MqttTransport {
@@ -281,7 +279,6 @@ impl MqttTransport {
             received: None,
             seen_connections: 0,
             grace_since: None,
-            reported: None,
         })
     }
 
@@ -319,15 +316,13 @@ impl MqttTransport {
         self.handed = Some(self.received.take().unwrap_or_default());
     }
 
-    /// Records the desired payload the agent started from (cached from an earlier run), so the
-    /// same retained document is not applied twice.
-    pub fn assume_handed(&mut self, payload: Vec<u8>) {
-        self.handed = Some(payload);
-    }
-
     fn accept(&mut self, topic: String, payload: Vec<u8>) {
         if topic == self.topics.desired {
             self.received = Some(payload);
+            // The IO thread counts a connection before it delivers that connection's retained
+            // message, so the count read now covers the connection that brought it: no grace
+            // wait is armed for it later (which would wrongly conclude "no document").
+            self.seen_connections = self.client.connections();
             self.grace_since = None;
         } else {
             debug!(%topic, "ignoring a publish on an unexpected topic");
@@ -393,7 +388,6 @@ impl Transport for MqttTransport {
     fn report(&mut self, section: &Value) -> Result<(), TransportError> {
         let payload =
             serde_json::to_vec(section).map_err(|e| transport_error_for("reported section".into(), e))?;
-        self.reported = Some(payload.clone());
         // Whatever happens now, the next connection publishes the newest section.
         self.client.set_birth(vec![
             online(&self.topics),

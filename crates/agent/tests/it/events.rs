@@ -77,6 +77,13 @@ impl LiveAgent {
         }
     }
 
+    /// Replaces the twin file (by rename, as editors do).
+    fn write_twin(&self, doc: &str) {
+        let tmp = self.dir.path("twin.json.tmp");
+        std::fs::write(&tmp, doc).unwrap();
+        std::fs::rename(&tmp, self.dir.path("twin.json")).unwrap();
+    }
+
     fn reported(&self) -> Value {
         std::fs::read(self.dir.path("reported.json"))
             .ok()
@@ -293,6 +300,60 @@ fn process_create_and_terminate_reach_the_outbox_live() {
         })
         .count();
     assert_eq!(thread_exits, 0, "thread exits are not process exits");
+
+    // Off at runtime stops the collector; High again starts it.
+    let off = LIVE_TWIN
+        .replace(
+            r#""eventPriorityProcessCreate": {"value": "High"}"#,
+            r#""eventPriorityProcessCreate": {"value": "Off"}"#,
+        )
+        .replace(
+            r#""eventPriorityProcessTerminate": {"value": "High"}"#,
+            r#""eventPriorityProcessTerminate": {"value": "Off"}"#,
+        );
+    agent.write_twin(&off);
+    std::thread::sleep(Duration::from_millis(1500));
+    let threads = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let agent_pid = agent.child.as_ref().unwrap().id();
+    assert!(
+        !threads(agent_pid)
+            .iter()
+            .any(|t| t.starts_with("collect-Process")),
+        "{:?}",
+        threads(agent_pid)
+    );
+    let mut unseen = Command::new("/bin/sleep").arg("0.2").spawn().unwrap();
+    unseen.wait().unwrap();
+    agent.write_twin(LIVE_TWIN);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        threads(agent_pid)
+            .iter()
+            .any(|t| t.starts_with("collect-Process")),
+        "{:?}",
+        threads(agent_pid)
+    );
+    let mut seen = Command::new("/bin/sleep").arg("0.2").spawn().unwrap();
+    seen.wait().unwrap();
+    agent.find("ProcessCreate", "after the collector restarted", |v| {
+        pid_of(v) == u64::from(seen.id())
+    });
+    assert!(
+        !agent
+            .items("ProcessCreate")
+            .iter()
+            .any(|v| pid_of(v) == u64::from(unseen.id())),
+        "an event while Off"
+    );
     let stderr = agent.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -6,6 +6,7 @@ mod cli;
 mod collectors;
 mod config_cases;
 mod conformance;
+mod doctor;
 mod events;
 mod fuzz_corpus;
 mod mqtt;
