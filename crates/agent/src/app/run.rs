@@ -282,6 +282,8 @@ pub fn run_agent(
     let now = agent.now_ms();
     agent.emit_configuration_errors(&problems, now);
     info!(transport = %agent.transport.describe(), "twinguard running");
+    // systemd (Type=notify): ready once the configuration is in force and reported.
+    super::notify::notify_ready();
     if started {
         let c = agent.pipeline.config();
         info!(
@@ -308,7 +310,17 @@ impl Agent {
     }
 
     fn run(&mut self, rx: &Receiver<Input>) {
+        let watchdog = super::notify::watchdog_interval();
+        let mut last_ping = Instant::now();
         loop {
+            // The loop wakes at least once a second, so the watchdog is pinged in time; a
+            // stuck loop stops pinging and systemd restarts the agent.
+            if let Some(every) = watchdog {
+                if last_ping.elapsed() >= every {
+                    super::notify::notify_watchdog();
+                    last_ping = Instant::now();
+                }
+            }
             let now = self.now_ms();
             self.poll_desired(now);
             self.run_snapshots_if_due(now);
@@ -351,6 +363,7 @@ impl Agent {
             }
             if let Some(why) = stop {
                 info!(signal = why, "stopping: sending what is due");
+                super::notify::notify_stopping();
                 self.streams.stop_all();
                 let now = self.now_ms();
                 // A clean stop flushes open aggregation windows (a crash may lose them).

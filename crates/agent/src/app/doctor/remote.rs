@@ -330,7 +330,10 @@ fn identity(check: &mut ConnectionCheck, options: &IotHubOptions) -> Option<Conn
 
 /// Tests the IoT Hub mode; `agent_running` is the pid of an agent using this identity.
 pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> ConnectionCheck {
-    let mut check = ConnectionCheck::default();
+    let mut check = ConnectionCheck {
+        endpoint: format!("(the hub of {})", options.connection_string_file.display()),
+        ..ConnectionCheck::default()
+    };
     let Some(identity) = identity(&mut check, options) else {
         return check;
     };

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -171,15 +171,30 @@ struct AuditProbe {
     flowing: Result<(), String>,
 }
 
-/// Whether another process holds the audit manager's lock (a running twinguard).
+/// Whether another process holds the audit manager's lock (a running twinguard). Read from
+/// `/proc/locks`, not by trying the lock: a try would make an agent starting at that moment
+/// believe another one manages audit.
 fn audit_managed_elsewhere() -> bool {
-    let Ok(f) = File::open(AUDIT_LOCK) else {
+    let Ok(meta) = std::fs::metadata(AUDIT_LOCK) else {
         return false;
     };
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    // Our descriptor closes with `f`, releasing a lock we may have taken.
-    rc != 0
+    read_text(Path::new("/proc/locks"), 1024 * 1024)
+        .map(|locks| flock_holders(&locks, meta.ino()).next().is_some())
+        .unwrap_or(false)
+}
+
+/// The pids holding a `flock` lock on the file with inode `inode`, from `/proc/locks` text
+/// (`1: FLOCK  ADVISORY  WRITE 1234 fe:00:5366328 0 EOF`; pure).
+pub fn flock_holders(locks: &str, inode: u64) -> impl Iterator<Item = u32> + '_ {
+    locks.lines().filter_map(move |line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Blocked waiters are listed as `1: -> FLOCK ...`: they hold nothing.
+        if fields.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let ino = fields.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+        (ino == inode).then(|| fields.get(4)?.parse().ok())?
+    })
 }
 
 fn probe_audit(caps: Capabilities) -> AuditProbe {
@@ -382,6 +397,15 @@ fn probe_snapshot(name: EventName, caps: Capabilities) -> (SourceState, String, 
                 )
             }
         }
+        // Works here, but only thanks to a capability the packaged service does not have.
+        Ok(_)
+            if name == EventName::FirewallConfiguration
+                && status.source.contains("iptables-legacy-save")
+                && caps.has(CAP_NET_RAW) =>
+        {
+            let why = "legacy iptables tables are read with CAP_NET_RAW, which twinguard.service does not grant: under the service this source is unavailable unless a drop-in adds it".to_owned();
+            (SourceState::Available, status.source, why)
+        }
         Ok(_) if status.fallback => (SourceState::Fallback, status.source, note),
         // Descriptors of other users' processes unreadable: without these capabilities the
         // owners of sockets stay unknown (with them, only a process that just exited is).
@@ -446,6 +470,18 @@ mod tests {
         assert!(!caps.has(CAP_NET_RAW));
         assert_eq!(parse_cap_eff("CapPrm:\t1\n"), None);
         assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+    }
+
+    #[test]
+    fn lock_holders_come_from_proc_locks() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 23040 fe:00:5366328 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 23041 fe:00:5366328 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 99 fe:00:5366328 0 EOF\n\
+                     3: FLOCK  ADVISORY  READ 777 fe:00:10133507 0 EOF\n";
+        assert_eq!(flock_holders(locks, 5366328).collect::<Vec<_>>(), vec![23040]);
+        assert_eq!(flock_holders(locks, 10133507).collect::<Vec<_>>(), vec![777]);
+        assert_eq!(flock_holders(locks, 1).count(), 0);
+        assert_eq!(flock_holders("garbage\n1: FLOCK\n", 1).count(), 0);
     }
 
     #[test]

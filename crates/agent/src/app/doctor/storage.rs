@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use crate::collect::user_names::UserNames;
 use crate::datadir::{DataDir, DataDirError};
 use crate::pipeline::cache::{disk_bound, Cache, QueueCounters, CACHE_DIR_NAME};
+use crate::sys::fs::read_text;
+
+use super::sources::flock_holders;
 
 /// What doctor found in the data directory.
 #[derive(Debug, Default)]
@@ -157,6 +160,13 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
     let mut disk_used = 0;
     if !lock.exists() {
         check.line("no agent has used it yet: no cache");
+    } else if let Some(pid) = lock_holder(&lock) {
+        // Held: not even tried (a try would refuse an agent starting at that moment).
+        check.line(format!(
+            "lock: held by a running agent (pid {pid}); its cache is not opened (its reported properties carry the counters)"
+        ));
+        check.held_by = Some(pid.to_string());
+        disk_used = dir_bytes(&path.join(CACHE_DIR_NAME));
     } else {
         match DataDir::open(path) {
             Ok(dir) => {
@@ -175,6 +185,14 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
     }
     free_space(&mut check, path, bound, disk_used);
     check
+}
+
+/// The process holding the `flock` of `lock`, from `/proc/locks`.
+fn lock_holder(lock: &Path) -> Option<u32> {
+    let inode = fs::metadata(lock).ok()?.ino();
+    let locks = read_text(Path::new("/proc/locks"), 1024 * 1024).ok()?;
+    let holder = flock_holders(&locks, inode).next();
+    holder
 }
 
 /// The cache's state; returns the bytes its files take.
