@@ -147,6 +147,7 @@ fn run(args: RunArgs) -> ExitCode {
         mqtt_password_file: args.mqtt_password_file.clone(),
         iothub: args.iothub.clone(),
         iothub_ca: args.iothub_ca.clone(),
+        log_level: None,
     };
     match flags.resolve(args.settings.as_deref()).and_then(|s| s.mode()) {
         Ok(Mode::Local) => {}

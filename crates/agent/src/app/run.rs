@@ -127,6 +127,8 @@ struct Agent {
     last_sync_ms: u64,
     streams: Streams,
     aggregator: Aggregator,
+    /// The transport's connection count last seen (a change = reconnected).
+    connections_seen: u64,
     /// Losses already counted, per stream collector.
     losses_seen: BTreeMap<EventName, u64>,
     /// When a coalesced report of collector statuses is due.
@@ -270,6 +272,7 @@ pub fn run_agent(
         report_due_ms: None,
         last_report_ms: 0,
         losses_seen: BTreeMap::new(),
+        connections_seen: 0,
     };
     agent.aggregator.apply_config(&config);
     if started {
@@ -329,6 +332,11 @@ impl Agent {
             }
             self.flush_diagnostics();
             self.account_losses();
+            let connections = self.transport.connections();
+            if connections != self.connections_seen {
+                self.connections_seen = connections;
+                self.pipeline.reset_backoff();
+            }
             self.send_due(now);
             self.sync_if_due(now);
             self.report_if_due(now);

@@ -402,6 +402,12 @@ impl Pipeline {
         self.retry_at_ms = now_ms.saturating_add(self.backoff_ms + jitter);
     }
 
+    /// Forgets the retry backoff: the transport reconnected, so the next send goes at once.
+    pub fn reset_backoff(&mut self) {
+        self.backoff_ms = 0;
+        self.retry_at_ms = 0;
+    }
+
     /// Records a Diagnostic for the agent's own problem, rate-limited to
     /// [`DIAGNOSTICS_PER_MINUTE`]. They are queued by [`Pipeline::take_diagnostics`].
     pub fn diagnose(&mut self, severity: DiagnosticSeverity, message: String, now_ms: u64) {

@@ -688,6 +688,10 @@ impl IotHubTransport {
 }
 
 impl Transport for IotHubTransport {
+    fn connections(&self) -> u64 {
+        self.client.connections()
+    }
+
     fn deliver(&mut self, body: &[u8]) -> Result<(), TransportError> {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(transport_error_for(

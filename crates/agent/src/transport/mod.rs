@@ -40,6 +40,13 @@ pub trait Transport {
     /// into the last received document before they get here.
     fn poll_desired(&mut self, now_ms: u64) -> Option<DesiredUpdate>;
 
+    /// How many connections have come up so far (0 for transports without connections). A
+    /// change means "reconnected": the pipeline then retries at once instead of waiting out
+    /// a backoff that grew during the outage.
+    fn connections(&self) -> u64 {
+        0
+    }
+
     /// A short name for logs (`outbox /path`, `mqtt host:port`).
     fn describe(&self) -> String;
 }

@@ -379,6 +379,10 @@ fn desired_update(payload: &[u8]) -> DesiredUpdate {
 }
 
 impl Transport for MqttTransport {
+    fn connections(&self) -> u64 {
+        self.client.connections()
+    }
+
     fn deliver(&mut self, body: &[u8]) -> Result<(), TransportError> {
         self.client
             .publish(&self.topics.messages, body, false, PUBLISH_TIMEOUT)

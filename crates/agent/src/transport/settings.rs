@@ -154,6 +154,8 @@ pub struct ConnectionSettings {
     pub iothub: Option<PathBuf>,
     /// A private CA to trust for the IoT Hub endpoint (PEM).
     pub iothub_ca: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); the TWINGUARD_LOG variable wins.
+    pub log_level: Option<String>,
 }
 
 impl ConnectionSettings {
@@ -201,6 +203,7 @@ impl ConnectionSettings {
             mqtt_password_file: self.mqtt_password_file.or(file.mqtt_password_file),
             iothub: self.iothub.or(file.iothub),
             iothub_ca: self.iothub_ca.or(file.iothub_ca),
+            log_level: self.log_level.or(file.log_level),
         }
     }
 
