@@ -240,7 +240,7 @@ pub fn run_agent(
     if let Some(s) = synthetic {
         spawn_synthetic(s, tx.clone()).map_err(|e| RunError::Other(format!("synthetic source: {e}")))?;
     }
-    let streams = Streams::new(stream_collectors(), tx.clone());
+    let streams = Streams::new(stream_collectors(Some(data_dir.path())), tx.clone());
     drop(tx);
 
     let available_snapshots = EventName::SECURITY_SNAPSHOTS

@@ -70,10 +70,13 @@ pub fn snapshot_collector(name: EventName) -> Option<Box<dyn SnapshotCollector>>
 }
 
 /// Every stream collector of this build (each runs only while one of its events is not Off).
-pub fn stream_collectors() -> Vec<Box<dyn StreamCollector>> {
+/// `data_dir`, when given, keeps the Login fallback's wtmp/btmp checkpoint across restarts.
+pub fn stream_collectors(data_dir: Option<&std::path::Path>) -> Vec<Box<dyn StreamCollector>> {
     vec![
         Box::new(process::ProcessCollector::new()),
         Box::new(connection::ConnectionCollector::new()),
-        Box::new(login::LoginCollector::new(None)),
+        Box::new(login::LoginCollector::new(
+            data_dir.map(|d| d.join("login.checkpoint")),
+        )),
     ]
 }

@@ -862,3 +862,53 @@ fn login_fallback_follows_real_wtmp_and_btmp_records_with_a_checkpoint() {
     let events = run(1, &|| append(&wtmp, record(&wtmp_fixture, 1)));
     assert_eq!(events.len(), 1, "only the new record after a restart");
 }
+
+#[test]
+fn audit_rules_and_state_left_by_a_killed_agent_are_cleaned_by_the_next() {
+    let test = "audit_rules_and_state_left_by_a_killed_agent_are_cleaned_by_the_next";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    if auditctl(&["-s"]).is_none() {
+        skip(
+            test,
+            "needs auditctl (Debian package auditd) to look at the audit state",
+        );
+        return;
+    }
+    let alone = audit_lock().is_some();
+    let enabled_before = audit_enabled();
+    let mut first = LiveAgent::start("ev-crash-1", LIVE_TWIN);
+    first.wait_running("ConnectionCreate");
+    let t = Instant::now();
+    while !auditctl(&["-l"]).unwrap_or_default().contains("key=twinguard") {
+        assert!(t.elapsed() < Duration::from_secs(10), "no rules");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut child = first.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if alone && audit_lock().is_some() {
+        assert!(
+            auditctl(&["-l"]).unwrap().contains("key=twinguard"),
+            "a killed agent cannot clean up"
+        );
+        assert!(twinguard::collect::audit::state_file_exists());
+    }
+    let second = LiveAgent::start("ev-crash-2", LIVE_TWIN);
+    second.wait_running("ConnectionCreate");
+    std::thread::sleep(Duration::from_millis(1500));
+    second.stop();
+    if let Some(_lock) = audit_lock() {
+        let rules = auditctl(&["-l"]).unwrap();
+        assert!(!rules.contains("twinguard"), "stale rules left: {rules}");
+        assert!(!twinguard::collect::audit::state_file_exists());
+        if alone {
+            assert_eq!(
+                audit_enabled(),
+                enabled_before,
+                "the state before the crash is restored"
+            );
+        }
+    }
+}
