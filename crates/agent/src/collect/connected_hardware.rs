@@ -369,16 +369,8 @@ impl SnapshotCollector for ConnectedHardwareCollector {
     }
 
     fn collect(&mut self) -> Result<Vec<PayloadItem>, CollectError> {
-        match self.snapshot() {
-            Ok(items) => {
-                self.status.last_error = None;
-                Ok(items.into_iter().map(PayloadItem::from).collect())
-            }
-            Err(e) => {
-                self.status.last_error = Some(e.to_string());
-                Err(e)
-            }
-        }
+        let result = self.snapshot();
+        super::record_outcome(&mut self.status, result)
     }
 
     fn status(&self) -> CollectorStatus {

@@ -56,6 +56,24 @@ pub trait SnapshotCollector: Send {
     fn status(&self) -> CollectorStatus;
 }
 
+/// Records a snapshot's outcome in the collector's status (`last_error` set on failure,
+/// cleared on success) and converts its items for the pipeline.
+pub(crate) fn record_outcome<T: Into<PayloadItem>>(
+    status: &mut CollectorStatus,
+    result: Result<Vec<T>, CollectError>,
+) -> Result<Vec<PayloadItem>, CollectError> {
+    match result {
+        Ok(items) => {
+            status.last_error = None;
+            Ok(items.into_iter().map(Into::into).collect())
+        }
+        Err(e) => {
+            status.last_error = Some(e.to_string());
+            Err(e)
+        }
+    }
+}
+
 /// The snapshot collector for `name`, if `name` is a Security snapshot that has one.
 pub fn snapshot_collector(name: EventName) -> Option<Box<dyn SnapshotCollector>> {
     Some(match name {
