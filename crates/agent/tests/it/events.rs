@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::conformance::validate_messages;
-use crate::support::{skip, TempDir};
+use crate::support::{local_agent_command, skip, TempDir};
 
 /// Live tests take this lock: two agents would share the machine's audit state.
 static LIVE: Mutex<()> = Mutex::new(());
@@ -56,21 +56,7 @@ impl LiveAgent {
     fn start(label: &str, twin: &str) -> LiveAgent {
         let dir = TempDir::new(label);
         std::fs::write(dir.path("twin.json"), twin).unwrap();
-        let child = Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
-            .arg("run")
-            .arg("--twin")
-            .arg(dir.path("twin.json"))
-            .arg("--outbox")
-            .arg(dir.path("outbox.jsonl"))
-            .arg("--reported")
-            .arg(dir.path("reported.json"))
-            .arg("--data-dir")
-            .arg(dir.path("data"))
-            .env("TWINGUARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = local_agent_command(&dir).spawn().unwrap();
         LiveAgent {
             child: Some(child),
             dir,

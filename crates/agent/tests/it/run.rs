@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::conformance::validate_messages;
-use crate::support::TempDir;
+use crate::support::{local_agent_command, TempDir};
 
 struct Agent {
     child: Child,
@@ -17,22 +17,7 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &TempDir, extra: &[&str]) -> Agent {
-        let child = Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
-            .arg("run")
-            .arg("--twin")
-            .arg(dir.path("twin.json"))
-            .arg("--outbox")
-            .arg(dir.path("outbox.jsonl"))
-            .arg("--reported")
-            .arg(dir.path("reported.json"))
-            .arg("--data-dir")
-            .arg(dir.path("data"))
-            .args(extra)
-            .env("TWINGUARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = local_agent_command(dir).args(extra).spawn().unwrap();
         Agent { child }
     }
 

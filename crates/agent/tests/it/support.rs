@@ -19,6 +19,26 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
+/// `twinguard run` in local mode over the files of `dir` (twin.json, outbox.jsonl,
+/// reported.json, data/), logging warnings to a piped stderr. Add flags, then spawn.
+pub fn local_agent_command(dir: &TempDir) -> std::process::Command {
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("twinguard"));
+    command
+        .arg("run")
+        .arg("--twin")
+        .arg(dir.path("twin.json"))
+        .arg("--outbox")
+        .arg(dir.path("outbox.jsonl"))
+        .arg("--reported")
+        .arg(dir.path("reported.json"))
+        .arg("--data-dir")
+        .arg(dir.path("data"))
+        .env("TWINGUARD_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
 /// A fresh empty directory under the system temp dir, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
