@@ -40,7 +40,8 @@ pub enum Command {
         /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.
         #[arg(long, value_name = "FILE")]
         settings: Option<PathBuf>,
-        /// The data directory. Default /var/lib/twinguard as root, else ./twinguard-data.
+        /// The data directory. Default $STATE_DIRECTORY, else /var/lib/twinguard as root, else
+        /// $XDG_STATE_HOME/twinguard (~/.local/state/twinguard).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// The twin document of local mode (a missing file means the defaults, as in `run`).
@@ -88,8 +89,8 @@ pub struct RunArgs {
     /// Where the reported section is written (atomically) in local mode.
     #[arg(long, value_name = "FILE")]
     pub reported: Option<PathBuf>,
-    /// The data directory (cache, agent id, lock). Default /var/lib/twinguard as root, else
-    /// ./twinguard-data.
+    /// The data directory (cache, agent id, lock). Default $STATE_DIRECTORY (systemd), else
+    /// /var/lib/twinguard as root, else $XDG_STATE_HOME/twinguard (~/.local/state/twinguard).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     /// Creating, opening or setting permissions failed.
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}: {source} (choose another with --data-dir DIR)")]
     Io {
         /// The path involved.
         path: PathBuf,

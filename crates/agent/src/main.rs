@@ -4,7 +4,7 @@
 
 mod cli;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -158,10 +158,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
     }
     init_logging(args.settings.as_deref());
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(twinguard::app::default_data_dir);
+    let data_dir = match resolve_data_dir(args.data_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(code) => return code,
+    };
     let opts = LocalOptions {
         twin: args.twin.clone(),
         outbox: args
@@ -196,6 +196,21 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// The data directory of `run`: `--data-dir` made absolute, else the default; an error line
+/// and the usage exit code when there is none.
+fn resolve_data_dir(flag: Option<&std::path::Path>) -> Result<PathBuf, ExitCode> {
+    match flag
+        .map(|p| Ok(p.to_owned()))
+        .unwrap_or_else(twinguard::app::default_data_dir)
+    {
+        Ok(dir) => Ok(twinguard::app::absolute(&dir)),
+        Err(e) => {
+            eprintln!("twinguard run: error: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
 /// `run` in MQTT or IoT Hub mode.
 fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
     let local_only = [
@@ -209,10 +224,10 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     init_logging(args.settings.as_deref());
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(twinguard::app::default_data_dir);
+    let data_dir = match resolve_data_dir(args.data_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(code) => return code,
+    };
     let synthetic = args.synthetic_rate.map(|rate| Synthetic {
         rate,
         limit: args.synthetic_limit,

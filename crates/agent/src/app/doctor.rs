@@ -121,8 +121,7 @@ impl Report {
 }
 
 fn current_user() -> String {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::sys::euid();
     let name = UserNames::default()
         .name(uid)
         .unwrap_or_else(|| "an unnamed user".into());
@@ -250,7 +249,18 @@ pub fn examine(opts: &DoctorOptions) -> Report {
             Mode::Local
         }
     };
-    let data_dir = opts.data_dir.clone().unwrap_or_else(crate::app::default_data_dir);
+    let data_dir = match opts
+        .data_dir
+        .clone()
+        .map(Ok)
+        .unwrap_or_else(crate::app::default_data_dir)
+    {
+        Ok(dir) => crate::app::absolute(&dir),
+        Err(e) => {
+            problems.push(format!("data directory: {e}"));
+            std::path::PathBuf::from("/nonexistent")
+        }
+    };
 
     let mut connection = None;
     let (config, storage) = match &mode {

@@ -34,3 +34,9 @@ pub mod sshd;
 pub mod sysfs;
 pub mod tcpdiag;
 pub mod utmp;
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
