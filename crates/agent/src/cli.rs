@@ -28,6 +28,9 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run snapshot collector(s) once and print each message as one compact line.
+    #[command(
+        override_usage = "twinguard collect <EVENT> [--pretty]\n       twinguard collect --all [--pretty]"
+    )]
     Collect(CollectArgs),
     /// Run the agent (local mode unless --mqtt or --iothub).
     Run(Box<RunArgs>),
@@ -36,18 +39,25 @@ pub enum Command {
     /// and in MQTT / IoT Hub mode a connection test.
     ///
     /// Exit 0 when the agent can do its job, 1 with the reasons otherwise, 2 usage.
-    Doctor {
-        /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.
-        #[arg(long, value_name = "FILE")]
-        settings: Option<PathBuf>,
-        /// The data directory. Default $STATE_DIRECTORY, else /var/lib/twinguard as root, else
-        /// $XDG_STATE_HOME/twinguard (~/.local/state/twinguard).
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// The twin document of local mode (a missing file means the defaults, as in `run`).
-        #[arg(long, value_name = "FILE")]
-        twin: Option<PathBuf>,
-    },
+    Doctor(Box<DoctorArgs>),
+}
+
+/// `doctor` arguments: the same data directory, twin, settings and connection flags as `run`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    /// The data directory. Default $STATE_DIRECTORY (systemd), else /var/lib/twinguard as
+    /// root, else $XDG_STATE_HOME/twinguard (~/.local/state/twinguard).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The twin document of local mode (a missing file means the defaults, as in `run`).
+    #[arg(long, value_name = "FILE")]
+    pub twin: Option<PathBuf>,
+    /// How to reach the broker or IoT Hub, as `run` takes it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 /// `config` subcommands.
@@ -67,7 +77,7 @@ pub enum ConfigCommand {
 #[derive(Debug, Args)]
 pub struct CollectArgs {
     /// The event to collect (e.g. SystemInformation).
-    #[arg(value_name = "EVENT", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(value_name = "EVENT", conflicts_with = "all")]
     pub event: Option<String>,
     /// Run the six Security snapshot collectors.
     #[arg(long)]
@@ -96,6 +106,30 @@ pub struct RunArgs {
     /// Connection settings file (TOML). Default /etc/twinguard/agent.toml when it exists.
     #[arg(long, value_name = "FILE")]
     pub settings: Option<PathBuf>,
+    /// How to reach the broker or IoT Hub (local mode without them).
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Tests: SAS token lifetime in seconds (renewed by reconnecting at five sixths of it).
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub iothub_token_secs: Option<u64>,
+    /// Size in bytes at which the outbox is rotated (a few old files are kept).
+    #[arg(long, value_name = "BYTES")]
+    pub outbox_rotate_bytes: Option<u64>,
+    /// Test and benchmark source: synthetic ProcessCreate events per second.
+    #[arg(long, hide = true, value_name = "N")]
+    pub synthetic_rate: Option<u64>,
+    /// Stop the synthetic source after N events.
+    #[arg(long, hide = true, value_name = "N")]
+    pub synthetic_limit: Option<u64>,
+    /// Append the id of every synthetic event the cache acknowledged to FILE.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub synthetic_ack_log: Option<PathBuf>,
+}
+
+/// The connection flags shared by `run` and `doctor` (the settings file may give them too;
+/// a flag wins over the file).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConnectionArgs {
     /// MQTT broker URL (mqtt://host:port or mqtts://host:port).
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
@@ -131,19 +165,4 @@ pub struct RunArgs {
     /// HostName on 8883.
     #[arg(long, hide = true, value_name = "HOST:PORT")]
     pub iothub_endpoint: Option<String>,
-    /// Tests: SAS token lifetime in seconds (renewed by reconnecting at five sixths of it).
-    #[arg(long, hide = true, value_name = "SECS")]
-    pub iothub_token_secs: Option<u64>,
-    /// Size in bytes at which the outbox is rotated (a few old files are kept).
-    #[arg(long, value_name = "BYTES")]
-    pub outbox_rotate_bytes: Option<u64>,
-    /// Test and benchmark source: synthetic ProcessCreate events per second.
-    #[arg(long, hide = true, value_name = "N")]
-    pub synthetic_rate: Option<u64>,
-    /// Stop the synthetic source after N events.
-    #[arg(long, hide = true, value_name = "N")]
-    pub synthetic_limit: Option<u64>,
-    /// Append the id of every synthetic event the cache acknowledged to FILE.
-    #[arg(long, hide = true, value_name = "FILE")]
-    pub synthetic_ack_log: Option<PathBuf>,
 }

@@ -110,6 +110,24 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    /// Records which mode (`local`, `mqtt`, `iothub`) runs on this directory and returns what
+    /// it found before: `None` on a new directory, else the mode of the last start. Events
+    /// cached in one mode are sent by the next, whatever its mode, so a change is worth a word.
+    pub fn record_mode(&self, mode: &str) -> Result<Option<String>, DataDirError> {
+        let path = self.path.join("mode");
+        let before = match fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        if before.as_deref() != Some(mode) {
+            write_atomically(&path, format!("{mode}\n").as_bytes()).map_err(io_error(&path))?;
+        }
+        Ok(before)
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
 /// directory. A reader sees the old or the new content, never a mix.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -35,15 +35,19 @@ fn main() -> ExitCode {
         }
         Command::Collect(args) => collect(&args),
         Command::Run(args) => run(*args),
-        Command::Doctor {
-            settings,
-            data_dir,
-            twin,
-        } => doctor(DoctorOptions {
-            settings,
-            data_dir,
-            twin,
-        }),
+        Command::Doctor(args) => {
+            let iothub_endpoint = match parse_endpoint(args.connection.iothub_endpoint.as_deref()) {
+                Ok(endpoint) => endpoint,
+                Err(code) => return code,
+            };
+            doctor(DoctorOptions {
+                flags: connection_flags(&args.connection),
+                settings: args.settings,
+                data_dir: args.data_dir,
+                twin: args.twin,
+                iothub_endpoint,
+            })
+        }
     }
 }
 
@@ -136,19 +140,7 @@ fn settings_log_level(explicit: Option<&Path>) -> Option<String> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let flags = ConnectionSettings {
-        mqtt: args.mqtt.clone(),
-        device_id: args.device_id.clone(),
-        mqtt_prefix: args.mqtt_prefix.clone(),
-        mqtt_ca: args.mqtt_ca.clone(),
-        mqtt_client_cert: args.mqtt_client_cert.clone(),
-        mqtt_client_key: args.mqtt_client_key.clone(),
-        mqtt_username: args.mqtt_username.clone(),
-        mqtt_password_file: args.mqtt_password_file.clone(),
-        iothub: args.iothub.clone(),
-        iothub_ca: args.iothub_ca.clone(),
-        log_level: None,
-    };
+    let flags = connection_flags(&args.connection);
     match flags.resolve(args.settings.as_deref()).and_then(|s| s.mode()) {
         Ok(Mode::Local) => {}
         Ok(mode) => return run_remote(args, mode),
@@ -196,6 +188,43 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// The connection flags as settings (a flag wins over the settings file).
+fn connection_flags(args: &cli::ConnectionArgs) -> ConnectionSettings {
+    ConnectionSettings {
+        mqtt: args.mqtt.clone(),
+        device_id: args.device_id.clone(),
+        mqtt_prefix: args.mqtt_prefix.clone(),
+        mqtt_ca: args.mqtt_ca.clone(),
+        mqtt_client_cert: args.mqtt_client_cert.clone(),
+        mqtt_client_key: args.mqtt_client_key.clone(),
+        mqtt_username: args.mqtt_username.clone(),
+        mqtt_password_file: args.mqtt_password_file.clone(),
+        iothub: args.iothub.clone(),
+        iothub_ca: args.iothub_ca.clone(),
+        log_level: None,
+    }
+}
+
+/// `--iothub-endpoint HOST:PORT`, or a usage error line.
+fn parse_endpoint(endpoint: Option<&str>) -> Result<Option<(String, u16)>, ExitCode> {
+    let Some(endpoint) = endpoint else {
+        return Ok(None);
+    };
+    let parsed = endpoint.rsplit_once(':').and_then(|(host, port)| {
+        Some((
+            host.trim_matches(['[', ']']).to_owned(),
+            port.parse::<u16>().ok()?,
+        ))
+    });
+    match parsed {
+        Some(hp) => Ok(Some(hp)),
+        None => {
+            eprintln!("twinguard: error: --iothub-endpoint {endpoint:?}: expected HOST:PORT");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
 /// The data directory of `run`: `--data-dir` made absolute, else the default; an error line
 /// and the usage exit code when there is none.
 fn resolve_data_dir(flag: Option<&std::path::Path>) -> Result<PathBuf, ExitCode> {
@@ -236,20 +265,10 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
     let result = match mode {
         Mode::Mqtt(options) => run_mqtt(&options, &data_dir, synthetic),
         Mode::IotHub(mut options) => {
-            if let Some(endpoint) = &args.iothub_endpoint {
-                let parsed = endpoint.rsplit_once(':').and_then(|(host, port)| {
-                    Some((
-                        host.trim_matches(['[', ']']).to_owned(),
-                        port.parse::<u16>().ok()?,
-                    ))
-                });
-                match parsed {
-                    Some(hp) => options.endpoint = Some(hp),
-                    None => {
-                        eprintln!("twinguard run: error: --iothub-endpoint {endpoint:?}: expected HOST:PORT");
-                        return ExitCode::from(EXIT_USAGE);
-                    }
-                }
+            match parse_endpoint(args.connection.iothub_endpoint.as_deref()) {
+                Ok(Some(hp)) => options.endpoint = Some(hp),
+                Ok(None) => {}
+                Err(code) => return code,
             }
             if let Some(secs) = args.iothub_token_secs {
                 options.token_ttl = std::time::Duration::from_secs(secs.max(6));
@@ -345,21 +364,54 @@ fn print_json_pretty(value: &serde_json::Value) {
     }
 }
 
+/// `; did you mean "X"?` for a misspelled or shortened event name, else `""`.
+fn nearest_event(wanted: &str, known: &[&str]) -> String {
+    let lower = wanted.to_ascii_lowercase();
+    let by_prefix: Vec<&&str> = known
+        .iter()
+        .filter(|k| !lower.is_empty() && k.to_ascii_lowercase().starts_with(&lower))
+        .collect();
+    match by_prefix.as_slice() {
+        [one] => format!("; did you mean \"{one}\"?"),
+        _ => twinguard::config::did_you_mean(wanted, known.iter().map(|k| (*k).to_owned())),
+    }
+}
+
 fn collect(args: &CollectArgs) -> ExitCode {
     let names: Vec<EventName> = if args.all {
         EventName::SECURITY_SNAPSHOTS.to_vec()
     } else {
-        let wanted = args.event.as_deref().unwrap_or_default();
+        let known: Vec<&str> = EventName::ALL
+            .into_iter()
+            .filter(|n| snapshot_collector(*n).is_some())
+            .map(EventName::as_str)
+            .collect();
+        let Some(wanted) = args.event.as_deref() else {
+            eprintln!(
+                "twinguard collect: error: name an event, or give --all for the six Security snapshots; events: {}",
+                known.join(", ")
+            );
+            eprintln!(
+                "Usage: twinguard collect <EVENT> [--pretty]\n       twinguard collect --all [--pretty]"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        };
         match EventName::parse(wanted).filter(|n| snapshot_collector(*n).is_some()) {
             Some(n) => vec![n],
             None => {
-                let known: Vec<&str> = EventName::ALL
+                if let Some(stream) = EventName::ALL
                     .into_iter()
-                    .filter(|n| snapshot_collector(*n).is_some())
-                    .map(EventName::as_str)
-                    .collect();
+                    .find(|n| n.as_str().eq_ignore_ascii_case(wanted) && snapshot_collector(*n).is_none())
+                {
+                    eprintln!(
+                        "twinguard collect: error: {stream} is a stream event, seen as it happens by `twinguard run`, not a snapshot; snapshots: {}",
+                        known.join(", ")
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
                 eprintln!(
-                    "twinguard collect: error: no snapshot collector named {wanted:?}; known: {}",
+                    "twinguard collect: error: no snapshot collector named {wanted:?}{}; known: {}",
+                    nearest_event(wanted, &known),
                     known.join(", ")
                 );
                 return ExitCode::from(EXIT_USAGE);

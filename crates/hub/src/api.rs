@@ -231,8 +231,10 @@ fn message_json(m: &StoredMessage) -> Value {
         "schemaValid": msg.schema_valid,
         "schemaError": msg.schema_error,
     });
-    match std::str::from_utf8(&msg.body) {
-        Ok(text) => out["body"] = Value::from(text),
+    // `body` is always the parsed JSON document (security messages are JSON), so readers
+    // need no second parse; any other body goes to `bodyBase64`, so a key never changes type.
+    match serde_json::from_slice::<Value>(&msg.body) {
+        Ok(doc) => out["body"] = doc,
         Err(_) => {
             out["bodyBase64"] = Value::from(base64::engine::general_purpose::STANDARD.encode(&msg.body))
         }

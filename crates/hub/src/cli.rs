@@ -111,6 +111,10 @@ pub enum TwinCommand {
         identity: IdentityArgs,
         /// The desired properties (the section itself, or {"desired": ...}, or a full twin).
         file: PathBuf,
+        /// Wait up to SECONDS for the agent to report this desired $version, then print
+        /// whether it applied or rejected it (exit 0 applied, 1 rejected, 3 timed out).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
     /// Merge a patch into the desired properties (RFC 7386: null deletes).
     PatchDesired {
@@ -119,6 +123,10 @@ pub enum TwinCommand {
         identity: IdentityArgs,
         /// The patch (FILE, or - for standard input).
         file: PathBuf,
+        /// Wait up to SECONDS for the agent to report this desired $version, then print
+        /// whether it applied or rejected it (exit 0 applied, 1 rejected, 3 timed out).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
 }
 

@@ -1,6 +1,7 @@
 //! The `twinguard-hub` binary: `serve` runs the hub; the other commands are clients of its
 //! loopback API. Output functions here are the only place that prints. Exit codes: 0 done,
-//! 1 failed (the hub said no, or could not be reached), 2 usage.
+//! 1 failed (the hub said no, or could not be reached; a desired change the agent rejected),
+//! 2 usage, 3 `--wait` timed out.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
@@ -33,10 +34,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("twinguard-hub: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("twinguard-hub: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -168,11 +172,11 @@ fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
             )?);
             Ok(())
         }
-        Command::Twin(TwinCommand::SetDesired { identity, file }) => {
-            change_desired(api, "PUT", identity, file)
+        Command::Twin(TwinCommand::SetDesired { identity, file, wait }) => {
+            change_desired(api, "PUT", identity, file, *wait)
         }
-        Command::Twin(TwinCommand::PatchDesired { identity, file }) => {
-            change_desired(api, "PATCH", identity, file)
+        Command::Twin(TwinCommand::PatchDesired { identity, file, wait }) => {
+            change_desired(api, "PATCH", identity, file, *wait)
         }
         Command::Messages(args) => messages(api, args),
         Command::Status => {
@@ -252,18 +256,93 @@ fn desired_section(doc: Value) -> Value {
     section
 }
 
-fn change_desired(api: SocketAddr, method: &str, id: &IdentityArgs, file: &Path) -> anyhow::Result<()> {
+/// Changes the desired properties and prints what changed: the new desired `$version` and
+/// the patch (or the whole section for `set-desired`). With `wait`, polls the twin until the
+/// agent's reported status covers that version, then prints applied or rejected.
+fn change_desired(
+    api: SocketAddr,
+    method: &str,
+    id: &IdentityArgs,
+    file: &Path,
+    wait: Option<u64>,
+) -> anyhow::Result<()> {
     let doc = desired_section(read_document(file)?);
-    let target = format!("/v1/twins/{}/desired", identity_path(id));
-    print_pretty(&request(
+    let target = format!("/v1/twins/{}", identity_path(id));
+    let twin = request(
         api,
         method,
-        &target,
+        &format!("{target}/desired"),
         Some(&doc),
         Duration::from_secs(30),
-    )?);
-    Ok(())
+    )?;
+    let version = twin
+        .pointer("/properties/desired/$version")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| anyhow!("the hub's answer has no desired $version"))?;
+    let what = if method == "PUT" { "set to" } else { "patched with" };
+    println!("desired $version {version}: {what} {doc}");
+    let Some(seconds) = wait else {
+        println!("(the agent reports what it made of it under reported.twinguard, lastDesiredVersion {version}; `--wait SECONDS` waits for that)");
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    let mut seen = None;
+    loop {
+        let twin = request(api, "GET", &target, None, Duration::from_secs(30))?;
+        let status = twin.pointer("/properties/reported/twinguard");
+        // The version the status is about (the agent's `lastDesiredVersion`; older agents
+        // report only the version in force).
+        let reported_version = status
+            .and_then(|s| s.get("lastDesiredVersion").or_else(|| s.get("desiredVersion")))
+            .and_then(Value::as_i64);
+        if let (Some(status), Some(v)) = (status, reported_version) {
+            seen = Some(v);
+            if v >= version {
+                let state = status
+                    .get("configurationStatus")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let errors: Vec<String> = status
+                    .get("errors")
+                    .and_then(Value::as_array)
+                    .map(|e| e.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default();
+                if state == "applied" {
+                    println!("applied: the agent reports desired $version {v} in force");
+                    for e in &errors {
+                        println!("  warning: {e}");
+                    }
+                    return Ok(());
+                }
+                println!(
+                    "rejected: the agent keeps its previous configuration (desired $version {v} not applied)"
+                );
+                for e in &errors {
+                    println!("  {e}");
+                }
+                return Err(anyhow::Error::new(Exit(1)));
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            let seen = seen.map_or("no desired $version yet".to_owned(), |v| {
+                format!("desired $version {v}")
+            });
+            eprintln!(
+                "twinguard-hub: timed out after {seconds} s: the agent has reported {seen} (is it connected? see `twinguard-hub status`)"
+            );
+            return Err(anyhow::Error::new(Exit(EXIT_TIMEOUT)));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
+
+/// A command's own exit code, after it printed why.
+#[derive(Debug, thiserror::Error)]
+#[error("exit {0}")]
+struct Exit(u8);
+
+/// `--wait` ran out of time.
+const EXIT_TIMEOUT: u8 = 3;
 
 fn messages(api: SocketAddr, args: &MessagesArgs) -> anyhow::Result<()> {
     let mut after = args.after;

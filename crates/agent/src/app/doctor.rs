@@ -32,6 +32,10 @@ use crate::transport::DesiredUpdate;
 /// What `twinguard doctor` examines.
 #[derive(Clone, Debug, Default)]
 pub struct DoctorOptions {
+    /// The connection flags given on the command line (they win over the settings file).
+    pub flags: ConnectionSettings,
+    /// `--iothub-endpoint` (local hubs, tests).
+    pub iothub_endpoint: Option<(String, u16)>,
     /// The settings file (`--settings`); default `/etc/twinguard/agent.toml` when it exists.
     pub settings: Option<PathBuf>,
     /// The data directory (`--data-dir`); default as `run`'s.
@@ -239,7 +243,9 @@ pub fn examine(opts: &DoctorOptions) -> Report {
         None => format!("none ({DEFAULT_SETTINGS_FILE} does not exist)"),
     };
     config_lines.push(format!("settings file: {settings_origin}"));
-    let mode = match ConnectionSettings::default()
+    let mode = match opts
+        .flags
+        .clone()
         .resolve(opts.settings.as_deref())
         .and_then(|s| s.mode())
     {
@@ -288,6 +294,11 @@ pub fn examine(opts: &DoctorOptions) -> Report {
                     remote::test_mqtt(options, storage.held_by.as_deref())
                 }
                 Mode::IotHub(options) => {
+                    let mut options = options.clone();
+                    if let Some(endpoint) = &opts.iothub_endpoint {
+                        options.endpoint = Some(endpoint.clone());
+                    }
+                    let options = &options;
                     config_lines.push(format!(
                         "mode: IoT Hub, connection string {}",
                         options.connection_string_file.display()

@@ -287,12 +287,25 @@ pub fn run_agent(
     info!(transport = %agent.transport.describe(), "twinguard running");
     // systemd (Type=notify): ready once the configuration is in force and reported.
     super::notify::notify_ready();
-    if started {
-        let c = agent.pipeline.config();
-        info!(
-            "snapshots are taken now and every {}; queued events are sent within {} (High) or {} (Low): a newcomer waits that long for the first message (a twin file can set shorter values)",
-            c.snapshot_frequency, c.high_priority_message_frequency, c.low_priority_message_frequency
-        );
+    match data_dir.record_mode(agent.transport.mode()) {
+        // A new data directory: likely a newcomer, who waits this long for the first message.
+        Ok(None) if started => {
+            let c = agent.pipeline.config();
+            info!(
+                "snapshots are taken now and every {}; queued events are sent within {} (High) or {} (Low); {}",
+                c.snapshot_frequency,
+                c.high_priority_message_frequency,
+                c.low_priority_message_frequency,
+                agent.transport.configuration_hint()
+            );
+        }
+        Ok(Some(before)) if before != agent.transport.mode() => warn!(
+            "data directory {} was last used in {before} mode, now {}: events it cached then are sent in this mode (give each mode its own --data-dir to keep them apart)",
+            data_dir.path().display(),
+            agent.transport.mode()
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
     }
     agent.run(&rx);
     Ok(())
@@ -577,6 +590,7 @@ impl Agent {
                 self.status =
                     TwinguardStatus::new(ConfigurationStatus::Applied, problem_lines(&validation.problems));
                 self.status.desired_version = version;
+                self.status.last_desired_version = version;
                 self.report();
                 self.emit_configuration_errors(&validation.problems, now);
             }
@@ -588,6 +602,7 @@ impl Agent {
                 self.status =
                     TwinguardStatus::new(ConfigurationStatus::Rejected, problem_lines(&validation.problems));
                 self.status.desired_version = applied_version;
+                self.status.last_desired_version = version;
                 self.report();
                 self.emit_configuration_errors(&validation.problems, now);
             }

@@ -171,8 +171,13 @@ impl ListeningPortsCollector {
             }
         };
         if owners.unreadable > 0 {
+            let why = if crate::sys::euid() == 0 {
+                "permission denied to root: processes of another user namespace, or CAP_SYS_PTRACE missing"
+            } else {
+                "not root: needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+            };
             notes.push(format!(
-                "descriptors of {} processes unreadable (not root?): some owners unknown",
+                "descriptors of {} processes unreadable ({why}): some owners unknown",
                 owners.unreadable
             ));
         }

@@ -23,7 +23,9 @@ pub use patch::{merge_patch, DesiredState, PatchOutcome};
 pub use property::{Kind, Property, CONFIG_KEY, MAX_MESSAGE_BYTES, MIN_CACHE_BYTES, MIN_MESSAGE_BYTES};
 pub use reported::{reported_section, CollectorStatus, ConfigurationStatus, TwinguardStatus};
 pub use schema::json_schema;
-pub use validate::{validate_config_object, validate_document, Problem, ProblemKind, Severity, Validation};
+pub use validate::{
+    did_you_mean, validate_config_object, validate_document, Problem, ProblemKind, Severity, Validation,
+};
 
 use crate::event::{EventName, Priority};
 

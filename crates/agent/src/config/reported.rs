@@ -56,6 +56,11 @@ pub struct TwinguardStatus {
     /// `$version` of the desired document in force, when the transport has versions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired_version: Option<i64>,
+    /// `$version` of the last desired document received, applied or rejected: what
+    /// `configuration_status` and `errors` are about (`twinguard-hub twin patch-desired --wait`
+    /// waits for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_desired_version: Option<i64>,
     /// Per collector (by event name), what it uses and how it fares.
     pub collectors: BTreeMap<String, CollectorStatus>,
     /// Cumulative counters (since the data directory was created).
@@ -90,6 +95,7 @@ impl TwinguardStatus {
             configuration_status,
             errors: kept,
             desired_version: None,
+            last_desired_version: None,
             collectors: BTreeMap::new(),
             counters: None,
         }

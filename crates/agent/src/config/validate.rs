@@ -400,7 +400,7 @@ pub(crate) fn describe(value: &Value) -> String {
 }
 
 /// `; did you mean "X"?` when a candidate is close to `word`, else `""`.
-fn did_you_mean(word: &str, candidates: impl IntoIterator<Item = String>) -> String {
+pub fn did_you_mean(word: &str, candidates: impl IntoIterator<Item = String>) -> String {
     let lower = word.to_lowercase();
     let best = candidates
         .into_iter()

@@ -743,6 +743,14 @@ impl Transport for IotHubTransport {
             self.identity.client_id()
         )
     }
+
+    fn mode(&self) -> &'static str {
+        "iothub"
+    }
+
+    fn configuration_hint(&self) -> String {
+        "patch the desired properties of the azureiotsecurity module twin to set shorter frequencies".into()
+    }
 }
 
 #[cfg(test)]

@@ -170,6 +170,14 @@ impl Transport for LocalTransport {
     fn describe(&self) -> String {
         format!("outbox {}", self.outbox_path.display())
     }
+
+    fn mode(&self) -> &'static str {
+        "local"
+    }
+
+    fn configuration_hint(&self) -> String {
+        "start with `--twin FILE` (e.g. examples/quick-twin.json in the source tree) to set shorter frequencies".into()
+    }
 }
 
 /// What identifies one version of a file without reading it.

@@ -49,6 +49,10 @@ pub trait Transport {
 
     /// A short name for logs (`outbox /path`, `mqtt host:port`).
     fn describe(&self) -> String;
+    /// The mode's short name (`local`, `mqtt`, `iothub`), recorded in the data directory.
+    fn mode(&self) -> &'static str;
+    /// How an operator sets shorter message frequencies in this mode (one sentence).
+    fn configuration_hint(&self) -> String;
 }
 
 /// A desired document brought by a transport.

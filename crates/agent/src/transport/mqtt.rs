@@ -439,6 +439,17 @@ impl Transport for MqttTransport {
             self.topics.messages.trim_end_matches("/messages")
         )
     }
+
+    fn mode(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn configuration_hint(&self) -> String {
+        format!(
+            "publish a retained desired document on {} to set shorter frequencies",
+            self.topics.desired
+        )
+    }
 }
 
 impl Drop for MqttTransport {

@@ -339,7 +339,7 @@ fn listening_ports_link_local_scope() {
     // No IPv6 or no link-local address is the network's shape, not a missing package or
     // privilege: it is said, not failed, even under CI (the scope logic has unit tests too).
     let Ok(if_inet6) = std::fs::read_to_string("/proc/net/if_inet6") else {
-        return eprintln!("SKIPPED {test}: no IPv6 on this machine");
+        return crate::support::record_skip(test, "no IPv6 on this machine");
     };
     let Some((addr, ifname)) = if_inet6.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -353,7 +353,7 @@ fn listening_ports_link_local_scope() {
             f.last()?.to_string(),
         ))
     }) else {
-        return eprintln!("SKIPPED {test}: no link-local IPv6 address on any interface");
+        return crate::support::record_skip(test, "no link-local IPv6 address on any interface");
     };
     let index = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
         .unwrap()

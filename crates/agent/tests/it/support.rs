@@ -16,7 +16,20 @@ pub fn under_ci() -> bool {
 /// Says why a test is skipped; under CI a skip is a failure.
 pub fn skip(test: &str, why: &str) {
     assert!(!under_ci(), "{test}: cannot be skipped under CI: {why}");
+    record_skip(test, why);
+}
+
+/// Prints a skip and records it in `target/test-skips.log`, which `scripts/test` summarises
+/// after the run, so a skipped check shows in the summary a person reads (cargo hides the
+/// output of passing tests).
+pub fn record_skip(test: &str, why: &str) {
+    use std::io::Write;
     eprintln!("SKIPPED {test}: {why}");
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-skips.log");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        // One write per line: concurrent tests append whole lines.
+        let _ = file.write_all(format!("twinguard\t{test}\t{why}\n").as_bytes());
+    }
 }
 
 /// `twinguard run` in local mode over the files of `dir` (twin.json, outbox.jsonl,

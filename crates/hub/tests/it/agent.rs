@@ -126,7 +126,8 @@ fn check_messages(hub: &Hub, device: &str) -> Vec<Value> {
         .map(|m| {
             assert_eq!(m["securityMessage"], json!(true), "{m}");
             assert_eq!(m["schemaValid"], json!(true), "{m}");
-            serde_json::from_str(m["body"].as_str().expect("text body")).expect("JSON body")
+            assert!(m["body"].is_object(), "the body is parsed JSON: {m}");
+            m["body"].clone()
         })
         .collect()
 }
@@ -355,4 +356,63 @@ fn agent_loses_no_event_when_the_hub_is_killed_and_restarted() {
         hub.log_text(),
         agent.log_text()
     );
+}
+
+/// `twin patch-desired --wait` against a real agent: it prints the new `$version` and the
+/// patch, then "applied" (exit 0) or "rejected" with the agent's errors (exit 1); with no
+/// agent connected it times out with exit 3.
+#[test]
+fn patch_desired_waits_for_the_agents_verdict() {
+    let bin = match agent_binary() {
+        Ok(b) => b,
+        Err(reason) => return skip(&reason),
+    };
+    let dir = scratch("agent-wait");
+    let data = dir.join("hub-data");
+    let hub = Hub::start(&data, "127.0.0.1:0").expect("hub starts");
+    let device = "dev-wait";
+    let cs = hub.add_identity(device, Some(MODULE));
+    let patch = |doc: &Value, wait: &str| {
+        let file = dir.join("patch.json");
+        std::fs::write(&file, doc.to_string()).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_twinguard-hub"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["twin", "patch-desired", device, "--module", MODULE])
+            .arg(&file)
+            .args(["--wait", wait])
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut agent = Agent::start(&bin, &dir, &hub, &cs, &[]);
+    let good = json!({CONFIG_KEY: {"lowPriorityMessageFrequency": {"value": "PT3S"}}});
+    let (code, out, err) = patch(&good, "30");
+    let log = || format!("\nagent log:\n{}", agent.log_text());
+    assert_eq!(code, Some(0), "{out}{err}{}", log());
+    assert!(out.starts_with("desired $version "), "{out}");
+    assert!(out.contains("PT3S"), "the patch is printed: {out}");
+    assert!(
+        out.contains("applied: the agent reports desired $version"),
+        "{out}"
+    );
+
+    let bad = json!({CONFIG_KEY: {"maxMessageSizeInBytes": {"value": 5}}});
+    let (code, out, err) = patch(&bad, "30");
+    assert_eq!(code, Some(1), "{out}{err}{}", log());
+    assert!(out.contains("rejected:"), "{out}");
+    assert!(
+        out.contains("/maxMessageSizeInBytes/value"),
+        "the agent's error is printed: {out}"
+    );
+
+    agent.stop();
+    let fix = json!({CONFIG_KEY: {"maxMessageSizeInBytes": {"value": 8192}}});
+    let (code, out, err) = patch(&fix, "1");
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(err.contains("timed out after 1 s"), "{err}");
 }

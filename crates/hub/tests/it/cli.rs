@@ -176,7 +176,9 @@ fn operator_commands() {
     let _ = follow.kill();
     let _ = follow.wait();
     let followed: Value = serde_json::from_str(&line).expect("json line");
-    assert_eq!(followed["body"], json!("hello"));
+    // Not JSON: base64, never a string under `body`.
+    assert_eq!(followed["bodyBase64"], json!("aGVsbG8="));
+    assert!(followed.get("body").is_none(), "{followed}");
     assert_eq!(followed["properties"], json!({"k": "v"}));
     let printed = ok_stdout(&hub_cli(
         &data,

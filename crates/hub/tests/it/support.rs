@@ -23,8 +23,15 @@ pub fn ci() -> bool {
 
 /// Skips a test whose environment is missing: prints the reason, or fails under CI=true.
 pub fn skip(reason: &str) {
+    use std::io::Write;
     assert!(!ci(), "CI=true and this test cannot run: {reason}");
-    eprintln!("SKIPPED: {reason}");
+    let test = std::thread::current().name().unwrap_or("hub").to_owned();
+    eprintln!("SKIPPED {test}: {reason}");
+    // Summarised by scripts/test after the run (cargo hides the output of passing tests).
+    let log = target_dir().join("test-skips.log");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = file.write_all(format!("twinguard-hub\t{test}\t{reason}\n").as_bytes());
+    }
 }
 
 /// `target/` of the workspace.
