@@ -236,8 +236,8 @@ fn read_document(path: &Path) -> anyhow::Result<Value> {
     serde_json::from_slice(&bytes).with_context(|| format!("{name}: not JSON"))
 }
 
-/// The desired section of a document given as the section itself, `{"desired": ...}` or a
-/// full twin (`{"properties": {"desired": ...}}`, as `twin show` prints it). `$`-members
+/// The desired section of a document given as the section itself, the bare configuration
+/// object, `{"desired": ...}` or a full twin (`{"properties": {"desired": ...}}`, as `twin show` prints it). `$`-members
 /// (`$version`, `$metadata`) are dropped, so a shown twin can be edited and set again.
 fn desired_section(doc: Value) -> Value {
     let mut section = match doc {
@@ -252,6 +252,13 @@ fn desired_section(doc: Value) -> Value {
     };
     if let Value::Object(members) = &mut section {
         members.retain(|k, _| !k.starts_with('$'));
+    }
+    // A bare configuration object (as `twinguard run --twin` takes it) belongs under the
+    // configuration key: the agent reads nothing else of the desired section.
+    let bare = matches!(&section, Value::Object(m) if !m.is_empty()
+        && m.keys().all(|k| twinguard::config::Property::from_name(k).is_some()));
+    if bare {
+        section = json!({ twinguard::config::CONFIG_KEY: section });
     }
     section
 }
