@@ -25,6 +25,8 @@ use twinguard::transport::settings::{ConnectionSettings, Mode};
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before anything resolves a host name or starts a thread (see sys::names).
+    twinguard::sys::names::pin_host_lookups();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),

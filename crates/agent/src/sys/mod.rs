@@ -11,6 +11,7 @@
 //! - `sockdiag`: the same sockets through `NETLINK_SOCK_DIAG`, filtered by the kernel.
 //! - `procfd`: socket inode -> owning processes; `/proc/<pid>/exe`.
 //! - `accounts`: `/etc/passwd`, `/etc/group`, `/etc/shadow` (no NSS).
+//! - `names`: host name lookups pinned to `/etc/hosts` + DNS in static glibc builds.
 //! - `osinfo`: os-release, meminfo, mountinfo, kernel command line, `uname(2)`.
 //! - `sysfs`: PCI, USB, block and network devices; `hwids`: pci.ids / usb.ids names.
 //! - `program`: running a tool directly, with a timeout and an output cap.
@@ -23,6 +24,7 @@ pub mod firewall;
 pub mod fs;
 pub mod hwids;
 pub mod keyvalue;
+pub mod names;
 pub mod netlink;
 pub mod osinfo;
 pub mod procfd;

@@ -244,9 +244,17 @@ impl NetlinkSocket {
     /// Makes every receive return within `timeout` (at least 1 ms).
     pub fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
         let timeout = timeout.max(Duration::from_millis(1));
+        // The field types are not named: libc deprecates `time_t`/`suseconds_t` on musl (their
+        // width changed with musl 1.2), and they are 32 bits on armv7. Both widths take an i32.
+        let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        let micros = i32::try_from(timeout.subsec_micros()).unwrap_or(999_999);
+        #[allow(
+            clippy::useless_conversion,
+            reason = "i32 -> i64 on 64-bit targets, i32 -> i32 on armv7"
+        )]
         let tv = libc::timeval {
-            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-            tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+            tv_sec: secs.into(),
+            tv_usec: micros.into(),
         };
         self.set_opt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
     }

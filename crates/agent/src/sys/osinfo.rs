@@ -182,7 +182,11 @@ pub struct Uname {
 }
 
 fn field_text(field: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| u8::from_ne_bytes(c.to_ne_bytes()))
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -317,7 +317,11 @@ pub fn interface_name(index: u32) -> Option<String> {
     if p.is_null() {
         return None;
     }
-    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| u8::from_ne_bytes(c.to_ne_bytes()))
+        .collect();
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
