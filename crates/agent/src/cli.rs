@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// Tests: SAS token lifetime in seconds (renewed by reconnecting at five sixths of it).
     #[arg(long, hide = true, value_name = "SECS")]
     pub iothub_token_secs: Option<u64>,
+    /// Let the outbox and the reported file be a FIFO or a character device (e.g. a pipe to
+    /// another program, /dev/null), written in place: never cut, rotated or replaced.
+    /// Without it either must be a regular file of this user (a link or a device is refused).
+    #[arg(long)]
+    pub allow_special_files: bool,
     /// Size in bytes at which the outbox is rotated (a few old files are kept).
     #[arg(long, value_name = "BYTES")]
     pub outbox_rotate_bytes: Option<u64>,

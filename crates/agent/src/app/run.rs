@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::signals::{block_termination_signals, spawn_signal_thread};
+use super::signals::{block_termination_signals, Signals};
 use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
 use crate::collect::{snapshot_collector, stream_collectors, CollectError};
@@ -59,6 +59,9 @@ pub struct LocalOptions {
     pub data_dir: PathBuf,
     /// Size at which the outbox rotates.
     pub outbox_rotate_bytes: u64,
+    /// `--allow-special-files`: the outbox and reported file may be a FIFO or a character
+    /// device (written in place).
+    pub allow_special_files: bool,
     /// A synthetic event source, for tests and benchmarks.
     pub synthetic: Option<Synthetic>,
 }
@@ -174,6 +177,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
         opts.outbox_rotate_bytes,
         DEFAULT_OUTBOX_KEEP,
         twin,
+        opts.allow_special_files,
     )
     .map_err(|e| RunError::Other(e.to_string()))?;
     info!(
@@ -197,7 +201,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
 /// means: stay connected, collect nothing, start when a valid document arrives.
 /// `signals` comes from [`block_termination_signals`], called before any thread was spawned.
 pub fn run_agent(
-    signals: libc::sigset_t,
+    signals: Signals,
     transport: Box<dyn Transport>,
     data_dir: &std::path::Path,
     initial: Option<(Config, Vec<Problem>)>,
@@ -208,11 +212,9 @@ pub fn run_agent(
     let data_dir = DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))?;
     let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
     let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
-    let (cache, recovery) = Cache::open(
-        &data_dir.path().join("cache"),
-        config.max_local_cache_size_in_bytes,
-    )
-    .map_err(|e| RunError::Other(format!("cache: {e}")))?;
+    let cache_dir = data_dir.cache_dir().map_err(|e| RunError::Other(e.to_string()))?;
+    let (cache, recovery) = Cache::open(&cache_dir, config.max_local_cache_size_in_bytes)
+        .map_err(|e| RunError::Other(format!("cache: {e}")))?;
     if recovery.entries > 0 || recovery.torn_bytes > 0 {
         info!(
             events = recovery.entries,
@@ -234,7 +236,7 @@ pub fn run_agent(
     };
 
     let (tx, rx) = sync_channel(INPUT_CAPACITY);
-    spawn_signal_thread(signals, tx.clone()).map_err(|e| RunError::Other(format!("signal thread: {e}")))?;
+    signals.attach(tx.clone());
     let snapshots =
         SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
     if let Some(s) = synthetic {
