@@ -169,6 +169,9 @@ fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>),
 /// Runs the agent in local mode until SIGINT/SIGTERM.
 pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
     let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    // The data directory first: the default outbox and reported file live in it, and nothing
+    // may be created there before it is known to be ours.
+    let data_dir = DataDir::open(&opts.data_dir).map_err(|e| RunError::Other(e.to_string()))?;
     let mut twin = opts.twin.as_deref().map(|p| TwinFile::new(p, TWIN_DEBOUNCE_MS));
     let (config, problems) = initial_config(twin.as_mut()).map_err(RunError::Config)?;
     let transport = LocalTransport::open(
@@ -190,7 +193,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
     run_agent(
         signals,
         Box::new(transport),
-        &opts.data_dir,
+        data_dir,
         Some((config, problems)),
         opts.synthetic,
     )
@@ -203,13 +206,12 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
 pub fn run_agent(
     signals: Signals,
     transport: Box<dyn Transport>,
-    data_dir: &std::path::Path,
+    data_dir: DataDir,
     initial: Option<(Config, Vec<Problem>)>,
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
     let started = initial.is_some();
     let (config, problems) = initial.unwrap_or_else(|| (Config::default(), Vec::new()));
-    let data_dir = DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))?;
     let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
     let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
     let cache_dir = data_dir.cache_dir().map_err(|e| RunError::Other(e.to_string()))?;

@@ -135,7 +135,7 @@ pub enum FileError {
         expected: FileKind,
     },
     /// Owned by a user who is neither us nor root.
-    #[error("{}: owned by {} (uid {uid}), not by {} or root; {hint}", path.display(), user_name(*uid), user_name(*me))]
+    #[error("{}: owned by {} (uid {uid}), not by {}; {hint}", path.display(), user_name(*uid), us(*me))]
     ForeignOwner {
         /// The path.
         path: PathBuf,
@@ -209,6 +209,15 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
     move |source| FileError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// How messages name the running user and root.
+fn us(me: u32) -> String {
+    if me == 0 {
+        "root".to_owned()
+    } else {
+        format!("{} or root", user_name(me))
     }
 }
 

@@ -183,7 +183,7 @@ impl LocalTransport {
         twin: Option<TwinFile>,
         allow_special: bool,
     ) -> Result<LocalTransport, TransportError> {
-        let what = format!("outbox {}", outbox_path.display());
+        let what = "outbox".to_owned();
         // The default outbox and reported file live in the data directory, which may not exist
         // yet on a first start: missing parents are created (0700: they may hold the data dir).
         let (outbox_dir, outbox_name) = Dir::open_parent_of(outbox_path).map_err(file_error(&what))?;
@@ -194,7 +194,7 @@ impl LocalTransport {
         } else {
             truncate_partial_line(&outbox).map_err(io(what))?
         };
-        let what = format!("reported {}", reported_path.display());
+        let what = "reported".to_owned();
         let (reported_dir, reported_name) = Dir::open_parent_of(reported_path).map_err(file_error(&what))?;
         check_output(&reported_dir, &reported_name, allow_special).map_err(file_error(&what))?;
         Ok(LocalTransport {
