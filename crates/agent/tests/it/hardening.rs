@@ -128,12 +128,8 @@ fn run_until(mut cmd: Command, term_after: Duration) -> Outcome {
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: a NUL-terminated path; mkfifo only reads it.
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-        0,
-        "mkfifo {}",
-        path.display()
-    );
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
 }
 
 /// A character device like /dev/null (1:3) at `path`.
