@@ -159,7 +159,10 @@ fn save_original(o: Original) -> io::Result<()> {
 /// followed) written by this user or root and writable by nobody else. Anything else - a file
 /// another user forged to make root turn audit off - is ignored with a warning.
 fn read_saved() -> Option<Original> {
-    let dir = run_dir().ok()?;
+    read_saved_in(&run_dir().ok()?)
+}
+
+fn read_saved_in(dir: &Dir) -> Option<Original> {
     let (bytes, st) = match dir.read_with_stat(STATE_NAME, 4096) {
         Ok(found) => found?,
         Err(e) => {
@@ -169,7 +172,8 @@ fn read_saved() -> Option<Original> {
     };
     if !safefile::trusted_file(&st) {
         warn!(
-            "audit: ignoring {STATE_FILE}: owned by {} (uid {}), mode {:04o}; only a state this user or root wrote, writable by nobody else, is trusted",
+            "audit: ignoring {}: owned by {} (uid {}), mode {:04o}; only a state this user or root wrote, writable by nobody else, is trusted",
+            dir.join(STATE_NAME).display(),
             safefile::user_name(st.uid),
             st.uid,
             st.mode
@@ -509,8 +513,38 @@ pub fn state_file_exists() -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_state_root_cannot_verify_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("tg-audit-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        let dir = Dir::open_for_reading(&path).unwrap();
+        let state = path.join(STATE_NAME);
+        std::fs::write(&state, "enabled=0\nbacklog_limit=64\n").unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_saved_in(&dir).is_some());
+        // Writable by others: forged or not, it cannot be trusted.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(read_saved_in(&dir), None);
+        // A link is never followed.
+        std::fs::rename(&state, path.join("real")).unwrap();
+        std::os::unix::fs::symlink(path.join("real"), &state).unwrap();
+        assert_eq!(read_saved_in(&dir), None);
+        if crate::sys::euid() == 0 {
+            // Another user's file.
+            std::fs::remove_file(&state).unwrap();
+            std::fs::rename(path.join("real"), &state).unwrap();
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+            assert_eq!(read_saved_in(&dir), None);
+        }
+        std::fs::remove_dir_all(&path).unwrap();
+    }
 
     #[test]
     fn the_saved_state_round_trips() {

@@ -432,6 +432,27 @@ mod tests {
         assert!(check.problems.is_empty(), "{:?}", check.problems);
         assert_eq!(check.held_by, None);
 
+        // Doctor wrote nothing: the lock still names the last agent, and a torn tail of the
+        // newest segment (which opening the cache in place would cut) is still there.
+        fs::write(dir.join("lock"), "4242").unwrap();
+        let segment = fs::read_dir(dir.join(CACHE_DIR_NAME))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .max()
+            .unwrap();
+        let mut bytes = fs::read(&segment).unwrap();
+        bytes.extend_from_slice(b"\x00\x07torn");
+        fs::write(&segment, &bytes).unwrap();
+        let check = examine_data_dir(&dir, 1_000_000);
+        assert!(
+            check.lines.join("\n").contains("torn bytes cut"),
+            "{:?}",
+            check.lines
+        );
+        assert_eq!(fs::read_to_string(dir.join("lock")).unwrap(), "4242");
+        assert_eq!(fs::read(&segment).unwrap(), bytes);
+
         let held = DataDir::open(&dir).unwrap();
         let check = examine_data_dir(&dir, 1_000_000);
         assert_eq!(check.held_by, Some(std::process::id().to_string()));
