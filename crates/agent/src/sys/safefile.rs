@@ -829,6 +829,13 @@ mod tests {
         }
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret(&secret, 10).unwrap(), b"s");
+        // Below a directory others may write (not sticky), the path could be swapped.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = read_secret(&secret, 10).unwrap_err();
+        assert!(matches!(err, FileError::UnsafeAncestor { .. }), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(read_secret(&secret, 10).unwrap(), b"s");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(matches!(
             read_regular(&secret, 0),
             Err(FileError::TooLarge { .. })

@@ -455,6 +455,14 @@ mod tests {
         t.report(&serde_json::json!({"x": 1})).unwrap();
         let reported: Value = serde_json::from_slice(&fs::read(dir.join("reported.json")).unwrap()).unwrap();
         assert_eq!(reported["x"], 1);
+        drop(t);
+        // A hard link may name anybody's file: refused, neither file touched.
+        fs::write(dir.join("other"), b"x").unwrap();
+        fs::remove_file(&outbox).unwrap();
+        fs::hard_link(dir.join("other"), &outbox).unwrap();
+        let err = LocalTransport::open(&outbox, &dir.join("reported.json"), 40, 2, None, false).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        assert_eq!(fs::read(dir.join("other")).unwrap(), b"x");
         fs::remove_dir_all(&dir).unwrap();
     }
 
