@@ -228,11 +228,15 @@ pub fn run_agent(
         Some(Synthetic {
             ack_log: Some(path), ..
         }) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| RunError::Other(format!("{}: {e}", path.display())))?,
+            crate::sys::safefile::Dir::open_parent_of(path)
+                .and_then(|(dir, name)| {
+                    dir.open(
+                        &name,
+                        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
+                        0o600,
+                    )
+                })
+                .map_err(|e| RunError::Other(e.to_string()))?,
         ),
         _ => None,
     };
