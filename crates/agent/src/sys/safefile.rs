@@ -157,7 +157,7 @@ pub enum FileError {
         uid: u32,
     },
     /// A secret that group or others may access.
-    #[error("{}: holds a secret but mode {mode:04o} gives group or others access (owner {} uid {uid}); run `chmod 600 {}`", path.display(), user_name(*uid), path.display())]
+    #[error("{}: holds a secret but is {} by group or others (mode {mode:04o}, owner {} uid {uid}); run `chmod 600 {}`", path.display(), access(*mode), user_name(*uid), path.display())]
     SecretMode {
         /// The path.
         path: PathBuf,
@@ -209,6 +209,16 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
     move |source| FileError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// What group or others may do with a file of `mode`, in words.
+fn access(mode: u32) -> &'static str {
+    match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (true, true) => "readable and writable",
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (false, false) => "usable",
     }
 }
 
