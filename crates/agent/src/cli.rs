@@ -111,17 +111,17 @@ pub struct RunArgs {
     /// Client certificate chain (PEM) for the broker.
     #[arg(long, value_name = "FILE")]
     pub mqtt_client_cert: Option<PathBuf>,
-    /// Private key (PEM) of the client certificate; must not be readable by group or others.
+    /// Private key (PEM) of the client certificate; a secret (see --mqtt-password-file).
     #[arg(long, value_name = "FILE")]
     pub mqtt_client_key: Option<PathBuf>,
     /// User name for the broker.
     #[arg(long, value_name = "NAME")]
     pub mqtt_username: Option<String>,
-    /// File holding the broker password; must not be readable by group or others.
+    /// File holding the broker password. A secret: owned by this user or root, no access for
+    /// group or others; a bare NAME is read from $CREDENTIALS_DIRECTORY (systemd) when there.
     #[arg(long, value_name = "FILE")]
     pub mqtt_password_file: Option<PathBuf>,
-    /// File holding the IoT Hub module connection string; must not be readable by group or
-    /// others.
+    /// File holding the IoT Hub module connection string; a secret (see --mqtt-password-file).
     #[arg(long, value_name = "FILE")]
     pub iothub: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the IoT Hub endpoint, besides the system's.
