@@ -561,3 +561,51 @@ fn a_secret_is_found_in_the_credentials_directory() {
     );
     assert!(!out.stderr.contains("No such file"), "{}", out.stderr);
 }
+
+#[test]
+fn a_data_directory_below_a_directory_others_may_write_is_refused() {
+    let dir = TempDir::new("unsafe-parent");
+    let open = dir.path("open");
+    fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let data = open.join("data");
+    let mut c = twinguard();
+    c.arg("run").arg("--data-dir").arg(&data).stdout(Stdio::null());
+    let out = run_until(c, Duration::from_secs(3));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "directory {} is writable by group or others",
+            open.display()
+        )) && out.stderr.contains("0777"),
+        "{}",
+        out.stderr
+    );
+    // Sticky (like /tmp): nobody can swap another user's entry, so it is accepted.
+    chmod(&open, 0o1777);
+    let mut c = twinguard();
+    c.arg("run").arg("--data-dir").arg(&data).stdout(Stdio::null());
+    let out = run_until(c, Duration::from_secs(1));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn an_outbox_owned_by_another_user_is_refused_and_unchanged() {
+    if !root_and_setpriv("an_outbox_owned_by_another_user_is_refused_and_unchanged") {
+        return;
+    }
+    let dir = TempDir::new("foreign-outbox");
+    let outbox = victim(&dir, "outbox.jsonl");
+    chown(&outbox, NOBODY, NOBODY);
+    let out = run_until(local_agent_command(&dir), Duration::from_secs(3));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("owned by nobody (uid 65534)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        fs::read_to_string(&outbox).unwrap(),
+        "root:x:0:0:root:/root:/bin/bash\nlast:x:1:1::/:/bin/sh"
+    );
+}
