@@ -112,6 +112,11 @@ pub struct RunArgs {
     /// Tests: SAS token lifetime in seconds (renewed by reconnecting at five sixths of it).
     #[arg(long, hide = true, value_name = "SECS")]
     pub iothub_token_secs: Option<u64>,
+    /// Let the outbox and the reported file be a FIFO or a character device (e.g. a pipe to
+    /// another program, /dev/null), written in place: never cut, rotated or replaced.
+    /// Without it either must be a regular file of this user (a link or a device is refused).
+    #[arg(long)]
+    pub allow_special_files: bool,
     /// Size in bytes at which the outbox is rotated (a few old files are kept).
     #[arg(long, value_name = "BYTES")]
     pub outbox_rotate_bytes: Option<u64>,
@@ -145,17 +150,17 @@ pub struct ConnectionArgs {
     /// Client certificate chain (PEM) for the broker.
     #[arg(long, value_name = "FILE")]
     pub mqtt_client_cert: Option<PathBuf>,
-    /// Private key (PEM) of the client certificate; must not be readable by group or others.
+    /// Private key (PEM) of the client certificate; a secret (see --mqtt-password-file).
     #[arg(long, value_name = "FILE")]
     pub mqtt_client_key: Option<PathBuf>,
     /// User name for the broker.
     #[arg(long, value_name = "NAME")]
     pub mqtt_username: Option<String>,
-    /// File holding the broker password; must not be readable by group or others.
+    /// File holding the broker password. A secret: owned by this user or root, no access for
+    /// group or others; a bare NAME is read from $CREDENTIALS_DIRECTORY (systemd) when there.
     #[arg(long, value_name = "FILE")]
     pub mqtt_password_file: Option<PathBuf>,
-    /// File holding the IoT Hub module connection string; must not be readable by group or
-    /// others.
+    /// File holding the IoT Hub module connection string; a secret (see --mqtt-password-file).
     #[arg(long, value_name = "FILE")]
     pub iothub: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the IoT Hub endpoint, besides the system's.

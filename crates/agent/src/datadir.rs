@@ -1,24 +1,27 @@
 //! The data directory (SPEC §5): mode 0700, one agent per directory (an advisory lock whose file
 //! names the holder's pid), and the persistent AgentId.
+//!
+//! The directory is opened through [`Dir`]: it must not be a symbolic link, must belong to the
+//! running user or root, must not be writable by group or others, and its ancestors must pass
+//! the StrictModes check. Every file in it is then opened relative to the directory's
+//! descriptor without following links, so a link planted there (`lock`, `.agent-id.tmp`,
+//! `cache`) is refused, never followed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::sys::safefile::{self, expect_regular, fstat, Dir, FileError};
+
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    /// Creating, opening or setting permissions failed.
-    #[error("data directory {path}: {source} (choose another with --data-dir DIR)")]
-    Io {
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// Creating, opening or checking the directory or a file in it failed.
+    #[error("data directory: {0}")]
+    File(#[from] FileError),
     /// Another agent holds the lock.
     #[error(
         "data directory {path} is in use by another twinguard (pid {holder}); one agent per data directory"
@@ -31,81 +34,91 @@ pub enum DataDirError {
     },
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// An open, locked data directory. The lock is released when this is dropped.
 #[derive(Debug)]
 pub struct DataDir {
-    path: PathBuf,
+    dir: Dir,
     _lock: File,
 }
 
+/// Largest lock or agent-id file read back.
+const SMALL_FILE_BYTES: usize = 4096;
+
 impl DataDir {
-    /// Creates (mode 0700) or opens `path`, tightens its mode to 0700, and takes the lock.
+    /// Creates (mode 0700) or opens `path`, checks it (see the module doc), tightens its mode
+    /// to 0700, and takes the lock.
     pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
-        fs::create_dir_all(path).map_err(io_error(path))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_error(path))?;
-        let lock_path = path.join("lock");
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = lock.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(DataDirError::Locked {
-                    path: path.to_owned(),
-                    holder: if holder.is_empty() {
-                        "unknown".into()
-                    } else {
-                        holder.to_owned()
-                    },
-                });
+        let dir = Dir::create_trusted(path)?;
+        let lock_path = dir.join("lock");
+        let mut lock = dir.open("lock", libc::O_RDWR | libc::O_CREAT | libc::O_NONBLOCK, 0o600)?;
+        let st = fstat(&lock).map_err(|source| FileError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+        expect_regular(&lock_path, &st)?;
+        let io = |source| {
+            DataDirError::File(FileError::Io {
+                path: lock_path.clone(),
+                source,
+            })
+        };
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(e));
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+            let mut holder = String::new();
+            let _ = (&lock).take(SMALL_FILE_BYTES as u64).read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(DataDirError::Locked {
+                path: path.to_owned(),
+                holder: if holder.is_empty() {
+                    "unknown".into()
+                } else {
+                    holder.to_owned()
+                },
+            });
         }
-        lock.set_len(0).map_err(io_error(&lock_path))?;
-        lock.rewind().map_err(io_error(&lock_path))?;
-        write!(lock, "{}", std::process::id()).map_err(io_error(&lock_path))?;
-        Ok(DataDir {
-            path: path.to_owned(),
-            _lock: lock,
-        })
+        lock.set_len(0).map_err(io)?;
+        lock.rewind().map_err(io)?;
+        write!(lock, "{}", std::process::id()).map_err(io)?;
+        Ok(DataDir { dir, _lock: lock })
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
+    }
+
+    /// The checked, open directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The cache's directory `cache` (created 0700): a real directory owned by us, checked
+    /// before the cache opens its files by path (which is safe from then on: nobody else may
+    /// change the entries of a directory that only we can write).
+    pub fn cache_dir(&self) -> Result<PathBuf, DataDirError> {
+        let sub = self.dir.sub_dir(crate::pipeline::cache::CACHE_DIR_NAME)?;
+        Ok(sub.path().to_owned())
     }
 
     /// The AgentId: created at first start, then read back. A damaged file is replaced (the old
     /// content is kept beside it as `agent-id.damaged`).
     pub fn agent_id(&self) -> Result<Uuid, DataDirError> {
-        let path = self.path.join("agent-id");
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                if let Ok(id) = Uuid::parse_str(text.trim()) {
-                    return Ok(id);
-                }
-                let _ = fs::rename(&path, self.path.join("agent-id.damaged"));
+        if let Some(bytes) = self.dir.read("agent-id", SMALL_FILE_BYTES).or_else(|e| match e {
+            FileError::TooLarge { .. } => Ok(Some(Vec::new())),
+            e => Err(e),
+        })? {
+            if let Ok(id) = Uuid::parse_str(String::from_utf8_lossy(&bytes).trim()) {
+                return Ok(id);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&path)(e)),
+            let _ = self.dir.rename("agent-id", "agent-id.damaged");
         }
         let id = Uuid::new_v4();
-        write_atomically(&path, format!("{id}\n").as_bytes()).map_err(io_error(&path))?;
+        self.dir
+            .write_atomically("agent-id", format!("{id}\n").as_bytes())?;
         Ok(id)
     }
 }
@@ -115,60 +128,51 @@ impl DataDir {
     /// it found before: `None` on a new directory, else the mode of the last start. Events
     /// cached in one mode are sent by the next, whatever its mode, so a change is worth a word.
     pub fn record_mode(&self, mode: &str) -> Result<Option<String>, DataDirError> {
-        let path = self.path.join("mode");
-        let before = match fs::read_to_string(&path) {
-            Ok(text) => Some(text.trim().to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_error(&path)(e)),
-        };
+        let before = self
+            .dir
+            .read("mode", SMALL_FILE_BYTES)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
         if before.as_deref() != Some(mode) {
-            write_atomically(&path, format!("{mode}\n").as_bytes()).map_err(io_error(&path))?;
+            self.dir.write_atomically("mode", format!("{mode}\n").as_bytes())?;
         }
         Ok(before)
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory. A reader sees the old or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-    }
-    fs::rename(&tmp, path)?;
-    // The rename is durable only once the directory entry is.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+/// Writes `bytes` to `path` atomically (see [`Dir::write_atomically`]): the temporary file is
+/// created `O_EXCL` in the directory holding `path`, never through a link.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let (dir, name) = Dir::open_parent_of(path)?;
+    dir.write_atomically(&name, bytes)
+}
+
+/// Reads the AgentId of `dir` without taking the lock (one-shot commands), never following a
+/// link and never blocking on a FIFO.
+pub fn peek_agent_id(dir: &Path) -> Option<Uuid> {
+    let bytes = safefile::lstat(&dir.join("agent-id"))
+        .ok()
+        .flatten()
+        .filter(|s| s.kind == safefile::FileKind::Regular)
+        .and_then(|_| safefile::read_regular(&dir.join("agent-id"), SMALL_FILE_BYTES).ok())?;
+    Uuid::parse_str(String::from_utf8_lossy(&bytes).trim()).ok()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn lock_mode_and_agent_id() {
         let dir = std::env::temp_dir().join(format!("twinguard-datadir-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let a = DataDir::open(&dir).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         match DataDir::open(&dir) {
             Err(DataDirError::Locked { holder, .. }) => assert_eq!(holder, std::process::id().to_string()),
             other => panic!("{other:?}"),

@@ -26,13 +26,25 @@ pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
         std::io::stdin().lock().take(limit).read_to_end(&mut bytes)?;
     } else {
-        let file = std::fs::File::open(path)?;
-        if file.metadata()?.is_dir() {
-            return Err(std::io::Error::other("is a directory"));
-        }
+        // Non-blocking open, regular files only (checked on the open descriptor): a FIFO or a
+        // device at the path is an error at once, never a wait.
+        let file = crate::sys::safefile::open_regular(path).map_err(|e| match e {
+            crate::sys::safefile::FileError::Io { source, .. } => source,
+            other => std::io::Error::other(short_reason(&other)),
+        })?;
         file.take(limit).read_to_end(&mut bytes)?;
     }
     Ok(bytes)
+}
+
+/// The reason of a file error without the path (the caller's message names the file).
+fn short_reason(e: &crate::sys::safefile::FileError) -> String {
+    match e {
+        crate::sys::safefile::FileError::WrongKind { found, expected, .. } => {
+            format!("is {}, not {}", found.describe(), expected.describe())
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads and parses a twin document. A file over the limit reports the limit, not its size.

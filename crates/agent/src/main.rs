@@ -168,6 +168,7 @@ fn run(args: RunArgs) -> ExitCode {
             .unwrap_or_else(|| data_dir.join("reported.json")),
         data_dir,
         outbox_rotate_bytes: args.outbox_rotate_bytes.unwrap_or(DEFAULT_OUTBOX_ROTATE_BYTES),
+        allow_special_files: args.allow_special_files,
         synthetic: args.synthetic_rate.map(|rate| Synthetic {
             rate,
             limit: args.synthetic_limit,
@@ -249,6 +250,7 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
         ("--outbox", args.outbox.is_some()),
         ("--reported", args.reported.is_some()),
         ("--outbox-rotate-bytes", args.outbox_rotate_bytes.is_some()),
+        ("--allow-special-files", args.allow_special_files),
     ];
     if let Some((flag, _)) = local_only.iter().find(|(_, set)| *set) {
         eprintln!("twinguard run: error: {flag} is a local-mode flag; with --mqtt or --iothub the twin and the messages go through the broker");

@@ -62,8 +62,7 @@ pub fn absolute(path: &std::path::Path) -> PathBuf {
 pub fn agent_id_for_display() -> Uuid {
     default_data_dir()
         .ok()
-        .and_then(|dir| std::fs::read_to_string(dir.join("agent-id")).ok())
-        .and_then(|t| Uuid::parse_str(t.trim()).ok())
+        .and_then(|dir| crate::datadir::peek_agent_id(&dir))
         .unwrap_or_else(Uuid::new_v4)
 }
 
@@ -75,7 +74,7 @@ mod snapshots;
 mod streams;
 
 pub use run::{run_agent, run_local, Input, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
-pub use signals::block_termination_signals;
+pub use signals::{block_termination_signals, Signals};
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::signals::{block_termination_signals, spawn_signal_thread};
+use super::signals::{block_termination_signals, Signals};
 use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
 use crate::collect::{snapshot_collector, stream_collectors, CollectError};
@@ -59,6 +59,9 @@ pub struct LocalOptions {
     pub data_dir: PathBuf,
     /// Size at which the outbox rotates.
     pub outbox_rotate_bytes: u64,
+    /// `--allow-special-files`: the outbox and reported file may be a FIFO or a character
+    /// device (written in place).
+    pub allow_special_files: bool,
     /// A synthetic event source, for tests and benchmarks.
     pub synthetic: Option<Synthetic>,
 }
@@ -166,6 +169,9 @@ fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>),
 /// Runs the agent in local mode until SIGINT/SIGTERM.
 pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
     let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    // The data directory first: the default outbox and reported file live in it, and nothing
+    // may be created there before it is known to be ours.
+    let data_dir = DataDir::open(&opts.data_dir).map_err(|e| RunError::Other(e.to_string()))?;
     let mut twin = opts.twin.as_deref().map(|p| TwinFile::new(p, TWIN_DEBOUNCE_MS));
     let (config, problems) = initial_config(twin.as_mut()).map_err(RunError::Config)?;
     let transport = LocalTransport::open(
@@ -174,6 +180,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
         opts.outbox_rotate_bytes,
         DEFAULT_OUTBOX_KEEP,
         twin,
+        opts.allow_special_files,
     )
     .map_err(|e| RunError::Other(e.to_string()))?;
     info!(
@@ -186,7 +193,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
     run_agent(
         signals,
         Box::new(transport),
-        &opts.data_dir,
+        data_dir,
         Some((config, problems)),
         opts.synthetic,
     )
@@ -197,22 +204,19 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
 /// means: stay connected, collect nothing, start when a valid document arrives.
 /// `signals` comes from [`block_termination_signals`], called before any thread was spawned.
 pub fn run_agent(
-    signals: libc::sigset_t,
+    signals: Signals,
     transport: Box<dyn Transport>,
-    data_dir: &std::path::Path,
+    data_dir: DataDir,
     initial: Option<(Config, Vec<Problem>)>,
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
     let started = initial.is_some();
     let (config, problems) = initial.unwrap_or_else(|| (Config::default(), Vec::new()));
-    let data_dir = DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))?;
     let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
     let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
-    let (cache, recovery) = Cache::open(
-        &data_dir.path().join("cache"),
-        config.max_local_cache_size_in_bytes,
-    )
-    .map_err(|e| RunError::Other(format!("cache: {e}")))?;
+    let cache_dir = data_dir.cache_dir().map_err(|e| RunError::Other(e.to_string()))?;
+    let (cache, recovery) = Cache::open(&cache_dir, config.max_local_cache_size_in_bytes)
+        .map_err(|e| RunError::Other(format!("cache: {e}")))?;
     if recovery.entries > 0 || recovery.torn_bytes > 0 {
         info!(
             events = recovery.entries,
@@ -224,17 +228,21 @@ pub fn run_agent(
         Some(Synthetic {
             ack_log: Some(path), ..
         }) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| RunError::Other(format!("{}: {e}", path.display())))?,
+            crate::sys::safefile::Dir::open_parent_of(path)
+                .and_then(|(dir, name)| {
+                    dir.open(
+                        &name,
+                        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
+                        0o600,
+                    )
+                })
+                .map_err(|e| RunError::Other(e.to_string()))?,
         ),
         _ => None,
     };
 
     let (tx, rx) = sync_channel(INPUT_CAPACITY);
-    spawn_signal_thread(signals, tx.clone()).map_err(|e| RunError::Other(format!("signal thread: {e}")))?;
+    signals.attach(tx.clone());
     let snapshots =
         SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
     if let Some(s) = synthetic {

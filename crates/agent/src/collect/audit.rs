@@ -20,9 +20,8 @@
 //! - Rules are added only while a member that needs them (ConnectionCreate) is running.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,12 +32,14 @@ use crate::sys::audit::{
     self, AuditSocket, AuditStatus, Rule, NLGRP_READLOG, STATUS_BACKLOG_LIMIT, STATUS_ENABLED, STATUS_PID,
 };
 use crate::sys::netlink::Received;
+use crate::sys::safefile::{self, Dir};
 
 /// The key that tags every rule the agent adds (SPEC §3).
 pub const RULE_KEY: &str = "twinguard";
 /// Where the cross-process lock and the saved state live.
 const RUN_DIR: &str = "/run/twinguard";
-const LOCK_FILE: &str = "/run/twinguard/audit.lock";
+const LOCK_NAME: &str = "audit.lock";
+const STATE_NAME: &str = "audit.state";
 const STATE_FILE: &str = "/run/twinguard/audit.state";
 /// The backlog limit we want at least: the kernel's default of 64 overflows in a burst.
 pub const WANT_BACKLOG: u32 = 8192;
@@ -122,17 +123,19 @@ fn shared() -> MutexGuard<'static, Shared> {
     SHARED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `/run/twinguard`, checked (see [`Dir::create_shared`]).
+fn run_dir() -> io::Result<Dir> {
+    Dir::create_shared(Path::new(RUN_DIR)).map_err(io::Error::other)
+}
+
 fn take_lock() -> io::Result<Option<File>> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(RUN_DIR)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(LOCK_FILE)?;
+    let file = run_dir()?
+        .open(
+            LOCK_NAME,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK,
+            0o600,
+        )
+        .map_err(io::Error::other)?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -147,16 +150,37 @@ fn take_lock() -> io::Result<Option<File>> {
 }
 
 fn save_original(o: Original) -> io::Result<()> {
-    let tmp = format!("{STATE_FILE}.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(o.to_text().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(tmp, STATE_FILE)
+    run_dir()?
+        .write_atomically(STATE_NAME, o.to_text().as_bytes())
+        .map_err(io::Error::other)
+}
+
+/// The state a previous manager saved, when it can be trusted: a regular file (no link
+/// followed) written by this user or root and writable by nobody else. Anything else - a file
+/// another user forged to make root turn audit off - is ignored with a warning.
+fn read_saved() -> Option<Original> {
+    read_saved_in(&run_dir().ok()?)
+}
+
+fn read_saved_in(dir: &Dir) -> Option<Original> {
+    let (bytes, st) = match dir.read_with_stat(STATE_NAME, 4096) {
+        Ok(found) => found?,
+        Err(e) => {
+            warn!("audit: ignoring the saved state: {e}");
+            return None;
+        }
+    };
+    if !safefile::trusted_file(&st) {
+        warn!(
+            "audit: ignoring {}: owned by {} (uid {}), mode {:04o}; only a state this user or root wrote, writable by nobody else, is trusted",
+            dir.join(STATE_NAME).display(),
+            safefile::user_name(st.uid),
+            st.uid,
+            st.mode
+        );
+        return None;
+    }
+    Original::parse(&String::from_utf8_lossy(&bytes))
 }
 
 impl Shared {
@@ -170,9 +194,7 @@ impl Shared {
         };
         let mut control = AuditSocket::open(false)?;
         let now = control.status()?;
-        let saved = std::fs::read_to_string(STATE_FILE)
-            .ok()
-            .and_then(|t| Original::parse(&t));
+        let saved = read_saved();
         if saved.is_some() {
             info!("audit: restoring from a previous run that did not exit cleanly");
         }
@@ -291,7 +313,9 @@ impl Shared {
                 return;
             }
         }
-        let _ = std::fs::remove_file(STATE_FILE);
+        if let Ok(dir) = run_dir() {
+            let _ = dir.remove(STATE_NAME);
+        }
     }
 }
 
@@ -489,8 +513,38 @@ pub fn state_file_exists() -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_state_root_cannot_verify_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("tg-audit-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        let dir = Dir::open_for_reading(&path).unwrap();
+        let state = path.join(STATE_NAME);
+        std::fs::write(&state, "enabled=0\nbacklog_limit=64\n").unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_saved_in(&dir).is_some());
+        // Writable by others: forged or not, it cannot be trusted.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(read_saved_in(&dir), None);
+        // A link is never followed.
+        std::fs::rename(&state, path.join("real")).unwrap();
+        std::os::unix::fs::symlink(path.join("real"), &state).unwrap();
+        assert_eq!(read_saved_in(&dir), None);
+        if crate::sys::euid() == 0 {
+            // Another user's file.
+            std::fs::remove_file(&state).unwrap();
+            std::fs::rename(path.join("real"), &state).unwrap();
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+            assert_eq!(read_saved_in(&dir), None);
+        }
+        std::fs::remove_dir_all(&path).unwrap();
+    }
 
     #[test]
     fn the_saved_state_round_trips() {

@@ -205,10 +205,8 @@ impl Checkpoint {
             .map(|t| Checkpoint::parse(&t))
     }
 
-    fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, self.to_text())?;
-        std::fs::rename(tmp, path)
+    fn save(&self, path: &Path) -> Result<(), crate::sys::safefile::FileError> {
+        crate::datadir::write_atomically(path, self.to_text().as_bytes())
     }
 }
 

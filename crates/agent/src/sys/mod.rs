@@ -15,6 +15,8 @@
 //! - `osinfo`: os-release, meminfo, mountinfo, kernel command line, `uname(2)`.
 //! - `sysfs`: PCI, USB, block and network devices; `hwids`: pci.ids / usb.ids names.
 //! - `program`: running a tool directly, with a timeout and an output cap.
+//! - `safefile`: opening user-named and data-directory files as trusted tools do (no links
+//!   followed, no FIFO blocks, ownership and StrictModes checks).
 //! - `firewall`: `nft -j list ruleset` and `iptables-legacy-save` parsers.
 //! - `sshd`: sshd_config as sshd reads it; `keyvalue`: login.defs, limits.conf.
 pub mod accounts;
@@ -31,6 +33,7 @@ pub mod procfd;
 pub mod procinfo;
 pub mod procnet;
 pub mod program;
+pub mod safefile;
 pub mod sockdiag;
 pub mod sshd;
 pub mod sysfs;

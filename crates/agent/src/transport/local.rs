@@ -2,7 +2,7 @@
 //! line, rotated at a size limit), the reported section to a file written atomically, and the
 //! desired document comes from a watched twin file.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{DesiredUpdate, Transport, TransportError};
-use crate::datadir::write_atomically;
+use crate::sys::safefile::{fstat, Dir, FileError, FileKind};
 
 /// Size at which the outbox is rotated by default.
 pub const DEFAULT_OUTBOX_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
@@ -18,14 +18,27 @@ pub const DEFAULT_OUTBOX_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_OUTBOX_KEEP: usize = 3;
 
 /// The outbox file and the reported file.
+///
+/// Both are opened in their directory without following a link, and must be regular files
+/// owned by the running user (or root) with one name: a link planted at either name, or a
+/// device node, is refused at start, never truncated, appended to or replaced. With
+/// `allow_special` (`--allow-special-files`) either may instead be (or link to) a FIFO or a
+/// character device, which is written in place: never cut, rotated or replaced.
 #[derive(Debug)]
 pub struct LocalTransport {
     outbox_path: PathBuf,
+    outbox_dir: Dir,
+    outbox_name: String,
     outbox: File,
+    /// The outbox is a FIFO or character device: written in place, never cut or rotated.
+    outbox_special: bool,
     size: u64,
     rotate_bytes: u64,
     keep: usize,
     reported_path: PathBuf,
+    reported_dir: Dir,
+    reported_name: String,
+    allow_special: bool,
     twin: Option<TwinFile>,
 }
 
@@ -34,67 +47,189 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportError 
     move |source| TransportError::Io { what, source }
 }
 
+fn file_error(what: &str) -> impl FnOnce(FileError) -> TransportError + '_ {
+    move |e| TransportError::Io {
+        what: what.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// How an output file (outbox, reported) may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// Missing or a regular file of ours: created, appended, rotated or replaced.
+    Regular,
+    /// A FIFO or character device the user allowed: written in place.
+    Special,
+}
+
+/// What `name` in `dir` is, and whether it may be written: see [`LocalTransport`].
+fn check_output(dir: &Dir, name: &str, allow_special: bool) -> Result<Output, FileError> {
+    let path = dir.join(name);
+    let Some(st) = dir.stat(name)? else {
+        return Ok(Output::Regular);
+    };
+    let target = if st.kind == FileKind::Symlink && allow_special {
+        // Only a link to a FIFO or device is accepted (`/dev/stdout`), checked again on the
+        // open descriptor.
+        std::fs::metadata(&path)
+            .map(|m| fstat_kind(&m))
+            .unwrap_or(FileKind::Symlink)
+    } else {
+        st.kind
+    };
+    match target {
+        FileKind::Regular if st.kind == FileKind::Regular => {
+            check_our_regular(&path, st.uid, st.nlink)?;
+            Ok(Output::Regular)
+        }
+        FileKind::Fifo | FileKind::CharDevice if allow_special => Ok(Output::Special),
+        FileKind::Symlink => Err(FileError::Symlink { path, what: "file" }),
+        found => Err(FileError::WrongKind {
+            path,
+            found,
+            expected: FileKind::Regular,
+        }),
+    }
+}
+
+fn fstat_kind(m: &fs::Metadata) -> FileKind {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_fifo() {
+        FileKind::Fifo
+    } else if t.is_char_device() {
+        FileKind::CharDevice
+    } else if t.is_file() {
+        FileKind::Regular
+    } else {
+        FileKind::Directory
+    }
+}
+
+/// A regular output file must be ours (or root's) and have one name: a hard link could name
+/// another user's file.
+fn check_our_regular(path: &Path, uid: u32, nlink: u64) -> Result<(), FileError> {
+    if uid != 0 && uid != crate::sys::euid() {
+        return Err(FileError::ForeignOwner {
+            path: path.to_owned(),
+            uid,
+            me: crate::sys::euid(),
+            hint: "the agent writes only files of its own user; remove it or choose another path".into(),
+        });
+    }
+    if nlink > 1 {
+        return Err(FileError::HardLinked {
+            path: path.to_owned(),
+            nlink,
+        });
+    }
+    Ok(())
+}
+
+/// Opens the outbox for appending: see [`LocalTransport`] for the rules.
+fn open_outbox(dir: &Dir, name: &str, allow_special: bool) -> Result<(File, bool), FileError> {
+    let path = dir.join(name);
+    match check_output(dir, name, allow_special)? {
+        Output::Regular => {
+            let file = dir.open(
+                name,
+                libc::O_RDWR | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
+                0o600,
+            )?;
+            let st = fstat(&file).map_err(|source| FileError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            crate::sys::safefile::expect_regular(&path, &st)?;
+            check_our_regular(&path, st.uid, st.nlink)?;
+            Ok((file, false))
+        }
+        Output::Special => {
+            // A FIFO's open waits for a reader: SIGINT/SIGTERM still stop the agent (the
+            // signal thread exits the process when the start-up does not end in time).
+            let file = fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|source| FileError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            let st = fstat(&file).map_err(|source| FileError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if !matches!(st.kind, FileKind::Fifo | FileKind::CharDevice) {
+                return Err(FileError::WrongKind {
+                    path,
+                    found: st.kind,
+                    expected: FileKind::Regular,
+                });
+            }
+            Ok((file, true))
+        }
+    }
+}
+
 impl LocalTransport {
-    /// Opens (creates) the outbox. A partial last line - left by a crash in the middle of a
-    /// write, whose message is still in the cache and will be sent again - is cut off.
+    /// Opens (creates) the outbox and checks the reported file (see the type's doc). A partial
+    /// last line - left by a crash in the middle of a write, whose message is still in the
+    /// cache and will be sent again - is cut off.
     pub fn open(
         outbox_path: &Path,
         reported_path: &Path,
         rotate_bytes: u64,
         keep: usize,
         twin: Option<TwinFile>,
+        allow_special: bool,
     ) -> Result<LocalTransport, TransportError> {
-        let what = format!("outbox {}", outbox_path.display());
+        let what = "outbox".to_owned();
         // The default outbox and reported file live in the data directory, which may not exist
-        // yet on a first start; create missing parents (0700: they may hold the data dir).
-        for path in [outbox_path, reported_path] {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-                std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
-                    .create(parent)
-                    .map_err(io(format!("directory {}", parent.display())))?;
-            }
-        }
-        let outbox = open_outbox(outbox_path).map_err(io(what.clone()))?;
-        let size = truncate_partial_line(&outbox).map_err(io(what))?;
+        // yet on a first start: missing parents are created (0700: they may hold the data dir).
+        let (outbox_dir, outbox_name) = Dir::open_parent_of(outbox_path).map_err(file_error(&what))?;
+        let (outbox, outbox_special) =
+            open_outbox(&outbox_dir, &outbox_name, allow_special).map_err(file_error(&what))?;
+        let size = if outbox_special {
+            0
+        } else {
+            truncate_partial_line(&outbox).map_err(io(what))?
+        };
+        let what = "reported".to_owned();
+        let (reported_dir, reported_name) = Dir::open_parent_of(reported_path).map_err(file_error(&what))?;
+        check_output(&reported_dir, &reported_name, allow_special).map_err(file_error(&what))?;
         Ok(LocalTransport {
             outbox_path: outbox_path.to_owned(),
+            outbox_dir,
+            outbox_name,
             outbox,
+            outbox_special,
             size,
             rotate_bytes: rotate_bytes.max(1),
             keep,
             reported_path: reported_path.to_owned(),
+            reported_dir,
+            reported_name,
+            allow_special,
             twin,
         })
     }
 
-    fn rotate(&mut self) -> std::io::Result<()> {
-        let numbered = |n: usize| {
-            let mut name = self.outbox_path.as_os_str().to_owned();
-            name.push(format!(".{n}"));
-            PathBuf::from(name)
-        };
+    fn rotate(&mut self) -> Result<(), FileError> {
+        let numbered = |n: usize| format!("{}.{n}", self.outbox_name);
+        let dir = &self.outbox_dir;
         if self.keep == 0 {
-            fs::remove_file(&self.outbox_path)?;
+            dir.remove(&self.outbox_name)?;
         } else {
-            let _ = fs::remove_file(numbered(self.keep));
+            dir.remove(&numbered(self.keep))?;
             for n in (1..self.keep).rev() {
-                let _ = fs::rename(numbered(n), numbered(n + 1));
+                let _ = dir.rename(&numbered(n), &numbered(n + 1));
             }
-            fs::rename(&self.outbox_path, numbered(1))?;
+            dir.rename(&self.outbox_name, &numbered(1))?;
         }
-        self.outbox = open_outbox(&self.outbox_path)?;
+        self.outbox = open_outbox(dir, &self.outbox_name, false)?.0;
         self.size = 0;
         Ok(())
     }
-}
-
-fn open_outbox(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
 }
 
 /// Cuts the file after its last newline; returns the new size.
@@ -128,17 +263,23 @@ fn truncate_partial_line(file: &File) -> std::io::Result<u64> {
 impl Transport for LocalTransport {
     fn deliver(&mut self, body: &[u8]) -> Result<(), TransportError> {
         let what = format!("outbox {}", self.outbox_path.display());
-        if self.size > 0 && self.size + body.len() as u64 + 1 > self.rotate_bytes {
-            self.rotate().map_err(io(what.clone()))?;
+        if !self.outbox_special && self.size > 0 && self.size + body.len() as u64 + 1 > self.rotate_bytes {
+            self.rotate().map_err(file_error(&what))?;
         }
         let mut line = Vec::with_capacity(body.len() + 1);
         line.extend_from_slice(body);
         line.push(b'\n');
-        let result = self
-            .outbox
-            .write_all(&line)
-            .and_then(|()| self.outbox.sync_data());
+        let result = self.outbox.write_all(&line).and_then(|()| {
+            if self.outbox_special {
+                Ok(())
+            } else {
+                self.outbox.sync_data()
+            }
+        });
         if let Err(e) = result {
+            if self.outbox_special {
+                return Err(io(what)(e));
+            }
             // Leave no partial line behind (e.g. disk full): the message stays in the cache.
             let _ = self.outbox.set_len(self.size);
             return Err(io(what)(e));
@@ -150,8 +291,22 @@ impl Transport for LocalTransport {
     fn report(&mut self, section: &Value) -> Result<(), TransportError> {
         let mut text = serde_json::to_vec_pretty(section).unwrap_or_default();
         text.push(b'\n');
-        write_atomically(&self.reported_path, &text)
-            .map_err(io(format!("reported {}", self.reported_path.display())))
+        let what = format!("reported {}", self.reported_path.display());
+        let dir = &self.reported_dir;
+        let name = &self.reported_name;
+        let written = check_output(dir, name, self.allow_special).and_then(|kind| match kind {
+            Output::Regular => dir.write_atomically(name, &text),
+            Output::Special => fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(dir.join(name))
+                .and_then(|mut f| f.write_all(&text))
+                .map_err(|source| FileError::Io {
+                    path: dir.join(name),
+                    source,
+                }),
+        });
+        written.map_err(file_error(&what))
     }
 
     fn poll_desired(&mut self, now_ms: u64) -> Option<DesiredUpdate> {
@@ -249,6 +404,8 @@ impl TwinFile {
         if fp.is_none() && !self.path.exists() {
             return TwinChange::Deleted;
         }
+        // Non-blocking and regular files only: a FIFO swapped in while the agent runs is an
+        // unreadable version, never a read that waits forever.
         TwinChange::Content(crate::input::read_bounded(&self.path).map_err(|e| e.to_string()))
     }
 
@@ -293,7 +450,7 @@ mod tests {
         let dir = temp("outbox");
         let outbox = dir.join("outbox.jsonl");
         fs::write(&outbox, b"{\"a\":1}\n{\"b\":").unwrap();
-        let mut t = LocalTransport::open(&outbox, &dir.join("reported.json"), 40, 2, None).unwrap();
+        let mut t = LocalTransport::open(&outbox, &dir.join("reported.json"), 40, 2, None, false).unwrap();
         assert_eq!(fs::read(&outbox).unwrap(), b"{\"a\":1}\n");
         t.deliver(b"{\"c\":2}").unwrap();
         assert_eq!(fs::read(&outbox).unwrap(), b"{\"a\":1}\n{\"c\":2}\n");
@@ -306,6 +463,14 @@ mod tests {
         t.report(&serde_json::json!({"x": 1})).unwrap();
         let reported: Value = serde_json::from_slice(&fs::read(dir.join("reported.json")).unwrap()).unwrap();
         assert_eq!(reported["x"], 1);
+        drop(t);
+        // A hard link may name anybody's file: refused, neither file touched.
+        fs::write(dir.join("other"), b"x").unwrap();
+        fs::remove_file(&outbox).unwrap();
+        fs::hard_link(dir.join("other"), &outbox).unwrap();
+        let err = LocalTransport::open(&outbox, &dir.join("reported.json"), 40, 2, None, false).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        assert_eq!(fs::read(dir.join("other")).unwrap(), b"x");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -59,12 +59,10 @@ fn initial_config(update: Option<&DesiredUpdate>) -> (Option<(Config, Vec<Proble
     }
 }
 
-/// Refuses to start when another agent holds the data directory, before connecting: a second
-/// agent with the same client id would take the first one's MQTT session away.
-fn probe_data_dir(data_dir: &Path) -> Result<(), RunError> {
-    DataDir::open(data_dir)
-        .map(drop)
-        .map_err(|e| RunError::Other(e.to_string()))
+/// Opens and locks the data directory before connecting: a second agent with the same client
+/// id would take the first one's MQTT session away.
+fn probe_data_dir(data_dir: &Path) -> Result<DataDir, RunError> {
+    DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))
 }
 
 /// Runs the agent in MQTT mode until SIGINT/SIGTERM.
@@ -74,7 +72,7 @@ pub fn run_mqtt(
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
     let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
-    probe_data_dir(data_dir)?;
+    let data_dir = probe_data_dir(data_dir)?;
     info!(broker = %options.broker, prefix = %options.prefix, device = %options.device_id, "twinguard starting in MQTT mode");
     let mut transport = MqttTransport::start(options).map_err(|e| RunError::Other(e.to_string()))?;
     let update = transport.startup(STARTUP_WAIT);
@@ -92,7 +90,7 @@ pub fn run_iothub(
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
     let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
-    probe_data_dir(data_dir)?;
+    let data_dir = probe_data_dir(data_dir)?;
     let mut transport = IotHubTransport::start(options).map_err(|e| RunError::Other(e.to_string()))?;
     info!(transport = %crate::transport::Transport::describe(&transport), "twinguard starting in IoT Hub mode");
     let update = transport.startup(STARTUP_WAIT);

@@ -1,8 +1,9 @@
 //! Connection settings (SPEC §6): a small TOML file (`--settings FILE`, else
 //! `/etc/twinguard/agent.toml` when it exists) whose keys mirror the `run` flags, merged with
 //! the flags (flags win), then validated once into the mode to run: local, MQTT or IoT Hub.
-//! Files holding secrets (a password, a connection string, a private key) are refused when
-//! group or others may read them.
+//! Files holding secrets (a password, a connection string, a private key) are refused unless
+//! they belong to the agent's user or root and give group and others no access at all; a bare
+//! name (no `/`) is first looked up in systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 //!
 //! ```toml
 //! mqtt = "mqtts://broker.example:8883"
@@ -20,9 +21,6 @@
 //!
 //! Relative paths in the file are relative to the file's directory.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -30,6 +28,7 @@ use serde::Deserialize;
 use super::iothub::IotHubOptions;
 use super::mqtt::{BrokerUrl, MqttOptions};
 use super::tls::TlsOptions;
+use crate::sys::safefile::{self, FileError};
 
 /// The settings file read when `--settings` is not given, if it exists.
 pub const DEFAULT_SETTINGS_FILE: &str = "/etc/twinguard/agent.toml";
@@ -40,30 +39,9 @@ const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
 /// flag it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A file is larger than its bound.
-    #[error("{}: larger than {max} bytes", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// The bound.
-        max: u64,
-    },
-    /// A secret that group or others may read.
-    #[error("{}: holds a secret but is readable by group or others (mode {mode:04o}); run `chmod 600 {}`", path.display(), path.display())]
-    UnsafePermissions {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    /// A file could not be read, or was refused (a FIFO, a secret others may read ...).
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The settings file is not valid TOML or has unknown keys.
     #[error("{}: {message}", path.display())]
     Parse {
@@ -77,56 +55,20 @@ pub enum SettingsError {
     Invalid(String),
 }
 
-/// Reads a file of at most `max` bytes.
+/// Reads a file of at most `max` bytes: opened without blocking, a regular file only.
 pub fn read_bounded_file(path: &Path, max: u64) -> Result<Vec<u8>, SettingsError> {
-    let io = |source| SettingsError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    read_open_file(path, file, max)
+    Ok(safefile::read_regular(
+        path,
+        usize::try_from(max).unwrap_or(usize::MAX),
+    )?)
 }
 
-fn read_open_file(path: &Path, file: File, max: u64) -> Result<Vec<u8>, SettingsError> {
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| SettingsError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    if bytes.len() as u64 > max {
-        return Err(SettingsError::TooLarge {
-            path: path.to_owned(),
-            max,
-        });
-    }
-    Ok(bytes)
-}
-
-/// Reads a file holding a secret, refusing it when group or others may read it. The mode is
-/// checked on the opened file, so a swap between the check and the read cannot slip through.
+/// Reads a file holding a secret (see [`safefile::read_secret`]): a regular file of the
+/// running user or root, no access for group or others, below safe directories; a bare name
+/// may be a systemd credential in `$CREDENTIALS_DIRECTORY`. Checked on the opened file, so a
+/// swap between the check and the read cannot slip through.
 pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SettingsError> {
-    let io = |source| SettingsError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(SettingsError::Invalid(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o044 != 0 {
-        return Err(SettingsError::UnsafePermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    read_open_file(path, file, MAX_SETTINGS_BYTES)
+    Ok(safefile::read_secret(path, MAX_SETTINGS_BYTES as usize)?)
 }
 
 /// The connection settings as given: every field optional, from flags or from the file.
@@ -172,12 +114,21 @@ impl ConnectionSettings {
             message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut settings.mqtt_ca,
-            &mut settings.mqtt_client_cert,
+        let secrets = [
             &mut settings.mqtt_client_key,
             &mut settings.mqtt_password_file,
             &mut settings.iothub,
+        ];
+        for p in secrets.into_iter().flatten() {
+            // A bare name that is a systemd credential stays a name (read from
+            // $CREDENTIALS_DIRECTORY); otherwise it is relative to this file like the others.
+            if p.is_relative() && !safefile::secret_location(p).1 {
+                *p = base.join(&*p);
+            }
+        }
+        for p in [
+            &mut settings.mqtt_ca,
+            &mut settings.mqtt_client_cert,
             &mut settings.iothub_ca,
         ]
         .into_iter()
@@ -358,6 +309,7 @@ mod tests {
             err.contains("password") && err.contains("0644") && err.contains("chmod 600"),
             "{err}"
         );
+        assert!(!err.contains('\n'), "{err}");
         assert!(!err.contains("hunter2"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(read_secret_file(&path).is_err());

@@ -9,6 +9,7 @@ mod conformance;
 mod doctor;
 mod events;
 mod fuzz_corpus;
+mod hardening;
 mod mqtt;
 mod pipeline;
 mod run;

@@ -1,20 +1,20 @@
 //! `doctor`: the data directory - whether it exists and who owns it, its mode, the free space
 //! the cache may still need, the lock, and the cache's state (events and bytes per queue).
 //!
-//! Nothing is created: a missing directory is reported (the agent creates it at start). The
-//! cache is opened only when no agent holds the directory's lock, with an unbounded size so
-//! that opening it never evicts anything; an agent holding the lock is reported instead.
+//! Nothing is written into the directory: a missing directory is reported (the agent creates
+//! it at start), the lock is read from `/proc/locks` (never taken), and when no agent holds it
+//! the cache's files are copied to a private directory and the copy is opened (opening
+//! repairs, which writes). No link in the directory is followed, as the agent would refuse
+//! it; a directory owned by another user is inspected but never changed.
 
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::collect::user_names::UserNames;
-use crate::datadir::{DataDir, DataDirError};
 use crate::pipeline::cache::{disk_bound, Cache, QueueCounters, CACHE_DIR_NAME};
 use crate::sys::fs::read_text;
+use crate::sys::safefile::{self, user_name, Dir, FileKind};
 
 use super::sources::flock_holders;
 
@@ -96,16 +96,18 @@ fn queue_line(name: &str, q: &QueueCounters) -> String {
     )
 }
 
-/// Examines `path` for an agent whose cache may hold `max_cache_bytes`.
+/// Examines `path` for an agent whose cache may hold `max_cache_bytes`. Read-only: nothing
+/// in the directory is created, locked or changed, no link in it is followed, and a FIFO
+/// planted there is not waited on.
 pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
     let mut check = DataDirCheck {
         path: path.to_owned(),
         ..DataDirCheck::default()
     };
     let bound = disk_bound(max_cache_bytes);
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let meta = match safefile::lstat(path) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
             let parent = path
                 .ancestors()
                 .skip(1)
@@ -122,6 +124,9 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
                     path.display()
                 ));
             }
+            if let Err(e) = safefile::check_ancestors(path) {
+                check.problem(format!("the agent refuses it: {e}"));
+            }
             free_space(&mut check, parent, bound, 0);
             return check;
         }
@@ -132,14 +137,18 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
             return check;
         }
     };
-    if !meta.is_dir() {
+    if meta.kind == FileKind::Symlink {
+        check.problem(
+            "is a symbolic link: the agent refuses a linked data directory (name the real directory)",
+        );
+        return check;
+    }
+    if meta.kind != FileKind::Directory {
         check.problem("exists but is not a directory");
         return check;
     }
-    let mode = meta.mode() & 0o7777;
-    let owner = UserNames::default()
-        .name(meta.uid())
-        .unwrap_or_else(|| "no such user".into());
+    let mode = meta.mode;
+    let owner = user_name(meta.uid);
     let mode_note = if mode & 0o777 == 0o700 {
         String::new()
     } else {
@@ -147,69 +156,111 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
     };
     check.line(format!(
         "mode {mode:04o}, owner {owner} (uid {}){mode_note}",
-        meta.uid()
+        meta.uid
     ));
-    if !writable(path) {
+    let me = crate::sys::euid();
+    let ours = meta.uid == me || meta.uid == 0;
+    if !ours && me == 0 {
+        check.line(format!(
+            "owned by {owner}: the agent must run as {owner} here (`runuser -u {owner} -- twinguard run ...` or the systemd unit); root refuses another user's data directory"
+        ));
+    } else if !ours {
+        check.problem(format!(
+            "owned by {owner} (uid {}), not by this user: the agent refuses it",
+            meta.uid
+        ));
+    } else if !writable(path) {
         check.problem("not writable by this user (the agent's user must own it)");
     }
-    if let Ok(id) = fs::read_to_string(path.join("agent-id")) {
-        check.line(format!("agent id {}", id.trim()));
+    if mode & 0o022 != 0 {
+        check.problem(format!(
+            "writable by group or others (mode {mode:04o}): the agent refuses it (`chmod 700 {}`)",
+            path.display()
+        ));
+    }
+    if let Err(e) = safefile::check_ancestors(path) {
+        check.problem(format!("the agent refuses it: {e}"));
+    }
+    let dir = match Dir::open_for_reading(path) {
+        Ok(d) => d,
+        Err(e) => {
+            check.problem(format!("cannot inspect: {e}"));
+            return check;
+        }
+    };
+    if let Ok(Some(id)) = dir.read("agent-id", 4096) {
+        check.line(format!("agent id {}", String::from_utf8_lossy(&id).trim()));
     }
 
-    let lock = path.join("lock");
     let mut disk_used = 0;
-    if !lock.exists() {
-        check.line("no agent has used it yet: no cache");
-    } else if let Some(pid) = lock_holder(&lock) {
-        // Held: not even tried (a try would refuse an agent starting at that moment).
-        check.line(format!(
-            "lock: held by a running agent (pid {pid}); its cache is not opened (its reported properties carry the counters)"
-        ));
-        check.held_by = Some(pid.to_string());
-        disk_used = dir_bytes(&path.join(CACHE_DIR_NAME));
-    } else {
-        match DataDir::open(path) {
-            Ok(dir) => {
-                check.line("lock: free (no agent runs on this directory now)");
-                disk_used = examine_cache(&mut check, &dir.path().join(CACHE_DIR_NAME));
-            }
-            Err(DataDirError::Locked { holder, .. }) => {
+    match dir.stat("lock") {
+        Ok(None) => check.line("no agent has used it yet: no cache"),
+        Ok(Some(st)) if st.kind != FileKind::Regular => check.problem(format!(
+            "{} is {}, not a regular file: the agent refuses it (remove it)",
+            dir.join("lock").display(),
+            st.kind.describe()
+        )),
+        Ok(Some(st)) => match lock_holder(st.ino) {
+            Some(pid) => {
                 check.line(format!(
-                    "lock: held by a running agent (pid {holder}); its cache is not opened (its reported properties carry the counters)"
+                    "lock: held by a running agent (pid {pid}); its cache is not opened (its reported properties carry the counters)"
                 ));
-                check.held_by = Some(holder);
-                disk_used = dir_bytes(&path.join(CACHE_DIR_NAME));
+                check.held_by = Some(pid.to_string());
+                disk_used = dir_bytes(&dir, CACHE_DIR_NAME);
             }
-            Err(e) => check.problem(e.to_string()),
-        }
+            None => {
+                check.line("lock: free (no agent runs on this directory now)");
+                disk_used = examine_cache(&mut check, &dir, bound);
+            }
+        },
+        Err(e) => check.problem(e.to_string()),
     }
     free_space(&mut check, path, bound, disk_used);
     check
 }
 
-/// The process holding the `flock` of `lock`, from `/proc/locks`.
-fn lock_holder(lock: &Path) -> Option<u32> {
-    let inode = fs::metadata(lock).ok()?.ino();
+/// The process holding the `flock` of the file with inode `inode`, from `/proc/locks`.
+fn lock_holder(inode: u64) -> Option<u32> {
     let locks = read_text(Path::new("/proc/locks"), 1024 * 1024).ok()?;
     let holder = flock_holders(&locks, inode).next();
     holder
 }
 
-/// The cache's state; returns the bytes its files take.
-fn examine_cache(check: &mut DataDirCheck, dir: &Path) -> u64 {
-    let has_segments = fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("cache-"))
-        })
-        .unwrap_or(false);
-    if !has_segments {
+/// The cache's state; returns the bytes its files take. The cache is never opened in place
+/// (opening repairs and may write): its files are copied, read without following links,
+/// into a private temporary directory, and the copy is opened.
+fn examine_cache(check: &mut DataDirCheck, data: &Dir, bound: u64) -> u64 {
+    let dir = match data.stat(CACHE_DIR_NAME) {
+        Ok(None) => {
+            check.line("cache: empty (no segment files)");
+            return 0;
+        }
+        Ok(Some(_)) => match data.sub_dir_for_reading(CACHE_DIR_NAME) {
+            Ok(d) => d,
+            Err(e) => {
+                check.problem(format!("cache: {e}"));
+                return 0;
+            }
+        },
+        Err(e) => {
+            check.problem(format!("cache: {e}"));
+            return 0;
+        }
+    };
+    let names = dir.names().unwrap_or_default();
+    if !names.iter().any(|n| n.starts_with("cache-")) {
         check.line("cache: empty (no segment files)");
         return 0;
     }
+    let copy = match copy_cache(&dir, &names, bound) {
+        Ok(c) => c,
+        Err(e) => {
+            check.problem(format!("cache: {e}"));
+            return dir_bytes(data, CACHE_DIR_NAME);
+        }
+    };
     // An unbounded size: opening must never evict what the agent has not sent yet.
-    match Cache::open(dir, u64::MAX) {
+    let used = match Cache::open(&copy.0, u64::MAX) {
         Ok((cache, recovery)) => {
             let counters = cache.counters();
             check.line(queue_line("cache: High", &counters.high));
@@ -232,23 +283,84 @@ fn examine_cache(check: &mut DataDirCheck, dir: &Path) -> u64 {
         }
         Err(e) => {
             check.problem(format!("cache: {e}"));
-            dir_bytes(dir)
+            dir_bytes(data, CACHE_DIR_NAME)
         }
+    };
+    used
+}
+
+/// A private copy of the cache's files, removed when dropped.
+struct CacheCopy(PathBuf);
+
+impl Drop for CacheCopy {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
-/// The bytes of the files directly in `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
+/// Copies the regular, singly linked files of `dir` into a new private directory; refuses
+/// more than twice the cache's bound.
+fn copy_cache(dir: &Dir, names: &[String], bound: u64) -> Result<CacheCopy, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let copy = (0..100)
+        .find_map(|_| {
+            let p = base.join(format!(
+                "twinguard-doctor-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4()
+            ));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&p)
+                .ok()
+                .map(|()| CacheCopy(p))
         })
-        .unwrap_or(0)
+        .ok_or_else(|| format!("cannot create a private copy under {}", base.display()))?;
+    let limit = bound.saturating_mul(2).saturating_add(1024 * 1024);
+    let mut total = 0u64;
+    for name in names {
+        let Ok(Some(st)) = dir.stat(name) else { continue };
+        if st.kind != FileKind::Regular || st.nlink > 1 {
+            return Err(format!(
+                "{} is {}; refused (the agent writes only regular files there)",
+                dir.join(name).display(),
+                if st.nlink > 1 {
+                    "hard-linked"
+                } else {
+                    st.kind.describe()
+                }
+            ));
+        }
+        total = total.saturating_add(st.size);
+        if total > limit {
+            return Err(format!(
+                "more than {} of files: not inspected",
+                human_bytes(limit)
+            ));
+        }
+        let bytes = dir
+            .read(name, usize::try_from(limit).unwrap_or(usize::MAX))
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        fs::write(copy.0.join(name), bytes).map_err(|e| format!("private copy: {e}"))?;
+    }
+    Ok(copy)
+}
+
+/// The bytes of the regular files directly in `data`'s subdirectory `name` (links not
+/// followed).
+fn dir_bytes(data: &Dir, name: &str) -> u64 {
+    let Ok(dir) = data.sub_dir_for_reading(name) else {
+        return 0;
+    };
+    dir.names()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| dir.stat(n).ok().flatten())
+        .filter(|s| s.kind == FileKind::Regular)
+        .map(|s| s.size)
+        .sum()
 }
 
 fn free_space(check: &mut DataDirCheck, path: &Path, bound: u64, used: u64) {
@@ -277,6 +389,7 @@ fn free_space(check: &mut DataDirCheck, path: &Path, bound: u64, used: u64) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::datadir::DataDir;
     use crate::event::Priority;
 
     fn temp(label: &str) -> PathBuf {
@@ -318,6 +431,27 @@ mod tests {
         assert!(text.contains("Low queue: 2 events cached (25 bytes)"), "{text}");
         assert!(check.problems.is_empty(), "{:?}", check.problems);
         assert_eq!(check.held_by, None);
+
+        // Doctor wrote nothing: the lock still names the last agent, and a torn tail of the
+        // newest segment (which opening the cache in place would cut) is still there.
+        fs::write(dir.join("lock"), "4242").unwrap();
+        let segment = fs::read_dir(dir.join(CACHE_DIR_NAME))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .max()
+            .unwrap();
+        let mut bytes = fs::read(&segment).unwrap();
+        bytes.extend_from_slice(b"\x00\x07torn");
+        fs::write(&segment, &bytes).unwrap();
+        let check = examine_data_dir(&dir, 1_000_000);
+        assert!(
+            check.lines.join("\n").contains("torn bytes cut"),
+            "{:?}",
+            check.lines
+        );
+        assert_eq!(fs::read_to_string(dir.join("lock")).unwrap(), "4242");
+        assert_eq!(fs::read(&segment).unwrap(), bytes);
 
         let held = DataDir::open(&dir).unwrap();
         let check = examine_data_dir(&dir, 1_000_000);
