@@ -20,7 +20,7 @@ use crate::sys::safefile::{self, expect_regular, fstat, Dir, FileError};
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     /// Creating, opening or checking the directory or a file in it failed.
-    #[error("data directory: {0}")]
+    #[error("data directory: {0} (choose another with --data-dir DIR)")]
     File(#[from] FileError),
     /// Another agent holds the lock.
     #[error(
