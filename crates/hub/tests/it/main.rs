@@ -6,6 +6,7 @@
 mod agent;
 mod cli;
 mod client;
+mod hardening;
 mod protocol;
 mod python;
 mod sdk;
