@@ -509,6 +509,29 @@ fn connections(hub: &Hub) -> Answer {
     (200, Value::Array(list))
 }
 
+/// Runs the API's request path, short of the socket and the store, over untrusted bytes: the
+/// HTTP parser, the access checks (Host, token, content type), and the identity named by the
+/// path. The fuzz target `http_request` and its corpus replay call it; it must never panic.
+pub fn check_untrusted_request(data: &[u8]) {
+    let Ok(request) = crate::http::parse_request(data) else {
+        return;
+    };
+    let access = Access::new(
+        "A".repeat(43),
+        &["hub.example".into()],
+        IpAddr::from([127, 0, 0, 1]),
+        PathBuf::new(),
+    );
+    let _ = check_access(&access, &request);
+    let _ = is_long_poll(&request);
+    for host in request.header_values("host") {
+        let _ = access.host_allowed(host);
+    }
+    if request.segments.len() > 2 {
+        let _ = identity_at(&request.segments[2..]);
+    }
+}
+
 fn rotate_token(access: &Access) -> Result<Answer, Answer> {
     let mut token = access
         .token

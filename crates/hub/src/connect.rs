@@ -99,6 +99,32 @@ pub fn authenticate(
         .map_err(|e| not_authorized(e.to_string()))
 }
 
+/// Runs the hub's whole CONNECT path, short of the socket, over untrusted bytes: the first
+/// packet cut as a CONNECT, the identity and token it claims, the signature check against a
+/// fixed key, and the redaction of what would be logged. The fuzz target `connect` and its
+/// corpus replay call it; it must never panic.
+pub fn check_untrusted_bytes(data: &[u8]) {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let Ok(Some((connect, consumed))) = crate::session::first_connect(data) else {
+        return;
+    };
+    assert!(consumed <= data.len() && consumed <= crate::session::MAX_CONNECT_BYTES);
+    let _ = redact_signature(&connect.client_id);
+    if let Some(user) = &connect.username {
+        let _ = redact_signature(user);
+    }
+    match claimed_identity(&connect, "localhost") {
+        Ok((id, token)) => {
+            for now in [0, 1_700_000_000, u64::MAX] {
+                let _ = authenticate(&id, &token, "localhost", Some(KEY), now);
+            }
+        }
+        Err(refusal) => {
+            let _ = redact_signature(&refusal.reason);
+        }
+    }
+}
+
 /// `text` with the value of every `sig=` parameter replaced by `(removed)`, for logging what
 /// a client sent where a SAS token may hide (a user name, a client id): a signature is a live
 /// credential until the token expires.

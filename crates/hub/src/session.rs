@@ -96,6 +96,31 @@ pub fn serve(hub: &Hub, mut link: Link, peer: SocketAddr, ticket: PendingTicket)
     session.finish(end);
 }
 
+/// The first packet of a connection from the bytes received so far: a CONNECT of at most
+/// [`MAX_CONNECT_BYTES`] and the bytes it took, `None` while incomplete. Any other packet is
+/// an error. Pure (the fuzz target `connect` calls it).
+pub fn first_connect(bytes: &[u8]) -> Result<Option<(Connect, usize)>, FirstPacketError> {
+    match decode(bytes, MAX_CONNECT_BYTES)? {
+        Decoded::Packet {
+            packet: Packet::Connect(c),
+            consumed,
+        } => Ok(Some((c, consumed))),
+        Decoded::Packet { packet, .. } => Err(FirstPacketError::NotConnect(packet.name())),
+        Decoded::Incomplete => Ok(None),
+    }
+}
+
+/// Why the first packet of a connection is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FirstPacketError {
+    /// Not MQTT 3.1.1, too large, or malformed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// Another packet type came first.
+    #[error("first packet is {0}, not CONNECT")]
+    NotConnect(&'static str),
+}
+
 /// Reads until the first packet, which must be CONNECT of at most [`MAX_CONNECT_BYTES`],
 /// within [`CONNECT_TIMEOUT`]; returns it and the bytes received after it.
 fn read_connect(link: &mut Link) -> Result<(Connect, Vec<u8>), String> {
@@ -103,16 +128,10 @@ fn read_connect(link: &mut Link) -> Result<(Connect, Vec<u8>), String> {
     let mut chunk = [0u8; CONNECT_CHUNK];
     let mut bytes = Vec::new();
     loop {
-        match decode(&bytes, MAX_CONNECT_BYTES) {
-            Ok(Decoded::Packet {
-                packet: Packet::Connect(c),
-                consumed,
-            }) => return Ok((c, bytes.split_off(consumed))),
-            Ok(Decoded::Packet { packet, .. }) => {
-                return Err(format!("first packet is {}, not CONNECT", packet.name()))
-            }
-            Ok(Decoded::Incomplete) => {}
-            Err(e @ ProtocolError::UnsupportedProtocol { .. }) => {
+        match first_connect(&bytes) {
+            Ok(Some((c, consumed))) => return Ok((c, bytes.split_off(consumed))),
+            Ok(None) => {}
+            Err(FirstPacketError::Protocol(e @ ProtocolError::UnsupportedProtocol { .. })) => {
                 // MQTT 3.1.1 §3.1.2.2: answer 0x01 before closing.
                 send_packet(
                     link,
