@@ -290,14 +290,8 @@ fn the_api_wants_its_token_a_loopback_host_and_json() {
 fn slow_api_clients_and_long_polls_do_not_block_the_api() {
     let data = scratch("api-slow").join("data");
     let hub = Hub::start(&data, "127.0.0.1:0").expect("hub starts");
-    // 40 clients that send one byte and then nothing (a byte every 5 s would do the same),
-    // and 40 long-polls waiting for messages that never come.
-    let mut slow = Vec::new();
-    for _ in 0..40 {
-        let mut s = TcpStream::connect(hub.api).expect("connect");
-        s.write_all(b"G").expect("write");
-        slow.push(s);
-    }
+    // 40 long-polls waiting for messages that never come, then 40 clients that send one byte
+    // and then nothing (a byte every 5 s would do the same).
     let mut polls = Vec::new();
     for i in 0..40 {
         let mut s = TcpStream::connect(hub.api).expect("connect");
@@ -308,6 +302,13 @@ fn slow_api_clients_and_long_polls_do_not_block_the_api() {
         s.write_all(request.as_bytes())
             .unwrap_or_else(|e| panic!("poll {i}: {e}"));
         polls.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(hub.api).expect("connect");
+        s.write_all(b"G").expect("write");
+        slow.push(s);
     }
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
@@ -332,6 +333,22 @@ fn slow_api_clients_and_long_polls_do_not_block_the_api() {
         }
     }
     assert_eq!(ended, 40 - 32, "long-polls ended early");
+    // Every slow client was closed: the oldest for newer connections, the rest with 408
+    // when their 5 s were up.
+    let start = Instant::now();
+    let mut timed_out = 0;
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(7))).expect("timeout");
+        let mut answer = String::new();
+        let result = s.read_to_string(&mut answer);
+        assert!(
+            !matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a slow client still open after {:?}",
+            start.elapsed()
+        );
+        timed_out += usize::from(answer.starts_with("HTTP/1.1 408"));
+    }
+    assert!(timed_out > 0, "no slow client got 408");
 }
 
 fn mode_of(path: &Path) -> u32 {
