@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-/// How often the counted refusals are logged (one line per interval, only when there were
-/// some).
+/// How often the counted refusals are logged by default (one line per interval, only when
+/// there were some).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// How many CONNECT refusals (bad credentials and the like) are logged one by one per
 /// interval; the rest are counted into the interval's summary line.
@@ -36,6 +36,8 @@ pub struct Limits {
     pub pending: usize,
     /// Connections not yet logged in from one source address (`serve --max-pending-per-source`).
     pub pending_per_source: usize,
+    /// At most one summary line of refusals per this interval ([`REPORT_INTERVAL`]).
+    pub report_every: Duration,
 }
 
 /// A source address as the limits count it: IPv4 addresses one by one; IPv6 by /64, since
@@ -146,6 +148,7 @@ impl Admission {
                 sessions: limits.sessions.max(1),
                 pending: limits.pending.max(1),
                 pending_per_source: limits.pending_per_source.max(1),
+                report_every: limits.report_every.max(Duration::from_secs(1)),
             },
             pending: Mutex::new(Pending::default()),
             sessions: AtomicUsize::new(0),
@@ -202,7 +205,7 @@ impl Admission {
     fn count(&self, counter: &AtomicU64, peer: IpAddr, why: &str) {
         counter.fetch_add(1, Ordering::Relaxed);
         if !self.first_logged.swap(true, Ordering::Relaxed) {
-            warn!(%peer, "connection refused: {why}; further refusals are counted and logged once every {} s", REPORT_INTERVAL.as_secs());
+            warn!(%peer, "connection refused: {why}; further refusals are counted and logged once every {} s", self.limits.report_every.as_secs());
         }
     }
 
@@ -228,7 +231,7 @@ impl Admission {
     }
 
     /// Logs what was counted since the last call, in one line, if anything was; called every
-    /// [`REPORT_INTERVAL`] by the server.
+    /// [`Limits::report_every`] by the server.
     pub fn report(&self) {
         let c = &self.counters;
         let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
@@ -252,8 +255,8 @@ impl Admission {
             connect_refusals_not_logged = unlogged,
             pending,
             sessions,
-            "connection limits in the last {} s: {per_source} refused (over {} pending per source), {evicted} pending evicted (pool of {} full), {sessions_full} logins refused ({} sessions full), {unlogged} more refused CONNECTs not logged",
-            REPORT_INTERVAL.as_secs(),
+            "connection limits in the last {} s: {per_source} refused (over {} pending per source), {evicted} pending evicted (pool of {} full), {sessions_full} logins refused (all {} session slots taken), {unlogged} more refused CONNECTs not logged",
+            l.report_every.as_secs(),
             l.pending_per_source,
             l.pending,
             l.sessions,
@@ -331,6 +334,7 @@ mod tests {
             sessions: 1,
             pending: 4,
             pending_per_source: 3,
+            report_every: REPORT_INTERVAL,
         });
         let s = socket(&listener);
         let mut held: Vec<_> = (0..3).map(|_| a.admit(v4(2), &s).expect("admitted")).collect();
@@ -372,6 +376,7 @@ mod tests {
             sessions: 1,
             pending: 2,
             pending_per_source: 2,
+            report_every: REPORT_INTERVAL,
         });
         let s = socket(&listener);
         let first = a.admit(v4(1), &s).expect("admitted").promote().expect("slot");

@@ -37,7 +37,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Limits, PendingTicket};
+use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
 use crate::http::{read_request, write_response, HttpError, Request};
 use crate::hub::{now_ms, Hub};
 use crate::identity::{connection_string, generate_key, IdentityId};
@@ -241,6 +241,7 @@ pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value, access: Arc<Ac
         // Every API client is local (often all from 127.0.0.1): no per-source share, a full
         // pool just closes its oldest (slowest) connection.
         pending_per_source: usize::MAX,
+        report_every: REPORT_INTERVAL,
     });
     let polls = Arc::new(LongPolls::default());
     let status = Arc::new(status);

@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// MQTT connections not yet logged in from one source (an IPv4 address or an IPv6 /64).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_pending_per_source: usize,
+    /// Seconds between the summary lines of refused connections (tests shorten it).
+    #[arg(long, value_name = "SECS", default_value_t = 10, hide = true)]
+    pub limits_report_secs: u64,
     /// A name the API accepts in the HTTP Host header besides localhost, 127.0.0.1 and [::1]
     /// (repeatable); any other Host gets 421, against DNS rebinding.
     #[arg(long, value_name = "NAME")]

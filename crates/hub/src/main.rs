@@ -76,6 +76,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         max_pending: args.max_pending.max(1),
         max_pending_per_source: args.max_pending_per_source.max(1),
+        limits_report_every: Duration::from_secs(args.limits_report_secs.max(1)),
         api_hosts: args.api_host.clone(),
         max_messages: args.max_messages.max(1),
     })?;

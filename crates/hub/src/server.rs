@@ -15,7 +15,7 @@ use rustls::ServerConfig;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
+use crate::admission::{Admission, Limits, PendingTicket};
 use crate::api::Access;
 use crate::hub::Hub;
 use crate::link::Link;
@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub max_pending: usize,
     /// Pending connections from one source (an IPv4 address or an IPv6 /64).
     pub max_pending_per_source: usize,
+    /// At most one summary line of refused connections per this interval.
+    pub limits_report_every: Duration,
     /// Messages kept; the oldest beyond are deleted.
     pub max_messages: u64,
 }
@@ -119,6 +121,7 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         sessions: opts.max_connections,
         pending: opts.max_pending,
         pending_per_source: opts.max_pending_per_source,
+        report_every: opts.limits_report_every,
     });
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -146,7 +149,7 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         threads.push(spawn(
             "limits-report",
             Box::new(move || loop {
-                std::thread::sleep(REPORT_INTERVAL);
+                std::thread::sleep(admission.limits().report_every);
                 admission.report();
             }),
         )?);

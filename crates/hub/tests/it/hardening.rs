@@ -96,7 +96,7 @@ fn fifteen_logins(hub: &Hub, key: &[u8]) -> (usize, Duration) {
 #[test]
 fn idle_connection_floods_do_not_lock_out_devices() {
     let data = scratch("flood").join("data");
-    let hub = Hub::start(&data, "127.0.0.1:0").expect("hub starts");
+    let hub = Hub::start_with(&data, "127.0.0.1:0", &["--limits-report-secs", "1"]).expect("hub starts");
     let key = key_of(&hub.add_identity(DEVICE, Some(MODULE)));
     // A device logged in before the flood keeps working through it.
     let other_key = key_of(&hub.add_identity("dev-other", None));
@@ -125,6 +125,7 @@ fn idle_connection_floods_do_not_lock_out_devices() {
         "flood from one address: {} connections opened in {flood_one:?}; 15/15 logins, slowest {slowest:?}",
         one.len()
     );
+    let one_count = one.len();
     drop(one);
 
     // 2. 256 idle connections from 256 addresses (127.0.0.2 - 127.0.1.1).
@@ -148,12 +149,37 @@ fn idle_connection_floods_do_not_lock_out_devices() {
     );
     drop(many);
 
-    // Refusals are counted, not logged one by one: one line at the first refusal (then a
-    // summary per 10 s, after this test's end).
+    // Refusals are counted, not logged one by one: one line at the first refusal, then one
+    // summary line per interval (1 s here, 10 s by default) with the counts.
+    let sum = |log: &str, field: &str| -> usize {
+        log.lines()
+            .filter(|l| l.contains("connection limits in the last"))
+            .filter_map(|l| l.split(&format!(" {field}=")).nth(1))
+            .filter_map(|v| v.split(' ').next()?.parse::<usize>().ok())
+            .sum()
+    };
+    let expected_refused = 256 - 16 - (256 - one_count);
+    assert!(
+        crate::support::wait_until(Duration::from_secs(4), || {
+            let log = hub.log_text();
+            sum(&log, "refused_per_source") == expected_refused && sum(&log, "evicted") >= 128
+        }),
+        "summary lines: {}",
+        hub.log_text()
+    );
     let log = hub.log_text();
     let refusal_lines = log.lines().filter(|l| l.contains("connection refused")).count();
     assert_eq!(refusal_lines, 1, "{log}");
     assert!(log.contains("further refusals are counted"), "{log}");
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("connection limits in the last"))
+        .count();
+    eprintln!(
+        "log: 1 refusal line and {summaries} summary lines for {expected_refused} refusals and {} evictions",
+        sum(&log, "evicted")
+    );
+    assert!(summaries <= 8, "{log}");
 }
 
 #[test]
