@@ -91,6 +91,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     println!("operator API:   http://{}", running.api);
     println!("CA certificate: {}", running.ca_file.display());
+    println!(
+        "API token:      {} (the CLI reads it; twinguard-hub token show)",
+        twinguard_hub::token::path(&cli.data_dir).display()
+    );
     running.wait();
     Ok(())
 }
