@@ -235,10 +235,19 @@ fn token_command(cli: &Cli, api: SocketAddr, command: &TokenCommand) -> anyhow::
                 // No hub (or no token yet): the file is the token the next start uses.
                 None | Some(Err(_)) => {
                     println!("{}", twinguard_hub::token::rotate(&cli.data_dir)?);
-                    eprintln!(
-                        "no hub answered at {api}: wrote the new token to {}; a hub started from that directory uses it",
-                        twinguard_hub::token::path(&cli.data_dir).display()
-                    );
+                    let file = twinguard_hub::token::path(&cli.data_dir);
+                    if std::net::TcpStream::connect_timeout(&api, Duration::from_secs(1)).is_ok() {
+                        // The token file was unreadable, so the running hub was not asked.
+                        eprintln!(
+                            "wrote the new token to {}; the hub running at {api} keeps its old token until it is restarted",
+                            file.display()
+                        );
+                    } else {
+                        eprintln!(
+                            "no hub answered at {api}: wrote the new token to {}; a hub started from that directory uses it",
+                            file.display()
+                        );
+                    }
                 }
             }
         }
