@@ -539,8 +539,15 @@ fn rotate_token(access: &Access) -> Result<Answer, Answer> {
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let new = crate::token::rotate(&access.data_dir).map_err(|e| {
-        warn!("API token rotation: {e}");
-        error(500, e)
+        // The whole cause chain: "DIR/api-token.tmp: Permission denied (os error 13)".
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        warn!("API token rotation: {message}");
+        error(500, message)
     })?;
     *token = new.clone();
     info!("API token rotated: the previous token no longer works");

@@ -55,8 +55,8 @@ pub enum DataDirError {
         /// Its permission bits.
         mode: u32,
     },
-    /// A system call failed.
-    #[error("{path}: {source}")]
+    /// A system call failed (the cause is the source).
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,

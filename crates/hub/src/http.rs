@@ -25,7 +25,7 @@ pub const MAX_HEADERS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The socket failed or timed out.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// Not the HTTP we speak; the status to answer with.
     #[error("{status}: {message}")]

@@ -234,6 +234,8 @@ fn token_command(cli: &Cli, api: SocketAddr, command: &TokenCommand) -> anyhow::
                 }
                 // No hub (or no token yet): the file is the token the next start uses.
                 None | Some(Err(_)) => {
+                    // Creates the directory (0700) if needed, and checks its owner and mode.
+                    twinguard_hub::datadir::prepare(&cli.data_dir)?;
                     println!("{}", twinguard_hub::token::rotate(&cli.data_dir)?);
                     let file = twinguard_hub::token::path(&cli.data_dir);
                     if std::net::TcpStream::connect_timeout(&api, Duration::from_secs(1)).is_ok() {
