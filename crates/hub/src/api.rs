@@ -1,5 +1,10 @@
-//! The operator API: JSON over HTTP/1.1 on a loopback address only (anyone who can reach it
-//! manages the hub, so it is never exposed). Routes:
+//! The operator API: JSON over HTTP/1.1 on a loopback address only. Every request must carry
+//! the hub's token (`Authorization: Bearer ...`, from `DIR/api-token`) and a `Host` naming
+//! the loopback address or a name given to `serve --api-host`; a request with a body must say
+//! `Content-Type: application/json`. So a web page in a browser on the same machine can
+//! neither read the API by DNS rebinding (its `Host` is its own name: 421) nor change anything
+//! by a cross-site form or `text/plain` POST (no token header: 401; and no CORS answer ever
+//! lets a page add one). Routes:
 //!
 //! | method | path | does |
 //! |---|---|---|
@@ -12,29 +17,46 @@
 //! | PATCH | `/v1/twins/{d}[/modules/{m}]/desired` | merges a patch into them (RFC 7386) |
 //! | GET | `/v1/messages?device=&module=&after=&limit=&waitMs=` | stored messages after a sequence number, waiting up to `waitMs` for one |
 //! | GET | `/v1/connections` | the live connections |
+//! | POST | `/v1/token` | replaces the API token (returns the new one; the old one stops working) |
+//!
+//! Connections are bounded in three pools, so slow clients cannot make the API refuse
+//! everyone: [`MAX_READING`] connections whose request is still arriving (each has
+//! [`REQUEST_TIMEOUT`] to send all of it; when the pool is full the oldest is closed, which is
+//! the slow one, since the CLI sends its request at once), [`MAX_API_REQUESTS`] requests being
+//! answered, and [`MAX_LONG_POLLS`] `messages` requests waiting for news (when full, the
+//! oldest wait ends early with what it has: an empty page the client asks again after).
 
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
 use crate::http::{read_request, write_response, HttpError, Request};
 use crate::hub::{now_ms, Hub};
 use crate::identity::{connection_string, generate_key, IdentityId};
 use crate::store::{IdentityRecord, MessageQuery, StoreError, StoredMessage};
 use crate::twin::{DesiredChange, Twin};
 
-/// Requests served at once; more wait in the listen backlog.
+/// Requests answered at once (after they were read); more get 503.
 pub const MAX_API_REQUESTS: usize = 16;
+/// Connections whose request is still arriving; a newer one closes the oldest past this.
+pub const MAX_READING: usize = 32;
+/// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
+pub const MAX_LONG_POLLS: usize = 32;
+/// Time a client has to send its whole request, from the TCP accept.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait of a `messages` request for new messages.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most messages in one answer.
 pub const MAX_PAGE: usize = 1000;
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An answer: status and JSON body.
 type Answer = (u16, Value);
@@ -55,13 +77,176 @@ fn store_error(e: StoreError) -> Answer {
     }
 }
 
+/// Who may use the API: the token, the names `Host` may carry, and where the token is kept.
+#[derive(Debug)]
+pub struct Access {
+    token: RwLock<String>,
+    /// Host names besides the loopback ones (`serve --api-host`), lower case.
+    hosts: Vec<String>,
+    /// The address the API is bound to (its literal is accepted as `Host` too).
+    bound: IpAddr,
+    data_dir: PathBuf,
+}
+
+impl Access {
+    /// The API's access rules: `token` (as in `data_dir`), and `hosts` accepted in `Host`
+    /// besides `localhost`, `127.0.0.1`, `[::1]` and the bound address.
+    pub fn new(token: String, hosts: &[String], bound: IpAddr, data_dir: PathBuf) -> Access {
+        Access {
+            token: RwLock::new(token),
+            hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            bound,
+            data_dir,
+        }
+    }
+
+    /// Whether a `Host` header value names this API: a loopback name or a configured one,
+    /// with any port.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let name = if let Some(rest) = host.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => {
+                    format!("[{v6}]")
+                }
+                _ => return false,
+            }
+        } else {
+            match host.rsplit_once(':') {
+                Some((name, port)) if is_port(port) => name.to_owned(),
+                Some(_) => return false,
+                None => host.clone(),
+            }
+        };
+        let bound = match self.bound {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        ["localhost", "127.0.0.1", "[::1]", bound.as_str()].contains(&name.as_str())
+            || self.hosts.contains(&name)
+    }
+
+    fn token_matches(&self, given: &str) -> bool {
+        let token = self
+            .token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::token::matches(&token, given)
+    }
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The checks every request passes before its route: `Host`, the bearer token, and the
+/// content type of a body. `Err` is the answer.
+fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
+    match req.header("host") {
+        Some(host) if access.host_allowed(host) => {}
+        Some(host) => {
+            return Err(error(
+                421,
+                format!("Host {host:?} is not this API's name (localhost, 127.0.0.1, [::1], or a serve --api-host name)"),
+            ))
+        }
+        None => return Err(error(400, "exactly one Host header is required")),
+    }
+    let token = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match token {
+        Some(t) if access.token_matches(t) => {}
+        Some(_) => return Err(error(401, "wrong API token")),
+        None => {
+            return Err(error(
+                401,
+                "an API token is required: Authorization: Bearer <the token in DIR/api-token>",
+            ))
+        }
+    }
+    let has_body = !req.body.is_empty() || !matches!(req.method.as_str(), "GET" | "HEAD");
+    if has_body {
+        let json = req.header("content-type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return Err(error(
+                415,
+                "a request with a body must be Content-Type: application/json",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waiting `messages` requests, oldest first, each with the flag that ends its wait early.
+#[derive(Debug, Default)]
+struct LongPolls {
+    waiting: Mutex<VecDeque<(u64, Arc<AtomicBool>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A waiting request's place; leaves the list when dropped.
+struct LongPoll<'a> {
+    polls: &'a LongPolls,
+    id: u64,
+    cancel: Arc<AtomicBool>,
+}
+
+impl LongPolls {
+    /// Enters a wait, ending the oldest one if [`MAX_LONG_POLLS`] are waiting.
+    fn enter<'a>(&'a self, hub: &Hub) -> LongPoll<'a> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waiting.len() >= MAX_LONG_POLLS {
+            if let Some((_, oldest)) = waiting.pop_front() {
+                oldest.store(true, Ordering::SeqCst);
+                hub.wake_waiters();
+            }
+        }
+        waiting.push_back((id, cancel.clone()));
+        LongPoll {
+            polls: self,
+            id,
+            cancel,
+        }
+    }
+}
+
+impl Drop for LongPoll<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .polls
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        waiting.retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// Serves the API on `listener` until the process ends. `status` is the body of
 /// `/v1/status`.
-pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value) {
-    let active = Arc::new(AtomicUsize::new(0));
+pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value, access: Arc<Access>) {
+    let reading = Admission::new(Limits {
+        sessions: MAX_API_REQUESTS,
+        pending: MAX_READING,
+        // Every API client is local (often all from 127.0.0.1): no per-source share, a full
+        // pool just closes its oldest (slowest) connection.
+        pending_per_source: usize::MAX,
+        report_every: REPORT_INTERVAL,
+    });
+    let polls = Arc::new(LongPolls::default());
     let status = Arc::new(status);
     for stream in listener.incoming() {
-        let mut stream = match stream {
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 debug!("API accept: {e}");
@@ -69,15 +254,16 @@ pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value) {
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_API_REQUESTS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_response(&mut stream, 503, &json!({"error": "busy"}));
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
-        let (hub, active, status) = (hub.clone(), active.clone(), status.clone());
+        };
+        let Ok(ticket) = reading.admit(peer.ip(), &stream) else {
+            continue;
+        };
+        let (hub, status, access, polls) = (hub.clone(), status.clone(), access.clone(), polls.clone());
         let spawned = std::thread::Builder::new().name("api".into()).spawn(move || {
-            exchange(&hub, &mut stream, &status);
-            active.fetch_sub(1, Ordering::SeqCst);
+            let mut stream = stream;
+            exchange(&hub, &mut stream, &status, &access, &polls, ticket);
         });
         if let Err(e) = spawned {
             warn!("API: cannot start a thread: {e}");
@@ -85,18 +271,50 @@ pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value) {
     }
 }
 
-fn exchange(hub: &Hub, stream: &mut TcpStream, status: &Value) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let (code, body) = match read_request(stream) {
-        Ok(request) => route(hub, &request, status),
-        Err(HttpError::Bad { status, message }) => error(status, message),
+fn exchange(
+    hub: &Hub,
+    stream: &mut TcpStream,
+    status: &Value,
+    access: &Access,
+    polls: &LongPolls,
+    ticket: PendingTicket,
+) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let request = read_request(stream, Instant::now() + REQUEST_TIMEOUT);
+    let (code, body) = match request {
+        Ok(request) => match check_access(access, &request) {
+            Err(answer) => {
+                drop(ticket);
+                answer
+            }
+            Ok(()) if is_long_poll(&request) => {
+                drop(ticket);
+                let poll = polls.enter(hub);
+                messages(hub, &request, &poll.cancel).unwrap_or_else(|a| a)
+            }
+            Ok(()) => match ticket.promote() {
+                Some(_slot) => route(hub, &request, status, access),
+                None => error(503, "busy: too many API requests at once"),
+            },
+        },
+        Err(HttpError::Bad { status, message }) => {
+            drop(ticket);
+            error(status, message)
+        }
         Err(HttpError::Io(e)) => {
             debug!("API read: {e}");
             return;
         }
     };
     let _ = write_response(stream, code, &body);
+}
+
+fn is_long_poll(req: &Request) -> bool {
+    req.method == "GET"
+        && req.segments.len() == 2
+        && req.segments[0] == "v1"
+        && req.segments[1] == "messages"
+        && req.param("waitMs").is_some_and(|w| w != "0")
 }
 
 /// The identity named by path segments `{d}` or `{d}/modules/{m}`.
@@ -109,7 +327,7 @@ fn identity_at(segments: &[String]) -> Result<IdentityId, Answer> {
     parsed.map_err(|e| error(400, e))
 }
 
-fn route(hub: &Hub, req: &Request, status: &Value) -> Answer {
+fn route(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
     let segments: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     let method = req.method.as_str();
     let result = match (method, segments.as_slice()) {
@@ -125,7 +343,8 @@ fn route(hub: &Hub, req: &Request, status: &Value) -> Answer {
             identity_at(&req.segments[2..req.segments.len() - 1])
                 .and_then(|id| change_desired(hub, &id, method, &req.body))
         }
-        ("GET", ["v1", "messages"]) => messages(hub, req),
+        ("GET", ["v1", "messages"]) => messages(hub, req, &AtomicBool::new(false)),
+        ("POST", ["v1", "token"]) => rotate_token(access),
         (_, ["v1", ..]) => Err(error(
             405,
             format!("{method} /{} is not a route", segments.join("/")),
@@ -242,7 +461,8 @@ fn message_json(m: &StoredMessage) -> Value {
     out
 }
 
-fn messages(hub: &Hub, req: &Request) -> Result<Answer, Answer> {
+/// Stored messages after `after`; with `waitMs`, waits for one until then or until `cancel`.
+fn messages(hub: &Hub, req: &Request, cancel: &AtomicBool) -> Result<Answer, Answer> {
     let number = |name: &str| -> Result<Option<u64>, Answer> {
         req.param(name)
             .map(|v| {
@@ -266,13 +486,13 @@ fn messages(hub: &Hub, req: &Request) -> Result<Answer, Answer> {
         let last = hub.last_message_seq();
         let found = hub.store().messages(&query).map_err(store_error)?;
         let now = std::time::Instant::now();
-        if !found.is_empty() || now >= deadline {
+        if !found.is_empty() || now >= deadline || cancel.load(Ordering::SeqCst) {
             let next = found.last().map_or(query.after, |m| m.seq);
             let list: Vec<Value> = found.iter().map(message_json).collect();
             return Ok((200, json!({ "messages": list, "next": next })));
         }
         // Wakes on any new message (perhaps another identity's): query again.
-        hub.wait_for_message(last, deadline - now);
+        hub.wait_for_message(last, deadline - now, cancel);
     }
 }
 
@@ -290,4 +510,86 @@ fn connections(hub: &Hub) -> Answer {
         })
         .collect();
     (200, Value::Array(list))
+}
+
+/// Runs the API's request path, short of the socket and the store, over untrusted bytes: the
+/// HTTP parser, the access checks (Host, token, content type), and the identity named by the
+/// path. The fuzz target `http_request` and its corpus replay call it; it must never panic.
+pub fn check_untrusted_request(data: &[u8]) {
+    let Ok(request) = crate::http::parse_request(data) else {
+        return;
+    };
+    let access = Access::new(
+        "A".repeat(43),
+        &["hub.example".into()],
+        IpAddr::from([127, 0, 0, 1]),
+        PathBuf::new(),
+    );
+    let _ = check_access(&access, &request);
+    let _ = is_long_poll(&request);
+    for host in request.header_values("host") {
+        let _ = access.host_allowed(host);
+    }
+    if request.segments.len() > 2 {
+        let _ = identity_at(&request.segments[2..]);
+    }
+}
+
+fn rotate_token(access: &Access) -> Result<Answer, Answer> {
+    let mut token = access
+        .token
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let new = crate::token::rotate(&access.data_dir).map_err(|e| {
+        // The whole cause chain: "DIR/api-token.tmp: Permission denied (os error 13)".
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        warn!("API token rotation: {message}");
+        error(500, message)
+    })?;
+    *token = new.clone();
+    info!("API token rotated: the previous token no longer works");
+    Ok((200, json!({ "token": new })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names() {
+        let access = Access::new(
+            "t".into(),
+            &["Hub.Example".into()],
+            "127.0.0.2".parse().expect("ip"),
+            PathBuf::new(),
+        );
+        for ok in [
+            "localhost",
+            "LOCALHOST:8884",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:8884",
+            "127.0.0.2:8884",
+            "hub.example:443",
+        ] {
+            assert!(access.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example.com",
+            "evil.example.com:8884",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "127.0.0.1:x",
+            "[::1]x",
+            "",
+            "localhost:",
+        ] {
+            assert!(!access.host_allowed(bad), "{bad}");
+        }
+    }
 }

@@ -40,6 +40,18 @@ pub enum Command {
     Messages(MessagesArgs),
     /// Show the running hub's addresses and live connections.
     Status,
+    /// Print or replace the API token (DIR/api-token) that every API request must carry.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the API token (for scripts: curl -H "Authorization: Bearer $(twinguard-hub token show)").
+    Show,
+    /// Replace the API token: through the running hub, or in DIR/api-token if none runs.
+    Rotate,
 }
 
 /// `serve` options.
@@ -55,9 +67,23 @@ pub struct ServeArgs {
     /// server certificate names it too (besides localhost, 127.0.0.1 and ::1).
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub hostname: String,
-    /// MQTT connections served at once.
+    /// Authenticated MQTT connections at once (more logins get CONNACK 3, server unavailable).
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections: usize,
+    /// MQTT connections not yet logged in, at once; when full, the oldest pending connection
+    /// of the busiest source address is closed for a newcomer.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_pending: usize,
+    /// MQTT connections not yet logged in from one source (an IPv4 address or an IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_pending_per_source: usize,
+    /// Seconds between the summary lines of refused connections (tests shorten it).
+    #[arg(long, value_name = "SECS", default_value_t = 10, hide = true)]
+    pub limits_report_secs: u64,
+    /// A name the API accepts in the HTTP Host header besides localhost, 127.0.0.1 and [::1]
+    /// (repeatable); any other Host gets 421, against DNS rebinding.
+    #[arg(long, value_name = "NAME")]
+    pub api_host: Vec<String>,
     /// Messages kept in the database (the oldest are deleted beyond).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_messages: u64,

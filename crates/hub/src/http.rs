@@ -1,10 +1,12 @@
 //! A minimal HTTP/1.1 for the operator API, both ends: one request per connection
-//! (`Connection: close`), `Content-Length` bodies only, bounded head and body sizes. Enough
-//! for a loopback JSON API between our own CLI and server; not a general HTTP implementation.
+//! (`Connection: close`), `Content-Length` bodies only, bounded head and body sizes, and the
+//! whole request read within one deadline (so a client sending a byte every few seconds holds
+//! its connection only that long). Enough for a loopback JSON API between our own CLI and
+//! server; not a general HTTP implementation.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -16,12 +18,14 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Largest response body the client reads (a page of messages).
 pub const MAX_RESPONSE_BODY: usize = 512 * 1024 * 1024;
+/// Most header lines in a request.
+pub const MAX_HEADERS: usize = 64;
 
 /// Why a request or response could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The socket failed or timed out.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// Not the HTTP we speak; the status to answer with.
     #[error("{status}: {message}")]
@@ -49,6 +53,8 @@ pub struct Request {
     pub segments: Vec<String>,
     /// The query's decoded pairs.
     pub query: Vec<(String, Option<String>)>,
+    /// Header lines: names in lower case, values trimmed, in order.
+    pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -61,10 +67,46 @@ impl Request {
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| v.as_deref())
     }
+
+    /// The values of header `name` (lower case).
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of header `name` (lower case), if it appears exactly once.
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        let mut values = self.header_values(name);
+        let first = values.next()?;
+        values.next().is_none().then_some(first)
+    }
+}
+
+/// Reads into `buf`, waiting at most until `deadline` (no deadline: the socket's own timeout).
+fn read_until(stream: &mut TcpStream, buf: &mut [u8], deadline: Option<Instant>) -> Result<usize, HttpError> {
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(bad(408, "request not received in time"));
+        }
+        stream.set_read_timeout(Some(left))?;
+    }
+    match stream.read(buf) {
+        Ok(n) => Ok(n),
+        Err(e)
+            if deadline.is_some()
+                && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+        {
+            Err(bad(408, "request not received in time"))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads the head (up to the blank line) and returns it and any body bytes read after it.
-fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), HttpError> {
+fn read_head(stream: &mut TcpStream, deadline: Option<Instant>) -> Result<(String, Vec<u8>), HttpError> {
     let mut data = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -77,7 +119,7 @@ fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), HttpError> {
         if data.len() > MAX_HEAD_BYTES {
             return Err(bad(431, "head too large"));
         }
-        let n = stream.read(&mut chunk)?;
+        let n = read_until(stream, &mut chunk, deadline)?;
         if n == 0 {
             return Err(bad(400, "connection closed in the head"));
         }
@@ -85,43 +127,81 @@ fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), HttpError> {
     }
 }
 
-/// The `Content-Length` of a head's header lines (0 without one); chunked bodies are refused.
-fn content_length(headers: &str, max: usize) -> Result<usize, HttpError> {
-    let mut length = 0;
-    for line in headers.split("\r\n") {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if name.trim().eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse().map_err(|_| bad(400, "bad Content-Length"))?;
-        } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
+/// The `Content-Length` of a head's header lines (0 without one); chunked bodies and
+/// repeated lengths are refused.
+fn content_length(headers: &[(String, String)], max: usize) -> Result<usize, HttpError> {
+    let mut length = None;
+    for (name, value) in headers {
+        if name == "content-length" {
+            let n: usize = value.parse().map_err(|_| bad(400, "bad Content-Length"))?;
+            if length.replace(n).is_some_and(|old| old != n) {
+                return Err(bad(400, "conflicting Content-Length headers"));
+            }
+        } else if name == "transfer-encoding" {
             return Err(bad(501, "chunked bodies are not supported"));
         }
     }
+    let length = length.unwrap_or(0);
     if length > max {
         return Err(bad(413, format!("body of {length} bytes; at most {max}")));
     }
     Ok(length)
 }
 
-fn read_body(stream: &mut TcpStream, mut body: Vec<u8>, length: usize) -> Result<Vec<u8>, HttpError> {
-    if body.len() > length {
-        body.truncate(length);
-    }
-    let missing = length - body.len();
-    stream.take(missing as u64).read_to_end(&mut body)?;
-    if body.len() != length {
-        return Err(bad(400, "connection closed in the body"));
+fn read_body(
+    stream: &mut TcpStream,
+    mut body: Vec<u8>,
+    length: usize,
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, HttpError> {
+    body.truncate(length);
+    let mut chunk = [0u8; 8192];
+    while body.len() < length {
+        let want = (length - body.len()).min(chunk.len());
+        let n = read_until(stream, &mut chunk[..want], deadline)?;
+        if n == 0 {
+            return Err(bad(400, "connection closed in the body"));
+        }
+        body.extend_from_slice(&chunk[..n]);
     }
     Ok(body)
 }
 
-/// Reads one request.
-pub fn read_request(stream: &mut TcpStream) -> Result<Request, HttpError> {
-    let (head, rest) = read_head(stream)?;
-    let (request_line, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+/// The header lines of a head (after its first line), names lower-cased.
+fn parse_headers(lines: &str) -> Result<Vec<(String, String)>, HttpError> {
+    let mut headers = Vec::new();
+    for line in lines.split("\r\n").filter(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad(400, "a header line without a colon"))?;
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace()) {
+            return Err(bad(400, "bad header name"));
+        }
+        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        if headers.len() > MAX_HEADERS {
+            return Err(bad(431, format!("more than {MAX_HEADERS} header lines")));
+        }
+    }
+    Ok(headers)
+}
+
+/// Reads one request, all of it before `deadline`.
+pub fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, HttpError> {
+    let (head, rest) = read_head(stream, Some(deadline))?;
+    let mut request = parse_head(&head)?;
+    let length = content_length(&request.headers, MAX_REQUEST_BODY)?;
+    request.body = read_body(stream, rest, length, Some(deadline))?;
+    Ok(request)
+}
+
+/// Parses a request head (the request line and the header lines, without the blank line);
+/// the body is left empty. Pure, for the fuzz target.
+pub fn parse_head(head: &str) -> Result<Request, HttpError> {
+    let (request_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad(400, "bad request line"));
     };
     if !version.starts_with("HTTP/1.") {
@@ -135,14 +215,36 @@ pub fn read_request(stream: &mut TcpStream) -> Result<Request, HttpError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(400, format!("path: {e}")))?;
     let query = decoded_pairs(query).map_err(|e| bad(400, format!("query: {e}")))?;
-    let length = content_length(headers, MAX_REQUEST_BODY)?;
-    let body = read_body(stream, rest, length)?;
+    let headers = parse_headers(headers)?;
+    content_length(&headers, MAX_REQUEST_BODY)?;
     Ok(Request {
         method: method.to_owned(),
         segments,
         query,
-        body,
+        headers,
+        body: Vec::new(),
     })
+}
+
+/// Parses a whole request held in memory (head, blank line, body), as [`read_request`] would
+/// read it from a socket. Pure, for the fuzz target and tests.
+pub fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad(400, "no end of head"))?;
+    if end > MAX_HEAD_BYTES {
+        return Err(bad(431, "head too large"));
+    }
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| bad(400, "head is not UTF-8"))?;
+    let mut request = parse_head(head)?;
+    let length = content_length(&request.headers, MAX_REQUEST_BODY)?;
+    let body = &bytes[end + 4..];
+    if body.len() < length {
+        return Err(bad(400, "connection closed in the body"));
+    }
+    request.body = body[..length].to_vec();
+    Ok(request)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -150,10 +252,15 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         503 => "Service Unavailable",
@@ -162,11 +269,16 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes a JSON response and ends the exchange.
+/// Writes a JSON response and ends the exchange. A 401 names the scheme it wants.
 pub fn write_response(stream: &mut TcpStream, status: u16, body: &Value) -> io::Result<()> {
     let body = body.to_string();
+    let challenge = if status == 401 {
+        "WWW-Authenticate: Bearer realm=\"twinguard-hub\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{challenge}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(status),
         body.len()
     );
@@ -175,9 +287,11 @@ pub fn write_response(stream: &mut TcpStream, status: u16, body: &Value) -> io::
     stream.flush()
 }
 
-/// Sends one request to `addr` and returns the status and the JSON body (`Null` when empty).
+/// Sends one request to `addr`, with the API token `token` as a bearer token, and returns the
+/// status and the JSON body (`Null` when empty).
 pub fn call(
     addr: SocketAddr,
+    token: &str,
     method: &str,
     target: &str,
     body: Option<&Value>,
@@ -188,24 +302,64 @@ pub fn call(
     stream.set_write_timeout(Some(timeout))?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())?;
-    let (head, rest) = read_head(&mut stream)?;
+    let (head, rest) = read_head(&mut stream, None)?;
     let (status_line, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
     let status = status_line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(400, format!("bad status line {status_line:?}")))?;
-    let length = content_length(headers, MAX_RESPONSE_BODY)?;
-    let bytes = read_body(&mut stream, rest, length)?;
+    let length = content_length(&parse_headers(headers)?, MAX_RESPONSE_BODY)?;
+    let bytes = read_body(&mut stream, rest, length, None)?;
     let value = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes).map_err(|e| bad(400, format!("response is not JSON: {e}")))?
     };
     Ok((status, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_headers_and_bodies() {
+        let r = parse_request(
+            b"POST /v1/twins/d%2F1?x=1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nAUTHORIZATION:  Bearer abc \r\nContent-Length: 2\r\n\r\n{}xx",
+        )
+        .expect("parses");
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.segments, ["v1", "twins", "d/1"]);
+        assert_eq!(r.header("authorization"), Some("Bearer abc"));
+        assert_eq!(r.header("host"), Some("127.0.0.1:1"));
+        assert_eq!(r.body, b"{}");
+    }
+
+    #[test]
+    fn bad_requests_get_their_status() {
+        let status = |bytes: &[u8]| match parse_request(bytes) {
+            Err(HttpError::Bad { status, .. }) => status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(b"GET / HTTP/2\r\n\r\n"), 505);
+        assert_eq!(status(b"GET / HTTP/1.1 x\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nno colon\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), 413);
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "a: b\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(status(many.as_bytes()), 431);
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -182,12 +182,21 @@ impl Hub {
         *lock(&self.last_message)
     }
 
-    /// Waits until a message newer than `after` is stored, at most `timeout`.
-    pub fn wait_for_message(&self, after: i64, timeout: Duration) {
+    /// Waits until a message newer than `after` is stored, at most `timeout`, or until
+    /// `cancel` is set (followed by [`Hub::wake_waiters`]).
+    pub fn wait_for_message(&self, after: i64, timeout: Duration, cancel: &AtomicBool) {
         let last = lock(&self.last_message);
         let _ = self
             .new_message
-            .wait_timeout_while(last, timeout, |last| *last <= after)
+            .wait_timeout_while(last, timeout, |last| {
+                *last <= after && !cancel.load(Ordering::SeqCst)
+            })
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
+    /// Wakes every waiter of [`Hub::wait_for_message`] to check its cancel flag.
+    pub fn wake_waiters(&self) {
+        let _last = lock(&self.last_message);
+        self.new_message.notify_all();
     }
 }

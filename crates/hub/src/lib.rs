@@ -3,11 +3,15 @@
 //!
 //! Code map (outer IO layer first):
 //! - `server`: `serve` - data directory, listeners, one thread per connection (bounded).
+//! - `admission`: the two connection pools (pending login, authenticated sessions), the
+//!   per-source limits before login, and the counted, rate-limited refusal log.
 //! - `session`: one MQTT connection under IoT Hub's rules (CONNECT checks, twin topics,
 //!   device-to-cloud messages, limits, keep-alive and token-expiry deadlines).
 //! - `link`: plain TCP or TLS byte stream with a poll timeout.
 //! - `hub`: shared state - the store, one live connection per identity, new-message signal.
 //! - `api`, `http`: the loopback operator API (JSON over a minimal HTTP/1.1) and its client.
+//! - `datadir`, `token`: the data directory's ownership and modes, private files opened
+//!   without following links; the API's bearer token.
 //! - `store`: SQLite - identities, twins with versions, messages with properties and flags.
 //! - `tls`: local CA and server certificate, generated on first start.
 //! - Pure rules: `connect` (client id, user name, SAS check), `sas` (tokens), `topics`
@@ -17,8 +21,10 @@
 //!
 //! Architecture Invariant: nothing a client sends can panic the hub or make it hold more than
 //! one bounded packet per connection; every thread, queue and wait is bounded.
+pub mod admission;
 pub mod api;
 pub mod connect;
+pub mod datadir;
 pub mod http;
 pub mod hub;
 pub mod identity;
@@ -30,5 +36,6 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod token;
 pub mod topics;
 pub mod twin;

@@ -15,11 +15,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
-use twinguard_hub::http::call;
+use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::query::percent_encode;
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
 
-use cli::{Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, ServeArgs, TwinCommand, DEFAULT_API};
+use cli::{
+    Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, ServeArgs, TokenCommand, TwinCommand,
+    DEFAULT_API,
+};
 
 /// Largest desired document read from a file or standard input.
 const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
@@ -75,6 +78,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         api: cli.api.unwrap_or_else(default_api),
         hostname: args.hostname.clone(),
         max_connections: args.max_connections.max(1),
+        max_pending: args.max_pending.max(1),
+        max_pending_per_source: args.max_pending_per_source.max(1),
+        limits_report_every: Duration::from_secs(args.limits_report_secs.max(1)),
+        api_hosts: args.api_host.clone(),
         max_messages: args.max_messages.max(1),
     })?;
     println!(
@@ -88,6 +95,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     println!("operator API:   http://{}", running.api);
     println!("CA certificate: {}", running.ca_file.display());
+    println!(
+        "API token:      {} (the CLI reads it; twinguard-hub token show)",
+        twinguard_hub::token::path(&cli.data_dir).display()
+    );
     running.wait();
     Ok(())
 }
@@ -118,7 +129,8 @@ fn request(
     body: Option<&Value>,
     timeout: Duration,
 ) -> anyhow::Result<Value> {
-    let (status, value) = call(api, method, target, body, timeout).with_context(|| {
+    let token = API_TOKEN.get().map_or("", String::as_str);
+    let (status, value) = call(api, token, method, target, body, timeout).with_context(|| {
         format!("cannot reach the hub's API at {api} (is `twinguard-hub serve` running?)")
     })?;
     if !(200..300).contains(&status) {
@@ -142,11 +154,21 @@ fn print_pretty(value: &Value) {
     );
 }
 
+/// The API token of the data directory, read once by [`client`] before any request.
+static API_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
     let api = api_address(cli);
+    if let Command::Token(command) = command {
+        return token_command(cli, api, command);
+    }
+    let token = twinguard_hub::token::read(&cli.data_dir).context(
+        "reading the API token (start the hub once with `twinguard-hub serve`, or give its --data-dir)",
+    )?;
+    let _ = API_TOKEN.set(token);
     let timeout = Duration::from_secs(30);
     match command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(_) | Command::Token(_) => Ok(()),
         Command::Identity(IdentityCommand::Add(args)) => {
             let id = &args.identity;
             let body = json!({"deviceId": id.device, "moduleId": id.module});
@@ -188,6 +210,57 @@ fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
     }
 }
 
+/// `token show` prints the data directory's token; `token rotate` asks the running hub for a
+/// new one, or, when no hub answers at the API address, writes a new one to the file.
+fn token_command(cli: &Cli, api: SocketAddr, command: &TokenCommand) -> anyhow::Result<()> {
+    let current = twinguard_hub::token::read(&cli.data_dir);
+    match command {
+        TokenCommand::Show => println!("{}", current?),
+        TokenCommand::Rotate => {
+            let answer = current
+                .ok()
+                .map(|token| call(api, &token, "POST", "/v1/token", None, Duration::from_secs(30)));
+            match answer {
+                Some(Ok((200, body))) => {
+                    let new = body.get("token").and_then(Value::as_str).unwrap_or_default();
+                    println!("{new}");
+                    eprintln!("the running hub now takes this token only");
+                }
+                Some(Ok((status, body))) => {
+                    let message = body.get("error").and_then(Value::as_str).unwrap_or("no details");
+                    bail!("the hub at {api} refused: {message} (HTTP {status})");
+                }
+                Some(Err(HttpError::Io(e))) if e.kind() != std::io::ErrorKind::ConnectionRefused => {
+                    bail!("cannot reach the hub's API at {api}: {e}");
+                }
+                Some(Err(HttpError::Bad { message, .. })) => {
+                    bail!("the hub at {api} answered badly: {message}");
+                }
+                // No hub (or no token yet): the file is the token the next start uses.
+                None | Some(Err(_)) => {
+                    // Creates the directory (0700) if needed, and checks its owner and mode.
+                    twinguard_hub::datadir::prepare(&cli.data_dir)?;
+                    println!("{}", twinguard_hub::token::rotate(&cli.data_dir)?);
+                    let file = twinguard_hub::token::path(&cli.data_dir);
+                    if std::net::TcpStream::connect_timeout(&api, Duration::from_secs(1)).is_ok() {
+                        // The token file was unreadable, so the running hub was not asked.
+                        eprintln!(
+                            "wrote the new token to {}; the hub running at {api} keeps its old token until it is restarted",
+                            file.display()
+                        );
+                    } else {
+                        eprintln!(
+                            "no hub answered at {api}: wrote the new token to {}; a hub started from that directory uses it",
+                            file.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Prints the connection string, or writes it to `out` readable by the owner only (it holds
 /// the identity's key) and prints where it went.
 fn output_connection_string(identity: &Value, out: Option<&Path>) -> anyhow::Result<()> {
@@ -201,15 +274,34 @@ fn output_connection_string(identity: &Value, out: Option<&Path>) -> anyhow::Res
         println!("{cs}");
         return Ok(());
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    // Never through a symbolic link, never into a FIFO or device: the key goes to a regular
+    // file at that very path, or nowhere. (Checked before the open for a clear message, and
+    // again on the open descriptor, so nothing swapped in between is written to.)
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.is_file() && !meta.file_type().is_symlink() {
+            bail!(
+                "{} is not a regular file: refusing to write a key there",
+                path.display()
+            );
+        }
+    }
+    let mut file = twinguard_hub::datadir::open_nofollow(
+        path,
+        std::fs::OpenOptions::new().write(true).create(true).mode(0o600),
+    )
+    .map_err(|e| twinguard_hub::datadir::refusal(path, e))?;
+    let meta = file
+        .metadata()
         .with_context(|| format!("writing {}", path.display()))?;
-    // An existing file keeps its mode through open(2): make it private too.
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file: refusing to write a key there",
+            path.display()
+        );
+    }
+    // An existing file keeps its mode through open(2): make it private too, before writing.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.set_len(0))
         .and_then(|()| file.write_all(format!("{cs}\n").as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
     println!("connection string written to {}", path.display());

@@ -7,6 +7,11 @@ use base64::Engine as _;
 
 use crate::query::{percent_decode, raw_pairs};
 
+/// The furthest expiry a token may have, counted from the time of the check: 365 days. IoT
+/// Hub's SDKs sign tokens for an hour (the agent too); a token valid for longer is a
+/// long-lived credential that should not exist, and `se` = 2^64-1 ("never") is refused.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+
 /// The prefix of every token.
 const PREFIX: &str = "SharedAccessSignature ";
 
@@ -24,6 +29,16 @@ pub enum SasError {
     /// The token's `se` is not in the future.
     #[error("SAS token expired at {expiry} (now {now})")]
     Expired {
+        /// The token's expiry, Unix seconds.
+        expiry: u64,
+        /// The time of the check.
+        now: u64,
+    },
+    /// The token's `se` lies further ahead than [`MAX_TOKEN_LIFETIME_SECS`].
+    #[error(
+        "SAS token expiry {expiry} is more than {MAX_TOKEN_LIFETIME_SECS} s (365 days) after now ({now})"
+    )]
+    TooLong {
         /// The token's expiry, Unix seconds.
         expiry: u64,
         /// The time of the check.
@@ -144,6 +159,12 @@ impl SasToken {
                 now,
             });
         }
+        if self.expiry - now > MAX_TOKEN_LIFETIME_SECS {
+            return Err(SasError::TooLong {
+                expiry: self.expiry,
+                now,
+            });
+        }
         Ok(())
     }
 }
@@ -208,6 +229,18 @@ mod tests {
             token.verify(resource, b"other key", 1),
             Err(SasError::BadSignature)
         );
+        let far = MAX_TOKEN_LIFETIME_SECS + 10;
+        let long = SasToken::parse(&sign(resource, &key(), far)).expect("parses");
+        assert_eq!(long.verify(resource, &key(), 10), Ok(()), "exactly the maximum");
+        assert!(matches!(
+            long.verify(resource, &key(), 9),
+            Err(SasError::TooLong { .. })
+        ));
+        let never = SasToken::parse(&sign(resource, &key(), u64::MAX)).expect("parses");
+        assert!(matches!(
+            never.verify(resource, &key(), 9),
+            Err(SasError::TooLong { .. })
+        ));
         let policy = format!("{}&skn=iothubowner", sign(resource, &key(), 100));
         assert_eq!(
             SasToken::parse(&policy).and_then(|t| t.verify(resource, &key(), 1)),

@@ -1,13 +1,11 @@
 //! `twinguard-hub serve`: opens the data directory (database, certificates), binds the MQTT
 //! listener (TLS), the optional plain-TCP listener and the loopback API, writes the bound
 //! addresses to `listen.json` (so the CLI and tests find a hub started on port 0), and runs
-//! one thread per listener and one per connection, at most `max_connections` at once.
+//! one thread per listener and one per connection: at most `max_pending` not yet logged in
+//! and `max_connections` authenticated (see [`crate::admission`]).
 
-use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,6 +15,8 @@ use rustls::ServerConfig;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Limits, PendingTicket};
+use crate::api::Access;
 use crate::hub::Hub;
 use crate::link::Link;
 use crate::store::Store;
@@ -37,8 +37,17 @@ pub struct ServeOptions {
     pub api: SocketAddr,
     /// The host name in connection strings (and SAS resources).
     pub hostname: String,
-    /// MQTT connections served at once; more are closed at accept.
+    /// Names the API accepts in `Host` besides the loopback ones (`serve --api-host`).
+    pub api_hosts: Vec<String>,
+    /// Authenticated MQTT sessions at once; more logins get CONNACK 3 (server unavailable).
     pub max_connections: usize,
+    /// Connections not yet logged in, at once, and from one source address; see
+    /// [`crate::admission`].
+    pub max_pending: usize,
+    /// Pending connections from one source (an IPv4 address or an IPv6 /64).
+    pub max_pending_per_source: usize,
+    /// At most one summary line of refused connections per this interval.
+    pub limits_report_every: Duration,
     /// Messages kept; the oldest beyond are deleted.
     pub max_messages: u64,
 }
@@ -66,21 +75,22 @@ impl Running {
     }
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The directory holds the CA key and every identity's key.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("setting the mode of {}", dir.display()))
-}
-
 /// Starts the hub; returns once every listener is bound.
 pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     if !opts.api.ip().is_loopback() {
-        bail!("the API address {} is not a loopback address: the API has no authentication, so it is only served on 127.0.0.0/8 or ::1", opts.api);
+        bail!(
+            "the API address {} is not a loopback address: the API is only served on 127.0.0.0/8 or ::1",
+            opts.api
+        );
     }
-    create_private_dir(&opts.data_dir)?;
-    let store = Store::open(&opts.data_dir.join("hub.db"), opts.max_messages)
-        .with_context(|| format!("opening {}", opts.data_dir.join("hub.db").display()))?;
+    // The directory holds the CA key, the API token and every identity's key.
+    crate::datadir::prepare(&opts.data_dir)?;
+    let db = opts.data_dir.join("hub.db");
+    crate::datadir::create_private_if_missing(&db)?;
+    let store = Store::open(&db, opts.max_messages).with_context(|| format!("opening {}", db.display()))?;
+    // SQLite has created the -wal and -shm files by now (with the database's mode).
+    crate::datadir::tighten_private_files(&opts.data_dir)?;
+    let token = crate::token::load_or_create(&opts.data_dir)?;
     let hub = Arc::new(Hub::new(opts.hostname.clone(), store)?);
     let ca_file = crate::tls::ensure_certificates(&opts.data_dir, &opts.hostname)?;
     let tls = crate::tls::server_config(&opts.data_dir)?;
@@ -105,12 +115,14 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         "pid": std::process::id(),
     });
     let listen_file = opts.data_dir.join(LISTEN_FILE);
-    let tmp = listen_file.with_extension("tmp");
-    fs::write(&tmp, status.to_string())
-        .and_then(|()| fs::rename(&tmp, &listen_file))
-        .with_context(|| format!("writing {}", listen_file.display()))?;
+    crate::datadir::write_private(&listen_file, &status.to_string())?;
 
-    let active = Arc::new(AtomicUsize::new(0));
+    let admission = Admission::new(Limits {
+        sessions: opts.max_connections,
+        pending: opts.max_pending,
+        pending_per_source: opts.max_pending_per_source,
+        report_every: opts.limits_report_every,
+    });
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -119,24 +131,40 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
             .with_context(|| format!("starting the {name} thread"))
     };
     {
-        let (hub, active, max) = (hub.clone(), active.clone(), opts.max_connections);
+        let (hub, admission) = (hub.clone(), admission.clone());
         threads.push(spawn(
             "mqtt-tls",
-            Box::new(move || accept_loop(&hub, mqtt, Some(tls), &active, max)),
+            Box::new(move || accept_loop(&hub, mqtt, Some(tls), &admission)),
         )?);
     }
     if let Some(plain) = plain {
-        let (hub, active, max) = (hub.clone(), active.clone(), opts.max_connections);
+        let (hub, admission) = (hub.clone(), admission.clone());
         threads.push(spawn(
             "mqtt-plain",
-            Box::new(move || accept_loop(&hub, plain, None, &active, max)),
+            Box::new(move || accept_loop(&hub, plain, None, &admission)),
+        )?);
+    }
+    {
+        let admission = admission.clone();
+        threads.push(spawn(
+            "limits-report",
+            Box::new(move || loop {
+                std::thread::sleep(admission.limits().report_every);
+                admission.report();
+            }),
         )?);
     }
     {
         let hub = hub.clone();
+        let access = Arc::new(Access::new(
+            token,
+            &opts.api_hosts,
+            api_addr.ip(),
+            opts.data_dir.clone(),
+        ));
         threads.push(spawn(
             "api",
-            Box::new(move || crate::api::serve(hub, api, status)),
+            Box::new(move || crate::api::serve(hub, api, status, access)),
         )?);
     }
     info!(mqtt = %listen, plain = ?plain_addr, api = %api_addr, hostname = %opts.hostname, "hub listening");
@@ -149,55 +177,46 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     })
 }
 
-/// Decrements the connection count when a connection thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn accept_loop(
     hub: &Arc<Hub>,
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
-    active: &Arc<AtomicUsize>,
-    max: usize,
+    admission: &Arc<Admission>,
 ) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
-                warn!("accept: {e}");
+                debug!("accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= max {
-            active.fetch_sub(1, Ordering::SeqCst);
-            warn!("connection limit of {max} reached: closing a new connection");
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
-        let slot = Slot(active.clone());
+        };
+        // Refused connections are closed at once (dropped), counted and summarised.
+        let Ok(ticket) = admission.admit(peer.ip(), &stream) else {
+            continue;
+        };
         let (hub, tls) = (hub.clone(), tls.clone());
         let spawned = std::thread::Builder::new()
             .name("mqtt-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                connection(&hub, stream, tls);
-            });
+            .spawn(move || connection(&hub, stream, peer, tls, ticket));
         if let Err(e) = spawned {
             warn!("cannot start a connection thread: {e}");
         }
     }
 }
 
-fn connection(hub: &Hub, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
+fn connection(
+    hub: &Hub,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
+    ticket: PendingTicket,
+) {
     let _ = stream.set_nodelay(true);
     let link = match tls {
         Some(config) => match Link::tls(stream, config) {
@@ -209,5 +228,5 @@ fn connection(hub: &Hub, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
         },
         None => Link::Plain(stream),
     };
-    crate::session::serve(hub, link, peer);
+    crate::session::serve(hub, link, peer, ticket);
 }

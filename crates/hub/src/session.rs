@@ -17,11 +17,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 use twinguard_mqtt::{
-    topic, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketBuffer, ProtocolError, Publish, QoS,
-    SubAck, SubscribeReturnCode,
+    decode, topic, ConnAck, Connect, ConnectReturnCode, Decoded, LastWill, Packet, PacketBuffer,
+    ProtocolError, Publish, QoS, SubAck, SubscribeReturnCode,
 };
 
-use crate::connect::{authenticate, claimed_identity};
+use crate::admission::{PendingTicket, SessionSlot};
+use crate::connect::{authenticate, claimed_identity, redact_signature};
 use crate::hub::{now_ms, Hub, Live, Outbound, OUTBOX_CAPACITY};
 use crate::identity::IdentityId;
 use crate::link::{Link, Received};
@@ -31,8 +32,14 @@ use crate::topics::{self, Inbound};
 
 /// How often a connection thread wakes up when the client is silent.
 pub const POLL: Duration = Duration::from_millis(50);
-/// Time for the TLS handshake and the CONNECT packet.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the TLS handshake and the CONNECT packet, from the TCP accept. Short, because a
+/// connection holds a slot of the pending pool until then.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest CONNECT (client id, user name, SAS token and a last will): a connection that
+/// has not logged in buffers no more than this.
+pub const MAX_CONNECT_BYTES: usize = 32 * 1024;
+/// Bytes read at once before the login (small, as a flood may hold many such connections).
+const CONNECT_CHUNK: usize = 4 * 1024;
 /// Time a blocked write may take before the client is considered gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// IoT Hub's largest device-to-cloud message (payload bytes).
@@ -64,13 +71,13 @@ enum End {
     Failure(String),
 }
 
-/// Serves one accepted connection to its end.
-pub fn serve(hub: &Hub, mut link: Link, peer: SocketAddr) {
+/// Serves one accepted connection to its end. `ticket` is its place in the pending pool, left
+/// for a session slot once the CONNECT is authenticated.
+pub fn serve(hub: &Hub, mut link: Link, peer: SocketAddr, ticket: PendingTicket) {
     let conn = hub.next_connection();
     let _ = link.socket().set_read_timeout(Some(POLL));
     let _ = link.socket().set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut buffer = PacketBuffer::new(MAX_PACKET_BYTES);
-    let connect = match read_connect(&mut link, &mut buffer) {
+    let (connect, rest) = match read_connect(&mut link) {
         Ok(c) => c,
         Err(reason) => {
             debug!(conn, %peer, "connection closed before CONNECT: {reason}");
@@ -78,7 +85,9 @@ pub fn serve(hub: &Hub, mut link: Link, peer: SocketAddr) {
             return;
         }
     };
-    let Some(mut session) = accept(hub, &mut link, conn, peer, connect, buffer) else {
+    let mut buffer = PacketBuffer::new(MAX_PACKET_BYTES);
+    buffer.push(&rest);
+    let Some(mut session) = accept(hub, &mut link, conn, peer, connect, buffer, ticket) else {
         link.close();
         return;
     };
@@ -87,16 +96,42 @@ pub fn serve(hub: &Hub, mut link: Link, peer: SocketAddr) {
     session.finish(end);
 }
 
-/// Reads until the first packet, which must be CONNECT.
-fn read_connect(link: &mut Link, buffer: &mut PacketBuffer) -> Result<Connect, String> {
+/// The first packet of a connection from the bytes received so far: a CONNECT of at most
+/// [`MAX_CONNECT_BYTES`] and the bytes it took, `None` while incomplete. Any other packet is
+/// an error. Pure (the fuzz target `connect` calls it).
+pub fn first_connect(bytes: &[u8]) -> Result<Option<(Connect, usize)>, FirstPacketError> {
+    match decode(bytes, MAX_CONNECT_BYTES)? {
+        Decoded::Packet {
+            packet: Packet::Connect(c),
+            consumed,
+        } => Ok(Some((c, consumed))),
+        Decoded::Packet { packet, .. } => Err(FirstPacketError::NotConnect(packet.name())),
+        Decoded::Incomplete => Ok(None),
+    }
+}
+
+/// Why the first packet of a connection is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FirstPacketError {
+    /// Not MQTT 3.1.1, too large, or malformed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// Another packet type came first.
+    #[error("first packet is {0}, not CONNECT")]
+    NotConnect(&'static str),
+}
+
+/// Reads until the first packet, which must be CONNECT of at most [`MAX_CONNECT_BYTES`],
+/// within [`CONNECT_TIMEOUT`]; returns it and the bytes received after it.
+fn read_connect(link: &mut Link) -> Result<(Connect, Vec<u8>), String> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut chunk = [0u8; CONNECT_CHUNK];
+    let mut bytes = Vec::new();
     loop {
-        match buffer.next_packet() {
-            Ok(Some(Packet::Connect(c))) => return Ok(c),
-            Ok(Some(other)) => return Err(format!("first packet is {}, not CONNECT", other.name())),
+        match first_connect(&bytes) {
+            Ok(Some((c, consumed))) => return Ok((c, bytes.split_off(consumed))),
             Ok(None) => {}
-            Err(e @ ProtocolError::UnsupportedProtocol { .. }) => {
+            Err(FirstPacketError::Protocol(e @ ProtocolError::UnsupportedProtocol { .. })) => {
                 // MQTT 3.1.1 §3.1.2.2: answer 0x01 before closing.
                 send_packet(
                     link,
@@ -114,7 +149,9 @@ fn read_connect(link: &mut Link, buffer: &mut PacketBuffer) -> Result<Connect, S
             return Err("no CONNECT within the connect timeout".into());
         }
         match link.receive(&mut chunk).map_err(|e| e.to_string())? {
-            Received::Data(n) => buffer.push(&chunk[..n]),
+            // `decode` refuses a packet announcing more than the maximum as soon as its
+            // header is in, so this never holds more than a maximum CONNECT and one chunk.
+            Received::Data(n) => bytes.extend_from_slice(&chunk[..n]),
             Received::Idle => {}
             Received::Closed => return Err("closed by the peer".into()),
         }
@@ -154,6 +191,7 @@ fn accept<'h>(
     peer: SocketAddr,
     connect: Connect,
     buffer: PacketBuffer,
+    ticket: PendingTicket,
 ) -> Option<Session<'h>> {
     let now = unix_now();
     let checked = claimed_identity(&connect, hub.hostname()).and_then(|(id, token)| {
@@ -169,7 +207,9 @@ fn accept<'h>(
     let (id, token) = match checked {
         Ok(ok) => ok,
         Err(refusal) => {
-            info!(conn, %peer, client_id = %connect.client_id, code = ?refusal.code, "CONNECT refused: {}", refusal.reason);
+            if ticket.log_connect_refusal() {
+                info!(conn, %peer, client_id = %redact_signature(&connect.client_id), code = ?refusal.code, "CONNECT refused: {}", redact_signature(&refusal.reason));
+            }
             let _ = send_packet(
                 link,
                 &Packet::ConnAck(ConnAck {
@@ -179,6 +219,16 @@ fn accept<'h>(
             );
             return None;
         }
+    };
+    let Some(slot) = ticket.promote() else {
+        let _ = send_packet(
+            link,
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServerUnavailable,
+            }),
+        );
+        return None;
     };
     let socket = match link.socket().try_clone() {
         Ok(s) => s,
@@ -227,6 +277,7 @@ fn accept<'h>(
         last_received: started,
         token_deadline: started + token_lifetime(token.expiry),
         will: connect.will,
+        _slot: slot,
     })
 }
 
@@ -245,6 +296,8 @@ struct Session<'h> {
     last_received: Instant,
     token_deadline: Instant,
     will: Option<LastWill>,
+    /// Its place in the session pool, freed when the session ends.
+    _slot: SessionSlot,
 }
 
 impl Session<'_> {
@@ -315,6 +368,7 @@ impl Session<'_> {
             if let Some(will) = &self.will {
                 if let Inbound::Telemetry { mut properties } = topics::classify_publish(&will.topic, &self.id)
                 {
+                    topics::drop_system_properties(&mut properties);
                     properties.push(("iothub-MessageType".into(), Some("Will".into())));
                     self.store_message(&will.topic, properties, will.payload.clone())
                         .ok();
@@ -383,7 +437,11 @@ impl Session<'_> {
             )));
         }
         match topics::classify_publish(&p.topic, &self.id) {
-            Inbound::Telemetry { properties } => {
+            Inbound::Telemetry { mut properties } => {
+                let dropped = topics::drop_system_properties(&mut properties);
+                if dropped > 0 {
+                    debug!(conn = self.conn, identity = %self.id, dropped, "device-supplied iothub-* properties dropped");
+                }
                 // Stored (committed) before the PUBACK: an acknowledged message survives a
                 // killed hub.
                 self.store_message(&p.topic, properties, p.payload)

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{Map, Value};
 
 use crate::identity::IdentityId;
@@ -162,7 +162,8 @@ fn parse_object(text: &str, what: &'static str) -> Result<Map<String, Value>, St
 impl Store {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path, max_messages: u64) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
+        // NOFOLLOW: a symbolic link planted at the database path is refused, not followed.
+        let conn = Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
         // WAL: readers (the API) do not block the writer; NORMAL sync is durable against a
         // killed process (the WAL is in the kernel before a commit returns); only a power loss
         // may lose the last commits, as for the agent's own cache.

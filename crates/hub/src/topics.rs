@@ -65,6 +65,16 @@ pub fn classify_publish(topic: &str, id: &IdentityId) -> Inbound {
     Inbound::Unsupported(format!("{topic:?} is not a topic {id} may publish to"))
 }
 
+/// Removes the properties a device may not set: IoT Hub's own system properties, named
+/// `iothub-...` (any case), such as `iothub-connection-device-id` or `iothub-MessageType`.
+/// IoT Hub sets these itself, so a device must not be able to forge them. Returns how many
+/// were removed.
+pub fn drop_system_properties(properties: &mut Vec<(String, Option<String>)>) -> usize {
+    let before = properties.len();
+    properties.retain(|(name, _)| !name.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("iothub-")));
+    before - properties.len()
+}
+
 /// The `$rid` of a `?$rid=...` query, as given (empty when there is none).
 fn rid_of(query: &str) -> String {
     let query = query.strip_prefix('?').unwrap_or(query);
@@ -157,6 +167,24 @@ mod tests {
             classify_publish("devices/d1/messages/events/a=b", &d),
             Inbound::Telemetry { .. }
         ));
+    }
+
+    #[test]
+    fn device_supplied_system_properties_are_dropped() {
+        let mut p: Vec<(String, Option<String>)> = [
+            "iothub-connection-device-id",
+            "IOTHUB-MessageType",
+            "custom",
+            "$.ct",
+            "iothub",
+            "é",
+        ]
+        .iter()
+        .map(|n| ((*n).to_owned(), Some("x".to_owned())))
+        .collect();
+        assert_eq!(drop_system_properties(&mut p), 2);
+        let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["custom", "$.ct", "iothub", "é"]);
     }
 
     #[test]

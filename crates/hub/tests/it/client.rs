@@ -42,9 +42,27 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// A TCP connection to `addr` from the local address `source`.
+pub fn tcp_from(addr: SocketAddr, source: std::net::IpAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), Duration::from_secs(3))?;
+    Ok(socket.into())
+}
+
 impl Client {
     /// Opens a TLS connection trusting only `ca`, verifying the name `localhost`.
     pub fn open(addr: SocketAddr, ca: &Path) -> Client {
+        Client::over(TcpStream::connect(addr).expect("connect"), ca)
+    }
+
+    /// [`Client::open`] from the local address `source` (any of 127/8 on Linux).
+    pub fn open_from(addr: SocketAddr, source: std::net::IpAddr, ca: &Path) -> Client {
+        Client::over(tcp_from(addr, source).expect("connect"), ca)
+    }
+
+    fn over(socket: TcpStream, ca: &Path) -> Client {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca).expect("ca file") {
             roots.add(cert.expect("ca cert")).expect("add ca");
@@ -57,7 +75,6 @@ impl Client {
             .with_no_client_auth();
         let name = ServerName::try_from("localhost").expect("name");
         let conn = ClientConnection::new(Arc::new(config), name).expect("tls");
-        let socket = TcpStream::connect(addr).expect("connect");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");

@@ -6,6 +6,8 @@
 mod agent;
 mod cli;
 mod client;
+mod fuzz_corpus;
+mod hardening;
 mod protocol;
 mod python;
 mod sdk;

@@ -83,12 +83,21 @@ pub struct Hub {
     pub ca: PathBuf,
     /// Its log (stderr).
     pub log: PathBuf,
+    /// The API token (from `DIR/api-token`).
+    pub token: String,
+    /// The process id.
+    pub pid: u32,
 }
 
 impl Hub {
     /// Starts a hub on `listen` (port 0 for any) with a fresh or existing data directory.
     /// `Err` when it did not come up (e.g. the port is taken), with its log.
     pub fn start(data_dir: &Path, listen: &str) -> Result<Hub, String> {
+        Hub::start_with(data_dir, listen, &[])
+    }
+
+    /// [`Hub::start`] with more `serve` arguments.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Hub, String> {
         let listen_file = data_dir.join("listen.json");
         let _ = std::fs::remove_file(&listen_file);
         let log = data_dir.with_extension(format!("hub-{}.log", std::process::id()));
@@ -101,6 +110,7 @@ impl Hub {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", listen, "--api", "127.0.0.1:0", "--verbose"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -130,7 +140,13 @@ impl Hub {
                 .and_then(|a| a.parse().ok())
                 .expect("address in listen.json")
         };
+        let token = std::fs::read_to_string(data_dir.join("api-token"))
+            .map_err(|e| format!("reading the API token: {e}"))?
+            .trim()
+            .to_owned();
         Ok(Hub {
+            token,
+            pid: child.id(),
             mqtt: addr("mqtt"),
             api: addr("api"),
             ca: PathBuf::from(status["caFile"].as_str().expect("caFile")),
@@ -149,7 +165,15 @@ impl Hub {
 
     /// One API call.
     pub fn api(&self, method: &str, target: &str, body: Option<&Value>) -> (u16, Value) {
-        call(self.api, method, target, body, Duration::from_secs(40)).expect("API call")
+        call(
+            self.api,
+            &self.token,
+            method,
+            target,
+            body,
+            Duration::from_secs(40),
+        )
+        .expect("API call")
     }
 
     /// Creates an identity and returns its connection string.
