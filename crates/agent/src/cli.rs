@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// File holding the broker password; must not be readable by group or others.
     #[arg(long, value_name = "FILE")]
     pub mqtt_password_file: Option<PathBuf>,
+    /// Send the broker password even over plain mqtt:// (clear text on the network); refused
+    /// without this flag. Prefer mqtts://.
+    #[arg(long)]
+    pub allow_insecure_password: bool,
     /// File holding the IoT Hub module connection string; must not be readable by group or
     /// others.
     #[arg(long, value_name = "FILE")]

@@ -148,6 +148,7 @@ fn run(args: RunArgs) -> ExitCode {
         iothub: args.iothub.clone(),
         iothub_ca: args.iothub_ca.clone(),
         log_level: None,
+        allow_insecure_password: args.allow_insecure_password.then_some(true),
     };
     match flags.resolve(args.settings.as_deref()).and_then(|s| s.mode()) {
         Ok(Mode::Local) => {}
