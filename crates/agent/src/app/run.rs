@@ -379,6 +379,10 @@ impl Agent {
                     self.pipeline.submit(e, now);
                 }
                 self.flush_diagnostics();
+                // The final partial statistics period is queued (or carried to the next run).
+                if let Err(e) = self.pipeline.stop(SystemTime::now(), now) {
+                    warn!("cache: {e}");
+                }
                 self.send_due(now);
                 if self.report_due_ms.is_some() {
                     self.report();
@@ -505,9 +509,7 @@ impl Agent {
         if !names.is_empty() && !self.snapshots.request(names) {
             warn!("the previous snapshot is still running; this one is skipped");
         }
-        for event in self.pipeline.statistics_events(SystemTime::now()) {
-            self.pipeline.submit(event, now);
-        }
+        self.pipeline.submit_statistics(SystemTime::now(), now);
     }
 
     fn flush_diagnostics(&mut self) {

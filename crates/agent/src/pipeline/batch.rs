@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::cache::{Cache, CacheCounters, CacheError, DropReason, EntryId, Eviction, PushOutcome};
+use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, Eviction, PushOutcome};
 use crate::config::Config;
 use crate::event::{
     Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
@@ -50,6 +50,47 @@ pub struct PeriodCounts {
     pub failed: u64,
 }
 
+impl PeriodCounts {
+    /// As the cache's slot carries it to the next run: collected (High, Low), dropped (High,
+    /// Low), messages sent, under 4 KB, failed; the eighth number is the drops of a disk-full
+    /// episode still open.
+    fn to_carry(&self, disk_full_open: u64) -> Carry {
+        [
+            self.collected[0],
+            self.collected[1],
+            self.dropped[0],
+            self.dropped[1],
+            self.messages_sent,
+            self.messages_under_4kb,
+            self.failed,
+            disk_full_open,
+        ]
+    }
+
+    fn from_carry(c: &Carry) -> PeriodCounts {
+        PeriodCounts {
+            collected: [c[0], c[1]],
+            dropped: [c[2], c[3]],
+            messages_sent: c[4],
+            messages_under_4kb: c[5],
+            failed: c[6],
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == PeriodCounts::default()
+    }
+}
+
+/// A time the disk had no room for the cache: its drops, explained by one Diagnostic when it
+/// ends (never rate-limited).
+#[derive(Clone, Copy, Debug)]
+struct DiskFullEpisode {
+    dropped: u64,
+    /// Whether it began in a previous run (which stopped while the disk was full).
+    carried: bool,
+}
+
 fn queue_index(p: Priority) -> usize {
     usize::from(p != Priority::High)
 }
@@ -83,6 +124,8 @@ pub struct Pipeline {
     jitter_state: u64,
     /// Set when the message size may have shrunk under cached events (start, new config).
     recheck_sizes: bool,
+    /// The disk-full episode in progress, if any.
+    disk_full: Option<DiskFullEpisode>,
 }
 
 impl Pipeline {
@@ -104,7 +147,18 @@ impl Pipeline {
             diagnostics_suppressed: 0,
             jitter_state: seed,
             recheck_sizes: true,
+            disk_full: None,
         };
+        // What the previous run could not store at its stop: its last statistics period
+        // (sent with this run's first statistics events) and an open disk-full episode.
+        let carry = p.cache.take_carry();
+        p.period = PeriodCounts::from_carry(&carry);
+        if carry[7] > 0 {
+            p.disk_full = Some(DiskFullEpisode {
+                dropped: carry[7],
+                carried: true,
+            });
+        }
         p.count_evictions(&evictions.evicted);
         p
     }
@@ -201,6 +255,7 @@ impl Pipeline {
             match self.cache.push(priority, part.to_json(), now_ms.max(1)) {
                 PushOutcome::Stored { evicted, error, .. } => {
                     out.stored += 1;
+                    self.end_disk_full_episode();
                     out.evicted += evicted.len();
                     self.count_evictions(&evicted);
                     if let Some(e) = error {
@@ -216,6 +271,9 @@ impl Pipeline {
                     self.count_evictions(&evicted);
                     if reason != DropReason::PriorityOff {
                         self.period.dropped[q] += 1;
+                    }
+                    if reason == DropReason::DiskFull {
+                        self.disk_full_drop();
                     }
                     out.dropped.push(reason);
                     if let Some(e) = error {
@@ -425,6 +483,46 @@ impl Pipeline {
             .push(Diagnostic::new(severity, message, std::process::id(), 0));
     }
 
+    /// Counts a drop for lack of disk space; the first of an episode is logged once.
+    fn disk_full_drop(&mut self) {
+        match self.disk_full.as_mut() {
+            Some(episode) => episode.dropped += 1,
+            None => {
+                tracing::warn!(
+                    "the cache's disk is full: new events are dropped and counted (disk-full) until space comes back"
+                );
+                self.disk_full = Some(DiskFullEpisode {
+                    dropped: 1,
+                    carried: false,
+                });
+            }
+        }
+    }
+
+    /// An event was stored: a disk-full episode, if one was open, is over. Its Diagnostic
+    /// bypasses the rate limit: one per episode, whatever else happened.
+    fn end_disk_full_episode(&mut self) {
+        let Some(episode) = self.disk_full.take() else {
+            return;
+        };
+        let when = if episode.carried {
+            "the previous run stopped while the disk was full"
+        } else {
+            "the disk was full"
+        };
+        let message = format!(
+            "{when}: {} events were dropped and counted as disk-full; space is back",
+            episode.dropped
+        );
+        tracing::info!("{message}");
+        self.diagnostics.push(Diagnostic::new(
+            DiagnosticSeverity::Error,
+            message,
+            std::process::id(),
+            0,
+        ));
+    }
+
     /// The pending Diagnostic items (as one event), to be submitted when Diagnostic is not Off.
     pub fn take_diagnostics(&mut self, wall: SystemTime) -> Option<Event> {
         if self.diagnostics_suppressed > 0 {
@@ -474,6 +572,45 @@ impl Pipeline {
         .collect()
     }
 
+    /// Ends the statistics period: its DroppedEventsStatistics and MessageStatistics events
+    /// are queued in the cache. The counts of an event the cache could not store (disk full)
+    /// go back into the period, so they reach the next statistics event instead of none.
+    pub fn submit_statistics(&mut self, wall: SystemTime, now_ms: u64) {
+        let taken = self.period.clone();
+        for event in self.statistics_events(wall) {
+            let name = event.name();
+            if self.submit(event, now_ms).stored > 0 {
+                continue;
+            }
+            let p = &mut self.period;
+            if name == EventName::DroppedEventsStatistics {
+                for q in 0..2 {
+                    p.collected[q] += taken.collected[q];
+                    p.dropped[q] += taken.dropped[q];
+                }
+            } else {
+                p.messages_sent += taken.messages_sent;
+                p.messages_under_4kb += taken.messages_under_4kb;
+                p.failed += taken.failed;
+            }
+        }
+    }
+
+    /// A clean stop: the final partial period's statistics are queued in the cache (sent
+    /// now if due, else by the next run, which reloads them). What the cache cannot store
+    /// (disk full) - those counts and an open disk-full episode - goes to the cache's
+    /// reserved slot and comes back at the next start. Call [`Cache::sync`] after.
+    pub fn stop(&mut self, wall: SystemTime, now_ms: u64) -> Result<(), CacheError> {
+        self.submit_statistics(wall, now_ms);
+        let open = self.disk_full.map_or(0, |e| e.dropped);
+        let carry = if self.period.is_zero() && open == 0 {
+            Carry::default()
+        } else {
+            self.period.to_carry(open)
+        };
+        self.cache.set_carry(carry)
+    }
+
     /// The counts of the current period so far.
     pub fn period(&self) -> &PeriodCounts {
         &self.period
@@ -492,4 +629,95 @@ fn event_name_of(event: &[u8]) -> String {
             std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
         })
         .unwrap_or_else(|| "?".to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::event::ProcessCreate;
+
+    fn event(n: u64) -> Event {
+        let item = ProcessCreate {
+            executable: "/usr/bin/test".into(),
+            process_id: 100,
+            parent_process_id: 1,
+            user_id: "0".into(),
+            user_name: None,
+            command_line: format!("test {n}"),
+            extra_details: Default::default(),
+        };
+        Event::new(
+            EventName::ProcessCreate,
+            vec![item.into()],
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap()
+    }
+
+    fn dropped_in(events: &[Event]) -> u64 {
+        events
+            .iter()
+            .filter(|e| e.name() == EventName::DroppedEventsStatistics)
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+                v["Payload"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["DroppedEvents"].as_u64().unwrap())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// A stop while the disk is full: the final period cannot be stored as an event, so it is
+    /// carried (with the open disk-full episode) to the next open, whose first statistics
+    /// event reports it; the cumulative counters hold the drops too, and the episode gets one
+    /// Diagnostic when an event is stored again. Time is injected (milliseconds).
+    #[test]
+    fn a_stop_on_a_full_disk_carries_the_final_period_to_the_next_run() {
+        let dir = std::env::temp_dir().join(format!("twinguard-batch-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let frame = MessageFrame::new("0.1.0", uuid::Uuid::nil());
+        let (cache, _) = Cache::open(&dir, 1 << 20).unwrap();
+        let mut p = Pipeline::new(cache, Config::default(), frame.clone());
+        for n in 0..5 {
+            assert_eq!(p.submit(event(n), 10 + n).stored, 1);
+        }
+        p.cache.fail_writes(Some(libc::ENOSPC));
+        for n in 5..45 {
+            assert_eq!(p.submit(event(n), 100 + n).dropped, vec![DropReason::DiskFull]);
+        }
+        // 40 drops. The rate-limited per-drop Diagnostics cannot be stored now anyway.
+        let _ = p.take_diagnostics(SystemTime::UNIX_EPOCH);
+        p.stop(SystemTime::UNIX_EPOCH, 1000).unwrap();
+        assert!(p.cache.sync().is_err(), "the disk is still full");
+        let before = p.counters();
+        // The statistics events themselves were dropped too.
+        assert_eq!(before.low.dropped.get(DropReason::DiskFull), 42);
+        drop(p); // the process exits
+
+        let (cache, recovery) = Cache::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovery.slot_drops, 42);
+        let mut p = Pipeline::new(cache, Config::default(), frame);
+        assert_eq!(p.counters(), before, "no drop lost across the stop");
+        assert!(p.counters().low.is_balanced());
+        assert_eq!(p.period().dropped, [0, 42]);
+        assert_eq!(p.submit(event(99), 5).stored, 1);
+        let diagnostic = p.take_diagnostics(SystemTime::UNIX_EPOCH).unwrap();
+        let text = String::from_utf8(diagnostic.to_json()).unwrap();
+        assert!(
+            text.contains("previous run stopped while the disk was full: 42 events"),
+            "{text}"
+        );
+        assert!(
+            p.take_diagnostics(SystemTime::UNIX_EPOCH).is_none(),
+            "one per episode"
+        );
+        let stats = p.statistics_events(SystemTime::UNIX_EPOCH);
+        assert_eq!(dropped_in(&stats), 42);
+        assert_eq!(dropped_in(&p.statistics_events(SystemTime::UNIX_EPOCH)), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

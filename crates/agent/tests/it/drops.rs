@@ -43,7 +43,6 @@ struct Mount {
 
 impl Mount {
     /// A tmpfs of `size` (e.g. "2m") at `dir`: a real disk that fills up.
-    #[allow(dead_code)]
     fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
@@ -189,4 +188,224 @@ fn a_burst_of_twin_versions_ends_on_the_newest() {
     }
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// Every event in the outbox (rotation is not reached in these tests).
+fn outbox_events(dir: &TempDir) -> Vec<Value> {
+    std::fs::read_to_string(dir.path("outbox.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .flat_map(|l| {
+            let m: Value = serde_json::from_str(l).unwrap();
+            m["Events"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+/// Sum of DroppedEvents over every DroppedEventsStatistics item in the outbox.
+fn statistics_dropped(dir: &TempDir) -> u64 {
+    outbox_events(dir)
+        .iter()
+        .filter(|e| e["Name"] == "DroppedEventsStatistics")
+        .flat_map(|e| e["Payload"].as_array().unwrap().clone())
+        .map(|item| item["DroppedEvents"].as_u64().unwrap())
+        .sum()
+}
+
+/// Fills the file system of `dir` with one file, until ENOSPC.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut chunk = 64 * 1024;
+    while chunk > 0 {
+        match f.write(&vec![b'x'; chunk]) {
+            Ok(n) if n == chunk => {}
+            _ => chunk /= 2,
+        }
+    }
+    path
+}
+
+/// Issue 12: drops counted while the disk is full survive a stop before space returns, and
+/// every drop appears in exactly one DroppedEventsStatistics message. A real full disk: the
+/// data directory is a 2 MiB tmpfs, filled while the agent runs its synthetic source.
+#[test]
+fn drops_on_a_full_disk_survive_a_stop_and_are_reported_once() {
+    let test = "drops_on_a_full_disk_survive_a_stop_and_are_reported_once";
+    if !is_root() {
+        return skip(test, "needs root to mount a small tmpfs");
+    }
+    let dir = TempDir::new("disk-full");
+    let Some(mount) = Mount::tmpfs(&dir.path("data"), "2m") else {
+        return skip(test, "cannot mount a tmpfs");
+    };
+    let twin = dir.path("twin.json");
+    std::fs::write(
+        &twin,
+        r#"{"lowPriorityMessageFrequency": {"value": "PT1S"}, "maxMessageSizeInBytes": {"value": 65536},
+            "maxLocalCacheSizeInBytes": {"value": 50000000}, "eventPriorityDiagnostic": {"value": "Low"},
+            "eventPriorityConnectionCreate": {"value": "Off"}, "eventPriorityLogin": {"value": "Off"},
+            "eventPriorityProcessTerminate": {"value": "Off"}}"#,
+    )
+    .unwrap();
+    let reported = dir.path("reported.json");
+    let counters = || read_json(&reported).map(|r| r["twinguard"]["counters"].clone());
+
+    // Run 1: the disk fills while events arrive; stop before space returns.
+    let child = agent_command(&dir, &twin, &mount.dir)
+        .args(["--synthetic-rate", "2000"])
+        .spawn()
+        .unwrap();
+    wait_for("the agent to start", Duration::from_secs(5), || reported.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let filler = fill(&mount.dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("disk is full"), "no warning: {stderr}");
+    assert_eq!(
+        stderr.matches("disk is full").count(),
+        1,
+        "one warning per episode: {stderr}"
+    );
+
+    // Space returns; run 2 finds the drops and the unsent period statistics.
+    std::fs::remove_file(filler).unwrap();
+    let child = agent_command(&dir, &twin, &mount.dir).spawn().unwrap();
+    wait_for("the carried statistics", Duration::from_secs(8), || {
+        statistics_dropped(&dir) > 0
+    });
+    let at_start = counters().unwrap();
+    let dropped_low = at_start["low"]["dropped"].as_u64().unwrap();
+    assert!(dropped_low >= 500, "too few drops to mean anything: {at_start}");
+    wait_for("the disk-full Diagnostic", Duration::from_secs(4), || {
+        outbox_events(&dir).iter().any(|e| {
+            e["Name"] == "Diagnostic" && e["Payload"].to_string().contains("while the disk was full")
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Run 3 sends what run 2 queued at its stop (its final statistics), then stops.
+    let child = agent_command(&dir, &twin, &mount.dir).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let last = counters().unwrap();
+    let total = |q: &str, k: &str| last[q][k].as_u64().unwrap();
+    for q in ["high", "low"] {
+        assert_eq!(
+            total(q, "collected"),
+            total(q, "sent") + total(q, "dropped") + total(q, "cached"),
+            "collected = sent + dropped + cached: {last}"
+        );
+    }
+    let cumulative = total("high", "dropped") + total("low", "dropped");
+    assert_eq!(
+        statistics_dropped(&dir),
+        cumulative,
+        "the statistics messages must add up to the cumulative drops: {last} {:?} {}",
+        outbox_events(&dir)
+            .iter()
+            .filter(|e| e["Name"] == "DroppedEventsStatistics")
+            .map(|e| e["Payload"].to_string())
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(&reported).unwrap()
+    );
+    let diagnostics = outbox_events(&dir)
+        .iter()
+        .filter(|e| e["Name"] == "Diagnostic")
+        .flat_map(|e| e["Payload"].as_array().unwrap().clone())
+        .filter(|i| i.to_string().contains("disk was full"))
+        .count();
+    assert_eq!(diagnostics, 1, "one disk-full Diagnostic per episode");
+    eprintln!("disk full: {cumulative} drops, all in DroppedEventsStatistics, one Diagnostic");
+}
+
+/// Issue 12: a valid-looking twin under 1 MiB with 44,000 unknown properties is invalid (more
+/// than 256 members): `validate` exits 1 at once with one line, within a memory bound.
+#[test]
+fn a_twin_flooded_with_unknown_properties_is_refused_quickly_in_bounded_memory() {
+    let dir = TempDir::new("twin-flood");
+    let mut doc = String::from("{");
+    for n in 0..44_000 {
+        if n > 0 {
+            doc.push(',');
+        }
+        doc.push_str(&format!("\"p{n:05}\":{{\"value\":1}}"));
+    }
+    doc.push('}');
+    assert!(doc.len() < 1 << 20, "{} bytes", doc.len());
+    let path = dir.path("flood.json");
+    std::fs::write(&path, &doc).unwrap();
+    let t = Instant::now();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
+        .arg("validate")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for the out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child; status and usage are valid for writes.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    let took = t.elapsed();
+    // wait4 reaped it (and gave its own peak RSS); run it again for the text.
+    drop(child);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+        "status {status}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let problems = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(": error: ") || l.contains(": warning: "))
+            .count()
+    };
+    assert_eq!(problems(&text), 1, "{text}");
+    assert!(
+        text.contains("44000 members") && text.contains("at most 256"),
+        "{text}"
+    );
+    let peak_kib = usage.ru_maxrss as u64;
+    // Documented bound (ARCHITECTURE.md): 40 MiB peak for `validate` of a flooded document
+    // (measured about 31 MiB with the debug binary: the parsed JSON tree of 44,000 members).
+    assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    eprintln!("44,000-property twin: validate exit 1 in {took:?}, peak RSS {peak_kib} KiB");
+
+    // Under the limit, 40 unknown properties: valid, one summarised warning.
+    let mut doc = String::from("{\"eventPriorityLogn\":{\"value\":\"High\"}");
+    for n in 0..39 {
+        doc.push_str(&format!(",\"p{n:05}\":{{\"value\":1}}"));
+    }
+    doc.push('}');
+    std::fs::write(&path, &doc).unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(problems(&text), 1, "{text}");
+    assert!(
+        text.contains("40 unknown properties are ignored")
+            && text.contains("did you mean \"eventPriorityLogin\"")
+            && text.contains("and 35 more"),
+        "{text}"
+    );
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use super::format::{self, HeaderCheck, Record, HEADER_BYTES};
 use super::types::CacheError;
 
-/// Where a record starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a record starts (ordered as the log is: by segment, then offset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Location {
     pub(super) segment: u32,
     pub(super) offset: u64,
@@ -211,6 +211,14 @@ impl SegmentLog {
     #[cfg(test)]
     pub(super) fn take_peak(&mut self) -> u64 {
         std::mem::replace(&mut self.peak, self.disk_bytes)
+    }
+
+    /// The end of the log: where the next record would go (before any rotation).
+    pub(super) fn end(&self) -> Location {
+        Location {
+            segment: self.head_no,
+            offset: self.segments.get(&self.head_no).map_or(HEADER_BYTES, |m| m.len),
+        }
     }
 
     pub(super) fn head_no(&self) -> u32 {

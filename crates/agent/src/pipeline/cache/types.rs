@@ -250,6 +250,9 @@ pub struct Evictions {
 /// What [`Cache::open`](super::Cache::open) found on disk.
 #[derive(Debug, Default)]
 pub struct Recovery {
+    /// Drops counted while the disk was full that only the counter slot held (the previous
+    /// run stopped before space came back); they are in the counters now.
+    pub slot_drops: u64,
     /// Entries recovered (both queues); all unpinned, with `enqueued_ms` 0.
     pub entries: u64,
     /// Bytes discarded from the end of the newest segment: a record cut short by a crash.
