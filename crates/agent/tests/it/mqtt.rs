@@ -1437,14 +1437,23 @@ fn plain_mqtt_with_a_password_needs_an_explicit_opt_in() {
     let pw = password.to_str().unwrap();
     let login = ["--mqtt-username", "agent", "--mqtt-password-file", pw];
 
-    // Refused by default, before anything connects.
-    let out = Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
+    // Refused by default, before anything connects (an agent that runs instead is killed
+    // after 5 s and fails the test).
+    let mut refused = Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
         .args(["run", "--mqtt", &broker.url(), "--device-id", DEVICE])
         .args(login)
         .arg("--data-dir")
         .arg(dir.path("refused-data"))
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let t = Instant::now();
+    while refused.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = refused.kill();
+    let out = refused.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
