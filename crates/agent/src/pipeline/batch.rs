@@ -179,8 +179,15 @@ impl Pipeline {
     }
 
     /// Counts events lost before they reached the pipeline (a collector's channel was full,
-    /// or the kernel dropped them), so DroppedEventsStatistics includes them.
+    /// or the kernel dropped them), so DroppedEventsStatistics and the cache's cumulative
+    /// counters (reason `lost`) include them.
     pub fn count_lost(&mut self, priority: Priority, n: u64) {
+        self.count_before_cache(priority, DropReason::Lost, n, 0);
+    }
+
+    /// Counts drops that never reached the cache, in the period and in the cache's
+    /// cumulative counters.
+    fn count_before_cache(&mut self, priority: Priority, reason: DropReason, n: u64, now_ms: u64) {
         if priority == Priority::Off || n == 0 {
             return;
         }
@@ -188,6 +195,9 @@ impl Pipeline {
         self.period.collected[q] += n;
         self.period.dropped[q] += n;
         self.dropped_before_cache[q] += n;
+        if let Err(e) = self.cache.count_dropped(priority, reason, n) {
+            self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), now_ms);
+        }
     }
 
     /// The cache, for its disk figures and `sync`.
@@ -234,9 +244,7 @@ impl Pipeline {
         } else {
             let outcome = event.split_to_fit(max_event);
             for item in &outcome.too_large {
-                self.period.collected[q] += 1;
-                self.period.dropped[q] += 1;
-                self.dropped_before_cache[q] += 1;
+                self.count_before_cache(priority, DropReason::TooLarge, 1, now_ms);
                 out.dropped.push(DropReason::TooLarge);
                 let len = serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0);
                 self.diagnose(

@@ -28,7 +28,7 @@
 //!   often full; keeping its 2.5 MB in RAM would spend most of the 4 MiB budget (SPEC §10).
 //!   Reading an event back costs one `pread`, normally from the page cache, once per send.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2; version 1 is read)
 //!
 //! The cache owns a directory (the pipeline uses `<data_dir>/`[`CACHE_DIR_NAME`]) of segment
 //! files `cache-NNNNNN.log`, numbered in log order. Each starts with a 16-byte header (magic
@@ -41,6 +41,11 @@
 //! Remove; a second Put of the same seq is a compaction copy and only moves the entry) and the
 //! counters (the last Checkpoint plus the counting records after it). An entry's id is its
 //! seq. See `format.rs` for the byte layout.
+//!
+//! Beside the segments, `counters.slot` ([`SLOT_FILE_BYTES`], `slot.rs`) is reserved at open
+//! and only overwritten in place: it holds drop counts while the disk is full (no record can
+//! be appended then) and the pipeline's [`Carry`]. At open its drops are added unless a log
+//! record written after them already holds them.
 //!
 //! # Compaction
 //!
@@ -369,6 +374,34 @@ impl Cache {
                     error: Some(e),
                 }
             }
+        }
+    }
+
+    /// Counts `n` events of a queue that were dropped before they reached the cache (lost by
+    /// a collector, an item too large for any message), so the cumulative counters hold
+    /// every drop: `collected` and `dropped` both grow by `n`. Written as a Dropped record;
+    /// while the disk is full, kept in the reserved slot. `Priority::Off` and `n == 0` are
+    /// ignored.
+    pub fn count_dropped(
+        &mut self,
+        priority: Priority,
+        reason: DropReason,
+        n: u64,
+    ) -> Result<(), CacheError> {
+        let Some(queue) = Queue::from_priority(priority) else {
+            return Ok(());
+        };
+        if n == 0 || reason.index().is_none() {
+            return Ok(());
+        }
+        let totals = &mut self.queues[queue.index()].totals;
+        totals.collected = totals.collected.saturating_add(n);
+        totals.dropped.add(reason, n);
+        self.pending.drops[queue.index()].add(reason, n);
+        self.persist_pending()?;
+        match self.side_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 

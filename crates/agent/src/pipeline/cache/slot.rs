@@ -11,8 +11,8 @@
 //! loss leaves the previous copy valid.
 //!
 //! Copy layout (little-endian): magic `TWGSLOT1` (8), generation u64, mark segment u32, mark
-//! offset u64, drops per queue (Low, High) x 6 reasons u64, carry 8 x u64, CRC32 of the
-//! preceding bytes u32: 192 bytes.
+//! offset u64, drops per queue (Low, High) x 7 reasons u64, carry 8 x u64, CRC32 of the
+//! preceding bytes u32: 208 bytes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -28,7 +28,7 @@ pub(super) const SLOT_FILE: &str = "counters.slot";
 pub const SLOT_FILE_BYTES: u64 = 512;
 const COPY_BYTES: u64 = 256;
 const MAGIC: [u8; 8] = *b"TWGSLOT1";
-const BODY_BYTES: usize = 8 + 8 + 4 + 8 + 2 * 6 * 8 + 8 * 8;
+const BODY_BYTES: usize = 8 + 8 + 4 + 8 + 2 * 7 * 8 + 8 * 8;
 
 /// Numbers the pipeline carries from one run to the next (its statistics period, when the
 /// statistics event could not be stored at a stop); opaque to the cache.
