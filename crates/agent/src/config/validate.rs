@@ -101,6 +101,27 @@ impl Validation {
 
 /// Validates a whole twin document in any of the accepted shapes.
 pub fn validate_document(doc: &Value) -> Validation {
+    // Any object with too many members (the parser kept only the first ones) makes the
+    // document invalid: one problem, naming the first such object.
+    if let Some(((pointer, members), count)) = super::document::oversized_objects(doc) {
+        let more = match count {
+            1 => String::new(),
+            n => format!(" ({} more objects are as large)", n - 1),
+        };
+        return Validation {
+            config: None,
+            problems: vec![Problem {
+                severity: Severity::Error,
+                kind: ProblemKind::TypeMismatch,
+                pointer,
+                property: String::new(),
+                message: format!(
+                    "the object has {members} members; at most {MAX_CONFIG_MEMBERS} are accepted (the configuration object has {} known properties){more}",
+                    Property::all().len()
+                ),
+            }],
+        };
+    }
     let located = locate(doc);
     if !located.shape_errors.is_empty() {
         let problems = located
@@ -125,7 +146,7 @@ pub fn validate_document(doc: &Value) -> Validation {
 /// The most members a configuration object may have. It knows 25 properties; a twin with more
 /// than this many members is a mistake or a flood, and is invalid as a whole (no per-member
 /// problems are built for it, so its cost stays bounded).
-pub const MAX_CONFIG_MEMBERS: usize = 256;
+pub const MAX_CONFIG_MEMBERS: usize = super::document::MAX_OBJECT_MEMBERS;
 
 /// How many unknown property names the one summarised warning lists.
 pub const UNKNOWN_NAMES_LISTED: usize = 5;
@@ -142,8 +163,11 @@ pub fn validate_config_object(object: Option<&Value>, pointer: &str) -> Validati
             pointer,
             "",
             format!(
-                "the configuration object has {} members; at most {MAX_CONFIG_MEMBERS} are accepted (it has {} known properties)",
-                members.len(),
+                "the object has {} members; at most {MAX_CONFIG_MEMBERS} are accepted (the configuration object has {} known properties)",
+                members
+                    .get(super::document::OVERSIZED_MEMBER)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(members.len() as u64),
                 Property::all().len()
             ),
         ),
