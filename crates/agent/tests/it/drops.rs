@@ -90,7 +90,17 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy: detach it now, the kernel frees it when the last user goes.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
         if let Some(image) = &self.image {
             let _ = std::fs::remove_file(image);
         }
@@ -107,6 +117,38 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// A running agent, killed when dropped (a failing test leaves no process behind to keep its
+/// mount busy).
+struct Running(Option<Child>);
+
+impl Running {
+    fn spawn(command: &mut std::process::Command) -> Running {
+        Running(Some(command.spawn().unwrap()))
+    }
+
+    /// SIGKILL and wait.
+    fn kill9(mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then the exit code and stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        stop(self.0.take().unwrap())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// SIGTERM, then the exit code and stderr.
@@ -143,7 +185,7 @@ fn a_burst_of_twin_versions_ends_on_the_newest() {
     // Every version has the same size.
     let doc = |n: u32| format!(r#"{{"snapshotFrequency": {{"value": "PT{n}M"}}}}"#);
     std::fs::write(&twin, doc(10)).unwrap();
-    let child = agent_command(&dir, &twin, &dir.path("data")).spawn().unwrap();
+    let child = Running::spawn(&mut agent_command(&dir, &twin, &dir.path("data")));
     let reported = dir.path("reported.json");
     let frequency = || {
         read_json(&reported).and_then(|r| {
@@ -186,7 +228,7 @@ fn a_burst_of_twin_versions_ends_on_the_newest() {
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(frequency(), Some(newest));
     }
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.stop();
     assert_eq!(code, Some(0), "{stderr}");
 }
 
@@ -253,15 +295,12 @@ fn drops_on_a_full_disk_survive_a_stop_and_are_reported_once() {
     let counters = || read_json(&reported).map(|r| r["twinguard"]["counters"].clone());
 
     // Run 1: the disk fills while events arrive; stop before space returns.
-    let child = agent_command(&dir, &twin, &mount.dir)
-        .args(["--synthetic-rate", "2000"])
-        .spawn()
-        .unwrap();
+    let child = Running::spawn(agent_command(&dir, &twin, &mount.dir).args(["--synthetic-rate", "2000"]));
     wait_for("the agent to start", Duration::from_secs(5), || reported.exists());
     std::thread::sleep(Duration::from_millis(300));
     let filler = fill(&mount.dir);
     std::thread::sleep(Duration::from_millis(1500));
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("disk is full"), "no warning: {stderr}");
     assert_eq!(
@@ -272,7 +311,7 @@ fn drops_on_a_full_disk_survive_a_stop_and_are_reported_once() {
 
     // Space returns; run 2 finds the drops and the unsent period statistics.
     std::fs::remove_file(filler).unwrap();
-    let child = agent_command(&dir, &twin, &mount.dir).spawn().unwrap();
+    let child = Running::spawn(&mut agent_command(&dir, &twin, &mount.dir));
     wait_for("the carried statistics", Duration::from_secs(8), || {
         statistics_dropped(&dir) > 0
     });
@@ -285,13 +324,13 @@ fn drops_on_a_full_disk_survive_a_stop_and_are_reported_once() {
         })
     });
     std::thread::sleep(Duration::from_millis(1200));
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.stop();
     assert_eq!(code, Some(0), "{stderr}");
 
     // Run 3 sends what run 2 queued at its stop (its final statistics), then stops.
-    let child = agent_command(&dir, &twin, &mount.dir).spawn().unwrap();
+    let child = Running::spawn(&mut agent_command(&dir, &twin, &mount.dir));
     std::thread::sleep(Duration::from_millis(2500));
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.stop();
     assert_eq!(code, Some(0), "{stderr}");
 
     let last = counters().unwrap();
@@ -403,7 +442,7 @@ fn a_twin_flooded_with_unknown_properties_is_refused_quickly_in_bounded_memory()
     let twin = dir.path("twin.json");
     let valid = r#"{"eventPriorityConfigurationError": {"value": "High"}, "highPriorityMessageFrequency": {"value": "PT1S"}}"#;
     std::fs::write(&twin, valid).unwrap();
-    let child = agent_command(&dir, &twin, &dir.path("data")).spawn().unwrap();
+    let child = Running::spawn(&mut agent_command(&dir, &twin, &dir.path("data")));
     let reported = dir.path("reported.json");
     wait_for("the valid twin", Duration::from_secs(5), || {
         read_json(&reported).is_some_and(|r| r["twinguard"]["configurationStatus"] == "applied")
@@ -428,7 +467,7 @@ fn a_twin_flooded_with_unknown_properties_is_refused_quickly_in_bounded_memory()
             .iter()
             .any(|e| e["Name"] == "ConfigurationError")
     });
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.stop();
     assert_eq!(code, Some(0), "{stderr}");
     let items: Vec<Value> = outbox_events(&dir)
         .iter()
@@ -463,4 +502,63 @@ fn a_twin_flooded_with_unknown_properties_is_refused_quickly_in_bounded_memory()
             && text.contains("and 35 more"),
         "{text}"
     );
+}
+
+/// Issue 12: drops counted while the disk is full survive `kill -9` too (each is written into
+/// the reserved counter slot before the next event is taken). 3,000 synthetic events, most of
+/// them dropped on a full tmpfs, then SIGKILL, space freed, restart: every one of them is
+/// counted (collected >= 3,000) and the counters balance.
+#[test]
+fn drops_on_a_full_disk_survive_kill_9() {
+    let test = "drops_on_a_full_disk_survive_kill_9";
+    if !is_root() {
+        return skip(test, "needs root to mount a small tmpfs");
+    }
+    let dir = TempDir::new("disk-full-kill");
+    let Some(mount) = Mount::tmpfs(&dir.path("data"), "2m") else {
+        return skip(test, "cannot mount a tmpfs");
+    };
+    let twin = dir.path("twin.json");
+    std::fs::write(
+        &twin,
+        r#"{"lowPriorityMessageFrequency": {"value": "PT1H"}, "maxLocalCacheSizeInBytes": {"value": 50000000},
+            "eventPriorityConnectionCreate": {"value": "Off"}, "eventPriorityLogin": {"value": "Off"},
+            "eventPriorityProcessTerminate": {"value": "Off"}}"#,
+    )
+    .unwrap();
+    let reported = dir.path("reported.json");
+    let child = Running::spawn(agent_command(&dir, &twin, &mount.dir).args([
+        "--synthetic-rate",
+        "1000",
+        "--synthetic-limit",
+        "3000",
+    ]));
+    wait_for("the agent to start", Duration::from_secs(5), || reported.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let filler = fill(&mount.dir);
+    std::thread::sleep(Duration::from_millis(3700));
+    child.kill9();
+    std::fs::remove_file(filler).unwrap();
+    std::fs::remove_file(&reported).unwrap();
+
+    let child = Running::spawn(&mut agent_command(&dir, &twin, &mount.dir));
+    wait_for("the agent to start", Duration::from_secs(5), || reported.exists());
+    let (code, stderr) = child.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    let counters = read_json(&reported).unwrap()["twinguard"]["counters"].clone();
+    let low = |k: &str| counters["low"][k].as_u64().unwrap();
+    assert!(
+        low("collected") >= 3000,
+        "synthetic events not all counted: {counters}"
+    );
+    assert!(
+        low("dropped") >= 1000,
+        "too few drops to mean anything: {counters}"
+    );
+    assert_eq!(
+        low("collected"),
+        low("sent") + low("dropped") + low("cached"),
+        "{counters}"
+    );
+    eprintln!("kill -9 on a full disk: {counters}");
 }
