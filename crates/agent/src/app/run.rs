@@ -220,6 +220,15 @@ pub fn run_agent(
             "cache reopened: events from the previous run are due at once"
         );
     }
+    if recovery.slot_drops > 0 {
+        info!(
+            drops = recovery.slot_drops,
+            "drops counted while the disk was full in the previous run were recovered from the counter slot"
+        );
+    }
+    if let Some(e) = &recovery.error {
+        warn!("cache: {e}");
+    }
     let ack_log = match &synthetic {
         Some(Synthetic {
             ack_log: Some(path), ..
