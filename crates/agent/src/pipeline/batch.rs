@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, Eviction, PushOutcome};
+use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, PushOutcome};
 use crate::config::Config;
 use crate::event::{
     Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
@@ -115,7 +115,12 @@ pub struct Pipeline {
     in_flight: Option<Vec<EntryId>>,
     backoff_ms: u64,
     retry_at_ms: u64,
+    /// The message counts of the current period (its collected/dropped fields are unused:
+    /// those come from the cache's counters, see [`Pipeline::period`]).
     period: PeriodCounts,
+    /// The cache's cumulative (collected, dropped) of High and Low when the last statistics
+    /// event was stored: the start of the current period.
+    reported: [(u64, u64); 2],
     /// Items dropped before reaching the cache (too large alone), per queue, cumulative.
     dropped_before_cache: [u64; 2],
     diagnostics: Vec<Diagnostic>,
@@ -131,6 +136,19 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over an open cache, with the configuration in force.
     pub fn new(mut cache: Cache, config: Config, frame: MessageFrame) -> Pipeline {
+        // What the previous run could not store at its stop: its last statistics period
+        // (sent with this run's first statistics events) and an open disk-full episode. The
+        // counts it carries are in the cache's counters already: they are the part of them
+        // not yet reported.
+        let carry = cache.take_carry();
+        let carried = PeriodCounts::from_carry(&carry);
+        let at_open = cumulative(&cache);
+        let reported = [0, 1].map(|q| {
+            (
+                at_open[q].0.saturating_sub(carried.collected[q]),
+                at_open[q].1.saturating_sub(carried.dropped[q]),
+            )
+        });
         let evictions = cache.set_max_bytes(config.max_local_cache_size_in_bytes);
         let seed = frame.agent_id.as_u128() as u64 | 1;
         let mut p = Pipeline {
@@ -140,7 +158,8 @@ impl Pipeline {
             in_flight: None,
             backoff_ms: 0,
             retry_at_ms: 0,
-            period: PeriodCounts::default(),
+            period: carried,
+            reported,
             dropped_before_cache: [0; 2],
             diagnostics: Vec::new(),
             diagnostics_window: (0, 0),
@@ -149,17 +168,15 @@ impl Pipeline {
             recheck_sizes: true,
             disk_full: None,
         };
-        // What the previous run could not store at its stop: its last statistics period
-        // (sent with this run's first statistics events) and an open disk-full episode.
-        let carry = p.cache.take_carry();
-        p.period = PeriodCounts::from_carry(&carry);
         if carry[7] > 0 {
             p.disk_full = Some(DiskFullEpisode {
                 dropped: carry[7],
                 carried: true,
             });
         }
-        p.count_evictions(&evictions.evicted);
+        if let Some(e) = evictions.error {
+            p.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), 0);
+        }
         p
     }
 
@@ -191,10 +208,7 @@ impl Pipeline {
         if priority == Priority::Off || n == 0 {
             return;
         }
-        let q = queue_index(priority);
-        self.period.collected[q] += n;
-        self.period.dropped[q] += n;
-        self.dropped_before_cache[q] += n;
+        self.dropped_before_cache[queue_index(priority)] += n;
         if let Err(e) = self.cache.count_dropped(priority, reason, n) {
             self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), now_ms);
         }
@@ -209,18 +223,11 @@ impl Pipeline {
     /// timers use the new frequencies at once, a smaller cache evicts.
     pub fn apply_config(&mut self, config: Config) {
         let evictions = self.cache.set_max_bytes(config.max_local_cache_size_in_bytes);
-        self.count_evictions(&evictions.evicted);
         if let Some(e) = evictions.error {
             self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), 0);
         }
         self.config = config;
         self.recheck_sizes = true;
-    }
-
-    fn count_evictions(&mut self, evicted: &[Eviction]) {
-        for e in evicted {
-            self.period.dropped[queue_index(e.priority)] += 1;
-        }
     }
 
     fn max_message(&self) -> usize {
@@ -236,7 +243,6 @@ impl Pipeline {
         if priority == Priority::Off {
             return out;
         }
-        let q = queue_index(priority);
         let name = event.name();
         let max_event = self.frame.max_event_bytes(self.max_message());
         let split = if event.json_len() <= max_event {
@@ -259,13 +265,11 @@ impl Pipeline {
             outcome.events
         };
         for part in split {
-            self.period.collected[q] += 1;
             match self.cache.push(priority, part.to_json(), now_ms.max(1)) {
                 PushOutcome::Stored { evicted, error, .. } => {
                     out.stored += 1;
                     self.end_disk_full_episode();
                     out.evicted += evicted.len();
-                    self.count_evictions(&evicted);
                     if let Some(e) = error {
                         self.diagnose(DiagnosticSeverity::Warning, format!("cache: {e}"), now_ms);
                     }
@@ -276,10 +280,6 @@ impl Pipeline {
                     error,
                 } => {
                     out.evicted += evicted.len();
-                    self.count_evictions(&evicted);
-                    if reason != DropReason::PriorityOff {
-                        self.period.dropped[q] += 1;
-                    }
                     if reason == DropReason::DiskFull {
                         self.disk_full_drop();
                     }
@@ -423,8 +423,7 @@ impl Pipeline {
             return;
         }
         let ids: Vec<EntryId> = unsendable.iter().map(|(_, id, _)| *id).collect();
-        for (p, _, len) in &unsendable {
-            self.period.dropped[queue_index(*p)] += 1;
+        for (_, _, len) in &unsendable {
             self.diagnose(
                 DiagnosticSeverity::Warning,
                 format!(
@@ -456,8 +455,8 @@ impl Pipeline {
     pub fn failed(&mut self, out: &Outgoing, now_ms: u64) {
         self.in_flight = None;
         self.period.failed += 1;
-        let evictions = self.cache.unpin(&out.ids);
-        self.count_evictions(&evictions.evicted);
+        // Entries evicted here are counted by the cache (and so in the statistics).
+        let _ = self.cache.unpin(&out.ids);
         self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
         // xorshift: a cheap jitter of up to a quarter of the delay, so a fleet does not retry
         // in lockstep after a broker outage.
@@ -552,7 +551,9 @@ impl Pipeline {
     /// The DroppedEventsStatistics and MessageStatistics events for the period since the last
     /// call; the period counts restart at zero.
     pub fn statistics_events(&mut self, wall: SystemTime) -> Vec<Event> {
-        let p = std::mem::take(&mut self.period);
+        let p = self.period();
+        self.reported = cumulative(&self.cache);
+        self.period = PeriodCounts::default();
         let dropped = vec![
             PayloadItem::from(DroppedEventsStatistics::new(
                 Queue::High,
@@ -585,6 +586,7 @@ impl Pipeline {
     /// go back into the period, so they reach the next statistics event instead of none.
     pub fn submit_statistics(&mut self, wall: SystemTime, now_ms: u64) {
         let taken = self.period.clone();
+        let reported = self.reported;
         for event in self.statistics_events(wall) {
             let name = event.name();
             if self.submit(event, now_ms).stored > 0 {
@@ -592,10 +594,8 @@ impl Pipeline {
             }
             let p = &mut self.period;
             if name == EventName::DroppedEventsStatistics {
-                for q in 0..2 {
-                    p.collected[q] += taken.collected[q];
-                    p.dropped[q] += taken.dropped[q];
-                }
+                // Not reported after all: the next period starts where this one did.
+                self.reported = reported;
             } else {
                 p.messages_sent += taken.messages_sent;
                 p.messages_under_4kb += taken.messages_under_4kb;
@@ -611,18 +611,36 @@ impl Pipeline {
     pub fn stop(&mut self, wall: SystemTime, now_ms: u64) -> Result<(), CacheError> {
         self.submit_statistics(wall, now_ms);
         let open = self.disk_full.map_or(0, |e| e.dropped);
-        let carry = if self.period.is_zero() && open == 0 {
+        let period = self.period();
+        let carry = if period.is_zero() && open == 0 {
             Carry::default()
         } else {
-            self.period.to_carry(open)
+            period.to_carry(open)
         };
         self.cache.set_carry(carry)
     }
 
-    /// The counts of the current period so far.
-    pub fn period(&self) -> &PeriodCounts {
-        &self.period
+    /// The counts of the current period so far. Collected and dropped events are the
+    /// cache's cumulative counters since the last statistics event (every drop the cache
+    /// counts, whatever its reason, is in exactly one period).
+    pub fn period(&self) -> PeriodCounts {
+        let now = cumulative(&self.cache);
+        let mut p = self.period.clone();
+        for (q, (collected, dropped)) in now.iter().enumerate() {
+            p.collected[q] = collected.saturating_sub(self.reported[q].0);
+            p.dropped[q] = dropped.saturating_sub(self.reported[q].1);
+        }
+        p
     }
+}
+
+/// (collected, dropped) of the High and the Low queue, from the cache's cumulative counters.
+fn cumulative(cache: &Cache) -> [(u64, u64); 2] {
+    let c = cache.counters();
+    [
+        (c.high.collected, c.high.dropped.total()),
+        (c.low.collected, c.low.dropped.total()),
+    ]
 }
 
 /// The `Name` of a serialized event, for log lines; `"?"` if it cannot be found.
