@@ -202,8 +202,8 @@ impl Pipeline {
         self.count_before_cache(priority, DropReason::Lost, n, 0);
     }
 
-    /// Counts drops that never reached the cache, in the period and in the cache's
-    /// cumulative counters.
+    /// Counts drops that never reached the cache in the cache's cumulative counters (and so
+    /// in the current statistics period).
     fn count_before_cache(&mut self, priority: Priority, reason: DropReason, n: u64, now_ms: u64) {
         if priority == Priority::Off || n == 0 {
             return;
