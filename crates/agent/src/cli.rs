@@ -160,6 +160,10 @@ pub struct ConnectionArgs {
     /// group or others; a bare NAME is read from $CREDENTIALS_DIRECTORY (systemd) when there.
     #[arg(long, value_name = "FILE")]
     pub mqtt_password_file: Option<PathBuf>,
+    /// Send the broker password even over plain mqtt:// (clear text on the network); refused
+    /// without this flag. Prefer mqtts://.
+    #[arg(long)]
+    pub allow_insecure_password: bool,
     /// File holding the IoT Hub module connection string; a secret (see --mqtt-password-file).
     #[arg(long, value_name = "FILE")]
     pub iothub: Option<PathBuf>,

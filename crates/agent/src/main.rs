@@ -205,6 +205,7 @@ fn connection_flags(args: &cli::ConnectionArgs) -> ConnectionSettings {
         iothub: args.iothub.clone(),
         iothub_ca: args.iothub_ca.clone(),
         log_level: None,
+        allow_insecure_password: args.allow_insecure_password.then_some(true),
     }
 }
 

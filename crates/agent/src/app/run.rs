@@ -224,6 +224,15 @@ pub fn run_agent(
             "cache reopened: events from the previous run are due at once"
         );
     }
+    if recovery.slot_drops > 0 {
+        info!(
+            drops = recovery.slot_drops,
+            "drops counted while the disk was full in the previous run were recovered from the counter slot"
+        );
+    }
+    if let Some(e) = &recovery.error {
+        warn!("cache: {e}");
+    }
     let ack_log = match &synthetic {
         Some(Synthetic {
             ack_log: Some(path), ..
@@ -400,6 +409,10 @@ impl Agent {
                     self.pipeline.submit(e, now);
                 }
                 self.flush_diagnostics();
+                // The final partial statistics period is queued (or carried to the next run).
+                if let Err(e) = self.pipeline.stop(SystemTime::now(), now) {
+                    warn!("cache: {e}");
+                }
                 self.send_due(now);
                 if self.report_due_ms.is_some() {
                     self.report();
@@ -526,9 +539,7 @@ impl Agent {
         if !names.is_empty() && !self.snapshots.request(names) {
             warn!("the previous snapshot is still running; this one is skipped");
         }
-        for event in self.pipeline.statistics_events(SystemTime::now()) {
-            self.pipeline.submit(event, now);
-        }
+        self.pipeline.submit_statistics(SystemTime::now(), now);
     }
 
     fn flush_diagnostics(&mut self) {

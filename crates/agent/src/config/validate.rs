@@ -101,6 +101,27 @@ impl Validation {
 
 /// Validates a whole twin document in any of the accepted shapes.
 pub fn validate_document(doc: &Value) -> Validation {
+    // Any object with too many members (the parser kept only the first ones) makes the
+    // document invalid: one problem, naming the first such object.
+    if let Some(((pointer, members), count)) = super::document::oversized_objects(doc) {
+        let more = match count {
+            1 => String::new(),
+            n => format!(" ({} more objects are as large)", n - 1),
+        };
+        return Validation {
+            config: None,
+            problems: vec![Problem {
+                severity: Severity::Error,
+                kind: ProblemKind::TypeMismatch,
+                pointer,
+                property: String::new(),
+                message: format!(
+                    "the object has {members} members; at most {MAX_CONFIG_MEMBERS} are accepted (the configuration object has {} known properties){more}",
+                    Property::all().len()
+                ),
+            }],
+        };
+    }
     let located = locate(doc);
     if !located.shape_errors.is_empty() {
         let problems = located
@@ -122,6 +143,14 @@ pub fn validate_document(doc: &Value) -> Validation {
     validate_config_object(located.object, &located.pointer)
 }
 
+/// The most members a configuration object may have. It knows 25 properties; a twin with more
+/// than this many members is a mistake or a flood, and is invalid as a whole (no per-member
+/// problems are built for it, so its cost stays bounded).
+pub const MAX_CONFIG_MEMBERS: usize = super::document::MAX_OBJECT_MEMBERS;
+
+/// How many unknown property names the one summarised warning lists.
+pub const UNKNOWN_NAMES_LISTED: usize = 5;
+
 /// Validates the configuration object found at `pointer` (`None` or `null` = all defaults).
 pub fn validate_config_object(object: Option<&Value>, pointer: &str) -> Validation {
     let mut v = Validator {
@@ -130,6 +159,18 @@ pub fn validate_config_object(object: Option<&Value>, pointer: &str) -> Validati
     };
     match object {
         None | Some(Value::Null) => {}
+        Some(Value::Object(members)) if members.len() > MAX_CONFIG_MEMBERS => v.error(
+            pointer,
+            "",
+            format!(
+                "the object has {} members; at most {MAX_CONFIG_MEMBERS} are accepted (the configuration object has {} known properties)",
+                members
+                    .get(super::document::OVERSIZED_MEMBER)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(members.len() as u64),
+                Property::all().len()
+            ),
+        ),
         Some(Value::Object(members)) => v.members(members, pointer),
         Some(other) => v.error(
             pointer,
@@ -178,6 +219,7 @@ impl Validator {
     }
 
     fn members(&mut self, members: &Map<String, Value>, base: &str) {
+        let mut unknown: Vec<&str> = Vec::new();
         for (name, wrapper) in members {
             let pointer = format!("{base}/{}", escape_pointer(name));
             // IoT Hub's `$metadata`/`$version` members carry no configuration.
@@ -189,17 +231,48 @@ impl Validator {
                 continue;
             }
             let Some(property) = Property::from_name(name) else {
-                let hint = did_you_mean(name, Property::all().into_iter().map(Property::name));
-                self.warning(
-                    ProblemKind::NotOptimal,
-                    &pointer,
-                    name,
-                    format!("unknown property \"{name}\" is ignored{hint}"),
-                );
+                unknown.push(name);
                 continue;
             };
             self.wrapper(property, wrapper, &pointer);
         }
+        self.unknown_properties(&unknown, base);
+    }
+
+    /// One warning (one ConfigurationError item) for all unknown properties of a document:
+    /// how many, and the first few names, each with its "did you mean".
+    fn unknown_properties(&mut self, names: &[&str], base: &str) {
+        let Some(first) = names.first() else {
+            return;
+        };
+        let listed: Vec<String> = names
+            .iter()
+            .take(UNKNOWN_NAMES_LISTED)
+            .map(|name| {
+                let hint = did_you_mean(name, Property::all().into_iter().map(Property::name));
+                format!("\"{name}\"{hint}")
+            })
+            .collect();
+        let (pointer, property) = if names.len() == 1 {
+            (format!("{base}/{}", escape_pointer(first)), (*first).to_owned())
+        } else {
+            (base.to_owned(), String::new())
+        };
+        let message = match names.len() {
+            1 => {
+                let hint = did_you_mean(first, Property::all().into_iter().map(Property::name));
+                format!("unknown property \"{first}\" is ignored{hint}")
+            }
+            n if n <= UNKNOWN_NAMES_LISTED => {
+                format!("{n} unknown properties are ignored: {}", listed.join(", "))
+            }
+            n => format!(
+                "{n} unknown properties are ignored: {}, and {} more",
+                listed.join(", "),
+                n - UNKNOWN_NAMES_LISTED
+            ),
+        };
+        self.warning(ProblemKind::NotOptimal, &pointer, &property, message);
     }
 
     fn wrapper(&mut self, property: Property, wrapper: &Value, pointer: &str) {

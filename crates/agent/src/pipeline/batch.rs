@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::cache::{Cache, CacheCounters, CacheError, DropReason, EntryId, Eviction, PushOutcome};
+use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, PushOutcome};
 use crate::config::Config;
 use crate::event::{
     Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
@@ -50,6 +50,47 @@ pub struct PeriodCounts {
     pub failed: u64,
 }
 
+impl PeriodCounts {
+    /// As the cache's slot carries it to the next run: collected (High, Low), dropped (High,
+    /// Low), messages sent, under 4 KB, failed; the eighth number is the drops of a disk-full
+    /// episode still open.
+    fn to_carry(&self, disk_full_open: u64) -> Carry {
+        [
+            self.collected[0],
+            self.collected[1],
+            self.dropped[0],
+            self.dropped[1],
+            self.messages_sent,
+            self.messages_under_4kb,
+            self.failed,
+            disk_full_open,
+        ]
+    }
+
+    fn from_carry(c: &Carry) -> PeriodCounts {
+        PeriodCounts {
+            collected: [c[0], c[1]],
+            dropped: [c[2], c[3]],
+            messages_sent: c[4],
+            messages_under_4kb: c[5],
+            failed: c[6],
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == PeriodCounts::default()
+    }
+}
+
+/// A time the disk had no room for the cache: its drops, explained by one Diagnostic when it
+/// ends (never rate-limited).
+#[derive(Clone, Copy, Debug)]
+struct DiskFullEpisode {
+    dropped: u64,
+    /// Whether it began in a previous run (which stopped while the disk was full).
+    carried: bool,
+}
+
 fn queue_index(p: Priority) -> usize {
     usize::from(p != Priority::High)
 }
@@ -74,7 +115,12 @@ pub struct Pipeline {
     in_flight: Option<Vec<EntryId>>,
     backoff_ms: u64,
     retry_at_ms: u64,
+    /// The message counts of the current period (its collected/dropped fields are unused:
+    /// those come from the cache's counters, see [`Pipeline::period`]).
     period: PeriodCounts,
+    /// The cache's cumulative (collected, dropped) of High and Low when the last statistics
+    /// event was stored: the start of the current period.
+    reported: [(u64, u64); 2],
     /// Items dropped before reaching the cache (too large alone), per queue, cumulative.
     dropped_before_cache: [u64; 2],
     diagnostics: Vec<Diagnostic>,
@@ -83,11 +129,26 @@ pub struct Pipeline {
     jitter_state: u64,
     /// Set when the message size may have shrunk under cached events (start, new config).
     recheck_sizes: bool,
+    /// The disk-full episode in progress, if any.
+    disk_full: Option<DiskFullEpisode>,
 }
 
 impl Pipeline {
     /// A pipeline over an open cache, with the configuration in force.
     pub fn new(mut cache: Cache, config: Config, frame: MessageFrame) -> Pipeline {
+        // What the previous run could not store at its stop: its last statistics period
+        // (sent with this run's first statistics events) and an open disk-full episode. The
+        // counts it carries are in the cache's counters already: they are the part of them
+        // not yet reported.
+        let carry = cache.take_carry();
+        let carried = PeriodCounts::from_carry(&carry);
+        let at_open = cumulative(&cache);
+        let reported = [0, 1].map(|q| {
+            (
+                at_open[q].0.saturating_sub(carried.collected[q]),
+                at_open[q].1.saturating_sub(carried.dropped[q]),
+            )
+        });
         let evictions = cache.set_max_bytes(config.max_local_cache_size_in_bytes);
         let seed = frame.agent_id.as_u128() as u64 | 1;
         let mut p = Pipeline {
@@ -97,15 +158,25 @@ impl Pipeline {
             in_flight: None,
             backoff_ms: 0,
             retry_at_ms: 0,
-            period: PeriodCounts::default(),
+            period: carried,
+            reported,
             dropped_before_cache: [0; 2],
             diagnostics: Vec::new(),
             diagnostics_window: (0, 0),
             diagnostics_suppressed: 0,
             jitter_state: seed,
             recheck_sizes: true,
+            disk_full: None,
         };
-        p.count_evictions(&evictions.evicted);
+        if carry[7] > 0 {
+            p.disk_full = Some(DiskFullEpisode {
+                dropped: carry[7],
+                carried: true,
+            });
+        }
+        if let Some(e) = evictions.error {
+            p.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), 0);
+        }
         p
     }
 
@@ -125,15 +196,22 @@ impl Pipeline {
     }
 
     /// Counts events lost before they reached the pipeline (a collector's channel was full,
-    /// or the kernel dropped them), so DroppedEventsStatistics includes them.
+    /// or the kernel dropped them), so DroppedEventsStatistics and the cache's cumulative
+    /// counters (reason `lost`) include them.
     pub fn count_lost(&mut self, priority: Priority, n: u64) {
+        self.count_before_cache(priority, DropReason::Lost, n, 0);
+    }
+
+    /// Counts drops that never reached the cache in the cache's cumulative counters (and so
+    /// in the current statistics period).
+    fn count_before_cache(&mut self, priority: Priority, reason: DropReason, n: u64, now_ms: u64) {
         if priority == Priority::Off || n == 0 {
             return;
         }
-        let q = queue_index(priority);
-        self.period.collected[q] += n;
-        self.period.dropped[q] += n;
-        self.dropped_before_cache[q] += n;
+        self.dropped_before_cache[queue_index(priority)] += n;
+        if let Err(e) = self.cache.count_dropped(priority, reason, n) {
+            self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), now_ms);
+        }
     }
 
     /// The cache, for its disk figures and `sync`.
@@ -145,18 +223,11 @@ impl Pipeline {
     /// timers use the new frequencies at once, a smaller cache evicts.
     pub fn apply_config(&mut self, config: Config) {
         let evictions = self.cache.set_max_bytes(config.max_local_cache_size_in_bytes);
-        self.count_evictions(&evictions.evicted);
         if let Some(e) = evictions.error {
             self.diagnose(DiagnosticSeverity::Error, format!("cache: {e}"), 0);
         }
         self.config = config;
         self.recheck_sizes = true;
-    }
-
-    fn count_evictions(&mut self, evicted: &[Eviction]) {
-        for e in evicted {
-            self.period.dropped[queue_index(e.priority)] += 1;
-        }
     }
 
     fn max_message(&self) -> usize {
@@ -172,7 +243,6 @@ impl Pipeline {
         if priority == Priority::Off {
             return out;
         }
-        let q = queue_index(priority);
         let name = event.name();
         let max_event = self.frame.max_event_bytes(self.max_message());
         let split = if event.json_len() <= max_event {
@@ -180,9 +250,7 @@ impl Pipeline {
         } else {
             let outcome = event.split_to_fit(max_event);
             for item in &outcome.too_large {
-                self.period.collected[q] += 1;
-                self.period.dropped[q] += 1;
-                self.dropped_before_cache[q] += 1;
+                self.count_before_cache(priority, DropReason::TooLarge, 1, now_ms);
                 out.dropped.push(DropReason::TooLarge);
                 let len = serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0);
                 self.diagnose(
@@ -197,12 +265,11 @@ impl Pipeline {
             outcome.events
         };
         for part in split {
-            self.period.collected[q] += 1;
             match self.cache.push(priority, part.to_json(), now_ms.max(1)) {
                 PushOutcome::Stored { evicted, error, .. } => {
                     out.stored += 1;
+                    self.end_disk_full_episode();
                     out.evicted += evicted.len();
-                    self.count_evictions(&evicted);
                     if let Some(e) = error {
                         self.diagnose(DiagnosticSeverity::Warning, format!("cache: {e}"), now_ms);
                     }
@@ -213,9 +280,8 @@ impl Pipeline {
                     error,
                 } => {
                     out.evicted += evicted.len();
-                    self.count_evictions(&evicted);
-                    if reason != DropReason::PriorityOff {
-                        self.period.dropped[q] += 1;
+                    if reason == DropReason::DiskFull {
+                        self.disk_full_drop();
                     }
                     out.dropped.push(reason);
                     if let Some(e) = error {
@@ -357,8 +423,7 @@ impl Pipeline {
             return;
         }
         let ids: Vec<EntryId> = unsendable.iter().map(|(_, id, _)| *id).collect();
-        for (p, _, len) in &unsendable {
-            self.period.dropped[queue_index(*p)] += 1;
+        for (_, _, len) in &unsendable {
             self.diagnose(
                 DiagnosticSeverity::Warning,
                 format!(
@@ -390,8 +455,8 @@ impl Pipeline {
     pub fn failed(&mut self, out: &Outgoing, now_ms: u64) {
         self.in_flight = None;
         self.period.failed += 1;
-        let evictions = self.cache.unpin(&out.ids);
-        self.count_evictions(&evictions.evicted);
+        // Entries evicted here are counted by the cache (and so in the statistics).
+        let _ = self.cache.unpin(&out.ids);
         self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
         // xorshift: a cheap jitter of up to a quarter of the delay, so a fleet does not retry
         // in lockstep after a broker outage.
@@ -425,6 +490,46 @@ impl Pipeline {
             .push(Diagnostic::new(severity, message, std::process::id(), 0));
     }
 
+    /// Counts a drop for lack of disk space; the first of an episode is logged once.
+    fn disk_full_drop(&mut self) {
+        match self.disk_full.as_mut() {
+            Some(episode) => episode.dropped += 1,
+            None => {
+                tracing::warn!(
+                    "the cache's disk is full: new events are dropped and counted (disk-full) until space comes back"
+                );
+                self.disk_full = Some(DiskFullEpisode {
+                    dropped: 1,
+                    carried: false,
+                });
+            }
+        }
+    }
+
+    /// An event was stored: a disk-full episode, if one was open, is over. Its Diagnostic
+    /// bypasses the rate limit: one per episode, whatever else happened.
+    fn end_disk_full_episode(&mut self) {
+        let Some(episode) = self.disk_full.take() else {
+            return;
+        };
+        let when = if episode.carried {
+            "the previous run stopped while the disk was full"
+        } else {
+            "the disk was full"
+        };
+        let message = format!(
+            "{when}: {} events were dropped and counted as disk-full; space is back",
+            episode.dropped
+        );
+        tracing::info!("{message}");
+        self.diagnostics.push(Diagnostic::new(
+            DiagnosticSeverity::Error,
+            message,
+            std::process::id(),
+            0,
+        ));
+    }
+
     /// The pending Diagnostic items (as one event), to be submitted when Diagnostic is not Off.
     pub fn take_diagnostics(&mut self, wall: SystemTime) -> Option<Event> {
         if self.diagnostics_suppressed > 0 {
@@ -446,7 +551,9 @@ impl Pipeline {
     /// The DroppedEventsStatistics and MessageStatistics events for the period since the last
     /// call; the period counts restart at zero.
     pub fn statistics_events(&mut self, wall: SystemTime) -> Vec<Event> {
-        let p = std::mem::take(&mut self.period);
+        let p = self.period();
+        self.reported = cumulative(&self.cache);
+        self.period = PeriodCounts::default();
         let dropped = vec![
             PayloadItem::from(DroppedEventsStatistics::new(
                 Queue::High,
@@ -474,10 +581,66 @@ impl Pipeline {
         .collect()
     }
 
-    /// The counts of the current period so far.
-    pub fn period(&self) -> &PeriodCounts {
-        &self.period
+    /// Ends the statistics period: its DroppedEventsStatistics and MessageStatistics events
+    /// are queued in the cache. The counts of an event the cache could not store (disk full)
+    /// go back into the period, so they reach the next statistics event instead of none.
+    pub fn submit_statistics(&mut self, wall: SystemTime, now_ms: u64) {
+        let taken = self.period.clone();
+        let reported = self.reported;
+        for event in self.statistics_events(wall) {
+            let name = event.name();
+            if self.submit(event, now_ms).stored > 0 {
+                continue;
+            }
+            let p = &mut self.period;
+            if name == EventName::DroppedEventsStatistics {
+                // Not reported after all: the next period starts where this one did.
+                self.reported = reported;
+            } else {
+                p.messages_sent += taken.messages_sent;
+                p.messages_under_4kb += taken.messages_under_4kb;
+                p.failed += taken.failed;
+            }
+        }
     }
+
+    /// A clean stop: the final partial period's statistics are queued in the cache (sent
+    /// now if due, else by the next run, which reloads them). What the cache cannot store
+    /// (disk full) - those counts and an open disk-full episode - goes to the cache's
+    /// reserved slot and comes back at the next start. Call [`Cache::sync`] after.
+    pub fn stop(&mut self, wall: SystemTime, now_ms: u64) -> Result<(), CacheError> {
+        self.submit_statistics(wall, now_ms);
+        let open = self.disk_full.map_or(0, |e| e.dropped);
+        let period = self.period();
+        let carry = if period.is_zero() && open == 0 {
+            Carry::default()
+        } else {
+            period.to_carry(open)
+        };
+        self.cache.set_carry(carry)
+    }
+
+    /// The counts of the current period so far. Collected and dropped events are the
+    /// cache's cumulative counters since the last statistics event (every drop the cache
+    /// counts, whatever its reason, is in exactly one period).
+    pub fn period(&self) -> PeriodCounts {
+        let now = cumulative(&self.cache);
+        let mut p = self.period.clone();
+        for (q, (collected, dropped)) in now.iter().enumerate() {
+            p.collected[q] = collected.saturating_sub(self.reported[q].0);
+            p.dropped[q] = dropped.saturating_sub(self.reported[q].1);
+        }
+        p
+    }
+}
+
+/// (collected, dropped) of the High and the Low queue, from the cache's cumulative counters.
+fn cumulative(cache: &Cache) -> [(u64, u64); 2] {
+    let c = cache.counters();
+    [
+        (c.high.collected, c.high.dropped.total()),
+        (c.low.collected, c.low.dropped.total()),
+    ]
 }
 
 /// The `Name` of a serialized event, for log lines; `"?"` if it cannot be found.
@@ -492,4 +655,95 @@ fn event_name_of(event: &[u8]) -> String {
             std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
         })
         .unwrap_or_else(|| "?".to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::event::ProcessCreate;
+
+    fn event(n: u64) -> Event {
+        let item = ProcessCreate {
+            executable: "/usr/bin/test".into(),
+            process_id: 100,
+            parent_process_id: 1,
+            user_id: "0".into(),
+            user_name: None,
+            command_line: format!("test {n}"),
+            extra_details: Default::default(),
+        };
+        Event::new(
+            EventName::ProcessCreate,
+            vec![item.into()],
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap()
+    }
+
+    fn dropped_in(events: &[Event]) -> u64 {
+        events
+            .iter()
+            .filter(|e| e.name() == EventName::DroppedEventsStatistics)
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+                v["Payload"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["DroppedEvents"].as_u64().unwrap())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// A stop while the disk is full: the final period cannot be stored as an event, so it is
+    /// carried (with the open disk-full episode) to the next open, whose first statistics
+    /// event reports it; the cumulative counters hold the drops too, and the episode gets one
+    /// Diagnostic when an event is stored again. Time is injected (milliseconds).
+    #[test]
+    fn a_stop_on_a_full_disk_carries_the_final_period_to_the_next_run() {
+        let dir = std::env::temp_dir().join(format!("twinguard-batch-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let frame = MessageFrame::new("0.1.0", uuid::Uuid::nil());
+        let (cache, _) = Cache::open(&dir, 1 << 20).unwrap();
+        let mut p = Pipeline::new(cache, Config::default(), frame.clone());
+        for n in 0..5 {
+            assert_eq!(p.submit(event(n), 10 + n).stored, 1);
+        }
+        p.cache.fail_writes(Some(libc::ENOSPC));
+        for n in 5..45 {
+            assert_eq!(p.submit(event(n), 100 + n).dropped, vec![DropReason::DiskFull]);
+        }
+        // 40 drops. The rate-limited per-drop Diagnostics cannot be stored now anyway.
+        let _ = p.take_diagnostics(SystemTime::UNIX_EPOCH);
+        p.stop(SystemTime::UNIX_EPOCH, 1000).unwrap();
+        assert!(p.cache.sync().is_err(), "the disk is still full");
+        let before = p.counters();
+        // The statistics events themselves were dropped too.
+        assert_eq!(before.low.dropped.get(DropReason::DiskFull), 42);
+        drop(p); // the process exits
+
+        let (cache, recovery) = Cache::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovery.slot_drops, 42);
+        let mut p = Pipeline::new(cache, Config::default(), frame);
+        assert_eq!(p.counters(), before, "no drop lost across the stop");
+        assert!(p.counters().low.is_balanced());
+        assert_eq!(p.period().dropped, [0, 42]);
+        assert_eq!(p.submit(event(99), 5).stored, 1);
+        let diagnostic = p.take_diagnostics(SystemTime::UNIX_EPOCH).unwrap();
+        let text = String::from_utf8(diagnostic.to_json()).unwrap();
+        assert!(
+            text.contains("previous run stopped while the disk was full: 42 events"),
+            "{text}"
+        );
+        assert!(
+            p.take_diagnostics(SystemTime::UNIX_EPOCH).is_none(),
+            "one per episode"
+        );
+        let stats = p.statistics_events(SystemTime::UNIX_EPOCH);
+        assert_eq!(dropped_in(&stats), 42);
+        assert_eq!(dropped_in(&p.statistics_events(SystemTime::UNIX_EPOCH)), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -556,7 +556,8 @@ impl IotHubTransport {
             return;
         }
         self.get_failures = 0;
-        let twin: Value = match serde_json::from_slice(body) {
+        // Parsed with the bounds of any twin document (members per object, 1 MiB).
+        let twin: Value = match crate::config::read_document(body) {
             Ok(v) => v,
             Err(e) => {
                 self.update = Some(DesiredUpdate::Unreadable(format!(
@@ -582,7 +583,7 @@ impl IotHubTransport {
     }
 
     fn handle_notification(&mut self, topic_version: Option<i64>, body: &[u8]) {
-        let mut patch: Value = match serde_json::from_slice(body) {
+        let mut patch: Value = match crate::config::read_document(body) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
                 warn!("a desired-properties notification is not a JSON object: fetching the twin");

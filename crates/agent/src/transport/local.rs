@@ -354,15 +354,45 @@ pub enum TwinChange {
     Deleted,
 }
 
+/// How long after a file's mtime its metadata may still hide a change: file systems store
+/// times with a granularity (1 s on ext4 with 128-byte inodes, 2 s on FAT), so two writes of
+/// the same size within one tick leave device, inode, size, mtime and ctime all equal.
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
 /// Watches the twin file by polling its metadata (device, inode, size, mtime, ctime): cheap, and
 /// it sees editors that replace the file by rename as well as in-place writes. A change is
 /// reported once the file has been stable for the debounce time.
+///
+/// Metadata alone misses a rewrite of the same size within the file system's timestamp tick
+/// (a burst of versions on a file system with 1 s timestamps). So, as long as a version was
+/// read within [`RACY_WINDOW_NS`] of its mtime, every poll also compares the content with
+/// what was read (a checksum of at most 1 MiB, for at most two seconds after a change): the
+/// newest version is always the one applied after a burst.
 #[derive(Debug)]
 pub struct TwinFile {
     path: PathBuf,
     applied: Option<Option<Fingerprint>>,
     candidate: Option<(Option<Fingerprint>, u64)>,
     debounce_ms: u64,
+    /// The content last read, while its metadata may still hide a change.
+    racy: Option<RacyRead>,
+}
+
+/// A version read too close to its mtime for the metadata to prove it is the last one.
+#[derive(Clone, Copy, Debug)]
+struct RacyRead {
+    /// CRC32 of the content read.
+    digest: u32,
+    /// The file's mtime when read (ns since the epoch).
+    mtime_ns: i128,
+    /// The wall clock at the last read that found this content (ns since the epoch).
+    read_ns: i128,
+}
+
+fn wall_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
 impl TwinFile {
@@ -373,6 +403,7 @@ impl TwinFile {
             applied: None,
             candidate: None,
             debounce_ms,
+            racy: None,
         }
     }
 
@@ -400,19 +431,53 @@ impl TwinFile {
         self.read(fp)
     }
 
-    fn read(&self, fp: Option<Fingerprint>) -> TwinChange {
+    /// Reads the version `fp` names, remembering what was read while the metadata may hide
+    /// a later version.
+    fn read(&mut self, fp: Option<Fingerprint>) -> TwinChange {
         if fp.is_none() && !self.path.exists() {
+            self.racy = None;
             return TwinChange::Deleted;
         }
+        let read_ns = wall_ns();
         // Non-blocking and regular files only: a FIFO swapped in while the agent runs is an
         // unreadable version, never a read that waits forever.
-        TwinChange::Content(crate::input::read_bounded(&self.path).map_err(|e| e.to_string()))
+        let content = crate::input::read_bounded(&self.path).map_err(|e| e.to_string());
+        self.racy = match (&content, fp) {
+            (Ok(bytes), Some(fp)) if read_ns < fp.mtime_ns.saturating_add(RACY_WINDOW_NS) => Some(RacyRead {
+                digest: crc32fast::hash(bytes),
+                mtime_ns: fp.mtime_ns,
+                read_ns,
+            }),
+            _ => None,
+        };
+        TwinChange::Content(content)
+    }
+
+    /// Whether the content differs from the version last read although the metadata is the
+    /// same (only checked while that version is racy).
+    fn content_changed(&mut self) -> bool {
+        let Some(racy) = self.racy else {
+            return false;
+        };
+        if racy.read_ns >= racy.mtime_ns.saturating_add(RACY_WINDOW_NS) {
+            self.racy = None;
+            return false;
+        }
+        let read_ns = wall_ns();
+        match crate::input::read_bounded(&self.path) {
+            Ok(bytes) if crc32fast::hash(&bytes) == racy.digest => {
+                // Same content, seen later: once this is past the window it is proven.
+                self.racy = Some(RacyRead { read_ns, ..racy });
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Checks the file at monotonic time `now_ms`; returns a change once it is stable.
     pub fn poll(&mut self, now_ms: u64) -> Option<TwinChange> {
         let fp = self.fingerprint();
-        if self.applied == Some(fp) {
+        if self.applied == Some(fp) && !self.content_changed() {
             self.candidate = None;
             return None;
         }

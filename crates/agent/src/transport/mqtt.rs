@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use twinguard_mqtt::{topic, LastWill, QoS};
 
 use super::mqtt_client::{Backoff, ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
@@ -240,6 +240,13 @@ impl MqttTransport {
                 // Editors end files with a newline; it is not part of the password.
                 while matches!(bytes.last(), Some(b'\n' | b'\r')) {
                     bytes.pop();
+                }
+                if !options.broker.tls {
+                    // Settings refuse this combination unless allow-insecure-password is set.
+                    warn!(
+                        broker = %options.broker,
+                        "the broker password is sent in clear text over plain mqtt:// (allowed by allow-insecure-password); anyone on the network path can read it: use mqtts://"
+                    );
                 }
                 Some(Secret(bytes))
             }

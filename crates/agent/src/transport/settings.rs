@@ -19,6 +19,10 @@
 //! # iothub-ca = "/etc/twinguard/hub-ca.pem"
 //! ```
 //!
+//! A password over plain `mqtt://` is refused (it would travel in clear text) unless
+//! `allow-insecure-password = true` (or `--allow-insecure-password`) accepts the risk; the
+//! agent then logs a warning at every start.
+//!
 //! Relative paths in the file are relative to the file's directory.
 
 use std::path::{Path, PathBuf};
@@ -98,6 +102,10 @@ pub struct ConnectionSettings {
     pub iothub_ca: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace); the TWINGUARD_LOG variable wins.
     pub log_level: Option<String>,
+    /// Accept a broker password over plain `mqtt://`, where anyone on the path reads it
+    /// (refused unless this is `true`; a warning is logged either way).
+    #[serde(alias = "allow_insecure_password")]
+    pub allow_insecure_password: Option<bool>,
 }
 
 impl ConnectionSettings {
@@ -155,6 +163,7 @@ impl ConnectionSettings {
             iothub: self.iothub.or(file.iothub),
             iothub_ca: self.iothub_ca.or(file.iothub_ca),
             log_level: self.log_level.or(file.log_level),
+            allow_insecure_password: self.allow_insecure_password.or(file.allow_insecure_password),
         }
     }
 
@@ -225,6 +234,14 @@ impl ConnectionSettings {
                 }
                 if self.mqtt_password_file.is_some() && self.mqtt_username.is_none() {
                     return invalid("--mqtt-password-file needs --mqtt-username (MQTT 3.1.1 has no password without a user name)");
+                }
+                if !broker.tls
+                    && self.mqtt_password_file.is_some()
+                    && self.allow_insecure_password != Some(true)
+                {
+                    return Err(SettingsError::Invalid(format!(
+                        "--mqtt {url}: a password over plain mqtt:// travels in clear text; use mqtts:// (TLS), or accept the risk with --allow-insecure-password (settings key allow-insecure-password = true)"
+                    )));
                 }
                 let options = MqttOptions::new(
                     broker,
@@ -316,6 +333,43 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret_file(&path).unwrap(), b"hunter2\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_password_over_plain_mqtt_needs_the_opt_in() {
+        let plain = ConnectionSettings {
+            mqtt: Some("mqtt://h".into()),
+            device_id: Some("d".into()),
+            mqtt_username: Some("u".into()),
+            mqtt_password_file: Some("p".into()),
+            ..Default::default()
+        };
+        let err = plain.mode().unwrap_err().to_string();
+        assert!(
+            err.contains("clear text") && err.contains("--allow-insecure-password"),
+            "{err}"
+        );
+        let allowed = ConnectionSettings {
+            allow_insecure_password: Some(true),
+            ..plain.clone()
+        };
+        assert!(matches!(allowed.mode(), Ok(Mode::Mqtt(_))));
+        // TLS needs no opt-in; no password needs none either.
+        let tls = ConnectionSettings {
+            mqtt: Some("mqtts://h".into()),
+            ..plain.clone()
+        };
+        assert!(matches!(tls.mode(), Ok(Mode::Mqtt(_))));
+        let anonymous = ConnectionSettings {
+            mqtt_password_file: None,
+            ..plain
+        };
+        assert!(matches!(anonymous.mode(), Ok(Mode::Mqtt(_))));
+        // The settings-file key, in the file's spelling and in snake case.
+        for key in ["allow-insecure-password", "allow_insecure_password"] {
+            let s: ConnectionSettings = toml::from_str(&format!("{key} = true")).unwrap();
+            assert_eq!(s.allow_insecure_password, Some(true));
+        }
     }
 
     #[test]

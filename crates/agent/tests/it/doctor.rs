@@ -361,10 +361,20 @@ fn doctor_tests_the_mqtt_connection_and_reads_the_desired_configuration() {
 
     // The same check from `run`'s flags alone, no settings file.
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
-    let flags = ["--mqtt", &url, "--device-id", "doc1", "--data-dir", path_arg(&data)];
+    let flags = [
+        "--mqtt",
+        &url,
+        "--device-id",
+        "doc1",
+        "--data-dir",
+        path_arg(&data),
+    ];
     let (code, by_flags) = doctor(&flags);
     assert!(by_flags.contains("ok: MQTT login as \"doc1\""), "{by_flags}");
-    assert!(by_flags.contains("in force: snapshotFrequency PT1H"), "{by_flags}");
+    assert!(
+        by_flags.contains("in force: snapshotFrequency PT1H"),
+        "{by_flags}"
+    );
     assert_eq!(code, Some(0), "{by_flags}");
 
     // An invalid desired document: the agent would stay connected and collect nothing.

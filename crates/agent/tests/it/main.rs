@@ -7,6 +7,7 @@ mod collectors;
 mod config_cases;
 mod conformance;
 mod doctor;
+mod drops;
 mod events;
 mod fuzz_corpus;
 mod hardening;

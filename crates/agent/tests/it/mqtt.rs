@@ -1399,3 +1399,110 @@ fn mqtt_outage_longer_than_the_cache_counts_every_eviction() {
     );
     validate_messages(&obs.bodies(&topic("messages"))).unwrap();
 }
+
+/// Issue 12: a password over plain `mqtt://` travels in clear text. It is refused (exit 2,
+/// one line saying why and what to do) unless `--allow-insecure-password` or the settings key
+/// accepts the risk; then the agent logs in to a real mosquitto that demands the password, and
+/// warns.
+#[test]
+fn plain_mqtt_with_a_password_needs_an_explicit_opt_in() {
+    let dir = TempDir::new("mqtt-plain-password");
+    if mosquitto_binary().is_none() {
+        skip(
+            "plain_mqtt_with_a_password",
+            "mosquitto is not installed (Debian package mosquitto)",
+        );
+        return;
+    }
+    let passwords = dir.path("passwords");
+    let made = Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&passwords)
+        .args(["agent", "plain pass"])
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        skip(
+            "plain_mqtt_with_a_password",
+            "mosquitto_passwd is not installed (Debian package mosquitto)",
+        );
+        return;
+    }
+    let extra = format!("allow_anonymous false\npassword_file {}\n", passwords.display());
+    let Some(broker) = Broker::start("plain_mqtt_with_a_password", &dir, None, &extra) else {
+        return;
+    };
+    let password = dir.path("password");
+    write_private(&password, "plain pass\n");
+    let pw = password.to_str().unwrap();
+    let login = ["--mqtt-username", "agent", "--mqtt-password-file", pw];
+
+    // Refused by default, before anything connects (an agent that runs instead is killed
+    // after 5 s and fails the test).
+    let mut refused = Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
+        .args(["run", "--mqtt", &broker.url(), "--device-id", DEVICE])
+        .args(login)
+        .arg("--data-dir")
+        .arg(dir.path("refused-data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while refused.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = refused.kill();
+    let out = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("clear text") && stderr.contains("--allow-insecure-password"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // Accepted with the flag: connects with the password, and says it is insecure.
+    let mut obs = Observer::connect(ObserverOptions {
+        port: broker.port,
+        ca: None,
+        filters: &["twinguard/dev1/#"],
+        client_id: "it-plain",
+        persistent: false,
+        login: Some(("agent", "plain pass")),
+    });
+    let desired = json!({CONFIG_KEY: {"highPriorityMessageFrequency": {"value": "PT1S"}}});
+    obs.publish(&topic("twin/desired"), desired.to_string().as_bytes(), true);
+    let mut with_flag = login.to_vec();
+    with_flag.push("--allow-insecure-password");
+    let mut agent = Agent::mqtt(&dir, &broker, &with_flag);
+    obs.wait_for("reported over plain MQTT", Duration::from_secs(20), |o| {
+        o.latest_json(&topic("twin/reported"))
+            .is_some_and(|r| reported_matches(&r, &desired))
+    });
+    assert_eq!(agent.stop(), Some(0), "{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("WARN") && log.contains("clear text"),
+        "no warning about the clear-text password: {log}"
+    );
+    assert!(!log.contains("plain pass"), "the password reached the log");
+
+    // The settings-file key does the same.
+    let settings = dir.path("agent.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "mqtt = \"{}\"\ndevice-id = \"{DEVICE}\"\nmqtt-username = \"agent\"\nmqtt-password-file = \"{pw}\"\nallow-insecure-password = true\n",
+            broker.url()
+        ),
+    )
+    .unwrap();
+    let mut from_file = Agent::start(&dir, "from-file", &["--settings", settings.to_str().unwrap()]);
+    let t = Instant::now();
+    while !from_file.log().contains("clear text") && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(from_file.stop(), Some(0), "{}", from_file.log());
+    assert!(from_file.log().contains("clear text"), "{}", from_file.log());
+}

@@ -146,10 +146,16 @@ fn high_events_reach_the_outbox_within_their_frequency_and_messages_conform() {
     assert!(stats.len() >= 2, "{} MessageStatistics events", stats.len());
     // The outbox line is written when the message is sent; compare to the event's own time
     // through the order of messages: message k (k >= 1) must carry the snapshot of k*3 s.
-    for window in stats.windows(2) {
+    // The last one may be the final partial period, queued at the stop and sent with what
+    // was due then: it may come sooner.
+    for (i, window) in stats.windows(2).enumerate() {
         let t = |e: &Value| chrono_millis(e["TimestampUTC"].as_str().unwrap());
         let gap = t(&window[1]) - t(&window[0]);
-        assert!((2900..=3300).contains(&gap), "snapshots {gap} ms apart");
+        let final_period = i + 2 == stats.len() && gap < 2900;
+        assert!(
+            final_period || (2900..=3300).contains(&gap),
+            "snapshots {gap} ms apart"
+        );
     }
 }
 

@@ -11,7 +11,12 @@
 //! | 1 | Put | seq u64, queue u8 (1 Low, 2 High), the event's bytes |
 //! | 2 | Remove | code u8 (0 sent, else a drop-reason code), then one or more seq u64 |
 //! | 3 | Dropped | queue u8, drop-reason code u8, count u64 (incoming events never stored) |
-//! | 4 | Checkpoint | next_seq u64, then per queue (Low, High): collected, sent, 6 drop counts (u64 each) |
+//! | 4 | Checkpoint | next_seq u64, then per queue (Low, High): collected, sent, 7 drop counts (u64 each; 6 in version 1) |
+//!
+//! Version 2 added the drop reason 7 (`lost`: events lost before the cache) and with it the
+//! seventh count of a Checkpoint. Version 1 segments are read (a checkpoint's length says
+//! which layout it has); a version 1 head segment is never appended to: the first write
+//! starts a version 2 segment.
 
 use super::types::{DropCounts, DropReason};
 use crate::event::Priority;
@@ -19,7 +24,9 @@ use crate::event::Priority;
 /// The first 8 bytes of every segment file.
 pub(super) const MAGIC: [u8; 8] = *b"TWGCACHE";
 /// The format version this build reads and writes.
-pub(super) const FORMAT_VERSION: u32 = 1;
+pub(super) const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub(super) const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the segment header.
 pub(super) const HEADER_BYTES: u64 = 16;
 /// `len` + `crc` in front of every record.
@@ -30,8 +37,10 @@ pub const PUT_OVERHEAD: u64 = 18;
 pub const REMOVE_BASE_BYTES: u64 = 10;
 /// Bytes per removed entry in a Remove record.
 pub const REMOVE_SEQ_BYTES: u64 = 8;
-/// Size of a Checkpoint record: frame 8 + kind 1 + next_seq 8 + 2 queues x 8 counters x 8.
-pub(super) const CHECKPOINT_BYTES: u64 = 145;
+/// Size of a Checkpoint record: frame 8 + kind 1 + next_seq 8 + 2 queues x 9 counters x 8.
+pub(super) const CHECKPOINT_BYTES: u64 = 161;
+/// The body of a version 1 Checkpoint after its kind: next_seq + 2 queues x 8 counters.
+const CHECKPOINT_V1_REST: usize = 8 + 2 * 8 * 8;
 /// The largest event the cache stores, whatever `max_bytes` says: it bounds the allocation a
 /// corrupt length field can cause while reading.
 pub const MAX_EVENT_BYTES: u64 = 16 << 20;
@@ -180,8 +189,8 @@ pub(super) fn header() -> [u8; HEADER_BYTES as usize] {
 /// What the first bytes of a segment file are.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum HeaderCheck {
-    /// A valid header of this version.
-    Valid,
+    /// A valid header of a version this build reads (the version).
+    Valid(u32),
     /// Shorter than a header and a prefix of a valid one (a crash while creating the file).
     Torn,
     /// Not a cache header.
@@ -207,7 +216,7 @@ pub(super) fn check_header(bytes: &[u8]) -> HeaderCheck {
         return HeaderCheck::Corrupt;
     }
     match le_u32(&bytes[8..12]) {
-        FORMAT_VERSION => HeaderCheck::Valid,
+        v @ OLDEST_READABLE_VERSION..=FORMAT_VERSION => HeaderCheck::Valid(v),
         other => HeaderCheck::Version(other),
     }
 }
@@ -330,9 +339,13 @@ pub(super) fn decode_body(body: &[u8], crc: u32) -> Result<Record<'_>, &'static 
             })
         }
         KIND_CHECKPOINT => {
-            if rest.len() as u64 != CHECKPOINT_BYTES - 9 {
+            let drop_counts = if rest.len() as u64 == CHECKPOINT_BYTES - 9 {
+                7
+            } else if rest.len() == CHECKPOINT_V1_REST {
+                6
+            } else {
                 return Err("malformed checkpoint record");
-            }
+            };
             let mut words = rest.chunks_exact(8).map(le_u64);
             let mut next = || words.next().unwrap_or(0);
             let next_seq = next();
@@ -340,7 +353,7 @@ pub(super) fn decode_body(body: &[u8], crc: u32) -> Result<Record<'_>, &'static 
             for t in &mut totals {
                 t.collected = next();
                 t.sent = next();
-                for n in &mut t.dropped.0 {
+                for n in t.dropped.0.iter_mut().take(drop_counts) {
                     *n = next();
                 }
             }
@@ -441,7 +454,7 @@ mod tests {
     #[test]
     fn header_checks() {
         let h = header();
-        assert_eq!(check_header(&h), HeaderCheck::Valid);
+        assert_eq!(check_header(&h), HeaderCheck::Valid(FORMAT_VERSION));
         assert_eq!(check_header(&h[..5]), HeaderCheck::Torn);
         assert_eq!(check_header(&[]), HeaderCheck::Torn);
         assert_eq!(check_header(b"XX"), HeaderCheck::Corrupt);
@@ -449,10 +462,14 @@ mod tests {
         bad[13] ^= 1;
         assert_eq!(check_header(&bad), HeaderCheck::Corrupt);
         let mut v2 = h;
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        v2[8..12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32fast::hash(&v2[..12]);
         v2[12..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(check_header(&v2), HeaderCheck::Version(2));
+        assert_eq!(check_header(&v2), HeaderCheck::Version(3));
+        v2[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v2[..12]);
+        v2[12..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(check_header(&v2), HeaderCheck::Valid(1));
     }
 
     #[test]

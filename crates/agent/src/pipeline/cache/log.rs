@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use super::format::{self, HeaderCheck, Record, HEADER_BYTES};
 use super::types::CacheError;
 
-/// Where a record starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a record starts (ordered as the log is: by segment, then offset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Location {
     pub(super) segment: u32,
     pub(super) offset: u64,
@@ -63,6 +63,9 @@ pub(super) struct SegmentLog {
     /// next write goes to a fresh segment (the garbage is then a torn middle, skipped at open
     /// and reclaimed by compaction).
     head_tainted: bool,
+    /// Set when the head segment was written by an older format version: the next write goes
+    /// to a fresh segment, so no file mixes versions.
+    head_outdated: bool,
     /// The last segment read from, kept open because sends read entries in log order.
     reader: Option<(u32, File)>,
     disk_bytes: u64,
@@ -132,10 +135,13 @@ impl SegmentLog {
 
         let mut scan = Scan::default();
         let mut segments = BTreeMap::new();
+        let mut newest_version = format::FORMAT_VERSION;
         for (i, &no) in numbers.iter().enumerate() {
             let is_newest = i + 1 == numbers.len();
             let path = dir.join(segment_name(no));
-            let len = scan_segment(&path, no, is_newest, segment_bytes, &mut scan, &mut on_record)?;
+            let (len, version) =
+                scan_segment(&path, no, is_newest, segment_bytes, &mut scan, &mut on_record)?;
+            newest_version = version;
             segments.insert(
                 no,
                 SegmentMeta {
@@ -175,6 +181,7 @@ impl SegmentLog {
             head_no,
             head,
             head_tainted: false,
+            head_outdated: newest_version != format::FORMAT_VERSION,
             reader: None,
             disk_bytes,
             bytes_written: 0,
@@ -213,6 +220,14 @@ impl SegmentLog {
         std::mem::replace(&mut self.peak, self.disk_bytes)
     }
 
+    /// The end of the log: where the next record would go (before any rotation).
+    pub(super) fn end(&self) -> Location {
+        Location {
+            segment: self.head_no,
+            offset: self.segments.get(&self.head_no).map_or(HEADER_BYTES, |m| m.len),
+        }
+    }
+
     pub(super) fn head_no(&self) -> u32 {
         self.head_no
     }
@@ -233,7 +248,9 @@ impl SegmentLog {
         let len = buf.len() as u64;
         // A record larger than a segment gets a segment of its own (never sharing with other
         // records), so compaction never has to copy it while it is live.
-        if self.head_tainted || (head_len > HEADER_BYTES && head_len.saturating_add(len) > self.segment_bytes)
+        if self.head_tainted
+            || self.head_outdated
+            || (head_len > HEADER_BYTES && head_len.saturating_add(len) > self.segment_bytes)
         {
             self.rotate()?;
         }
@@ -322,6 +339,7 @@ impl SegmentLog {
         self.head = file;
         self.head_no = no;
         self.head_tainted = false;
+        self.head_outdated = false;
         self.segments.insert(no, SegmentMeta::default());
         self.grow(no, HEADER_BYTES);
         self.bytes_written = self.bytes_written.saturating_add(HEADER_BYTES);
@@ -411,7 +429,7 @@ fn max_segment_file(segment_bytes: u64) -> u64 {
 }
 
 /// Reads one segment, calling `on_record` for each valid record; returns the file's length
-/// afterwards.
+/// afterwards and its format version.
 ///
 /// After a bad record the scan resynchronises on the next offset where a valid record
 /// starts (frame, sane length, matching CRC32), so damage in the middle of a file loses only
@@ -426,7 +444,7 @@ fn scan_segment(
     segment_bytes: u64,
     scan: &mut Scan,
     on_record: &mut impl FnMut(Location, u64, Record<'_>),
-) -> Result<u64, CacheError> {
+) -> Result<(u64, u32), CacheError> {
     let file = File::open(path).map_err(|e| io_err(path, "open", e))?;
     let file_len = file.metadata().map_err(|e| io_err(path, "stat", e))?.len();
     if file_len > max_segment_file(segment_bytes) {
@@ -441,8 +459,8 @@ fn scan_segment(
         .read_to_end(&mut data)
         .map_err(|e| io_err(path, "read", e))?;
 
-    match format::check_header(&data) {
-        HeaderCheck::Valid => {}
+    let version = match format::check_header(&data) {
+        HeaderCheck::Valid(version) => version,
         HeaderCheck::Torn if is_newest => {
             // A crash while the segment was being created: it holds no record. Rewrite the
             // header so the file is a valid empty segment again.
@@ -455,7 +473,7 @@ fn scan_segment(
                 .and_then(|()| f.sync_data())
                 .map_err(|e| io_err(path, "rewrite header", e))?;
             scan.torn_bytes += data.len() as u64;
-            return Ok(HEADER_BYTES);
+            return Ok((HEADER_BYTES, format::FORMAT_VERSION));
         }
         HeaderCheck::Torn | HeaderCheck::Corrupt => {
             return Err(CacheError::CorruptHeader {
@@ -469,7 +487,7 @@ fn scan_segment(
                 supported: format::FORMAT_VERSION,
             })
         }
-    }
+    };
 
     let mut pos = HEADER_BYTES as usize;
     let mut skipped = 0u64;
@@ -501,7 +519,7 @@ fn scan_segment(
     }
     scan.skipped_bytes += skipped;
     if bad_tail == 0 {
-        return Ok(file_len);
+        return Ok((file_len, version));
     }
     if is_newest {
         let f = OpenOptions::new()
@@ -512,10 +530,10 @@ fn scan_segment(
             .and_then(|()| f.sync_data())
             .map_err(|e| io_err(path, "truncate torn tail", e))?;
         scan.torn_bytes += bad_tail;
-        return Ok(pos as u64);
+        return Ok((pos as u64, version));
     }
     scan.skipped_bytes += bad_tail;
-    Ok(file_len)
+    Ok((file_len, version))
 }
 
 #[cfg(test)]

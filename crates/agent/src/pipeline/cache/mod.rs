@@ -28,7 +28,7 @@
 //!   often full; keeping its 2.5 MB in RAM would spend most of the 4 MiB budget (SPEC §10).
 //!   Reading an event back costs one `pread`, normally from the page cache, once per send.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2; version 1 is read)
 //!
 //! The cache owns a directory (the pipeline uses `<data_dir>/`[`CACHE_DIR_NAME`]) of segment
 //! files `cache-NNNNNN.log`, numbered in log order. Each starts with a 16-byte header (magic
@@ -41,6 +41,11 @@
 //! Remove; a second Put of the same seq is a compaction copy and only moves the entry) and the
 //! counters (the last Checkpoint plus the counting records after it). An entry's id is its
 //! seq. See `format.rs` for the byte layout.
+//!
+//! Beside the segments, `counters.slot` ([`SLOT_FILE_BYTES`], `slot.rs`) is reserved at open
+//! and only overwritten in place: it holds drop counts while the disk is full (no record can
+//! be appended then) and the pipeline's [`Carry`]. At open its drops are added unless a log
+//! record written after them already holds them.
 //!
 //! # Compaction
 //!
@@ -78,6 +83,7 @@
 
 mod format;
 mod log;
+mod slot;
 mod types;
 
 #[cfg(test)]
@@ -95,6 +101,8 @@ use format::{Checkpoint, Queue, Record, Removal, Totals, CHECKPOINT_BYTES, HEADE
 use log::{Location, SegmentLog};
 
 pub use format::{MAX_EVENT_BYTES, PUT_OVERHEAD, REMOVE_BASE_BYTES, REMOVE_SEQ_BYTES};
+pub use slot::{Carry, SLOT_FILE_BYTES};
+use slot::{Slot, SlotState};
 pub use types::{
     CacheCounters, CacheError, DropCounts, DropReason, EntryId, EntryRef, Eviction, Evictions, PushOutcome,
     QueueCounters, Recovery,
@@ -138,6 +146,13 @@ pub struct Cache {
     pending: Pending,
     /// The first problem met on the side (compaction), handed out with the next outcome.
     side_error: Option<CacheError>,
+    /// The counter slot (space reserved at open for drop counts while the disk is full);
+    /// `None` if it could not be created (then such counts live in memory only).
+    slot: Option<Slot>,
+    /// The pipeline's carry as the slot holds it now.
+    carry: Carry,
+    /// The carry read at open, until the pipeline takes it.
+    carried: Carry,
 }
 
 #[derive(Debug, Default)]
@@ -221,16 +236,44 @@ impl Cache {
         let (log, scan) = SegmentLog::open(dir, segment_bytes, |at, size, record| {
             replay.apply(at, size, record)
         })?;
+        let (slot, slot_state, slot_error) = match Slot::open(dir) {
+            Ok((slot, state)) => (Some(slot), state, None),
+            Err(e) => (None, SlotState::default(), Some(e)),
+        };
         let mut cache = Cache {
             log,
             max_bytes,
             queues: Default::default(),
             next_seq: 1,
             pending: Pending::default(),
-            side_error: None,
+            side_error: slot_error,
+            slot,
+            carry: Carry::default(),
+            carried: slot_state.carry,
         };
+        // Drops counted while the disk was full, which never reached the log: they count
+        // unless a record was appended after them (then that record holds them).
+        let mut slot_drops = 0;
+        if slot_state.mark.is_some_and(|mark| replay.last_end <= mark) {
+            for q in Queue::ALL {
+                for (reason, n) in slot_state.drops[q.index()].iter() {
+                    let totals = &mut replay.queues[q.index()].totals;
+                    totals.collected = totals.collected.saturating_add(n);
+                    totals.dropped.add(reason, n);
+                    cache.pending.drops[q.index()].add(reason, n);
+                    slot_drops += n;
+                }
+            }
+        }
         let lost_entries = replay.install(&mut cache);
+        // Write them as log records now (or keep them in the slot while the disk is full),
+        // and clear the carry, which the pipeline takes from here.
+        if let Err(e) = cache.flush_pending() {
+            cache.note(e);
+        }
+        cache.save_slot(Carry::default());
         let mut recovery = Recovery {
+            slot_drops,
             entries: cache.queues.iter().map(|q| q.entries.len() as u64).sum(),
             torn_bytes: scan.torn_bytes,
             skipped_bytes: scan.skipped_bytes,
@@ -331,6 +374,34 @@ impl Cache {
                     error: Some(e),
                 }
             }
+        }
+    }
+
+    /// Counts `n` events of a queue that were dropped before they reached the cache (lost by
+    /// a collector, an item too large for any message), so the cumulative counters hold
+    /// every drop: `collected` and `dropped` both grow by `n`. Written as a Dropped record;
+    /// while the disk is full, kept in the reserved slot. `Priority::Off` and `n == 0` are
+    /// ignored.
+    pub fn count_dropped(
+        &mut self,
+        priority: Priority,
+        reason: DropReason,
+        n: u64,
+    ) -> Result<(), CacheError> {
+        let Some(queue) = Queue::from_priority(priority) else {
+            return Ok(());
+        };
+        if n == 0 || reason.index().is_none() {
+            return Ok(());
+        }
+        let totals = &mut self.queues[queue.index()].totals;
+        totals.collected = totals.collected.saturating_add(n);
+        totals.dropped.add(reason, n);
+        self.pending.drops[queue.index()].add(reason, n);
+        self.persist_pending()?;
+        match self.side_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -502,7 +573,15 @@ impl Cache {
     /// Writes any deferred record and fdatasyncs the head segment: after it returns, what
     /// the cache holds survives a power loss. The pipeline calls it periodically.
     pub fn sync(&mut self) -> Result<(), CacheError> {
-        self.flush_pending()?;
+        let flushed = self.flush_pending();
+        if flushed.is_ok() && self.slot.as_ref().is_some_and(Slot::is_armed) {
+            // The drops it held are in the log now; only the carry stays.
+            self.save_slot(self.carry);
+        }
+        if let Some(slot) = self.slot.as_mut() {
+            slot.sync()?;
+        }
+        flushed?;
         self.log.sync()
     }
 
@@ -511,9 +590,10 @@ impl Cache {
         self.sync()
     }
 
-    /// Total size of the segment files (bounded by [`disk_bound`]).
+    /// Total size of the cache's files: segments and the counter slot (bounded by
+    /// [`disk_bound`]).
     pub fn disk_bytes(&self) -> u64 {
-        self.log.disk_bytes()
+        self.log.disk_bytes() + self.slot.as_ref().map_or(0, |_| SLOT_FILE_BYTES)
     }
 
     /// Bytes written to disk since open, compaction included (flash wear, SPEC §10).
@@ -663,6 +743,45 @@ impl Cache {
         bump(&mut totals.collected);
         totals.dropped.add(reason, 1);
         self.pending.drops[queue.index()].add(reason, 1);
+        // The log has no room for it: the slot's reserved blocks do.
+        self.save_slot(self.carry);
+    }
+
+    /// Writes the drops not yet in the log, the end of the log and `carry` to the slot (an
+    /// empty state disarms it). Failures are noted: the counts stay in memory.
+    fn save_slot(&mut self, carry: Carry) {
+        self.carry = carry;
+        let state = SlotState {
+            mark: Some(self.log.end()),
+            drops: self.pending.drops,
+            carry,
+        };
+        let state = if state.drops.iter().all(|d| d.total() == 0) {
+            SlotState { mark: None, ..state }
+        } else {
+            state
+        };
+        if let Some(slot) = self.slot.as_mut() {
+            if let Err(e) = slot.write(&state) {
+                self.note(e);
+            }
+        }
+    }
+
+    /// The pipeline's carry read at open (zero if none), and forgets it.
+    pub fn take_carry(&mut self) -> Carry {
+        std::mem::take(&mut self.carried)
+    }
+
+    /// Keeps `carry` (the pipeline's numbers that could not be stored as an event) in the
+    /// reserved slot for the next open, which hands it back through [`Cache::take_carry`]. A
+    /// zero carry clears it. Durable once [`Cache::sync`] or [`Cache::close`] returns.
+    pub fn set_carry(&mut self, carry: Carry) -> Result<(), CacheError> {
+        self.save_slot(carry);
+        match self.side_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Drops an entry whose record is damaged; returns the error to report.
@@ -698,7 +817,12 @@ impl Cache {
             return Ok(());
         }
         let buf = self.pending.encode();
-        self.log.append(&buf)?;
+        if let Err(e) = self.log.append(&buf) {
+            if self.pending.drops.iter().any(|d| d.total() > 0) {
+                self.save_slot(self.carry);
+            }
+            return Err(e);
+        }
         self.pending = Pending::default();
         Ok(())
     }
@@ -845,6 +969,12 @@ impl Cache {
         self.log.delete(no)
     }
 
+    /// Test hook: every log write fails with `errno` (ENOSPC: a full disk) until `None`.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&mut self, errno: Option<i32>) {
+        self.log.fail_writes = errno;
+    }
+
     /// The highest disk footprint since the last call (tests check compaction transients).
     #[cfg(test)]
     fn take_peak_disk_bytes(&mut self) -> u64 {
@@ -882,10 +1012,16 @@ struct Replay {
     next_seq: u64,
     /// Per segment: (live Put bytes, all Put bytes).
     puts: BTreeMap<u32, (u64, u64)>,
+    /// Where the last valid record ends (segment 0: no record).
+    last_end: Location,
 }
 
 impl Replay {
     fn apply(&mut self, at: Location, size: u64, record: Record<'_>) {
+        self.last_end = self.last_end.max(Location {
+            segment: at.segment,
+            offset: at.offset.saturating_add(size),
+        });
         match record {
             Record::Put { seq, queue, event } => {
                 self.puts.entry(at.segment).or_default().1 += size;

@@ -27,7 +27,7 @@ struct ModelEntry {
 struct ModelCounters {
     collected: u64,
     sent: u64,
-    dropped: [u64; 6],
+    dropped: [u64; 7],
 }
 
 #[derive(Debug, Default)]

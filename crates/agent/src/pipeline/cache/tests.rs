@@ -835,3 +835,51 @@ proptest! {
         }
     }
 }
+
+/// A cache written by format version 1 (six drop reasons, 145-byte checkpoints) opens with
+/// its entries and counters; new records go to a fresh version 2 segment, never into the old
+/// file.
+#[test]
+fn a_version_1_cache_is_read_and_never_appended_to() {
+    let dir = TempDir::new("v1");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"TWGCACHE");
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    // A version 1 checkpoint: next_seq 8; Low: collected 7, sent 4, evicted 3; High: 0.
+    let mut body = vec![4u8];
+    body.extend_from_slice(&8u64.to_le_bytes());
+    for n in [7u64, 4, 3, 0, 0, 0, 0, 0] {
+        body.extend_from_slice(&n.to_le_bytes());
+    }
+    body.extend_from_slice(&[0u8; 64]);
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    // Then two Low events, still cached.
+    format::encode_put(&mut bytes, 8, format::Queue::Low, &event(100, 8));
+    format::encode_put(&mut bytes, 9, format::Queue::Low, &event(100, 9));
+    let old = write_file(dir.path(), 1, &bytes);
+    let (mut c, recovery) = Cache::open(dir.path(), 8192).unwrap();
+    assert_eq!((recovery.entries, recovery.lost_entries), (2, 0));
+    assert_eq!(c.counters().low.collected, 9);
+    assert_eq!(c.counters().low.dropped.get(DropReason::Evicted), 3);
+    assert_eq!(c.counters().low.sent, 4);
+    assert_balanced(&c);
+    push(&mut c, Low, 100, 20);
+    c.close().unwrap();
+    assert_eq!(
+        fs::read(&old).unwrap(),
+        bytes,
+        "the version 1 file is never written"
+    );
+    let newest = fs::read(dir.path().join(segment_name(2))).unwrap();
+    assert_eq!(
+        format::check_header(&newest),
+        format::HeaderCheck::Valid(format::FORMAT_VERSION)
+    );
+    let (c, _) = Cache::open(dir.path(), 8192).unwrap();
+    assert_eq!(c.counters().low.cached, 3);
+    assert_balanced(&c);
+}

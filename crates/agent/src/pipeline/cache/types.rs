@@ -69,6 +69,9 @@ pub enum DropReason {
     /// A cached event whose record could not be read back (checksum mismatch, missing
     /// record after a restart).
     Unreadable,
+    /// An event lost before it reached the cache (a collector's channel was full, or the
+    /// kernel dropped it), counted here so the cumulative counters hold every loss.
+    Lost,
     /// `push` was called with [`Priority::Off`]: a programmer error. Never counted (there is
     /// no Off queue).
     PriorityOff,
@@ -76,13 +79,14 @@ pub enum DropReason {
 
 impl DropReason {
     /// The reasons that are counted, in the order of [`DropCounts`].
-    pub const COUNTED: [DropReason; 6] = [
+    pub const COUNTED: [DropReason; 7] = [
         DropReason::Evicted,
         DropReason::TooLarge,
         DropReason::CacheFull,
         DropReason::DiskFull,
         DropReason::Io,
         DropReason::Unreadable,
+        DropReason::Lost,
     ];
 
     /// A stable lower-case name for logs and statistics.
@@ -94,6 +98,7 @@ impl DropReason {
             DropReason::DiskFull => "disk-full",
             DropReason::Io => "io",
             DropReason::Unreadable => "unreadable",
+            DropReason::Lost => "lost",
             DropReason::PriorityOff => "priority-off",
         }
     }
@@ -103,7 +108,7 @@ impl DropReason {
         DropReason::COUNTED.iter().position(|r| *r == self)
     }
 
-    /// The on-disk code (1..=6); `None` for [`DropReason::PriorityOff`].
+    /// The on-disk code (1..=7); `None` for [`DropReason::PriorityOff`].
     pub(super) fn code(self) -> Option<u8> {
         self.index().and_then(|i| u8::try_from(i + 1).ok())
     }
@@ -123,7 +128,7 @@ impl fmt::Display for DropReason {
 
 /// Drops of one queue, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropCounts(pub(super) [u64; 6]);
+pub struct DropCounts(pub(super) [u64; 7]);
 
 impl DropCounts {
     /// The count for one reason (always 0 for [`DropReason::PriorityOff`]).
@@ -250,6 +255,9 @@ pub struct Evictions {
 /// What [`Cache::open`](super::Cache::open) found on disk.
 #[derive(Debug, Default)]
 pub struct Recovery {
+    /// Drops counted while the disk was full that only the counter slot held (the previous
+    /// run stopped before space came back); they are in the counters now.
+    pub slot_drops: u64,
     /// Entries recovered (both queues); all unpinned, with `enqueued_ms` 0.
     pub entries: u64,
     /// Bytes discarded from the end of the newest segment: a record cut short by a crash.
