@@ -435,10 +435,12 @@ mod tests {
         // Doctor wrote nothing: the lock still names the last agent, and a torn tail of the
         // newest segment (which opening the cache in place would cut) is still there.
         fs::write(dir.join("lock"), "4242").unwrap();
+        // The newest segment (the directory also holds the drop counters' slot file).
         let segment = fs::read_dir(dir.join(CACHE_DIR_NAME))
             .unwrap()
             .flatten()
             .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
             .max()
             .unwrap();
         let mut bytes = fs::read(&segment).unwrap();
