@@ -328,8 +328,18 @@ fn drops_on_a_full_disk_survive_a_stop_and_are_reported_once() {
     assert_eq!(code, Some(0), "{stderr}");
 
     // Run 3 sends what run 2 queued at its stop (its final statistics), then stops.
+    // Waits (on a loaded machine, more than a fixed 2.5 s) until the statistics sent add up to
+    // the cumulative drops the agent reports; the assertions below say what is missing if not.
     let child = Running::spawn(&mut agent_command(&dir, &twin, &mount.dir));
     std::thread::sleep(Duration::from_millis(2500));
+    let settled = |last: &Value| {
+        let dropped = |q: &str| last[q]["dropped"].as_u64().unwrap_or(0);
+        statistics_dropped(&dir) == dropped("high") + dropped("low")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline && !counters().is_some_and(|c| settled(&c)) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (code, stderr) = child.stop();
     assert_eq!(code, Some(0), "{stderr}");
 
