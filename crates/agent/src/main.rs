@@ -13,11 +13,11 @@ use twinguard::input::{display_name, read_twin};
 
 use cli::{Cli, CollectArgs, Command, ConfigCommand, RunArgs};
 use twinguard::app::doctor::{examine, DoctorOptions};
+use twinguard::app::{run_iothub, run_mqtt};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 use twinguard::collect::snapshot_collector;
 use twinguard::event::{Event, EventName, MessageFrame};
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
-use twinguard::transport::remote::{run_iothub, run_mqtt};
 use twinguard::transport::settings::{read_bounded_file, DEFAULT_SETTINGS_FILE};
 use twinguard::transport::settings::{ConnectionSettings, Mode};
 

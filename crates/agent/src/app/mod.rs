@@ -67,13 +67,17 @@ pub fn agent_id_for_display() -> Uuid {
 }
 
 pub mod doctor;
+mod inbox;
 pub mod notify;
+mod remote;
 mod run;
 mod signals;
 mod snapshots;
 mod streams;
 
-pub use run::{run_agent, run_local, Input, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
+pub use inbox::RunInput;
+pub use remote::{run_iothub, run_mqtt, STARTUP_WAIT};
+pub use run::{run_agent, run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 pub use signals::{block_termination_signals, Signals};
 
 #[cfg(test)]

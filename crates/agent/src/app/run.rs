@@ -13,10 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::inbox::RunInput;
 use super::signals::{block_termination_signals, Signals};
 use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
-use crate::collect::{snapshot_collector, stream_collectors, CollectError};
+use crate::collect::{snapshot_collector, stream_collectors};
 use crate::config::{
     read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
     Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
@@ -87,30 +88,6 @@ pub enum RunError {
     /// Anything else (data directory, cache, outbox).
     #[error("{0}")]
     Other(String),
-}
-
-/// What reaches the run loop.
-#[derive(Debug)]
-pub enum Input {
-    /// An event from a stream collector.
-    Event(Event),
-    /// A synthetic event, whose id is logged once the cache has it.
-    Synthetic(Event),
-    /// A snapshot collector's result.
-    Snapshot {
-        /// The collector.
-        name: EventName,
-        /// Its items, or why it failed.
-        result: Result<Vec<PayloadItem>, CollectError>,
-        /// What it uses.
-        status: CollectorStatus,
-        /// When it ran.
-        wall: SystemTime,
-    },
-    /// A stream collector's status changed.
-    Status(EventName, CollectorStatus),
-    /// Stop (the signal's name).
-    Shutdown(&'static str),
 }
 
 /// The run loop's state.
@@ -333,7 +310,7 @@ impl Agent {
             .saturating_add(1)
     }
 
-    fn run(&mut self, rx: &Receiver<Input>) {
+    fn run(&mut self, rx: &Receiver<RunInput>) {
         let watchdog = super::notify::watchdog_interval();
         let mut last_ping = Instant::now();
         loop {
@@ -376,7 +353,7 @@ impl Agent {
             let first = match rx.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Input::Shutdown("input closed")),
+                Err(RecvTimeoutError::Disconnected) => Some(RunInput::Shutdown("input closed")),
             };
             // Take what is waiting in one go (bounded), so a burst costs one loop turn.
             let burst = first
@@ -384,7 +361,7 @@ impl Agent {
                 .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(INPUT_CAPACITY));
             let mut stop = None;
             for input in burst {
-                if let Input::Shutdown(why) = input {
+                if let RunInput::Shutdown(why) = input {
                     stop = Some(why);
                 } else {
                     self.handle(input);
@@ -413,15 +390,15 @@ impl Agent {
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: RunInput) {
         let now = self.now_ms();
         match input {
-            Input::Event(event) => {
+            RunInput::Event(event) => {
                 for e in self.aggregator.offer(event, now) {
                     self.pipeline.submit(e, now);
                 }
             }
-            Input::Synthetic(event) => {
+            RunInput::Synthetic(event) => {
                 let id = event.id();
                 let submitted = self.pipeline.submit(event, now);
                 if submitted.stored == 1 && submitted.dropped.is_empty() {
@@ -430,7 +407,7 @@ impl Agent {
                     }
                 }
             }
-            Input::Snapshot {
+            RunInput::Snapshot {
                 name,
                 result,
                 status,
@@ -453,8 +430,8 @@ impl Agent {
                 }
                 self.collector_status(name, status, now);
             }
-            Input::Status(name, status) => self.collector_status(name, status, now),
-            Input::Shutdown(_) => {}
+            RunInput::Status(name, status) => self.collector_status(name, status, now),
+            RunInput::Shutdown(_) => {}
         }
     }
 
@@ -677,7 +654,7 @@ impl Agent {
 }
 
 /// Spawns the synthetic source: `rate` ProcessCreate events per second, paced every 10 ms.
-fn spawn_synthetic(s: Synthetic, tx: SyncSender<Input>) -> std::io::Result<()> {
+fn spawn_synthetic(s: Synthetic, tx: SyncSender<RunInput>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("synthetic".into())
         .spawn(move || {
@@ -703,7 +680,7 @@ fn spawn_synthetic(s: Synthetic, tx: SyncSender<Input>) -> std::io::Result<()> {
                     .with_extra("Synthetic", sent.to_string());
                     match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
                         Ok(event) => {
-                            if tx.send(Input::Synthetic(event)).is_err() {
+                            if tx.send(RunInput::Synthetic(event)).is_err() {
                                 return;
                             }
                         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::run::Input;
+use super::inbox::RunInput;
 
 /// How long the run loop has to stop cleanly after SIGINT/SIGTERM before the signal thread
 /// ends the process: below the 2 s the SPEC promises, with room for the exit itself.
@@ -26,12 +26,12 @@ pub const STOP_GRACE: Duration = Duration::from_millis(1500);
 #[derive(Clone, Debug)]
 pub struct Signals {
     /// Where a stop request goes once the run loop listens; `None` during start-up.
-    run_loop: Arc<Mutex<Option<SyncSender<Input>>>>,
+    run_loop: Arc<Mutex<Option<SyncSender<RunInput>>>>,
 }
 
 impl Signals {
     /// Hands stop requests to the run loop from now on.
-    pub fn attach(&self, tx: SyncSender<Input>) {
+    pub fn attach(&self, tx: SyncSender<RunInput>) {
         *self.run_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     }
 }
@@ -73,7 +73,7 @@ fn next_signal(set: &libc::sigset_t) -> libc::c_int {
     }
 }
 
-fn wait_for_signals(set: libc::sigset_t, run_loop: &Mutex<Option<SyncSender<Input>>>) {
+fn wait_for_signals(set: libc::sigset_t, run_loop: &Mutex<Option<SyncSender<RunInput>>>) {
     let signal = next_signal(&set);
     let name = if signal == libc::SIGINT {
         "SIGINT"
@@ -85,10 +85,10 @@ fn wait_for_signals(set: libc::sigset_t, run_loop: &Mutex<Option<SyncSender<Inpu
         // A full channel: the request waits for room in a helper thread, so this one keeps
         // the deadline.
         Some(tx) => {
-            if tx.try_send(Input::Shutdown(name)).is_err() {
+            if tx.try_send(RunInput::Shutdown(name)).is_err() {
                 let _ = std::thread::Builder::new()
                     .name("signal-send".into())
-                    .spawn(move || drop(tx.send(Input::Shutdown(name))));
+                    .spawn(move || drop(tx.send(RunInput::Shutdown(name))));
             }
         }
         None => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::run::Input;
+use super::inbox::RunInput;
 use crate::collect::{EventSink, StopSignal, StreamCollector};
 use crate::config::{CollectorStatus, Config};
 use crate::event::{EventName, Priority};
@@ -35,7 +35,7 @@ struct Slot {
 /// All stream collectors.
 pub struct Streams {
     slots: Vec<Slot>,
-    tx: SyncSender<Input>,
+    tx: SyncSender<RunInput>,
 }
 
 impl std::fmt::Debug for Streams {
@@ -48,7 +48,7 @@ impl std::fmt::Debug for Streams {
 
 impl Streams {
     /// Takes the collectors; none runs until [`Streams::apply`].
-    pub fn new(collectors: Vec<Box<dyn StreamCollector>>, tx: SyncSender<Input>) -> Streams {
+    pub fn new(collectors: Vec<Box<dyn StreamCollector>>, tx: SyncSender<RunInput>) -> Streams {
         let slots = collectors
             .into_iter()
             .map(|c| {
@@ -57,7 +57,7 @@ impl Streams {
                     names: c.names().to_vec(),
                     idle: Some(c),
                     running: None,
-                    sink: EventSink::new(move |event| tx.try_send(Input::Event(event)).is_ok()),
+                    sink: EventSink::new(move |event| tx.try_send(RunInput::Event(event)).is_ok()),
                 }
             })
             .collect();
@@ -109,7 +109,7 @@ impl Streams {
     }
 }
 
-fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<Input>) -> Option<Running> {
+fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<RunInput>) -> Option<Running> {
     let stop = StopSignal::new();
     let thread_stop = stop.clone();
     let name = collector.names().first().map(|n| n.as_str()).unwrap_or("stream");
@@ -133,13 +133,13 @@ fn supervise(
     collector: &mut dyn StreamCollector,
     sink: &EventSink,
     stop: &StopSignal,
-    tx: &SyncSender<Input>,
+    tx: &SyncSender<RunInput>,
 ) {
     let mut delay = FIRST_RETRY;
     let names = collector.names().to_vec();
     let report = |status: CollectorStatus| {
         for name in &names {
-            let _ = tx.send(Input::Status(*name, status.clone()));
+            let _ = tx.send(RunInput::Status(*name, status.clone()));
         }
     };
     while !stop.is_stopped() {

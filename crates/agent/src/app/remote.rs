@@ -1,6 +1,7 @@
 //! Start-up of the remote modes (MQTT, IoT Hub): probe the data directory's lock, start the
 //! transport, wait briefly for the desired configuration, choose the configuration to start
-//! with, then hand over to the run loop ([`crate::app::run_agent`]).
+//! with, then hand over to the run loop ([`super::run_agent`]). It lives in `app` because it
+//! composes a transport with the run loop; the transport layer knows nothing of `app`.
 //!
 //! The configuration at start:
 //! - the broker/hub answered within [`STARTUP_WAIT`] with a valid desired document (or none:
@@ -17,12 +18,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::iothub::{IotHubOptions, IotHubTransport};
-use super::mqtt::{MqttOptions, MqttTransport};
-use super::DesiredUpdate;
-use crate::app::{block_termination_signals, run_agent, RunError, Synthetic};
+use super::run::{run_agent, RunError, Synthetic};
+use super::signals::block_termination_signals;
 use crate::config::{validate_config_object, validate_document, Config, Problem};
 use crate::datadir::DataDir;
+use crate::transport::iothub::{IotHubOptions, IotHubTransport};
+use crate::transport::mqtt::{MqttOptions, MqttTransport};
+use crate::transport::DesiredUpdate;
 
 /// How long start-up waits for the broker or hub before starting with the defaults.
 pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
