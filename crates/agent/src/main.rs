@@ -17,9 +17,10 @@ use twinguard::app::{run_iothub, run_mqtt};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 use twinguard::collect::snapshot_collector;
 use twinguard::event::{Event, EventName, MessageFrame};
+use twinguard::sys::safefile::read_regular;
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
-use twinguard::transport::settings::{read_bounded_file, DEFAULT_SETTINGS_FILE};
 use twinguard::transport::settings::{ConnectionSettings, Mode};
+use twinguard::transport::settings::{DEFAULT_SETTINGS_FILE, MAX_SETTINGS_BYTES};
 
 /// Exit code for a usage error or an unreadable document.
 const EXIT_USAGE: u8 = 2;
@@ -136,7 +137,7 @@ fn stderr_is_the_journal() -> bool {
 fn settings_log_level(explicit: Option<&Path>) -> Option<String> {
     let default = Path::new(DEFAULT_SETTINGS_FILE);
     let path = explicit.or_else(|| default.exists().then_some(default))?;
-    let bytes = read_bounded_file(path, 64 * 1024).ok()?;
+    let bytes = read_regular(path, MAX_SETTINGS_BYTES).ok()?;
     let table: toml::Table = toml::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
     table.get("log-level")?.as_str().map(str::to_owned)
 }

@@ -127,7 +127,7 @@ fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>),
             info!(twin = %name, "the twin file does not exist yet: running with the defaults; create it to configure the agent");
             Ok((Config::default(), Vec::new()))
         }
-        TwinChange::Content(Err(e)) => Err(vec![format!("{name}: error: cannot read: {e}")]),
+        TwinChange::Content(Err(e)) => Err(vec![format!("{name}: error: {e}")]),
         TwinChange::Content(Ok(bytes)) => {
             let doc = read_document(&bytes).map_err(|e| vec![format!("{name}: error: {e}")])?;
             let v = validate_document(&doc);

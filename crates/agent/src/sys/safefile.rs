@@ -231,12 +231,27 @@ fn us(me: u32) -> String {
     }
 }
 
-/// `uid`'s name from `/etc/passwd` (no NSS), or `uid N`.
+/// `uid`'s name from `/etc/passwd` (no NSS), or `uid N`. Only the name and uid fields are
+/// looked at, so this module needs nothing of `sys::accounts` (which reads through this
+/// module's [`read_limited`] and reports [`FileError`]s: no import cycle).
 pub fn user_name(uid: u32) -> String {
-    let found = super::accounts::read_file(Path::new("/etc/passwd"), super::accounts::parse_passwd_line)
+    let found = read_regular(Path::new("/etc/passwd"), MAX_PASSWD_BYTES)
         .ok()
-        .and_then(|p| p.entries.into_iter().find(|e| e.uid == uid).map(|e| e.name));
+        .and_then(|bytes| name_of_uid(&String::from_utf8_lossy(&bytes), uid));
     found.unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// `/etc/passwd` is read whole for [`user_name`] up to this size.
+const MAX_PASSWD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The name of the first `name:password:uid:...` line of `passwd` with `uid` (pure).
+fn name_of_uid(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next().filter(|n| !n.is_empty())?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid).then(|| name.to_owned())
+    })
 }
 
 fn cstring(bytes: &OsStr) -> io::Result<CString> {
@@ -750,6 +765,10 @@ pub fn read_regular(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
     read_limited(path, file, limit)
 }
 
+/// Secrets (a password, a connection string, a private key) are small; anything larger is
+/// refused unread.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
 /// The environment variable systemd sets for `LoadCredential=`.
 pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
 
@@ -811,6 +830,15 @@ pub fn read_secret(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn names_of_uids_from_passwd_lines() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n# comment\n:x:5:5::/:/bin/sh\nbad line\nalice:x:1000:1000::/home/a:/bin/sh\n";
+        assert_eq!(name_of_uid(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(name_of_uid(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(name_of_uid(passwd, 5), None);
+        assert_eq!(name_of_uid(passwd, 7), None);
+    }
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
