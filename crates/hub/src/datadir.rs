@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
+/// The API's bearer token, in the data directory.
+pub const TOKEN_FILE: &str = "api-token";
+
 /// Files holding secrets (keys, the database of keys and its journal files, the API token):
 /// mode 0600 at every start.
 pub const PRIVATE_FILES: [&str; 6] = [
@@ -21,7 +24,7 @@ pub const PRIVATE_FILES: [&str; 6] = [
     "hub.db-shm",
     "ca-key.pem",
     "server-key.pem",
-    crate::token::TOKEN_FILE,
+    TOKEN_FILE,
 ];
 
 /// Why the data directory or one of its files cannot be used.

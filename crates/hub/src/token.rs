@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use tracing::info;
 
-use crate::datadir::{self, DataDirError};
+use crate::datadir::{self, DataDirError, TOKEN_FILE};
 
-/// The token's file in the data directory.
-pub const TOKEN_FILE: &str = "api-token";
 /// The most bytes read from the token file.
 const MAX_FILE_BYTES: u64 = 1024;
 
