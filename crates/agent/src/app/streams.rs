@@ -6,16 +6,20 @@ use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::inbox::RunInput;
-use crate::collect::{EventSink, StopSignal, StreamCollector};
+use crate::backoff::Backoff;
+use crate::collect::{CollectError, EventSink, StopSignal, StreamCollector};
 use crate::config::{CollectorStatus, Config};
 use crate::event::{EventName, Priority};
 
-/// First retry delay after a collector failed; doubled up to [`MAX_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Retry delays after a collector failed: 1 s doubling to 5 min, each jittered down to as
+/// little as half.
+const RETRY: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+};
 
 struct Running {
     stop: StopSignal,
@@ -135,7 +139,7 @@ fn supervise(
     stop: &StopSignal,
     tx: &SyncSender<RunInput>,
 ) {
-    let mut delay = FIRST_RETRY;
+    let mut failures = 0u32;
     let names = collector.names().to_vec();
     let report = |status: CollectorStatus| {
         for name in &names {
@@ -148,18 +152,25 @@ fn supervise(
         report(status);
         match collector.run(sink, stop) {
             Ok(()) => break,
+            Err(CollectError::SourceChanged { source_name, why }) => {
+                // Not a failure: the collector ended to start again at once on a better
+                // source; the status reported at the top of the loop says which.
+                info!("collector leaves {source_name}: {why}");
+                failures = 0;
+            }
             Err(e) => {
                 let mut status = collector.status();
                 status.last_error = Some(e.to_string());
                 status.losses = sink.losses();
                 report(status);
-                warn!("collector failed, retrying in {} s: {e}", delay.as_secs());
+                let delay = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
+                warn!("collector failed, retrying in {:.1} s: {e}", delay.as_secs_f64());
                 let mut waited = Duration::ZERO;
                 while waited < delay && !stop.is_stopped() {
                     std::thread::sleep(Duration::from_millis(100));
                     waited += Duration::from_millis(100);
                 }
-                delay = (delay * 2).min(MAX_RETRY);
             }
         }
     }

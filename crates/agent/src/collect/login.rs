@@ -401,7 +401,7 @@ impl LoginCollector {
                 {
                     if let Ok(m) = AuditMember::join(false) {
                         drop(m);
-                        return Err(CollectError::Failed {
+                        return Err(CollectError::SourceChanged {
                             source_name: SOURCE_FILES.into(),
                             why: "audit became available; restarting on it".into(),
                         });

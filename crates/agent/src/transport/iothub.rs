@@ -26,9 +26,10 @@ use tracing::{debug, info, warn};
 use twinguard_mqtt::{Publish, QoS};
 
 use super::mqtt::{transport_error_for, BACKOFF, CONNECT_TIMEOUT, MAX_INCOMING_PACKET};
-use super::mqtt_client::{Backoff, ClientOptions, Credentials, Login, MqttClient, Secret};
+use super::mqtt_client::{ClientOptions, Credentials, Login, MqttClient, Secret};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
+use crate::backoff::Backoff;
 use crate::config::{DesiredState, PatchOutcome, CONFIG_KEY};
 use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 

@@ -19,9 +19,10 @@ use serde_json::Value;
 use tracing::{debug, info};
 use twinguard_mqtt::{topic, LastWill, QoS};
 
-use super::mqtt_client::{Backoff, ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
+use super::mqtt_client::{ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
+use crate::backoff::Backoff;
 use crate::config::MAX_DOCUMENT_BYTES;
 use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 
