@@ -140,13 +140,6 @@ impl DataDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically (see [`Dir::write_atomically`]): the temporary file is
-/// created `O_EXCL` in the directory holding `path`, never through a link.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    let (dir, name) = Dir::open_parent_of(path)?;
-    dir.write_atomically(&name, bytes)
-}
-
 /// Reads the AgentId of `dir` without taking the lock (one-shot commands), never following a
 /// link and never blocking on a FIFO.
 pub fn peek_agent_id(dir: &Path) -> Option<Uuid> {

@@ -7,11 +7,12 @@
 //! followed.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
+use twinguard::sys::safefile::{write_file_atomically, FileError};
 
 /// The API's bearer token, in the data directory.
 pub const TOKEN_FILE: &str = "api-token";
@@ -58,6 +59,9 @@ pub enum DataDirError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A file was refused by the hardened file layer (a link, not a regular file ...).
+    #[error(transparent)]
+    File(FileError),
     /// A system call failed (the cause is the source).
     #[error("{path}")]
     Io {
@@ -67,6 +71,15 @@ pub enum DataDirError {
         #[source]
         source: io::Error,
     },
+}
+
+impl From<FileError> for DataDirError {
+    fn from(e: FileError) -> DataDirError {
+        match e {
+            FileError::Io { path, source } => DataDirError::Io { path, source },
+            other => DataDirError::File(other),
+        }
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
@@ -183,16 +196,10 @@ pub fn read_private(path: &Path, max: u64) -> Result<String, DataDirError> {
 }
 
 /// Writes `text` to `path` (mode 0600) through a new temporary file beside it, renamed over
-/// the old one: never through a planted link, never half-written.
+/// the old one: never through a planted link, never half-written, durable once it returns
+/// (the one atomic write, `sys::safefile::write_file_atomically`).
 pub fn write_private(path: &Path, text: &str) -> Result<(), DataDirError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = open_nofollow(&tmp, OpenOptions::new().write(true).create_new(true).mode(0o600))
-        .map_err(|e| refusal(&tmp, e))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))
+    Ok(write_file_atomically(path, text.as_bytes(), 0o600)?)
 }
 
 /// Creates an empty private file (0600) if nothing is at `path`, so a file another program

@@ -206,7 +206,7 @@ impl Checkpoint {
     }
 
     fn save(&self, path: &Path) -> Result<(), crate::sys::safefile::FileError> {
-        crate::datadir::write_atomically(path, self.to_text().as_bytes())
+        crate::sys::safefile::write_file_atomically(path, self.to_text().as_bytes(), 0o600)
     }
 }
 

@@ -635,17 +635,25 @@ impl Dir {
         Ok(Dir { fd, path })
     }
 
-    /// Replaces `name` atomically with `bytes`: a temporary `.NAME.tmp` created `O_EXCL`
-    /// (a stale one, or a link planted there, is removed first, never followed), fsync,
-    /// `renameat`, fsync of the directory. A reader sees the old or the new content.
+    /// Replaces `name` atomically with `bytes` (mode 0600), see [`Dir::write_atomically_mode`].
     pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), FileError> {
+        self.write_atomically_mode(name, bytes, 0o600)
+    }
+
+    /// Replaces `name` atomically with `bytes`, the new file with permission bits `mode`
+    /// (less the umask): a temporary `.NAME.tmp` created `O_EXCL` (a stale one, or a link
+    /// planted there, is removed first, never followed), fsync, `renameat`, fsync of the
+    /// directory. A reader sees the old or the new content, and after a power loss too. The
+    /// one atomic write of every file twinguard and twinguard-hub persist (the cache's
+    /// segments have their own log format).
+    pub fn write_atomically_mode(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), FileError> {
         let tmp = format!(".{name}.tmp");
         let tmp_path = self.join(&tmp);
-        let mut file = match self.create_new(&tmp, 0o600) {
+        let mut file = match self.create_new(&tmp, mode) {
             Ok(f) => f,
             Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
                 self.remove(&tmp)?;
-                self.create_new(&tmp, 0o600)?
+                self.create_new(&tmp, mode)?
             }
             Err(e) => return Err(e),
         };
@@ -660,6 +668,14 @@ impl Dir {
         let _ = self.sync();
         Ok(())
     }
+}
+
+/// Replaces the file at `path` atomically with `bytes` (see [`Dir::write_atomically_mode`]):
+/// the temporary file is created `O_EXCL` in the directory holding `path` (created 0700 when
+/// missing), never through a link.
+pub fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let (dir, name) = Dir::open_parent_of(path)?;
+    dir.write_atomically_mode(&name, bytes, mode)
 }
 
 fn check_trusted_dir(path: &Path, st: &Stat) -> Result<(), FileError> {
