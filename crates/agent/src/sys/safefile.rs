@@ -670,6 +670,21 @@ impl Dir {
     }
 }
 
+/// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when another open
+/// file description holds it. The lock lasts as long as the descriptor (every duplicate of it).
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor we own (borrowed for the call); no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// Replaces the file at `path` atomically with `bytes` (see [`Dir::write_atomically_mode`]):
 /// the temporary file is created `O_EXCL` in the directory holding `path` (created 0700 when
 /// missing), never through a link.
@@ -846,6 +861,21 @@ pub fn read_secret(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn try_lock_is_exclusive_between_open_files() {
+        let path = std::env::temp_dir().join(format!("twinguard-lock-{}", std::process::id()));
+        let first = File::create(&path).unwrap();
+        let second = File::open(&path).unwrap();
+        assert!(try_lock(&first).unwrap());
+        assert!(
+            !try_lock(&second).unwrap(),
+            "a second open file must not get the lock"
+        );
+        drop(first);
+        assert!(try_lock(&second).unwrap(), "closing the holder frees the lock");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn names_of_uids_from_passwd_lines() {
