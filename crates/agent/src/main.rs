@@ -185,7 +185,7 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("twinguard run: the configuration is not valid; nothing was started (fix the twin and start again)");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(RunError::Other(e)) => {
+        Err(e) => {
             eprintln!("twinguard run: error: {e}");
             ExitCode::FAILURE
         }
@@ -290,7 +290,7 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
             }
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(RunError::Other(e)) => {
+        Err(e) => {
             eprintln!("twinguard run: error: {e}");
             ExitCode::FAILURE
         }

@@ -64,7 +64,7 @@ fn initial_config(update: Option<&DesiredUpdate>) -> (Option<(Config, Vec<Proble
 /// Opens and locks the data directory before connecting: a second agent with the same client
 /// id would take the first one's MQTT session away.
 fn probe_data_dir(data_dir: &Path) -> Result<DataDir, RunError> {
-    DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))
+    Ok(DataDir::open(data_dir)?)
 }
 
 /// Runs the agent in MQTT mode until SIGINT/SIGTERM.
@@ -73,10 +73,10 @@ pub fn run_mqtt(
     data_dir: &Path,
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
-    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let signals = block_termination_signals().map_err(RunError::Signals)?;
     let data_dir = probe_data_dir(data_dir)?;
     info!(broker = %options.broker, prefix = %options.prefix, device = %options.device_id, "twinguard starting in MQTT mode");
-    let mut transport = MqttTransport::start(options).map_err(|e| RunError::Other(e.to_string()))?;
+    let mut transport = MqttTransport::start(options)?;
     let update = transport.startup(STARTUP_WAIT);
     let (initial, used) = initial_config(update.as_ref());
     if used {
@@ -91,9 +91,9 @@ pub fn run_iothub(
     data_dir: &Path,
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
-    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let signals = block_termination_signals().map_err(RunError::Signals)?;
     let data_dir = probe_data_dir(data_dir)?;
-    let mut transport = IotHubTransport::start(options).map_err(|e| RunError::Other(e.to_string()))?;
+    let mut transport = IotHubTransport::start(options)?;
     info!(transport = %crate::transport::Transport::describe(&transport), "twinguard starting in IoT Hub mode");
     let update = transport.startup(STARTUP_WAIT);
     let (initial, used) = initial_config(update.as_ref());

@@ -22,16 +22,17 @@ use crate::config::{
     read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
     Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
 };
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, DataDirError};
 use crate::event::{
     ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame,
     PayloadItem, Priority, ProcessCreate,
 };
 use crate::pipeline::aggregate::{Aggregator, MAX_KEYS};
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
-use crate::pipeline::cache::Cache;
+use crate::pipeline::cache::{Cache, CacheError};
+use crate::sys::safefile::FileError;
 use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
-use crate::transport::{DesiredUpdate, Transport};
+use crate::transport::{DesiredUpdate, Transport, TransportError};
 
 /// Exit code for an invalid or unreadable configuration at start (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -79,15 +80,36 @@ pub struct Synthetic {
     pub ack_log: Option<PathBuf>,
 }
 
-/// Why `run` stopped with an error.
+/// Why `run` stopped with an error. Each message is the one line `twinguard run` prints; the
+/// cause stays reachable as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The configuration at start is invalid or unreadable: one line per problem.
     #[error("invalid configuration")]
     Config(Vec<String>),
-    /// Anything else (data directory, cache, outbox).
+    /// SIGINT/SIGTERM could not be blocked, or their thread not started.
+    #[error("signals: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The data directory cannot be used (not ours, locked by another agent ...).
     #[error("{0}")]
-    Other(String),
+    DataDir(#[from] DataDirError),
+    /// The transport could not start (outbox, broker settings, secrets, TLS).
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// The cache could not be opened.
+    #[error("cache: {0}")]
+    Cache(#[from] CacheError),
+    /// A file named on the command line (the synthetic source's ack log).
+    #[error("{0}")]
+    File(#[from] FileError),
+    /// A thread could not be started.
+    #[error("{what}: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// The run loop's state.
@@ -145,10 +167,10 @@ fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>),
 
 /// Runs the agent in local mode until SIGINT/SIGTERM.
 pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
-    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let signals = block_termination_signals().map_err(RunError::Signals)?;
     // The data directory first: the default outbox and reported file live in it, and nothing
     // may be created there before it is known to be ours.
-    let data_dir = DataDir::open(&opts.data_dir).map_err(|e| RunError::Other(e.to_string()))?;
+    let data_dir = DataDir::open(&opts.data_dir)?;
     let mut twin = opts.twin.as_deref().map(|p| TwinFile::new(p, TWIN_DEBOUNCE_MS));
     let (config, problems) = initial_config(twin.as_mut()).map_err(RunError::Config)?;
     let transport = LocalTransport::open(
@@ -158,8 +180,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
         DEFAULT_OUTBOX_KEEP,
         twin,
         opts.allow_special_files,
-    )
-    .map_err(|e| RunError::Other(e.to_string()))?;
+    )?;
     info!(
         outbox = %opts.outbox.display(),
         reported = %opts.reported.display(),
@@ -189,11 +210,10 @@ pub fn run_agent(
 ) -> Result<(), RunError> {
     let started = initial.is_some();
     let (config, problems) = initial.unwrap_or_else(|| (Config::default(), Vec::new()));
-    let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
+    let agent_id = data_dir.agent_id()?;
     let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
-    let cache_dir = data_dir.cache_dir().map_err(|e| RunError::Other(e.to_string()))?;
-    let (cache, recovery) = Cache::open(&cache_dir, config.max_local_cache_size_in_bytes)
-        .map_err(|e| RunError::Other(format!("cache: {e}")))?;
+    let cache_dir = data_dir.cache_dir()?;
+    let (cache, recovery) = Cache::open(&cache_dir, config.max_local_cache_size_in_bytes)?;
     if recovery.entries > 0 || recovery.torn_bytes > 0 {
         info!(
             events = recovery.entries,
@@ -205,25 +225,28 @@ pub fn run_agent(
         Some(Synthetic {
             ack_log: Some(path), ..
         }) => Some(
-            crate::sys::safefile::Dir::open_parent_of(path)
-                .and_then(|(dir, name)| {
-                    dir.open(
-                        &name,
-                        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
-                        0o600,
-                    )
-                })
-                .map_err(|e| RunError::Other(e.to_string()))?,
+            crate::sys::safefile::Dir::open_parent_of(path).and_then(|(dir, name)| {
+                dir.open(
+                    &name,
+                    libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
+                    0o600,
+                )
+            })?,
         ),
         _ => None,
     };
 
     let (tx, rx) = sync_channel(INPUT_CAPACITY);
     signals.attach(tx.clone());
-    let snapshots =
-        SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
+    let snapshots = SnapshotWorker::spawn(tx.clone()).map_err(|source| RunError::Thread {
+        what: "snapshot thread",
+        source,
+    })?;
     if let Some(s) = synthetic {
-        spawn_synthetic(s, tx.clone()).map_err(|e| RunError::Other(format!("synthetic source: {e}")))?;
+        spawn_synthetic(s, tx.clone()).map_err(|source| RunError::Thread {
+            what: "synthetic source",
+            source,
+        })?;
     }
     let streams = Streams::new(stream_collectors(Some(data_dir.path())), tx.clone());
     drop(tx);
