@@ -11,7 +11,7 @@ use crate::event::{Event, EventName, PayloadItem};
 
 /// What reaches the run loop.
 #[derive(Debug)]
-pub enum RunInput {
+pub(crate) enum RunInput {
     /// An event from a stream collector.
     Event(Event),
     /// A synthetic event, whose id is logged once the cache has it.

@@ -77,8 +77,7 @@ mod signals;
 mod snapshots;
 mod streams;
 
-pub use inbox::RunInput;
-pub use remote::{run_iothub, run_mqtt, STARTUP_WAIT};
+pub use remote::{run_iothub, run_mqtt};
 pub use run::{run_agent, run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 pub use signals::{block_termination_signals, Signals};
 

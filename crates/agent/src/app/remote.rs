@@ -27,7 +27,7 @@ use crate::transport::mqtt::{MqttOptions, MqttTransport};
 use crate::transport::DesiredUpdate;
 
 /// How long start-up waits for the broker or hub before starting with the defaults.
-pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// The configuration to start with, and whether the start-up document was used (so the
 /// transport must not hand it over again).

@@ -32,7 +32,7 @@ pub struct Signals {
 
 impl Signals {
     /// Hands stop requests to the run loop from now on.
-    pub fn attach(&self, tx: SyncSender<RunInput>) {
+    pub(crate) fn attach(&self, tx: SyncSender<RunInput>) {
         *self.run_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     }
 }

@@ -12,7 +12,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
 }
 
 /// Bytes available to unprivileged writers on the file system holding `path`.
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
+pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
     let c = c_path(path)?;
     // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -28,7 +28,7 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 
 /// Whether this process may create and remove entries in `dir` (`access(2)` with `W_OK |
 /// X_OK`, checked with the real ids, as the agent would run).
-pub fn may_write_into(dir: &Path) -> bool {
+pub(crate) fn may_write_into(dir: &Path) -> bool {
     let Ok(c) = c_path(dir) else {
         return false;
     };

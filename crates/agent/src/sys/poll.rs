@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// What `poll` saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Ready {
+pub(crate) struct Ready {
     /// The socket is readable (or closed, or in error: a read will tell).
     pub readable: bool,
     /// The socket takes writes.
@@ -18,7 +18,11 @@ pub struct Ready {
 
 /// One `poll(2)` on an optional stream socket (always for reading; for writing too when the
 /// flag is set) and an optional wake-up socket, for at most `timeout`.
-pub fn poll(stream: Option<(RawFd, bool)>, wake: Option<RawFd>, timeout: Duration) -> io::Result<Ready> {
+pub(crate) fn poll(
+    stream: Option<(RawFd, bool)>,
+    wake: Option<RawFd>,
+    timeout: Duration,
+) -> io::Result<Ready> {
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
     if let Some((fd, write)) = stream {
         let mut events = libc::POLLIN;

@@ -672,7 +672,7 @@ impl Dir {
 
 /// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when another open
 /// file description holds it. The lock lasts as long as the descriptor (every duplicate of it).
-pub fn try_lock(file: &File) -> io::Result<bool> {
+pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a descriptor we own (borrowed for the call); no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);

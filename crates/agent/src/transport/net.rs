@@ -15,7 +15,7 @@ use std::time::Instant;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
-pub use crate::sys::poll::{poll, Ready};
+pub(crate) use crate::sys::poll::{poll, Ready};
 
 /// Size of one read from the socket; received bytes are decoded before the next read, so this
 /// plus one maximum packet bounds what is buffered.
@@ -275,7 +275,12 @@ fn tls_error(e: rustls::Error) -> io::Error {
 
 /// Waits until `fd` is readable (or writable, with `write`), `wake` is signalled, or the
 /// deadline passes (`Ok(None)`).
-pub fn wait_fd(fd: RawFd, write: bool, wake: Option<RawFd>, deadline: Instant) -> io::Result<Option<Ready>> {
+pub(crate) fn wait_fd(
+    fd: RawFd,
+    write: bool,
+    wake: Option<RawFd>,
+    deadline: Instant,
+) -> io::Result<Option<Ready>> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ready = poll(Some((fd, write)), wake, left)?;
