@@ -7,12 +7,12 @@
 //! followed.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
-use twinguard::sys::safefile::{write_file_atomically, FileError};
+use twinguard::sys::safefile::{read_limited, write_file_atomically, FileError};
 
 /// The API's bearer token, in the data directory.
 pub const TOKEN_FILE: &str = "api-token";
@@ -180,8 +180,9 @@ pub fn refusal(path: &Path, e: io::Error) -> DataDirError {
     }
 }
 
-/// Reads a small private file (at most `max` bytes): regular, not a link.
-pub fn read_private(path: &Path, max: u64) -> Result<String, DataDirError> {
+/// Reads a small private file (at most `max` bytes; a larger one is refused, not cut):
+/// regular, not a link, read through the one bounded reader (`safefile::read_limited`).
+pub fn read_private(path: &Path, max: usize) -> Result<String, DataDirError> {
     let file = open_nofollow(path, OpenOptions::new().read(true)).map_err(|e| refusal(path, e))?;
     let meta = file.metadata().map_err(io_error(path))?;
     if !meta.is_file() {
@@ -190,9 +191,9 @@ pub fn read_private(path: &Path, max: u64) -> Result<String, DataDirError> {
             what: "is not a regular file",
         });
     }
-    let mut text = String::new();
-    file.take(max).read_to_string(&mut text).map_err(io_error(path))?;
-    Ok(text)
+    let bytes = read_limited(path, file, max)?;
+    String::from_utf8(bytes)
+        .map_err(|_| io_error(path)(io::Error::new(io::ErrorKind::InvalidData, "not UTF-8")))
 }
 
 /// Writes `text` to `path` (mode 0600) through a new temporary file beside it, renamed over

@@ -10,7 +10,7 @@ use tracing::info;
 use crate::datadir::{self, DataDirError, TOKEN_FILE};
 
 /// The most bytes read from the token file.
-const MAX_FILE_BYTES: u64 = 1024;
+const MAX_FILE_BYTES: usize = 1024;
 
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]
