@@ -25,7 +25,7 @@ pub enum ReadError {
 
 /// Reads at most [`MAX_DOCUMENT_BYTES`] from `path` (`-` = standard input); more is
 /// [`Unreadable::TooLarge`], reported with the limit, not the size.
-pub fn read_bounded(path: &Path) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, ReadError> {
     let read = if path.as_os_str() == "-" {
         read_limited(path, std::io::stdin().lock(), MAX_DOCUMENT_BYTES)
     } else {

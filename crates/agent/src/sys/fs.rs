@@ -53,7 +53,7 @@ impl Root {
 /// Reads all of `path` (a system file: links followed), failing when it holds more than
 /// `limit` bytes. The bound is enforced on what is read, not on `stat` (procfs files report a
 /// size of 0), by [`safefile::read_limited`], the one bounded read of the agent.
-pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
+pub(crate) fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
     let file = File::open(path).map_err(|source| FileError::Io {
         path: path.to_path_buf(),
         source,

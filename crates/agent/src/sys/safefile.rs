@@ -798,7 +798,7 @@ pub fn read_regular(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
 
 /// Secrets (a password, a connection string, a private key) are small; anything larger is
 /// refused unread.
-pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// The environment variable systemd sets for `LoadCredential=`.
 pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
