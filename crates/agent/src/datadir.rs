@@ -9,12 +9,11 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::sys::safefile::{self, expect_regular, fstat, Dir, FileError};
+use crate::sys::safefile::{self, expect_regular, fstat, try_lock, Dir, FileError};
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +61,7 @@ impl DataDir {
                 source,
             })
         };
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io(e));
-            }
+        if !try_lock(&lock).map_err(io)? {
             let mut holder = String::new();
             let _ = (&lock).take(SMALL_FILE_BYTES as u64).read_to_string(&mut holder);
             let holder = holder.trim();
@@ -138,13 +132,6 @@ impl DataDir {
         }
         Ok(before)
     }
-}
-
-/// Writes `bytes` to `path` atomically (see [`Dir::write_atomically`]): the temporary file is
-/// created `O_EXCL` in the directory holding `path`, never through a link.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    let (dir, name) = Dir::open_parent_of(path)?;
-    dir.write_atomically(&name, bytes)
 }
 
 /// Reads the AgentId of `dir` without taking the lock (one-shot commands), never following a

@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map.
 pub mod app;
+pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod datadir;

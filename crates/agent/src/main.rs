@@ -13,13 +13,14 @@ use twinguard::input::{display_name, read_twin};
 
 use cli::{Cli, CollectArgs, Command, ConfigCommand, RunArgs};
 use twinguard::app::doctor::{examine, DoctorOptions};
+use twinguard::app::{run_iothub, run_mqtt};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 use twinguard::collect::snapshot_collector;
 use twinguard::event::{Event, EventName, MessageFrame};
+use twinguard::sys::safefile::read_regular;
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
-use twinguard::transport::remote::{run_iothub, run_mqtt};
-use twinguard::transport::settings::{read_bounded_file, DEFAULT_SETTINGS_FILE};
 use twinguard::transport::settings::{ConnectionSettings, Mode};
+use twinguard::transport::settings::{DEFAULT_SETTINGS_FILE, MAX_SETTINGS_BYTES};
 
 /// Exit code for a usage error or an unreadable document.
 const EXIT_USAGE: u8 = 2;
@@ -136,7 +137,7 @@ fn stderr_is_the_journal() -> bool {
 fn settings_log_level(explicit: Option<&Path>) -> Option<String> {
     let default = Path::new(DEFAULT_SETTINGS_FILE);
     let path = explicit.or_else(|| default.exists().then_some(default))?;
-    let bytes = read_bounded_file(path, 64 * 1024).ok()?;
+    let bytes = read_regular(path, MAX_SETTINGS_BYTES).ok()?;
     let table: toml::Table = toml::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
     table.get("log-level")?.as_str().map(str::to_owned)
 }
@@ -184,7 +185,7 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("twinguard run: the configuration is not valid; nothing was started (fix the twin and start again)");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(RunError::Other(e)) => {
+        Err(e) => {
             eprintln!("twinguard run: error: {e}");
             ExitCode::FAILURE
         }
@@ -290,7 +291,7 @@ fn run_remote(args: RunArgs, mode: Mode) -> ExitCode {
             }
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(RunError::Other(e)) => {
+        Err(e) => {
             eprintln!("twinguard run: error: {e}");
             ExitCode::FAILURE
         }

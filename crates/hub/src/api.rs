@@ -541,7 +541,7 @@ fn rotate_token(access: &Access) -> Result<Answer, Answer> {
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let new = crate::token::rotate(&access.data_dir).map_err(|e| {
-        // The whole cause chain: "DIR/api-token.tmp: Permission denied (os error 13)".
+        // The whole cause chain: "DIR/.api-token.tmp: Permission denied (os error 13)".
         let mut message = e.to_string();
         let mut cause = std::error::Error::source(&e);
         while let Some(c) = cause {

@@ -7,11 +7,15 @@
 //! followed.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
+use twinguard::sys::safefile::{read_limited, write_file_atomically, FileError};
+
+/// The API's bearer token, in the data directory.
+pub const TOKEN_FILE: &str = "api-token";
 
 /// Files holding secrets (keys, the database of keys and its journal files, the API token):
 /// mode 0600 at every start.
@@ -21,7 +25,7 @@ pub const PRIVATE_FILES: [&str; 6] = [
     "hub.db-shm",
     "ca-key.pem",
     "server-key.pem",
-    crate::token::TOKEN_FILE,
+    TOKEN_FILE,
 ];
 
 /// Why the data directory or one of its files cannot be used.
@@ -55,6 +59,9 @@ pub enum DataDirError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A file was refused by the hardened file layer (a link, not a regular file ...).
+    #[error(transparent)]
+    File(FileError),
     /// A system call failed (the cause is the source).
     #[error("{path}")]
     Io {
@@ -64,6 +71,15 @@ pub enum DataDirError {
         #[source]
         source: io::Error,
     },
+}
+
+impl From<FileError> for DataDirError {
+    fn from(e: FileError) -> DataDirError {
+        match e {
+            FileError::Io { path, source } => DataDirError::Io { path, source },
+            other => DataDirError::File(other),
+        }
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
@@ -164,8 +180,9 @@ pub fn refusal(path: &Path, e: io::Error) -> DataDirError {
     }
 }
 
-/// Reads a small private file (at most `max` bytes): regular, not a link.
-pub fn read_private(path: &Path, max: u64) -> Result<String, DataDirError> {
+/// Reads a small private file (at most `max` bytes; a larger one is refused, not cut):
+/// regular, not a link, read through the one bounded reader (`safefile::read_limited`).
+pub fn read_private(path: &Path, max: usize) -> Result<String, DataDirError> {
     let file = open_nofollow(path, OpenOptions::new().read(true)).map_err(|e| refusal(path, e))?;
     let meta = file.metadata().map_err(io_error(path))?;
     if !meta.is_file() {
@@ -174,22 +191,16 @@ pub fn read_private(path: &Path, max: u64) -> Result<String, DataDirError> {
             what: "is not a regular file",
         });
     }
-    let mut text = String::new();
-    file.take(max).read_to_string(&mut text).map_err(io_error(path))?;
-    Ok(text)
+    let bytes = read_limited(path, file, max)?;
+    String::from_utf8(bytes)
+        .map_err(|_| io_error(path)(io::Error::new(io::ErrorKind::InvalidData, "not UTF-8")))
 }
 
 /// Writes `text` to `path` (mode 0600) through a new temporary file beside it, renamed over
-/// the old one: never through a planted link, never half-written.
+/// the old one: never through a planted link, never half-written, durable once it returns
+/// (the one atomic write, `sys::safefile::write_file_atomically`).
 pub fn write_private(path: &Path, text: &str) -> Result<(), DataDirError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = open_nofollow(&tmp, OpenOptions::new().write(true).create_new(true).mode(0o600))
-        .map_err(|e| refusal(&tmp, e))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))
+    Ok(write_file_atomically(path, text.as_bytes(), 0o600)?)
 }
 
 /// Creates an empty private file (0600) if nothing is at `path`, so a file another program

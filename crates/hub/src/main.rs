@@ -6,7 +6,6 @@
 
 mod cli;
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
+use twinguard::sys::safefile::{read_limited, read_regular};
 use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::query::percent_encode;
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
@@ -25,7 +25,7 @@ use cli::{
 };
 
 /// Largest desired document read from a file or standard input.
-const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// How long a `messages --follow` request waits on the hub before asking again.
 const FOLLOW_WAIT_MS: u64 = 25_000;
 
@@ -308,24 +308,19 @@ fn output_connection_string(identity: &Value, out: Option<&Path>) -> anyhow::Res
     Ok(())
 }
 
-/// Reads a JSON document from a file or `-` (standard input), bounded.
+/// Reads a JSON document from a file or `-` (standard input), bounded; a file is opened without
+/// blocking and must be a regular file (a FIFO at the path is an error, not a wait).
 fn read_document(path: &Path) -> anyhow::Result<Value> {
-    let mut bytes = Vec::new();
-    let name = path.display().to_string();
-    if name == "-" {
-        std::io::stdin()
-            .take(MAX_DOCUMENT_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .context("reading standard input")?;
+    let bytes = if path.as_os_str() == "-" {
+        read_limited(
+            Path::new("standard input"),
+            std::io::stdin().lock(),
+            MAX_DOCUMENT_BYTES,
+        )?
     } else {
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_DOCUMENT_BYTES + 1).read_to_end(&mut bytes))
-            .with_context(|| format!("reading {name}"))?;
-    }
-    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
-        bail!("{name}: larger than {MAX_DOCUMENT_BYTES} bytes");
-    }
-    serde_json::from_slice(&bytes).with_context(|| format!("{name}: not JSON"))
+        read_regular(path, MAX_DOCUMENT_BYTES)?
+    };
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))
 }
 
 /// The desired section of a document given as the section itself, the bare configuration

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 use twinguard_mqtt::{
-    decode, topic, ConnAck, Connect, ConnectReturnCode, Decoded, LastWill, Packet, PacketBuffer,
-    ProtocolError, Publish, QoS, SubAck, SubscribeReturnCode,
+    topic, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PacketBuffer, ProtocolError, Publish, QoS,
+    SubAck, SubscribeReturnCode,
 };
 
 use crate::admission::{PendingTicket, SessionSlot};
-use crate::connect::{authenticate, claimed_identity, redact_signature};
+use crate::connect::{authenticate, claimed_identity, first_connect, redact_signature, FirstPacketError};
 use crate::hub::{now_ms, Hub, Live, Outbound, OUTBOX_CAPACITY};
 use crate::identity::IdentityId;
 use crate::link::{Link, Received};
@@ -35,9 +35,6 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// Time for the TLS handshake and the CONNECT packet, from the TCP accept. Short, because a
 /// connection holds a slot of the pending pool until then.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest CONNECT (client id, user name, SAS token and a last will): a connection that
-/// has not logged in buffers no more than this.
-pub const MAX_CONNECT_BYTES: usize = 32 * 1024;
 /// Bytes read at once before the login (small, as a flood may hold many such connections).
 const CONNECT_CHUNK: usize = 4 * 1024;
 /// Time a blocked write may take before the client is considered gone.
@@ -94,31 +91,6 @@ pub fn serve(hub: &Hub, mut link: Link, peer: SocketAddr, ticket: PendingTicket)
     let end = session.run(&mut link);
     link.close();
     session.finish(end);
-}
-
-/// The first packet of a connection from the bytes received so far: a CONNECT of at most
-/// [`MAX_CONNECT_BYTES`] and the bytes it took, `None` while incomplete. Any other packet is
-/// an error. Pure (the fuzz target `connect` calls it).
-pub fn first_connect(bytes: &[u8]) -> Result<Option<(Connect, usize)>, FirstPacketError> {
-    match decode(bytes, MAX_CONNECT_BYTES)? {
-        Decoded::Packet {
-            packet: Packet::Connect(c),
-            consumed,
-        } => Ok(Some((c, consumed))),
-        Decoded::Packet { packet, .. } => Err(FirstPacketError::NotConnect(packet.name())),
-        Decoded::Incomplete => Ok(None),
-    }
-}
-
-/// Why the first packet of a connection is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum FirstPacketError {
-    /// Not MQTT 3.1.1, too large, or malformed.
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    /// Another packet type came first.
-    #[error("first packet is {0}, not CONNECT")]
-    NotConnect(&'static str),
 }
 
 /// Reads until the first packet, which must be CONNECT of at most [`MAX_CONNECT_BYTES`],

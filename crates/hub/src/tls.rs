@@ -8,8 +8,6 @@
 //! (server certificate then CA), `server-key.pem`; keys are mode 0600.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +18,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
+use twinguard::sys::safefile::{write_file_atomically, FileError};
 
 /// The CA certificate file clients are given.
 pub const CA_FILE: &str = "ca.pem";
@@ -38,6 +37,9 @@ pub enum TlsError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Writing a file was refused (see the agent's `sys::safefile`).
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Generating a key or certificate.
     #[error("generating the certificates: {0}")]
     Generate(#[from] rcgen::Error),
@@ -96,19 +98,10 @@ fn server_params(host: &str) -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-/// Writes `contents` to `path` atomically (temp + rename), with `mode`.
+/// Writes `contents` to `path` atomically with `mode`: the one atomic write (temporary file
+/// created `O_EXCL`, fsync, rename, fsync of the directory).
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    file.write_all(contents.as_bytes()).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))
+    Ok(write_file_atomically(path, contents.as_bytes(), mode)?)
 }
 
 fn read_text(path: &Path) -> Result<String, TlsError> {

@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use tracing::info;
 
-use crate::datadir::{self, DataDirError};
+use crate::datadir::{self, DataDirError, TOKEN_FILE};
 
-/// The token's file in the data directory.
-pub const TOKEN_FILE: &str = "api-token";
 /// The most bytes read from the token file.
-const MAX_FILE_BYTES: u64 = 1024;
+const MAX_FILE_BYTES: usize = 1024;
 
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`; the first entry when it lists several),
 /// `/var/lib/twinguard` as root, `$XDG_STATE_HOME/twinguard`, `$HOME/.local/state/twinguard`.
 /// Never a path relative to the working directory: a service starts in `/`.
-pub fn default_data_dir() -> Result<PathBuf, String> {
+pub fn default_data_dir() -> Result<PathBuf, NoDataDir> {
     let env = |name: &str| {
         std::env::var_os(name)
             .map(PathBuf::from)
@@ -26,13 +26,18 @@ pub fn default_data_dir() -> Result<PathBuf, String> {
     )
 }
 
+/// No data directory can be chosen without `--data-dir`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no data directory: neither $STATE_DIRECTORY, $XDG_STATE_HOME nor $HOME is set; give one with --data-dir DIR")]
+pub struct NoDataDir;
+
 /// `default_data_dir` over its inputs (pure, for tests).
 fn data_dir_from(
     state_directory: Option<PathBuf>,
     root: bool,
     xdg_state_home: Option<PathBuf>,
     home: Option<PathBuf>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, NoDataDir> {
     if let Some(dir) = state_directory.filter(|p| p.is_absolute()) {
         return Ok(dir);
     }
@@ -44,10 +49,7 @@ fn data_dir_from(
     }
     match home {
         Some(home) => Ok(home.join(".local/state/twinguard")),
-        None => Err(
-            "no data directory: neither $STATE_DIRECTORY, $XDG_STATE_HOME nor $HOME is set; give one with --data-dir DIR"
-                .into(),
-        ),
+        None => Err(NoDataDir),
     }
 }
 
@@ -67,13 +69,16 @@ pub fn agent_id_for_display() -> Uuid {
 }
 
 pub mod doctor;
+mod inbox;
 pub mod notify;
+mod remote;
 mod run;
 mod signals;
 mod snapshots;
 mod streams;
 
-pub use run::{run_agent, run_local, Input, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
+pub use remote::{run_iothub, run_mqtt};
+pub use run::{run_agent, run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 pub use signals::{block_termination_signals, Signals};
 
 #[cfg(test)]

@@ -13,24 +13,26 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::inbox::RunInput;
 use super::signals::{block_termination_signals, Signals};
 use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
-use crate::collect::{snapshot_collector, stream_collectors, CollectError};
+use crate::collect::{snapshot_collector, stream_collectors};
 use crate::config::{
     read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
     Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
 };
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, DataDirError};
 use crate::event::{
     ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame,
     PayloadItem, Priority, ProcessCreate,
 };
 use crate::pipeline::aggregate::{Aggregator, MAX_KEYS};
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
-use crate::pipeline::cache::Cache;
+use crate::pipeline::cache::{Cache, CacheError};
+use crate::sys::safefile::FileError;
 use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
-use crate::transport::{DesiredUpdate, Transport};
+use crate::transport::{DesiredUpdate, Transport, TransportError};
 
 /// Exit code for an invalid or unreadable configuration at start (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -78,39 +80,36 @@ pub struct Synthetic {
     pub ack_log: Option<PathBuf>,
 }
 
-/// Why `run` stopped with an error.
+/// Why `run` stopped with an error. Each message is the one line `twinguard run` prints; the
+/// cause stays reachable as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The configuration at start is invalid or unreadable: one line per problem.
     #[error("invalid configuration")]
     Config(Vec<String>),
-    /// Anything else (data directory, cache, outbox).
+    /// SIGINT/SIGTERM could not be blocked, or their thread not started.
+    #[error("signals: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The data directory cannot be used (not ours, locked by another agent ...).
     #[error("{0}")]
-    Other(String),
-}
-
-/// What reaches the run loop.
-#[derive(Debug)]
-pub enum Input {
-    /// An event from a stream collector.
-    Event(Event),
-    /// A synthetic event, whose id is logged once the cache has it.
-    Synthetic(Event),
-    /// A snapshot collector's result.
-    Snapshot {
-        /// The collector.
-        name: EventName,
-        /// Its items, or why it failed.
-        result: Result<Vec<PayloadItem>, CollectError>,
-        /// What it uses.
-        status: CollectorStatus,
-        /// When it ran.
-        wall: SystemTime,
+    DataDir(#[from] DataDirError),
+    /// The transport could not start (outbox, broker settings, secrets, TLS).
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// The cache could not be opened.
+    #[error("cache: {0}")]
+    Cache(#[from] CacheError),
+    /// A file named on the command line (the synthetic source's ack log).
+    #[error("{0}")]
+    File(#[from] FileError),
+    /// A thread could not be started.
+    #[error("{what}: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
     },
-    /// A stream collector's status changed.
-    Status(EventName, CollectorStatus),
-    /// Stop (the signal's name).
-    Shutdown(&'static str),
 }
 
 /// The run loop's state.
@@ -150,7 +149,7 @@ fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>),
             info!(twin = %name, "the twin file does not exist yet: running with the defaults; create it to configure the agent");
             Ok((Config::default(), Vec::new()))
         }
-        TwinChange::Content(Err(e)) => Err(vec![format!("{name}: error: cannot read: {e}")]),
+        TwinChange::Content(Err(e)) => Err(vec![format!("{name}: error: {e}")]),
         TwinChange::Content(Ok(bytes)) => {
             let doc = read_document(&bytes).map_err(|e| vec![format!("{name}: error: {e}")])?;
             let v = validate_document(&doc);
@@ -168,10 +167,10 @@ fn initial_config(twin: Option<&mut TwinFile>) -> Result<(Config, Vec<Problem>),
 
 /// Runs the agent in local mode until SIGINT/SIGTERM.
 pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
-    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let signals = block_termination_signals().map_err(RunError::Signals)?;
     // The data directory first: the default outbox and reported file live in it, and nothing
     // may be created there before it is known to be ours.
-    let data_dir = DataDir::open(&opts.data_dir).map_err(|e| RunError::Other(e.to_string()))?;
+    let data_dir = DataDir::open(&opts.data_dir)?;
     let mut twin = opts.twin.as_deref().map(|p| TwinFile::new(p, TWIN_DEBOUNCE_MS));
     let (config, problems) = initial_config(twin.as_mut()).map_err(RunError::Config)?;
     let transport = LocalTransport::open(
@@ -181,8 +180,7 @@ pub fn run_local(opts: LocalOptions) -> Result<(), RunError> {
         DEFAULT_OUTBOX_KEEP,
         twin,
         opts.allow_special_files,
-    )
-    .map_err(|e| RunError::Other(e.to_string()))?;
+    )?;
     info!(
         outbox = %opts.outbox.display(),
         reported = %opts.reported.display(),
@@ -212,11 +210,10 @@ pub fn run_agent(
 ) -> Result<(), RunError> {
     let started = initial.is_some();
     let (config, problems) = initial.unwrap_or_else(|| (Config::default(), Vec::new()));
-    let agent_id = data_dir.agent_id().map_err(|e| RunError::Other(e.to_string()))?;
+    let agent_id = data_dir.agent_id()?;
     let frame = MessageFrame::new(env!("CARGO_PKG_VERSION"), agent_id);
-    let cache_dir = data_dir.cache_dir().map_err(|e| RunError::Other(e.to_string()))?;
-    let (cache, recovery) = Cache::open(&cache_dir, config.max_local_cache_size_in_bytes)
-        .map_err(|e| RunError::Other(format!("cache: {e}")))?;
+    let cache_dir = data_dir.cache_dir()?;
+    let (cache, recovery) = Cache::open(&cache_dir, config.max_local_cache_size_in_bytes)?;
     if recovery.entries > 0 || recovery.torn_bytes > 0 {
         info!(
             events = recovery.entries,
@@ -237,25 +234,28 @@ pub fn run_agent(
         Some(Synthetic {
             ack_log: Some(path), ..
         }) => Some(
-            crate::sys::safefile::Dir::open_parent_of(path)
-                .and_then(|(dir, name)| {
-                    dir.open(
-                        &name,
-                        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
-                        0o600,
-                    )
-                })
-                .map_err(|e| RunError::Other(e.to_string()))?,
+            crate::sys::safefile::Dir::open_parent_of(path).and_then(|(dir, name)| {
+                dir.open(
+                    &name,
+                    libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
+                    0o600,
+                )
+            })?,
         ),
         _ => None,
     };
 
     let (tx, rx) = sync_channel(INPUT_CAPACITY);
     signals.attach(tx.clone());
-    let snapshots =
-        SnapshotWorker::spawn(tx.clone()).map_err(|e| RunError::Other(format!("snapshot thread: {e}")))?;
+    let snapshots = SnapshotWorker::spawn(tx.clone()).map_err(|source| RunError::Thread {
+        what: "snapshot thread",
+        source,
+    })?;
     if let Some(s) = synthetic {
-        spawn_synthetic(s, tx.clone()).map_err(|e| RunError::Other(format!("synthetic source: {e}")))?;
+        spawn_synthetic(s, tx.clone()).map_err(|source| RunError::Thread {
+            what: "synthetic source",
+            source,
+        })?;
     }
     let streams = Streams::new(stream_collectors(Some(data_dir.path())), tx.clone());
     drop(tx);
@@ -342,7 +342,7 @@ impl Agent {
             .saturating_add(1)
     }
 
-    fn run(&mut self, rx: &Receiver<Input>) {
+    fn run(&mut self, rx: &Receiver<RunInput>) {
         let watchdog = super::notify::watchdog_interval();
         let mut last_ping = Instant::now();
         loop {
@@ -385,7 +385,7 @@ impl Agent {
             let first = match rx.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Input::Shutdown("input closed")),
+                Err(RecvTimeoutError::Disconnected) => Some(RunInput::Shutdown("input closed")),
             };
             // Take what is waiting in one go (bounded), so a burst costs one loop turn.
             let burst = first
@@ -393,7 +393,7 @@ impl Agent {
                 .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(INPUT_CAPACITY));
             let mut stop = None;
             for input in burst {
-                if let Input::Shutdown(why) = input {
+                if let RunInput::Shutdown(why) = input {
                     stop = Some(why);
                 } else {
                     self.handle(input);
@@ -426,15 +426,15 @@ impl Agent {
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: RunInput) {
         let now = self.now_ms();
         match input {
-            Input::Event(event) => {
+            RunInput::Event(event) => {
                 for e in self.aggregator.offer(event, now) {
                     self.pipeline.submit(e, now);
                 }
             }
-            Input::Synthetic(event) => {
+            RunInput::Synthetic(event) => {
                 let id = event.id();
                 let submitted = self.pipeline.submit(event, now);
                 if submitted.stored == 1 && submitted.dropped.is_empty() {
@@ -443,7 +443,7 @@ impl Agent {
                     }
                 }
             }
-            Input::Snapshot {
+            RunInput::Snapshot {
                 name,
                 result,
                 status,
@@ -466,8 +466,8 @@ impl Agent {
                 }
                 self.collector_status(name, status, now);
             }
-            Input::Status(name, status) => self.collector_status(name, status, now),
-            Input::Shutdown(_) => {}
+            RunInput::Status(name, status) => self.collector_status(name, status, now),
+            RunInput::Shutdown(_) => {}
         }
     }
 
@@ -688,7 +688,7 @@ impl Agent {
 }
 
 /// Spawns the synthetic source: `rate` ProcessCreate events per second, paced every 10 ms.
-fn spawn_synthetic(s: Synthetic, tx: SyncSender<Input>) -> std::io::Result<()> {
+fn spawn_synthetic(s: Synthetic, tx: SyncSender<RunInput>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("synthetic".into())
         .spawn(move || {
@@ -714,7 +714,7 @@ fn spawn_synthetic(s: Synthetic, tx: SyncSender<Input>) -> std::io::Result<()> {
                     .with_extra("Synthetic", sent.to_string());
                     match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
                         Ok(event) => {
-                            if tx.send(Input::Synthetic(event)).is_err() {
+                            if tx.send(RunInput::Synthetic(event)).is_err() {
                                 return;
                             }
                         }

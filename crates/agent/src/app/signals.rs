@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::run::Input;
+use super::inbox::RunInput;
+use crate::sys::signals::{block_termination, TerminationSignals};
 
 /// How long the run loop has to stop cleanly after SIGINT/SIGTERM before the signal thread
 /// ends the process: below the 2 s the SPEC promises, with room for the exit itself.
@@ -26,12 +27,12 @@ pub const STOP_GRACE: Duration = Duration::from_millis(1500);
 #[derive(Clone, Debug)]
 pub struct Signals {
     /// Where a stop request goes once the run loop listens; `None` during start-up.
-    run_loop: Arc<Mutex<Option<SyncSender<Input>>>>,
+    run_loop: Arc<Mutex<Option<SyncSender<RunInput>>>>,
 }
 
 impl Signals {
     /// Hands stop requests to the run loop from now on.
-    pub fn attach(&self, tx: SyncSender<Input>) {
+    pub(crate) fn attach(&self, tx: SyncSender<RunInput>) {
         *self.run_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     }
 }
@@ -39,20 +40,7 @@ impl Signals {
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later)
 /// and starts the thread that waits for them. Call it before spawning any other thread.
 pub fn block_termination_signals() -> std::io::Result<Signals> {
-    // SAFETY: sigset_t is a plain C struct for which all-zero is a valid (empty) value, and
-    // sigemptyset/sigaddset only write into the set we own.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-    }
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
+    let set = block_termination()?;
     let signals = Signals {
         run_loop: Arc::new(Mutex::new(None)),
     };
@@ -63,32 +51,17 @@ pub fn block_termination_signals() -> std::io::Result<Signals> {
     Ok(signals)
 }
 
-fn next_signal(set: &libc::sigset_t) -> libc::c_int {
-    loop {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: `set` is an initialised sigset_t; `signal` is a valid out-pointer.
-        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
-            return signal;
-        }
-    }
-}
-
-fn wait_for_signals(set: libc::sigset_t, run_loop: &Mutex<Option<SyncSender<Input>>>) {
-    let signal = next_signal(&set);
-    let name = if signal == libc::SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
-    };
+fn wait_for_signals(set: TerminationSignals, run_loop: &Mutex<Option<SyncSender<RunInput>>>) {
+    let name = set.wait().name();
     let tx = run_loop.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match tx {
         // A full channel: the request waits for room in a helper thread, so this one keeps
         // the deadline.
         Some(tx) => {
-            if tx.try_send(Input::Shutdown(name)).is_err() {
+            if tx.try_send(RunInput::Shutdown(name)).is_err() {
                 let _ = std::thread::Builder::new()
                     .name("signal-send".into())
-                    .spawn(move || drop(tx.send(Input::Shutdown(name))));
+                    .spawn(move || drop(tx.send(RunInput::Shutdown(name))));
             }
         }
         None => {
@@ -102,7 +75,7 @@ fn wait_for_signals(set: libc::sigset_t, run_loop: &Mutex<Option<SyncSender<Inpu
     let _ = std::thread::Builder::new()
         .name("signal-second".into())
         .spawn(move || {
-            let again = next_signal(&set);
+            let again = set.wait();
             let _ = done_tx.send(());
             again
         });

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::SystemTime;
 
-use super::run::Input;
+use super::inbox::RunInput;
 use crate::collect::{snapshot_collector, SnapshotCollector};
 use crate::event::EventName;
 
@@ -17,8 +17,8 @@ pub struct SnapshotWorker {
 }
 
 impl SnapshotWorker {
-    /// Starts the worker thread; results arrive on `out` as [`Input::Snapshot`].
-    pub fn spawn(out: SyncSender<Input>) -> std::io::Result<SnapshotWorker> {
+    /// Starts the worker thread; results arrive on `out` as [`RunInput::Snapshot`].
+    pub fn spawn(out: SyncSender<RunInput>) -> std::io::Result<SnapshotWorker> {
         let (tx, rx) = sync_channel::<Vec<EventName>>(1);
         std::thread::Builder::new()
             .name("snapshots".into())
@@ -35,7 +35,7 @@ impl SnapshotWorker {
     }
 }
 
-fn work(rx: Receiver<Vec<EventName>>, out: SyncSender<Input>) {
+fn work(rx: Receiver<Vec<EventName>>, out: SyncSender<RunInput>) {
     let mut collectors: BTreeMap<EventName, Box<dyn SnapshotCollector>> = BTreeMap::new();
     while let Ok(names) = rx.recv() {
         for name in names {
@@ -45,7 +45,7 @@ fn work(rx: Receiver<Vec<EventName>>, out: SyncSender<Input>) {
             let result = collector.collect();
             let status = collector.status();
             if out
-                .send(Input::Snapshot {
+                .send(RunInput::Snapshot {
                     name,
                     result,
                     status,

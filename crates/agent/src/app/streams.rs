@@ -6,16 +6,20 @@ use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::run::Input;
-use crate::collect::{EventSink, StopSignal, StreamCollector};
+use super::inbox::RunInput;
+use crate::backoff::Backoff;
+use crate::collect::{CollectError, EventSink, StopSignal, StreamCollector};
 use crate::config::{CollectorStatus, Config};
 use crate::event::{EventName, Priority};
 
-/// First retry delay after a collector failed; doubled up to [`MAX_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Retry delays after a collector failed: 1 s doubling to 5 min, each jittered down to as
+/// little as half.
+const RETRY: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+};
 
 struct Running {
     stop: StopSignal,
@@ -35,7 +39,7 @@ struct Slot {
 /// All stream collectors.
 pub struct Streams {
     slots: Vec<Slot>,
-    tx: SyncSender<Input>,
+    tx: SyncSender<RunInput>,
 }
 
 impl std::fmt::Debug for Streams {
@@ -48,7 +52,7 @@ impl std::fmt::Debug for Streams {
 
 impl Streams {
     /// Takes the collectors; none runs until [`Streams::apply`].
-    pub fn new(collectors: Vec<Box<dyn StreamCollector>>, tx: SyncSender<Input>) -> Streams {
+    pub fn new(collectors: Vec<Box<dyn StreamCollector>>, tx: SyncSender<RunInput>) -> Streams {
         let slots = collectors
             .into_iter()
             .map(|c| {
@@ -57,7 +61,7 @@ impl Streams {
                     names: c.names().to_vec(),
                     idle: Some(c),
                     running: None,
-                    sink: EventSink::new(move |event| tx.try_send(Input::Event(event)).is_ok()),
+                    sink: EventSink::new(move |event| tx.try_send(RunInput::Event(event)).is_ok()),
                 }
             })
             .collect();
@@ -109,7 +113,7 @@ impl Streams {
     }
 }
 
-fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<Input>) -> Option<Running> {
+fn spawn(collector: Box<dyn StreamCollector>, sink: EventSink, tx: SyncSender<RunInput>) -> Option<Running> {
     let stop = StopSignal::new();
     let thread_stop = stop.clone();
     let name = collector.names().first().map(|n| n.as_str()).unwrap_or("stream");
@@ -133,13 +137,13 @@ fn supervise(
     collector: &mut dyn StreamCollector,
     sink: &EventSink,
     stop: &StopSignal,
-    tx: &SyncSender<Input>,
+    tx: &SyncSender<RunInput>,
 ) {
-    let mut delay = FIRST_RETRY;
+    let mut failures = 0u32;
     let names = collector.names().to_vec();
     let report = |status: CollectorStatus| {
         for name in &names {
-            let _ = tx.send(Input::Status(*name, status.clone()));
+            let _ = tx.send(RunInput::Status(*name, status.clone()));
         }
     };
     while !stop.is_stopped() {
@@ -148,18 +152,25 @@ fn supervise(
         report(status);
         match collector.run(sink, stop) {
             Ok(()) => break,
+            Err(CollectError::SourceChanged { source_name, why }) => {
+                // Not a failure: the collector ended to start again at once on a better
+                // source; the status reported at the top of the loop says which.
+                info!("collector leaves {source_name}: {why}");
+                failures = 0;
+            }
             Err(e) => {
                 let mut status = collector.status();
                 status.last_error = Some(e.to_string());
                 status.losses = sink.losses();
                 report(status);
-                warn!("collector failed, retrying in {} s: {e}", delay.as_secs());
+                let delay = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
+                warn!("collector failed, retrying in {:.1} s: {e}", delay.as_secs_f64());
                 let mut waited = Duration::ZERO;
                 while waited < delay && !stop.is_stopped() {
                     std::thread::sleep(Duration::from_millis(100));
                     waited += Duration::from_millis(100);
                 }
-                delay = (delay * 2).min(MAX_RETRY);
             }
         }
     }

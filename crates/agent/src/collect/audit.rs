@@ -21,7 +21,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -136,17 +135,7 @@ fn take_lock() -> io::Result<Option<File>> {
             0o600,
         )
         .map_err(io::Error::other)?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(Some(file))
+    Ok(safefile::try_lock(&file)?.then_some(file))
 }
 
 fn save_original(o: Original) -> io::Result<()> {

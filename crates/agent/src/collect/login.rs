@@ -206,7 +206,7 @@ impl Checkpoint {
     }
 
     fn save(&self, path: &Path) -> Result<(), crate::sys::safefile::FileError> {
-        crate::datadir::write_atomically(path, self.to_text().as_bytes())
+        crate::sys::safefile::write_file_atomically(path, self.to_text().as_bytes(), 0o600)
     }
 }
 
@@ -401,7 +401,7 @@ impl LoginCollector {
                 {
                     if let Ok(m) = AuditMember::join(false) {
                         drop(m);
-                        return Err(CollectError::Failed {
+                        return Err(CollectError::SourceChanged {
                             source_name: SOURCE_FILES.into(),
                             why: "audit became available; restarting on it".into(),
                         });

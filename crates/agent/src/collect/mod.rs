@@ -41,6 +41,16 @@ pub enum CollectError {
         /// Why.
         why: String,
     },
+    /// Not a failure: a stream collector ends so that it starts again at once on a better
+    /// source (audit came back after a fallback). The supervisor restarts it without a delay,
+    /// reports its new status and records no error.
+    #[error("{source_name}: {why}")]
+    SourceChanged {
+        /// The source being left.
+        source_name: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// A snapshot collector: called at start and every `snapshotFrequency`; returns the items of

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use super::fs::{BoundedLines, ReadError, Root};
+use super::fs::{BoundedLines, Root};
+use super::safefile::FileError;
 
 /// The longest line accepted; longer lines are skipped and counted.
 pub const MAX_LINE: usize = 8192;
@@ -204,13 +205,13 @@ pub fn parse_lines<T>(
 }
 
 /// Reads and parses `path` with bounded lines.
-pub fn read_file<T>(path: &Path, parse: impl Fn(&str, usize) -> Option<T>) -> Result<Parsed<T>, ReadError> {
+pub fn read_file<T>(path: &Path, parse: impl Fn(&str, usize) -> Option<T>) -> Result<Parsed<T>, FileError> {
     let mut lines = BoundedLines::open(path, MAX_LINE, MAX_LINES)?;
     let mut out = parse_lines(&mut lines, parse);
     out.malformed += lines.skipped();
     out.truncated = lines.truncated();
     if let Some(source) = lines.take_error() {
-        return Err(ReadError::Io {
+        return Err(FileError::Io {
             path: path.to_path_buf(),
             source,
         });
@@ -219,17 +220,17 @@ pub fn read_file<T>(path: &Path, parse: impl Fn(&str, usize) -> Option<T>) -> Re
 }
 
 /// `/etc/passwd` under `root`.
-pub fn read_passwd(root: &Root) -> Result<Parsed<PasswdEntry>, ReadError> {
+pub fn read_passwd(root: &Root) -> Result<Parsed<PasswdEntry>, FileError> {
     read_file(&root.path("/etc/passwd"), parse_passwd_line)
 }
 
 /// `/etc/group` under `root`.
-pub fn read_group(root: &Root) -> Result<Parsed<GroupEntry>, ReadError> {
+pub fn read_group(root: &Root) -> Result<Parsed<GroupEntry>, FileError> {
     read_file(&root.path("/etc/group"), parse_group_line)
 }
 
 /// `/etc/shadow` under `root`.
-pub fn read_shadow(root: &Root) -> Result<Parsed<ShadowEntry>, ReadError> {
+pub fn read_shadow(root: &Root) -> Result<Parsed<ShadowEntry>, FileError> {
     read_file(&root.path("/etc/shadow"), parse_shadow_line)
 }
 

@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::safefile::{self, FileError};
+
 /// Where the system's files are: `/` on a real machine, a fixture directory in tests. Every
 /// absolute system path (`/proc/net/tcp`, `/etc/passwd`) is looked up under it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,62 +50,19 @@ impl Root {
     }
 }
 
-/// Why a system file could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// Opening or reading failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The file is larger than the bound for it.
-    #[error("{}: larger than {limit} bytes", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// The bound, in bytes.
-        limit: usize,
-    },
-}
-
-impl ReadError {
-    /// Whether the file does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ReadError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
-    }
-
-    /// Whether access was refused.
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self, ReadError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
-    }
-}
-
-/// Reads all of `path`, failing when it holds more than `limit` bytes.
-pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, ReadError> {
-    let io_err = |source| ReadError::Io {
+/// Reads all of `path` (a system file: links followed), failing when it holds more than
+/// `limit` bytes. The bound is enforced on what is read, not on `stat` (procfs files report a
+/// size of 0), by [`safefile::read_limited`], the one bounded read of the agent.
+pub(crate) fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
+    let file = File::open(path).map_err(|source| FileError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let mut out = Vec::new();
-    // Procfs files report a size of 0, so the bound is enforced on what is read, not on stat.
-    file.take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(io_err)?;
-    if out.len() > limit {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        });
-    }
-    Ok(out)
+    })?;
+    safefile::read_limited(path, file, limit)
 }
 
 /// Reads `path` as text (invalid UTF-8 replaced), failing past `limit` bytes.
-pub fn read_text(path: &Path, limit: usize) -> Result<String, ReadError> {
+pub fn read_text(path: &Path, limit: usize) -> Result<String, FileError> {
     read_bounded(path, limit).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -137,8 +96,8 @@ pub struct BoundedLines<R> {
 
 impl BoundedLines<File> {
     /// Opens `path` for bounded line reading.
-    pub fn open(path: &Path, max_line: usize, max_lines: usize) -> Result<Self, ReadError> {
-        let file = File::open(path).map_err(|source| ReadError::Io {
+    pub fn open(path: &Path, max_line: usize, max_lines: usize) -> Result<Self, FileError> {
+        let file = File::open(path).map_err(|source| FileError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -306,7 +265,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("big");
         std::fs::write(&f, vec![b'a'; 100]).unwrap();
-        assert!(matches!(read_bounded(&f, 99), Err(ReadError::TooLarge { .. })));
+        assert!(matches!(read_bounded(&f, 99), Err(FileError::TooLarge { .. })));
         assert_eq!(read_bounded(&f, 100).unwrap().len(), 100);
         assert!(read_bounded(&dir.join("none"), 10).unwrap_err().is_not_found());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -1,4 +1,5 @@
-//! The only layer that touches the operating system: procfs, sysfs, `/etc` files, `uname`,
+//! The only layer that touches the operating system (every `unsafe` block of the agent is
+//! here, each with its SAFETY line): procfs, sysfs, `/etc` files, `uname`,
 //! and the firewall tools' machine-readable output - plus the pure parsers of what they
 //! return, each tested on fixtures captured from real machines.
 //!
@@ -17,11 +18,15 @@
 //! - `program`: running a tool directly, with a timeout and an output cap.
 //! - `safefile`: opening user-named and data-directory files as trusted tools do (no links
 //!   followed, no FIFO blocks, ownership and StrictModes checks).
+//!   `safefile::try_lock` is the data directory's `flock`.
 //! - `firewall`: `nft -j list ruleset` and `iptables-legacy-save` parsers.
+//! - `poll`: `poll(2)` for the MQTT client's IO thread; `signals`: blocking SIGINT/SIGTERM and
+//!   `sigwait`; `disk`: free space (`statvfs`) and `access(2)`, for `doctor`.
 //! - `sshd`: sshd_config as sshd reads it; `keyvalue`: login.defs, limits.conf.
 pub mod accounts;
 pub mod audit;
 pub mod cnproc;
+pub(crate) mod disk;
 pub mod firewall;
 pub mod fs;
 pub mod hwids;
@@ -29,11 +34,13 @@ pub mod keyvalue;
 pub mod names;
 pub mod netlink;
 pub mod osinfo;
+pub(crate) mod poll;
 pub mod procfd;
 pub mod procinfo;
 pub mod procnet;
 pub mod program;
 pub mod safefile;
+pub(crate) mod signals;
 pub mod sockdiag;
 pub mod sshd;
 pub mod sysfs;

@@ -9,7 +9,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use super::fs::{BoundedLines, ReadError, Root};
+use super::fs::{BoundedLines, Root};
+use super::safefile::FileError;
 
 /// `TCP_ESTABLISHED`: a connected socket (TCP) or a connected UDP socket.
 pub const STATE_ESTABLISHED: u8 = 0x01;
@@ -186,12 +187,12 @@ pub fn read_table_at(
     path: &Path,
     cap: usize,
     keep: impl Fn(&ProcNetSocket) -> bool,
-) -> Result<TableRead, ReadError> {
+) -> Result<TableRead, FileError> {
     let mut lines = BoundedLines::open(path, MAX_LINE, MAX_LINES)?;
     let mut out = scan_lines(&mut lines, cap, keep);
     out.malformed += lines.skipped();
     if let Some(source) = lines.take_error() {
-        return Err(ReadError::Io {
+        return Err(FileError::Io {
             path: path.to_path_buf(),
             source,
         });
@@ -205,7 +206,7 @@ pub fn read_table(
     table: Table,
     cap: usize,
     keep: impl Fn(&ProcNetSocket) -> bool,
-) -> Result<TableRead, ReadError> {
+) -> Result<TableRead, FileError> {
     read_table_at(&root.path(table.proc_path()), cap, keep)
 }
 

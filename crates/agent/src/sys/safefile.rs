@@ -231,12 +231,27 @@ fn us(me: u32) -> String {
     }
 }
 
-/// `uid`'s name from `/etc/passwd` (no NSS), or `uid N`.
+/// `uid`'s name from `/etc/passwd` (no NSS), or `uid N`. Only the name and uid fields are
+/// looked at, so this module needs nothing of `sys::accounts` (which reads through this
+/// module's [`read_limited`] and reports [`FileError`]s: no import cycle).
 pub fn user_name(uid: u32) -> String {
-    let found = super::accounts::read_file(Path::new("/etc/passwd"), super::accounts::parse_passwd_line)
+    let found = read_regular(Path::new("/etc/passwd"), MAX_PASSWD_BYTES)
         .ok()
-        .and_then(|p| p.entries.into_iter().find(|e| e.uid == uid).map(|e| e.name));
+        .and_then(|bytes| name_of_uid(&String::from_utf8_lossy(&bytes), uid));
     found.unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// `/etc/passwd` is read whole for [`user_name`] up to this size.
+const MAX_PASSWD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The name of the first `name:password:uid:...` line of `passwd` with `uid` (pure).
+fn name_of_uid(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next().filter(|n| !n.is_empty())?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid).then(|| name.to_owned())
+    })
 }
 
 fn cstring(bytes: &OsStr) -> io::Result<CString> {
@@ -620,17 +635,25 @@ impl Dir {
         Ok(Dir { fd, path })
     }
 
-    /// Replaces `name` atomically with `bytes`: a temporary `.NAME.tmp` created `O_EXCL`
-    /// (a stale one, or a link planted there, is removed first, never followed), fsync,
-    /// `renameat`, fsync of the directory. A reader sees the old or the new content.
+    /// Replaces `name` atomically with `bytes` (mode 0600), see [`Dir::write_atomically_mode`].
     pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), FileError> {
+        self.write_atomically_mode(name, bytes, 0o600)
+    }
+
+    /// Replaces `name` atomically with `bytes`, the new file with permission bits `mode`
+    /// (less the umask): a temporary `.NAME.tmp` created `O_EXCL` (a stale one, or a link
+    /// planted there, is removed first, never followed), fsync, `renameat`, fsync of the
+    /// directory. A reader sees the old or the new content, and after a power loss too. The
+    /// one atomic write of every file twinguard and twinguard-hub persist (the cache's
+    /// segments have their own log format).
+    pub fn write_atomically_mode(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), FileError> {
         let tmp = format!(".{name}.tmp");
         let tmp_path = self.join(&tmp);
-        let mut file = match self.create_new(&tmp, 0o600) {
+        let mut file = match self.create_new(&tmp, mode) {
             Ok(f) => f,
             Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
                 self.remove(&tmp)?;
-                self.create_new(&tmp, 0o600)?
+                self.create_new(&tmp, mode)?
             }
             Err(e) => return Err(e),
         };
@@ -645,6 +668,29 @@ impl Dir {
         let _ = self.sync();
         Ok(())
     }
+}
+
+/// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when another open
+/// file description holds it. The lock lasts as long as the descriptor (every duplicate of it).
+pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor we own (borrowed for the call); no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Replaces the file at `path` atomically with `bytes` (see [`Dir::write_atomically_mode`]):
+/// the temporary file is created `O_EXCL` in the directory holding `path` (created 0700 when
+/// missing), never through a link.
+pub fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let (dir, name) = Dir::open_parent_of(path)?;
+    dir.write_atomically_mode(&name, bytes, mode)
 }
 
 fn check_trusted_dir(path: &Path, st: &Stat) -> Result<(), FileError> {
@@ -750,6 +796,10 @@ pub fn read_regular(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
     read_limited(path, file, limit)
 }
 
+/// Secrets (a password, a connection string, a private key) are small; anything larger is
+/// refused unread.
+pub(crate) const MAX_SECRET_BYTES: usize = 64 * 1024;
+
 /// The environment variable systemd sets for `LoadCredential=`.
 pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
 
@@ -811,6 +861,30 @@ pub fn read_secret(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn try_lock_is_exclusive_between_open_files() {
+        let path = std::env::temp_dir().join(format!("twinguard-lock-{}", std::process::id()));
+        let first = File::create(&path).unwrap();
+        let second = File::open(&path).unwrap();
+        assert!(try_lock(&first).unwrap());
+        assert!(
+            !try_lock(&second).unwrap(),
+            "a second open file must not get the lock"
+        );
+        drop(first);
+        assert!(try_lock(&second).unwrap(), "closing the holder frees the lock");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn names_of_uids_from_passwd_lines() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n# comment\n:x:5:5::/:/bin/sh\nbad line\nalice:x:1000:1000::/home/a:/bin/sh\n";
+        assert_eq!(name_of_uid(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(name_of_uid(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(name_of_uid(passwd, 5), None);
+        assert_eq!(name_of_uid(passwd, 7), None);
+    }
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

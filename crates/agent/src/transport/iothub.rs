@@ -26,11 +26,12 @@ use tracing::{debug, info, warn};
 use twinguard_mqtt::{Publish, QoS};
 
 use super::mqtt::{transport_error_for, BACKOFF, CONNECT_TIMEOUT, MAX_INCOMING_PACKET};
-use super::mqtt_client::{Backoff, ClientOptions, Credentials, Login, MqttClient, Secret};
-use super::settings::read_secret_file;
+use super::mqtt_client::{ClientOptions, Credentials, Login, MqttClient, Secret};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
+use crate::backoff::Backoff;
 use crate::config::{DesiredState, PatchOutcome, CONFIG_KEY};
+use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// The API version IoT Hub is asked for.
 pub const API_VERSION: &str = "2021-04-12";
@@ -363,8 +364,8 @@ impl IotHubTransport {
     pub fn start(options: &IotHubOptions) -> Result<IotHubTransport, TransportError> {
         let file = options.connection_string_file.display().to_string();
         let what = || "iothub".to_owned();
-        let bytes =
-            read_secret_file(&options.connection_string_file).map_err(|e| transport_error_for(what(), e))?;
+        let bytes = read_secret(&options.connection_string_file, MAX_SECRET_BYTES)
+            .map_err(|e| transport_error_for(what(), e))?;
         let text = String::from_utf8(bytes)
             .map_err(|_| transport_error_for(what(), format!("{file}: not UTF-8")))?;
         let identity = ConnectionString::parse(&text)

@@ -314,7 +314,7 @@ impl Transport for LocalTransport {
         let name = twin.path().display().to_string();
         Some(match twin.poll(now_ms)? {
             TwinChange::Deleted => DesiredUpdate::Cleared,
-            TwinChange::Content(Err(e)) => DesiredUpdate::Unreadable(format!("cannot read {name}: {e}")),
+            TwinChange::Content(Err(e)) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
             TwinChange::Content(Ok(bytes)) => match crate::config::read_document(&bytes) {
                 Ok(doc) => DesiredUpdate::Document { doc, version: None },
                 Err(e) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
@@ -348,7 +348,8 @@ struct Fingerprint {
 /// A change of the twin file, after debouncing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TwinChange {
-    /// The file has new content (read with the 1 MiB bound), or could not be read.
+    /// The file has new content (read with the 1 MiB bound), or why it could not be read
+    /// (`cannot read: ...`, or the document is over the limit).
     Content(Result<Vec<u8>, String>),
     /// The file is gone: the desired document is empty (all defaults).
     Deleted,

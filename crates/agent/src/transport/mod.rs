@@ -6,7 +6,6 @@ pub mod local;
 pub mod mqtt;
 pub mod mqtt_client;
 pub mod net;
-pub mod remote;
 pub mod settings;
 pub mod tls;
 

@@ -19,11 +19,12 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 use twinguard_mqtt::{topic, LastWill, QoS};
 
-use super::mqtt_client::{Backoff, ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
-use super::settings::read_secret_file;
+use super::mqtt_client::{ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
+use crate::backoff::Backoff;
 use crate::config::MAX_DOCUMENT_BYTES;
+use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// Keep-alive: a dead broker is noticed within about this plus the ping timeout.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -236,7 +237,8 @@ impl MqttTransport {
         let password = match &options.password_file {
             None => None,
             Some(path) => {
-                let mut bytes = read_secret_file(path).map_err(|e| transport_error_for(what(), e))?;
+                let mut bytes =
+                    read_secret(path, MAX_SECRET_BYTES).map_err(|e| transport_error_for(what(), e))?;
                 // Editors end files with a newline; it is not part of the password.
                 while matches!(bytes.last(), Some(b'\n' | b'\r')) {
                     bytes.pop();

@@ -34,6 +34,7 @@ use twinguard_mqtt::{
 };
 
 use super::net::{poll, wait_fd, ReadStatus, Stream, WakeSender, Waker};
+use crate::backoff::Backoff;
 
 /// A connection that stayed up this long resets the reconnect backoff; a broker that accepts
 /// and drops at once is retried ever more slowly.
@@ -82,32 +83,6 @@ impl Login for StaticLogin {
     fn credentials(&mut self) -> Result<Credentials, String> {
         Ok(self.0.clone())
     }
-}
-
-/// Exponential backoff with jitter between connection attempts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay after the first failure.
-    pub initial: Duration,
-    /// The delay never grows past this.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt` (0-based): `initial * 2^attempt` capped at `max`,
-    /// then a random point in its upper half, so a fleet that lost its broker at once does not
-    /// come back in lockstep.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);
-        let half = base / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_millis(random_u64() % jitter_ms)
-    }
-}
-
-fn random_u64() -> u64 {
-    // uuid's v4 generator is the process's random source already; no extra dependency.
-    uuid::Uuid::new_v4().as_u64_pair().0
 }
 
 /// A message to publish at QoS 1.
@@ -809,21 +784,6 @@ fn refused(codes: &[SubscribeReturnCode], subscriptions: &[(String, QoS)]) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let b = Backoff {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        };
-        for attempt in 0..40 {
-            let base = Duration::from_millis(500)
-                .saturating_mul(1 << attempt.min(20))
-                .min(Duration::from_secs(30));
-            let d = b.delay(attempt);
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?} vs {base:?}");
-        }
-    }
 
     #[test]
     fn secrets_are_not_printed() {

@@ -10,10 +10,12 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
+
+pub(crate) use crate::sys::poll::{poll, Ready};
 
 /// Size of one read from the socket; received bytes are decoded before the next read, so this
 /// plus one maximum packet bounds what is buffered.
@@ -271,20 +273,14 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
-/// What `poll` saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Ready {
-    /// The socket is readable (or closed, or in error: a read will tell).
-    pub readable: bool,
-    /// The socket takes writes.
-    pub writable: bool,
-    /// The wake-up socket was signalled.
-    pub woken: bool,
-}
-
 /// Waits until `fd` is readable (or writable, with `write`), `wake` is signalled, or the
 /// deadline passes (`Ok(None)`).
-pub fn wait_fd(fd: RawFd, write: bool, wake: Option<RawFd>, deadline: Instant) -> io::Result<Option<Ready>> {
+pub(crate) fn wait_fd(
+    fd: RawFd,
+    write: bool,
+    wake: Option<RawFd>,
+    deadline: Instant,
+) -> io::Result<Option<Ready>> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ready = poll(Some((fd, write)), wake, left)?;
@@ -295,54 +291,6 @@ pub fn wait_fd(fd: RawFd, write: bool, wake: Option<RawFd>, deadline: Instant) -
             return Ok(None);
         }
     }
-}
-
-/// One `poll(2)` on an optional stream socket (always for reading; for writing too when the
-/// flag is set) and an optional wake-up socket, for at most `timeout`.
-pub fn poll(stream: Option<(RawFd, bool)>, wake: Option<RawFd>, timeout: Duration) -> io::Result<Ready> {
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
-    if let Some((fd, write)) = stream {
-        let mut events = libc::POLLIN;
-        if write {
-            events |= libc::POLLOUT;
-        }
-        fds.push(libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        });
-    }
-    if let Some(fd) = wake {
-        fds.push(libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-    }
-    // Round up so a 0.4 ms wait does not become a busy 0 ms loop.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` initialised pollfd
-    // structs that lives across the call.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(Ready::default());
-        }
-        return Err(e);
-    }
-    let mut ready = Ready::default();
-    let mut i = 0;
-    if stream.is_some() {
-        let r = fds[0].revents;
-        ready.readable = r & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-        ready.writable = r & libc::POLLOUT != 0;
-        i = 1;
-    }
-    if wake.is_some() {
-        ready.woken = fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-    }
-    Ok(ready)
 }
 
 /// Wakes the IO thread from `poll`: a connected socket pair, the IO thread polls one end.

@@ -36,8 +36,8 @@ use crate::sys::safefile::{self, FileError};
 
 /// The settings file read when `--settings` is not given, if it exists.
 pub const DEFAULT_SETTINGS_FILE: &str = "/etc/twinguard/agent.toml";
-/// Settings and secret files are small; anything larger is refused unread.
-const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
+/// Settings files are small; anything larger is refused unread.
+pub const MAX_SETTINGS_BYTES: usize = 64 * 1024;
 
 /// Why the connection settings cannot be used. Each message is one line naming the file or
 /// flag it is about.
@@ -57,22 +57,6 @@ pub enum SettingsError {
     /// A value or a combination that cannot work.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// Reads a file of at most `max` bytes: opened without blocking, a regular file only.
-pub fn read_bounded_file(path: &Path, max: u64) -> Result<Vec<u8>, SettingsError> {
-    Ok(safefile::read_regular(
-        path,
-        usize::try_from(max).unwrap_or(usize::MAX),
-    )?)
-}
-
-/// Reads a file holding a secret (see [`safefile::read_secret`]): a regular file of the
-/// running user or root, no access for group or others, below safe directories; a bare name
-/// may be a systemd credential in `$CREDENTIALS_DIRECTORY`. Checked on the opened file, so a
-/// swap between the check and the read cannot slip through.
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SettingsError> {
-    Ok(safefile::read_secret(path, MAX_SETTINGS_BYTES as usize)?)
 }
 
 /// The connection settings as given: every field optional, from flags or from the file.
@@ -111,7 +95,7 @@ pub struct ConnectionSettings {
 impl ConnectionSettings {
     /// Parses a settings file; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<ConnectionSettings, SettingsError> {
-        let bytes = read_bounded_file(path, MAX_SETTINGS_BYTES)?;
+        let bytes = safefile::read_regular(path, MAX_SETTINGS_BYTES)?;
         let text = String::from_utf8(bytes).map_err(|_| SettingsError::Parse {
             path: path.to_owned(),
             message: "not UTF-8".into(),
@@ -321,7 +305,9 @@ mod tests {
         let path = dir.join("password");
         std::fs::write(&path, "hunter2\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_secret_file(&path).unwrap_err().to_string();
+        let err = safefile::read_secret(&path, safefile::MAX_SECRET_BYTES)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("password") && err.contains("0644") && err.contains("chmod 600"),
             "{err}"
@@ -329,9 +315,12 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         assert!(!err.contains("hunter2"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(read_secret_file(&path).is_err());
+        assert!(safefile::read_secret(&path, safefile::MAX_SECRET_BYTES).is_err());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_secret_file(&path).unwrap(), b"hunter2\n");
+        assert_eq!(
+            safefile::read_secret(&path, safefile::MAX_SECRET_BYTES).unwrap(),
+            b"hunter2\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

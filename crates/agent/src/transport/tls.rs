@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::settings::{read_bounded_file, read_secret_file, SettingsError};
+use crate::sys::safefile::{read_regular, read_secret, FileError, MAX_SECRET_BYTES};
 
 /// Where Linux distributions keep the system's CA bundle, most common first (Debian/Ubuntu/
 /// Alpine/Yocto, Fedora/RHEL, openSUSE, older RHEL, Arch/macOS-style).
@@ -21,14 +21,14 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 /// A CA bundle is public but read with a bound all the same (Debian's is about 220 KB).
-const MAX_BUNDLE_BYTES: u64 = 4 * 1024 * 1024;
+const MAX_BUNDLE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a TLS configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read (or is a secret with unsafe permissions).
     #[error(transparent)]
-    File(#[from] SettingsError),
+    File(#[from] FileError),
     /// A PEM file holds nothing usable.
     #[error("{path}: {what}")]
     Pem {
@@ -76,7 +76,7 @@ fn certificates(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>
 fn system_roots(store: &mut RootCertStore) -> bool {
     for bundle in SYSTEM_BUNDLES {
         let path = Path::new(bundle);
-        let Ok(bytes) = read_bounded_file(path, MAX_BUNDLE_BYTES) else {
+        let Ok(bytes) = read_regular(path, MAX_BUNDLE_BYTES) else {
             continue;
         };
         let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
@@ -96,7 +96,7 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsError
     let mut roots = RootCertStore::empty();
     let have_system = system_roots(&mut roots);
     if let Some(ca) = &options.ca {
-        let bytes = read_bounded_file(ca, MAX_BUNDLE_BYTES)?;
+        let bytes = read_regular(ca, MAX_BUNDLE_BYTES)?;
         for cert in certificates(ca, &bytes)? {
             roots
                 .add(cert)
@@ -112,9 +112,9 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsError
     let config = match &options.client_auth {
         None => builder.with_no_client_auth(),
         Some((cert_path, key_path)) => {
-            let cert_bytes = read_bounded_file(cert_path, MAX_BUNDLE_BYTES)?;
+            let cert_bytes = read_regular(cert_path, MAX_BUNDLE_BYTES)?;
             let chain = certificates(cert_path, &cert_bytes)?;
-            let key_bytes = read_secret_file(key_path)?;
+            let key_bytes = read_secret(key_path, MAX_SECRET_BYTES)?;
             let key = PrivateKeyDer::from_pem_slice(&key_bytes)
                 .map_err(|e| pem_error(key_path, format!("not a PEM private key: {e}")))?;
             builder.with_client_auth_cert(chain, key)?

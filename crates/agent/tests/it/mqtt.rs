@@ -17,10 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use twinguard::backoff::Backoff;
 use twinguard::config::CONFIG_KEY;
-use twinguard::transport::mqtt_client::{
-    Backoff, ClientOptions, Credentials, MqttClient, Secret, StaticLogin,
-};
+use twinguard::transport::mqtt_client::{ClientOptions, Credentials, MqttClient, Secret, StaticLogin};
 use twinguard::transport::tls::{client_config, TlsOptions};
 use twinguard_mqtt::{Publish, QoS};
 

@@ -36,7 +36,7 @@ fn connect_corpus_replays_without_panic() {
         .into_iter()
         .find(|(name, _)| name == "valid_module")
         .expect("seed valid_module");
-    let (connect, _) = twinguard_hub::session::first_connect(&valid)
+    let (connect, _) = twinguard_hub::connect::first_connect(&valid)
         .expect("parses")
         .expect("whole");
     let (id, token) = twinguard_hub::connect::claimed_identity(&connect, "localhost").expect("claims");

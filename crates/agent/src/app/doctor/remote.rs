@@ -21,6 +21,7 @@ use twinguard_mqtt::{
 };
 
 use crate::config::read_document;
+use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 use crate::transport::iothub::{
     desired_for_agent, parse_response_topic, topics, ConnectionString, IotHubOptions, IOTHUB_PORT,
     RESPONSE_TIMEOUT,
@@ -29,7 +30,6 @@ use crate::transport::mqtt::{
     MqttOptions, Topics, CONNECT_TIMEOUT, KEEP_ALIVE, MAX_INCOMING_PACKET, RETAINED_GRACE,
 };
 use crate::transport::net::{wait_fd, ReadStatus, Stream};
-use crate::transport::settings::read_secret_file;
 use crate::transport::tls::{client_config, TlsOptions};
 use crate::transport::DesiredUpdate;
 
@@ -233,7 +233,7 @@ pub fn test_mqtt(options: &MqttOptions, agent_running: Option<&str>) -> Connecti
     };
     let password = match &options.password_file {
         None => None,
-        Some(path) => match read_secret_file(path) {
+        Some(path) => match read_secret(path, MAX_SECRET_BYTES) {
             Ok(mut bytes) => {
                 while matches!(bytes.last(), Some(b'\n' | b'\r')) {
                     bytes.pop();
@@ -312,7 +312,7 @@ pub fn test_mqtt(options: &MqttOptions, agent_running: Option<&str>) -> Connecti
 /// Reads the IoT Hub identity from its connection string file.
 fn identity(check: &mut ConnectionCheck, options: &IotHubOptions) -> Option<ConnectionString> {
     let path = options.connection_string_file.display();
-    let text = match read_secret_file(&options.connection_string_file) {
+    let text = match read_secret(&options.connection_string_file, MAX_SECRET_BYTES) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => {
             check.fail(format!("connection string: {e}"));

@@ -7,12 +7,11 @@
 //! repairs, which writes). No link in the directory is followed, as the agent would refuse
 //! it; a directory owned by another user is inspected but never changed.
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::cache::{disk_bound, Cache, QueueCounters, CACHE_DIR_NAME};
+use crate::sys::disk::{free_bytes, may_write_into};
 use crate::sys::fs::read_text;
 use crate::sys::safefile::{self, user_name, Dir, FileKind};
 
@@ -59,32 +58,6 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Bytes available to unprivileged writers on the file system holding `path`.
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs for the call.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The field types differ between targets (u32 on 32-bit ARM for some); all fit in u64.
-    #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-/// Whether this process may write into `dir` (access(2) with the real ids, as the agent
-/// would run).
-fn writable(dir: &Path) -> bool {
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a NUL-terminated path; access only reads it.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
-}
-
 fn queue_line(name: &str, q: &QueueCounters) -> String {
     format!(
         "{name} queue: {} events cached ({}); since the directory was created {} collected, {} sent, {} dropped",
@@ -117,7 +90,7 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
                 "does not exist yet: the agent creates it (mode 0700) at its first start (nearest existing parent: {})",
                 parent.display()
             ));
-            if !writable(parent) {
+            if !may_write_into(parent) {
                 check.problem(format!(
                     "{} is not writable by this user: the agent could not create {}",
                     parent.display(),
@@ -169,7 +142,7 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
             "owned by {owner} (uid {}), not by this user: the agent refuses it",
             meta.uid
         ));
-    } else if !writable(path) {
+    } else if !may_write_into(path) {
         check.problem("not writable by this user (the agent's user must own it)");
     }
     if mode & 0o022 != 0 {

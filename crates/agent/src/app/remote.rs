@@ -1,6 +1,7 @@
 //! Start-up of the remote modes (MQTT, IoT Hub): probe the data directory's lock, start the
 //! transport, wait briefly for the desired configuration, choose the configuration to start
-//! with, then hand over to the run loop ([`crate::app::run_agent`]).
+//! with, then hand over to the run loop ([`super::run_agent`]). It lives in `app` because it
+//! composes a transport with the run loop; the transport layer knows nothing of `app`.
 //!
 //! The configuration at start:
 //! - the broker/hub answered within [`STARTUP_WAIT`] with a valid desired document (or none:
@@ -17,15 +18,16 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::iothub::{IotHubOptions, IotHubTransport};
-use super::mqtt::{MqttOptions, MqttTransport};
-use super::DesiredUpdate;
-use crate::app::{block_termination_signals, run_agent, RunError, Synthetic};
+use super::run::{run_agent, RunError, Synthetic};
+use super::signals::block_termination_signals;
 use crate::config::{validate_config_object, validate_document, Config, Problem};
 use crate::datadir::DataDir;
+use crate::transport::iothub::{IotHubOptions, IotHubTransport};
+use crate::transport::mqtt::{MqttOptions, MqttTransport};
+use crate::transport::DesiredUpdate;
 
 /// How long start-up waits for the broker or hub before starting with the defaults.
-pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// The configuration to start with, and whether the start-up document was used (so the
 /// transport must not hand it over again).
@@ -62,7 +64,7 @@ fn initial_config(update: Option<&DesiredUpdate>) -> (Option<(Config, Vec<Proble
 /// Opens and locks the data directory before connecting: a second agent with the same client
 /// id would take the first one's MQTT session away.
 fn probe_data_dir(data_dir: &Path) -> Result<DataDir, RunError> {
-    DataDir::open(data_dir).map_err(|e| RunError::Other(e.to_string()))
+    Ok(DataDir::open(data_dir)?)
 }
 
 /// Runs the agent in MQTT mode until SIGINT/SIGTERM.
@@ -71,10 +73,10 @@ pub fn run_mqtt(
     data_dir: &Path,
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
-    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let signals = block_termination_signals().map_err(RunError::Signals)?;
     let data_dir = probe_data_dir(data_dir)?;
     info!(broker = %options.broker, prefix = %options.prefix, device = %options.device_id, "twinguard starting in MQTT mode");
-    let mut transport = MqttTransport::start(options).map_err(|e| RunError::Other(e.to_string()))?;
+    let mut transport = MqttTransport::start(options)?;
     let update = transport.startup(STARTUP_WAIT);
     let (initial, used) = initial_config(update.as_ref());
     if used {
@@ -89,9 +91,9 @@ pub fn run_iothub(
     data_dir: &Path,
     synthetic: Option<Synthetic>,
 ) -> Result<(), RunError> {
-    let signals = block_termination_signals().map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let signals = block_termination_signals().map_err(RunError::Signals)?;
     let data_dir = probe_data_dir(data_dir)?;
-    let mut transport = IotHubTransport::start(options).map_err(|e| RunError::Other(e.to_string()))?;
+    let mut transport = IotHubTransport::start(options)?;
     info!(transport = %crate::transport::Transport::describe(&transport), "twinguard starting in IoT Hub mode");
     let update = transport.startup(STARTUP_WAIT);
     let (initial, used) = initial_config(update.as_ref());
