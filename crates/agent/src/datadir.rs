@@ -133,7 +133,8 @@ impl DataDir {
             .read("mode", SMALL_FILE_BYTES)?
             .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
         if before.as_deref() != Some(mode) {
-            self.dir.write_atomically("mode", format!("{mode}\n").as_bytes())?;
+            self.dir
+                .write_atomically("mode", format!("{mode}\n").as_bytes())?;
         }
         Ok(before)
     }
