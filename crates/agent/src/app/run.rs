@@ -94,6 +94,8 @@ pub enum RunError {
 pub enum Input {
     /// An event from a stream collector.
     Event(Event),
+    /// A burst of events from a stream collector, handed over at once.
+    Events(crate::collect::EventBatch),
     /// A synthetic event, whose id is logged once the cache has it.
     Synthetic(Event),
     /// A snapshot collector's result.
@@ -419,6 +421,13 @@ impl Agent {
             Input::Event(event) => {
                 for e in self.aggregator.offer(event, now) {
                     self.pipeline.submit(e, now);
+                }
+            }
+            Input::Events(batch) => {
+                for event in batch.take() {
+                    for e in self.aggregator.offer(event, now) {
+                        self.pipeline.submit(e, now);
+                    }
                 }
             }
             Input::Synthetic(event) => {

@@ -57,7 +57,11 @@ impl Streams {
                     names: c.names().to_vec(),
                     idle: Some(c),
                     running: None,
-                    sink: EventSink::new(move |event| tx.try_send(Input::Event(event)).is_ok()),
+                    sink: {
+                        let batches = tx.clone();
+                        EventSink::new(move |event| tx.try_send(Input::Event(event)).is_ok())
+                            .with_batches(move |batch| batches.try_send(Input::Events(batch)).is_ok())
+                    },
                 }
             })
             .collect();
@@ -67,6 +71,7 @@ impl Streams {
     /// Starts the collectors whose events are wanted and stops the others.
     pub fn apply(&mut self, config: &Config) {
         for slot in &mut self.slots {
+            slot.sink.set_wanted(|n| config.priority(n) != Priority::Off);
             let wanted = slot.names.iter().any(|n| config.priority(*n) != Priority::Off);
             if wanted && slot.running.is_none() {
                 if let Some(collector) = slot.idle.take() {

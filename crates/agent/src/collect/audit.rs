@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::sys::audit::{
     self, AuditSocket, AuditStatus, Rule, NLGRP_READLOG, STATUS_BACKLOG_LIMIT, STATUS_ENABLED, STATUS_PID,
 };
-use crate::sys::netlink::Received;
+use crate::sys::netlink::{BatchReceived, Received, RecvBatch};
 use crate::sys::safefile::{self, Dir};
 
 /// The key that tags every rule the agent adds (SPEC §3).
@@ -451,6 +451,12 @@ impl AuditMember {
     /// Receives one datagram (waits at most 200 ms).
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
         self.sock.recv(buf)
+    }
+
+    /// Receives a burst of datagrams with one call (waits at most 200 ms for the first when
+    /// `wait`).
+    pub fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+        self.sock.recv_batch(batch, wait)
     }
 
     /// Call often: once a second it takes over roles others left and keeps the rules.

@@ -38,7 +38,7 @@ use crate::sys::audit::{
     self, Assembler, AuditEvent, SockAddr, AUDIT_PROCTITLE, AUDIT_SOCKADDR, AUDIT_SYSCALL,
 };
 use crate::sys::fs::Root;
-use crate::sys::netlink::Received;
+use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procfd;
 use crate::sys::procinfo::{self, ProcDir};
 use crate::sys::procnet::ProcNetSocket;
@@ -54,6 +54,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 const AUDIT_RETRY: Duration = Duration::from_secs(60);
 /// Most sockets read in one poll.
 const MAX_SOCKETS: usize = 100_000;
+/// Audit datagrams taken per receive call.
+const RECV_SLOTS: usize = 32;
 /// Most new connections reported per poll (a burst beyond is counted, not reported).
 const MAX_NEW_PER_POLL: usize = 10_000;
 
@@ -74,6 +76,8 @@ pub struct AuditedConnection {
     pub executable: Option<String>,
     /// Its command line from PROCTITLE (at most 128 bytes: the kernel cuts it).
     pub proctitle: Option<String>,
+    /// PROCTITLE has the kernel's full 128 bytes: the command line was probably longer.
+    pub proctitle_cut: bool,
     /// Out for connect, In for accept.
     pub direction: Direction,
     /// The socket's descriptor in the process (connect's a0, accept's return value).
@@ -109,6 +113,9 @@ pub enum Audited {
     /// A socket started listening: (pid, fd).
     Listen(u32, u64),
 }
+
+/// The most bytes of command line a PROCTITLE record carries (the kernel cuts the rest).
+const PROCTITLE_MAX: usize = 128;
 
 /// Whether `socket(family, type, protocol)` arguments make a TCP socket: `SOCK_STREAM` (the
 /// low 4 bits of the type; `SOCK_NONBLOCK`/`SOCK_CLOEXEC` are flags above) with protocol 0,
@@ -166,8 +173,14 @@ pub fn audited(event: &AuditEvent) -> Option<Audited> {
         None if direction == Direction::Out => return None,
         None => None,
     };
+    let proctitle_raw = event
+        .record(AUDIT_PROCTITLE)
+        .and_then(|r| audit::get(&audit::fields(&r.body), "proctitle").map(str::to_owned));
     Some(Audited::Connection(AuditedConnection {
         pid,
+        proctitle_cut: proctitle_raw
+            .as_deref()
+            .is_some_and(|p| !p.starts_with('"') && p.len() >= 2 * PROCTITLE_MAX),
         ppid: audit::get(&f, "ppid").and_then(|p| p.parse().ok()),
         uid: audit::get(&f, "uid").and_then(|u| u.parse().ok()),
         executable: audit::get(&f, "exe").and_then(audit::untrusted),
@@ -374,11 +387,15 @@ fn polled_item(s: &ProcNetSocket, pid: Option<u32>, direction: Direction) -> Con
         .as_ref()
         .and_then(|d| d.read_link("exe").ok())
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let command_line = dir
+    let (command_line, cut) = dir
         .as_ref()
         .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
         .filter(|raw| !raw.is_empty())
-        .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0);
+        .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE))
+        .map_or((None, false), |(text, cut)| (Some(text), cut));
+    if cut {
+        extra.insert("Truncated".into(), "CommandLine".into());
+    }
     if pid.is_none() {
         missing.push("ProcessId");
     }
@@ -602,14 +619,24 @@ impl ConnectionCollector {
                 (None, None)
             }
         };
-        let command_line = dir
+        // The command line from the process when it still runs, else PROCTITLE (cut by the
+        // kernel at 128 bytes).
+        let (command_line, cut) = match dir
             .as_ref()
             .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
             .filter(|raw| !raw.is_empty())
-            .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0)
-            .or(c.proctitle);
+        {
+            Some(raw) => {
+                let (text, cut) = procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE);
+                (Some(text), cut)
+            }
+            None => (c.proctitle, c.proctitle_cut),
+        };
         if command_line.is_none() {
             missing.push("CommandLine");
+        }
+        if cut {
+            extra.insert("Truncated".into(), "CommandLine".into());
         }
         if c.executable.is_none() {
             missing.push("Executable");
@@ -749,21 +776,25 @@ impl StreamCollector for ConnectionCollector {
         }
         let mut next_poll = Instant::now() + POLL_INTERVAL;
         let mut assembler = Assembler::default();
-        let mut buf = vec![0u8; audit::RECV_BUFFER_BYTES];
+        let mut datagrams = RecvBatch::new(RECV_SLOTS, audit::RECV_BUFFER_BYTES);
+        let mut waiting = true;
         while !stop.is_stopped() {
             let mut complete = Vec::new();
             if let Some(m) = member.as_mut() {
-                match m.recv(&mut buf) {
-                    Ok(Received::Data { len, .. }) => {
-                        if let Some(record) =
-                            audit::datagram_record(&buf[..len]).and_then(|(k, t)| audit::parse_record(k, t))
-                        {
-                            complete.extend(assembler.push(record, now_ms(start)));
+                match m.recv_batch(&mut datagrams, waiting) {
+                    Ok(BatchReceived::Data(_)) => {
+                        for (d, _) in datagrams.datagrams() {
+                            if let Some(record) =
+                                audit::datagram_record(d).and_then(|(k, t)| audit::parse_record(k, t))
+                            {
+                                complete.extend(assembler.push(record, now_ms(start)));
+                            }
                         }
+                        waiting = false;
                     }
-                    Ok(Received::Timeout) => {}
+                    Ok(BatchReceived::Timeout) => waiting = true,
                     // The count is unknown; one is the least that was lost.
-                    Ok(Received::Overrun) => sink.count_losses(1),
+                    Ok(BatchReceived::Overrun) => sink.count_losses(1),
                     Err(e) => {
                         return Err(CollectError::Failed {
                             source_name: "audit netlink".into(),
@@ -794,6 +825,7 @@ impl StreamCollector for ConnectionCollector {
                     self.audit_failed = self.audit_failed.take().map(|(e, _)| (e, Instant::now()));
                 }
             }
+            let mut ready = Vec::new();
             for event in complete {
                 let id = event.id();
                 let time = event.time_ms;
@@ -804,7 +836,11 @@ impl StreamCollector for ConnectionCollector {
                     }
                     Some(Audited::Connection(c)) => {
                         if let Some(item) = self.resolve(c, diag.as_mut(), &mut poller, id) {
-                            send(sink, item, event_time(time));
+                            match Event::new(EventName::ConnectionCreate, vec![item.into()], event_time(time))
+                            {
+                                Ok(e) => ready.push(e),
+                                Err(e) => debug!("connection event not built: {e}"),
+                            }
                         }
                     }
                     Some(Audited::Listen(pid, fd)) => {
@@ -815,6 +851,7 @@ impl StreamCollector for ConnectionCollector {
                     None => {}
                 }
             }
+            sink.send_all(ready);
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + POLL_INTERVAL;
                 if let Some(d) = diag.as_mut() {

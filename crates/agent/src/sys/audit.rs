@@ -20,7 +20,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use super::netlink::{self, NetlinkSocket, Received, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
+use super::netlink::{
+    self, BatchReceived, NetlinkSocket, Received, RecvBatch, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_REQUEST,
+};
 
 /// `NETLINK_AUDIT`.
 const NETLINK_AUDIT: libc::c_int = 9;
@@ -739,6 +742,17 @@ impl AuditSocket {
             });
         }
         self.sock.recv(buf)
+    }
+
+    /// Receives a burst of datagrams with one call (stashed ones first, alone); see
+    /// [`NetlinkSocket::recv_batch`].
+    pub fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+        if !self.stash.is_empty() {
+            let take = self.stash.len().min(batch.slots());
+            let n = batch.load(self.stash.drain(..take));
+            return Ok(BatchReceived::Data(n));
+        }
+        self.sock.recv_batch(batch, wait)
     }
 }
 
