@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, warn};
 
@@ -369,6 +369,9 @@ fn seed(tracker: &mut ProcessTracker) {
 
 /// Most items gathered before they are handed over, while the socket still has messages.
 const MAX_BATCH: usize = 256;
+/// How long gathered items may wait before they are handed over: one wake-up of the run loop
+/// per this interval under a steady stream, instead of one per event.
+const HAND_OVER_AFTER: Duration = Duration::from_millis(100);
 /// Datagrams taken per receive call.
 const RECV_SLOTS: usize = 64;
 
@@ -449,6 +452,8 @@ impl StreamCollector for ProcessCollector {
         // Each message is about 100 bytes, one per datagram: one system call takes a burst.
         let mut datagrams = RecvBatch::new(RECV_SLOTS, 512);
         let mut waiting = true;
+        // When the first item not yet handed over was gathered.
+        let mut oldest: Option<Instant> = None;
         while !stop.is_stopped() {
             match conn.recv_batch(&mut datagrams, waiting) {
                 Ok(BatchReceived::Data(_)) => {
@@ -464,8 +469,24 @@ impl StreamCollector for ProcessCollector {
                         }
                     }
                     waiting = false;
-                    if batch.len() >= MAX_BATCH {
+                    if batch.is_empty() {
+                        oldest = None;
+                    } else if oldest.is_none() {
+                        oldest = Some(Instant::now());
+                    }
+                    if batch.len() >= MAX_BATCH || oldest.is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER) {
                         hand_over(&mut batch);
+                        oldest = None;
+                    }
+                    continue;
+                }
+                Ok(BatchReceived::Timeout) if !waiting => {
+                    // Drained: wait again; what was gathered goes when the batch is full, old
+                    // enough, or the socket stays quiet for a whole receive timeout.
+                    waiting = true;
+                    if oldest.is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER) {
+                        hand_over(&mut batch);
+                        oldest = None;
                     }
                     continue;
                 }
@@ -488,8 +509,9 @@ impl StreamCollector for ProcessCollector {
                     })
                 }
             }
-            // Drained (or timed out): hand over what was gathered, then wait again.
+            // Quiet for a receive timeout: hand over what was gathered, then wait again.
             hand_over(&mut batch);
+            oldest = None;
             waiting = true;
         }
         hand_over(&mut batch);
