@@ -240,7 +240,7 @@ fn print_rows(rows: &[Row]) {
         );
         if let Some(e) = r.enriched {
             println!(
-                "{:<10} {:>10} with Executable and CommandLine read before the process exited: {} ({:.1}%); \
+                "{:<10} {:>10} with the whole command line (and, ours, the executable): {} ({:.1}%); \
                  idle RSS before the load {} KiB",
                 "",
                 "",
@@ -345,7 +345,8 @@ fn outbox_figures(dir: &Path, pids: &HashSet<u32>, marker: &str) -> (usize, usiz
                             let pid = i["ProcessId"].as_u64().unwrap_or(0) as u32;
                             if pids.contains(&pid) && found.insert(pid) {
                                 let cmd = i["CommandLine"].as_str().unwrap_or("");
-                                if cmd.contains(marker)
+                                // The whole command line: the executable and its one argument.
+                                if cmd.starts_with(&format!("{TRUE} {marker}-"))
                                     && i["Executable"].as_str().is_some_and(|x| !x.is_empty())
                                 {
                                     enriched += 1;
@@ -558,9 +559,22 @@ fn auditd_run(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> 
     let _ = auditctl(&del);
     let _ = auditctl(&["-e", &enabled_before]);
     let _ = auditctl(&["-b", &backlog_before]);
-    let count = || -> usize {
+    // Found: a SYSCALL record of a launched pid; with its whole command line: its event also
+    // has the EXECVE record naming the marker (the arguments, as auditd logs them).
+    let figures = || -> (usize, usize) {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let event_of = |line: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix("msg=audit("))
+                .map(|v| v.trim_end_matches(':').trim_end_matches(')').to_owned())
+        };
+        let with_args: HashSet<String> = text
+            .lines()
+            .filter(|l| l.contains("type=EXECVE") && l.contains(&marker))
+            .filter_map(event_of)
+            .collect();
         let mut found = HashSet::new();
+        let mut whole = 0;
         for line in text
             .lines()
             .filter(|l| l.contains("type=SYSCALL") && l.contains("tgbench"))
@@ -570,14 +584,15 @@ fn auditd_run(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> 
                 .find_map(|f| f.strip_prefix("pid="))
                 .and_then(|p| p.parse::<u32>().ok())
             {
-                if load.pids.contains(&pid) {
-                    found.insert(pid);
+                if load.pids.contains(&pid) && found.insert(pid) {
+                    whole += usize::from(event_of(line).is_some_and(|e| with_args.contains(&e)));
                 }
             }
         }
-        found.len()
+        (found.len(), whole)
     };
-    let found = settle(count, Duration::from_secs(2), Duration::from_secs(30));
+    let found = settle(|| figures().0, Duration::from_secs(2), Duration::from_secs(30));
+    let enriched = figures().1;
     stop(&mut child);
     let extra = cpu.system - baseline.system * (cpu.window / baseline.window);
     Ok(Row {
@@ -585,7 +600,7 @@ fn auditd_run(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> 
         rate_label: label.to_owned(),
         generated: load.pids.len(),
         found,
-        enriched: None,
+        enriched: Some(enriched),
         evictions: None,
         extra_cpu_pct_per_1k: pct_per_1k(extra, cpu.window, load.pids.len()),
         attributed_cpu_pct_per_1k: pct_per_1k(attributed(&cpu, baseline), cpu.window, load.pids.len()),

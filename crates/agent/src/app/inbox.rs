@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use crate::collect::CollectError;
+use crate::collect::{CollectError, EventBatch};
 use crate::config::CollectorStatus;
 use crate::event::{Event, EventName, PayloadItem};
 
@@ -14,6 +14,8 @@ use crate::event::{Event, EventName, PayloadItem};
 pub(crate) enum RunInput {
     /// An event from a stream collector.
     Event(Event),
+    /// A burst of events from a stream collector, handed over at once.
+    Events(EventBatch),
     /// A synthetic event, whose id is logged once the cache has it.
     Synthetic(Event),
     /// A snapshot collector's result.

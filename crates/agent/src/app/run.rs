@@ -434,6 +434,13 @@ impl Agent {
                     self.pipeline.submit(e, now);
                 }
             }
+            RunInput::Events(batch) => {
+                for event in batch.take() {
+                    for e in self.aggregator.offer(event, now) {
+                        self.pipeline.submit(e, now);
+                    }
+                }
+            }
             RunInput::Synthetic(event) => {
                 let id = event.id();
                 let submitted = self.pipeline.submit(event, now);

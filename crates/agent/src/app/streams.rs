@@ -61,7 +61,11 @@ impl Streams {
                     names: c.names().to_vec(),
                     idle: Some(c),
                     running: None,
-                    sink: EventSink::new(move |event| tx.try_send(RunInput::Event(event)).is_ok()),
+                    sink: {
+                        let batches = tx.clone();
+                        EventSink::new(move |event| tx.try_send(RunInput::Event(event)).is_ok())
+                            .with_batches(move |batch| batches.try_send(RunInput::Events(batch)).is_ok())
+                    },
                 }
             })
             .collect();
@@ -71,6 +75,7 @@ impl Streams {
     /// Starts the collectors whose events are wanted and stops the others.
     pub fn apply(&mut self, config: &Config) {
         for slot in &mut self.slots {
+            slot.sink.set_wanted(|n| config.priority(n) != Priority::Off);
             let wanted = slot.names.iter().any(|n| config.priority(*n) != Priority::Off);
             if wanted && slot.running.is_none() {
                 if let Some(collector) = slot.idle.take() {

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::sys::audit::{
     self, AuditSocket, AuditStatus, Rule, NLGRP_READLOG, STATUS_BACKLOG_LIMIT, STATUS_ENABLED, STATUS_PID,
 };
-use crate::sys::netlink::Received;
+use crate::sys::netlink::{BatchReceived, Received, RecvBatch};
 use crate::sys::safefile::{self, Dir};
 
 /// The key that tags every rule the agent adds (SPEC §3).
@@ -49,14 +49,21 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the manager checks that its rules are still there.
 const RULE_CHECK: Duration = Duration::from_secs(5);
 
-/// The rules ConnectionCreate needs: successful connect/accept/accept4, and connects in
-/// progress (`EINPROGRESS`: non-blocking connects, the common case).
+/// The rules ConnectionCreate needs: successful connect/accept/accept4, connects in progress
+/// (`EINPROGRESS`: non-blocking connects, the common case), successful `listen` calls (the
+/// listening socket's local end is read then, while its process surely lives, for the accepts
+/// on it), and successful `socket` calls of the IPv4 and IPv6 families - their type and
+/// protocol arguments tell a TCP socket from a UDP one even when the socket is closed before
+/// its connect record is read.
 pub fn connection_rules() -> Vec<Rule> {
     let mut ok = audit::connect_syscalls();
     ok.extend(audit::accept_syscalls());
+    ok.extend(audit::listen_syscalls());
     vec![
         Rule::successful(ok, RULE_KEY),
         Rule::failing_with(audit::connect_syscalls(), libc::EINPROGRESS, RULE_KEY),
+        Rule::successful_with_a0(audit::socket_syscalls(), libc::AF_INET as u32, RULE_KEY),
+        Rule::successful_with_a0(audit::socket_syscalls(), libc::AF_INET6 as u32, RULE_KEY),
     ]
 }
 
@@ -435,6 +442,12 @@ impl AuditMember {
         self.sock.recv(buf)
     }
 
+    /// Receives a burst of datagrams with one call (waits at most 200 ms for the first when
+    /// `wait`).
+    pub fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+        self.sock.recv_batch(batch, wait)
+    }
+
     /// Call often: once a second it takes over roles others left and keeps the rules.
     /// Returns the records the kernel reports lost since the last call (manager only, and
     /// only to the member that needs rules, so they are counted once).
@@ -549,10 +562,13 @@ mod tests {
     #[test]
     fn connection_rules_cover_connect_accept_and_in_progress() {
         let rules = connection_rules();
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 4);
         assert!(rules.iter().all(|r| r.key == RULE_KEY));
         assert!(rules[0].syscalls.contains(&(libc::SYS_connect as u32)));
         assert!(rules[0].syscalls.contains(&(libc::SYS_accept4 as u32)));
+        assert!(rules[0].syscalls.contains(&(libc::SYS_listen as u32)));
         assert_eq!(rules[1].syscalls, vec![libc::SYS_connect as u32]);
+        assert_eq!(rules[2].syscalls, vec![libc::SYS_socket as u32]);
+        assert_eq!(rules[3].syscalls, vec![libc::SYS_socket as u32]);
     }
 }

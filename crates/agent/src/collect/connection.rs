@@ -1,12 +1,23 @@
 //! ConnectionCreate: TCP connections to and from the device (SPEC §3).
 //!
-//! - **Audit** (the main source): rules tagged `twinguard` log successful `connect`, `accept`
-//!   and `accept4`, and `connect` returning `EINPROGRESS` (non-blocking connects), IPv4 and
-//!   IPv6. Each event's records (SYSCALL + SOCKADDR + PROCTITLE ...) are reassembled; the
-//!   remote end comes from SOCKADDR, the local end from the socket itself (fd -> inode via
-//!   `/proc/<pid>/fd`, then a sock_diag lookup filtered on the remote end). The socket's
-//!   protocol name (`system.sockprotoname`) keeps UDP connects out; non-INET sockets are
-//!   ignored from their SOCKADDR family.
+//! - **Audit** (the main source): rules tagged `twinguard` log successful `connect`, `accept`,
+//!   `accept4` and `listen`, `connect` returning `EINPROGRESS` (non-blocking connects), and
+//!   successful `socket` calls of the IPv4 and IPv6 families. Each event's records (SYSCALL +
+//!   SOCKADDR + PROCTITLE ...) are reassembled. Every connect and accept of a TCP socket is one
+//!   event, even when the socket is closed before its records are read:
+//!   - *TCP or not* is decided from the records: the `socket` call that made the descriptor
+//!     (its type and protocol arguments), else the live socket's protocol name
+//!     (`system.sockprotoname`), else `EINPROGRESS` (only stream sockets connect in progress);
+//!     for accept, the listening socket's the same way, else the SOCKADDR family. UDP and
+//!     non-INET sockets stay out. A connect nothing decides (a socket made before the rules,
+//!     closed before it is read) is counted in the status note, not guessed.
+//!   - *The remote end* comes from SOCKADDR (for a bare accept, from the socket).
+//!   - *The local end* from the socket (fd -> inode via `/proc/<pid>/fd`, then a sock_diag
+//!     lookup filtered on the remote end). For accept, when the accepted socket is gone: one
+//!     socket (also TIME_WAIT) with that remote end, else the listening socket (accept's a0),
+//!     whose local end was read at its `listen` or at an earlier accept - the port, and the
+//!     address unless it listens on a wildcard one. What is not known is listed in
+//!     `ExtraDetails.Missing` (docs/extra-details.md).
 //! - **Polling** (always on beside audit, and the fallback without it): processes that existed
 //!   before audit was first enabled are never audited by the kernel, so every few seconds a
 //!   sock_diag dump of TCP sockets is compared with the previous one; a connected socket not
@@ -27,7 +38,7 @@ use crate::sys::audit::{
     self, Assembler, AuditEvent, SockAddr, AUDIT_PROCTITLE, AUDIT_SOCKADDR, AUDIT_SYSCALL,
 };
 use crate::sys::fs::Root;
-use crate::sys::netlink::Received;
+use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procfd;
 use crate::sys::procinfo::{self, ProcDir};
 use crate::sys::procnet::ProcNetSocket;
@@ -43,6 +54,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 const AUDIT_RETRY: Duration = Duration::from_secs(60);
 /// Most sockets read in one poll.
 const MAX_SOCKETS: usize = 100_000;
+/// Audit datagrams taken per receive call.
+const RECV_SLOTS: usize = 32;
 /// Most new connections reported per poll (a burst beyond is counted, not reported).
 const MAX_NEW_PER_POLL: usize = 10_000;
 
@@ -55,16 +68,22 @@ const SOURCE_POLL: &str = "sock_diag polling";
 pub struct AuditedConnection {
     /// The process.
     pub pid: u32,
+    /// Its parent (a child inherits the parent's sockets).
+    pub ppid: Option<u32>,
     /// Its real uid.
     pub uid: Option<u32>,
     /// Its executable.
     pub executable: Option<String>,
     /// Its command line from PROCTITLE (at most 128 bytes: the kernel cuts it).
     pub proctitle: Option<String>,
+    /// PROCTITLE has the kernel's full 128 bytes: the command line was probably longer.
+    pub proctitle_cut: bool,
     /// Out for connect, In for accept.
     pub direction: Direction,
     /// The socket's descriptor in the process (connect's a0, accept's return value).
     pub fd: u64,
+    /// For accept: the listening socket's descriptor (a0).
+    pub listener: Option<u64>,
     /// The remote end, when the event has a SOCKADDR (accept without an address has none).
     pub remote: Option<(IpAddr, u16, u32)>,
     /// `connect` returned EINPROGRESS.
@@ -73,9 +92,42 @@ pub struct AuditedConnection {
     pub syscall: &'static str,
 }
 
-/// Reads the connection out of a reassembled audit event; `None` when the event is not one of
-/// ours or not an INET connection (UNIX, netlink ... sockets).
-pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
+/// A socket a `socket` call created: which process and descriptor, and whether it is TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditedSocket {
+    /// The process.
+    pub pid: u32,
+    /// The new descriptor.
+    pub fd: u64,
+    /// A stream socket of protocol 0, TCP or MPTCP (IPv4 or IPv6).
+    pub tcp: bool,
+}
+
+/// What one of our audit events says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audited {
+    /// A connect or accept.
+    Connection(AuditedConnection),
+    /// An IPv4/IPv6 socket was created.
+    Socket(AuditedSocket),
+    /// A socket started listening: (pid, fd).
+    Listen(u32, u64),
+}
+
+/// The most bytes of command line a PROCTITLE record carries (the kernel cuts the rest).
+const PROCTITLE_MAX: usize = 128;
+
+/// Whether `socket(family, type, protocol)` arguments make a TCP socket: `SOCK_STREAM` (the
+/// low 4 bits of the type; `SOCK_NONBLOCK`/`SOCK_CLOEXEC` are flags above) with protocol 0,
+/// `IPPROTO_TCP` or `IPPROTO_MPTCP`. SCTP stream sockets (`IPPROTO_SCTP`) are not TCP.
+pub fn socket_args_are_tcp(kind: u64, protocol: u64) -> bool {
+    const IPPROTO_MPTCP: u64 = 262;
+    kind & 0xf == libc::SOCK_STREAM as u64 && matches!(protocol, 0 | 6 | IPPROTO_MPTCP)
+}
+
+/// Reads a reassembled audit event of ours; `None` when the event is not one of ours or not
+/// an INET connection or socket (UNIX, netlink ... sockets).
+pub fn audited(event: &AuditEvent) -> Option<Audited> {
     let sys = event.record(AUDIT_SYSCALL)?;
     let f = audit::fields(&sys.body);
     if audit::get(&f, "key").and_then(audit::untrusted).as_deref() != Some(RULE_KEY) {
@@ -84,11 +136,26 @@ pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
     let nr: u32 = audit::get(&f, "syscall")?.parse().ok()?;
     let exit: i64 = audit::get(&f, "exit")?.parse().ok()?;
     let success = audit::get(&f, "success") == Some("yes");
-    let (direction, fd) = if audit::connect_syscalls().contains(&nr) {
-        let a0 = u64::from_str_radix(audit::get(&f, "a0")?, 16).ok()?;
-        (Direction::Out, a0)
+    let arg = |name: &str| audit::get(&f, name).and_then(|a| u64::from_str_radix(a, 16).ok());
+    let pid: u32 = audit::get(&f, "pid")?.parse().ok()?;
+    if audit::socket_syscalls().contains(&nr) {
+        let family = arg("a0")?;
+        if !success || (family != libc::AF_INET as u64 && family != libc::AF_INET6 as u64) {
+            return None;
+        }
+        return Some(Audited::Socket(AuditedSocket {
+            pid,
+            fd: u64::try_from(exit).ok()?,
+            tcp: socket_args_are_tcp(arg("a1")?, arg("a2")?),
+        }));
+    }
+    if audit::listen_syscalls().contains(&nr) {
+        return success.then_some(Audited::Listen(pid, arg("a0")?));
+    }
+    let (direction, fd, listener) = if audit::connect_syscalls().contains(&nr) {
+        (Direction::Out, arg("a0")?, None)
     } else if audit::accept_syscalls().contains(&nr) {
-        (Direction::In, u64::try_from(exit).ok()?)
+        (Direction::In, u64::try_from(exit).ok()?, arg("a0"))
     } else {
         return None;
     };
@@ -106,8 +173,15 @@ pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
         None if direction == Direction::Out => return None,
         None => None,
     };
-    Some(AuditedConnection {
-        pid: audit::get(&f, "pid")?.parse().ok()?,
+    let proctitle_raw = event
+        .record(AUDIT_PROCTITLE)
+        .and_then(|r| audit::get(&audit::fields(&r.body), "proctitle").map(str::to_owned));
+    Some(Audited::Connection(AuditedConnection {
+        pid,
+        proctitle_cut: proctitle_raw
+            .as_deref()
+            .is_some_and(|p| !p.starts_with('"') && p.len() >= 2 * PROCTITLE_MAX),
+        ppid: audit::get(&f, "ppid").and_then(|p| p.parse().ok()),
         uid: audit::get(&f, "uid").and_then(|u| u.parse().ok()),
         executable: audit::get(&f, "exe").and_then(audit::untrusted),
         proctitle: event
@@ -115,10 +189,63 @@ pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
             .and_then(|r| audit::get(&audit::fields(&r.body), "proctitle").and_then(audit::proctitle)),
         direction,
         fd,
+        listener,
         remote,
         in_progress,
         syscall: audit::syscall_name(nr),
-    })
+    }))
+}
+
+/// The connection of an audit event, if it is one (see [`audited`]).
+pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
+    match audited(event)? {
+        Audited::Connection(c) => Some(c),
+        Audited::Socket(_) | Audited::Listen(..) => None,
+    }
+}
+
+/// What the audited `socket`, `accept` and `accept4` calls said about descriptors:
+/// (pid, fd) -> TCP or not, the latest call for a descriptor winning. Bounded: past
+/// [`SocketKinds::MAX`] descriptors the oldest are forgotten.
+#[derive(Debug, Default)]
+pub struct SocketKinds {
+    kinds: HashMap<(u32, u64), (bool, u64)>,
+    order: std::collections::VecDeque<((u32, u64), u64)>,
+    next: u64,
+}
+
+impl SocketKinds {
+    /// Most descriptors remembered.
+    pub const MAX: usize = 65_536;
+
+    /// Notes that `pid`'s descriptor `fd` is now a socket, TCP or not.
+    pub fn note(&mut self, pid: u32, fd: u64, tcp: bool) {
+        self.next += 1;
+        self.kinds.insert((pid, fd), (tcp, self.next));
+        self.order.push_back(((pid, fd), self.next));
+        while self.order.len() > Self::MAX {
+            if let Some((key, seq)) = self.order.pop_front() {
+                if self.kinds.get(&key).is_some_and(|(_, s)| *s == seq) {
+                    self.kinds.remove(&key);
+                }
+            }
+        }
+        // Entries replaced by a later call leave stale ones in `order`: compact now and then.
+        if self.order.len() > 2 * self.kinds.len() + 1024 {
+            let kinds = &self.kinds;
+            self.order
+                .retain(|(k, seq)| kinds.get(k).is_some_and(|(_, s)| s == seq));
+        }
+    }
+
+    /// Whether `pid`'s descriptor `fd` is TCP, as far as audited calls tell; a descriptor
+    /// unknown for `pid` is looked up for its parent (a child inherits its parent's sockets).
+    pub fn is_tcp(&self, pid: u32, ppid: Option<u32>, fd: u64) -> Option<bool> {
+        self.kinds
+            .get(&(pid, fd))
+            .or_else(|| ppid.and_then(|pp| self.kinds.get(&(pp, fd))))
+            .map(|(tcp, _)| *tcp)
+    }
 }
 
 /// Whether a socket protocol name (`system.sockprotoname`) is TCP.
@@ -214,6 +341,12 @@ pub struct ConnectionCollector {
     unresolved: u64,
     /// Polled connections waiting one poll interval for an audit record (inode, item).
     candidates: Vec<(u64, ConnectionCreate)>,
+    /// What audited calls said about descriptors (TCP or not).
+    kinds: SocketKinds,
+    /// Listening sockets' local ends by inode (read again on a miss).
+    listeners: HashMap<u64, (IpAddr, u16)>,
+    /// Listening sockets' local ends by (pid, fd), as accepts named them.
+    listeners_by_fd: HashMap<(u32, u64), (IpAddr, u16)>,
 }
 
 impl Default for ConnectionCollector {
@@ -254,11 +387,15 @@ fn polled_item(s: &ProcNetSocket, pid: Option<u32>, direction: Direction) -> Con
         .as_ref()
         .and_then(|d| d.read_link("exe").ok())
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let command_line = dir
+    let (command_line, cut) = dir
         .as_ref()
         .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
         .filter(|raw| !raw.is_empty())
-        .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0);
+        .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE))
+        .map_or((None, false), |(text, cut)| (Some(text), cut));
+    if cut {
+        extra.insert("Truncated".into(), "CommandLine".into());
+    }
     if pid.is_none() {
         missing.push("ProcessId");
     }
@@ -305,15 +442,79 @@ impl ConnectionCollector {
             audit_failed: None,
             unresolved: 0,
             candidates: Vec::new(),
+            kinds: SocketKinds::default(),
+            listeners: HashMap::new(),
+            listeners_by_fd: HashMap::new(),
         }
     }
 
+    /// Whether an audited connection's socket is TCP: `None` when nothing tells.
+    ///
+    /// For connect, the `socket` call that made the descriptor (audited since the rules went
+    /// in), else the live socket's protocol name, else `EINPROGRESS` (only a stream socket
+    /// connects in progress). For accept, the listening socket the same way, else the
+    /// SOCKADDR family (only stream sockets accept; INET ones are TCP but for SCTP).
+    fn decide_tcp(&self, c: &AuditedConnection, dir: Option<&ProcDir>, fd_name: &str) -> Option<bool> {
+        let live = |name: &str| {
+            dir.and_then(|d| d.link_xattr(name, "system.sockprotoname").ok())
+                .map(|n| is_tcp_name(&n))
+        };
+        match c.direction {
+            Direction::Out => self
+                .kinds
+                .is_tcp(c.pid, c.ppid, c.fd)
+                .or_else(|| live(fd_name))
+                .or(c.in_progress.then_some(true)),
+            Direction::In => {
+                let listener = c.listener?;
+                self.kinds
+                    .is_tcp(c.pid, c.ppid, listener)
+                    .or_else(|| live(&format!("fd/{listener}")))
+                    .or_else(|| live(fd_name))
+                    .or(c.remote.map(|_| true))
+            }
+        }
+    }
+
+    /// The local end of a listening socket (by inode), from a cache of the listening table
+    /// that is read again when an inode is not in it.
+    fn listener_end(&mut self, diag: &mut TcpDiag, inode: u64) -> Option<(IpAddr, u16)> {
+        if let Some(end) = self.listeners.get(&inode) {
+            return Some(*end);
+        }
+        let mut listening = Vec::new();
+        let _ = diag.dump_all(tcpdiag::LISTENING, MAX_SOCKETS, &mut listening);
+        self.listeners = listening
+            .into_iter()
+            .filter(|s| s.inode != 0)
+            .map(|s| (s.inode, (s.local_ip, s.local_port)))
+            .collect();
+        self.listeners.get(&inode).copied()
+    }
+
+    /// Reads and remembers the local end of `pid`'s listening socket `fd` (`None` when the
+    /// process or the socket is gone, or it is not a TCP listener).
+    fn note_listener(&mut self, diag: &mut TcpDiag, pid: u32, fd: u64) -> Option<(IpAddr, u16)> {
+        let inode = ProcDir::open(pid)
+            .ok()?
+            .read_link(&format!("fd/{fd}"))
+            .ok()
+            .and_then(|l| procfd::socket_inode(&l))?;
+        let end = self.listener_end(diag, inode)?;
+        if self.listeners_by_fd.len() >= SocketKinds::MAX {
+            self.listeners_by_fd.clear();
+        }
+        self.listeners_by_fd.insert((pid, fd), end);
+        Some(end)
+    }
+
     /// Turns an audited connection into its item, looking up the socket; `None` when it is
-    /// not TCP or cannot be named.
+    /// not TCP, or when nothing tells whether it is (counted in the status) or who the remote
+    /// end is (a bare accept whose socket is gone).
     fn resolve(
         &mut self,
         c: AuditedConnection,
-        diag: Option<&mut TcpDiag>,
+        mut diag: Option<&mut TcpDiag>,
         poller: &mut ConnectionPoller,
         audit_id: String,
     ) -> Option<ConnectionCreate> {
@@ -321,28 +522,31 @@ impl ConnectionCollector {
         let mut extra = ExtraDetails::new();
         let dir = ProcDir::open(c.pid).ok();
         let fd_name = format!("fd/{}", c.fd);
-        let inode = dir
-            .as_ref()
-            .and_then(|d| d.read_link(&fd_name).ok())
-            .and_then(|l| procfd::socket_inode(&l));
-        let proto = dir
-            .as_ref()
-            .and_then(|d| d.link_xattr(&fd_name, "system.sockprotoname").ok());
-        match &proto {
-            Some(name) if !is_tcp_name(name) => return None,
-            Some(_) => {}
-            // The socket is gone already. Only a stream socket accepts or connects in progress;
-            // a completed connect could as well have been UDP, so it is not claimed as TCP.
-            None if c.direction == Direction::In || c.in_progress => {}
+        match self.decide_tcp(&c, dir.as_ref(), &fd_name) {
+            Some(true) => {}
+            Some(false) => return None,
             None => {
                 self.unresolved += 1;
                 return None;
             }
         }
+        if c.direction == Direction::In {
+            self.kinds.note(c.pid, c.fd, true);
+        }
+        let inode = dir
+            .as_ref()
+            .and_then(|d| d.read_link(&fd_name).ok())
+            .and_then(|l| procfd::socket_inode(&l));
         // The local end (and, for accept without an address, the remote end) from the socket.
+        // For accept, sockets already closed count too: the remote end of an accepted
+        // connection (the client's address and port) names it among TIME_WAIT ones.
+        let states = match c.direction {
+            Direction::Out => tcpdiag::CONNECTED,
+            Direction::In => tcpdiag::EVER_CONNECTED,
+        };
         let mut found: Option<ProcNetSocket> = None;
-        if let (Some(diag), Some(inode)) = (diag, inode) {
-            let mut out = Vec::new();
+        let mut same_remote = Vec::new();
+        if let Some(diag) = diag.as_deref_mut() {
             let _ = match c.remote {
                 Some((ip, port, _)) => {
                     let family = if ip.is_ipv4() {
@@ -350,14 +554,40 @@ impl ConnectionCollector {
                     } else {
                         libc::AF_INET6
                     } as u8;
-                    diag.dump(family, tcpdiag::CONNECTED, Some((ip, port)), 1024, &mut out)
+                    diag.dump(family, states, Some((ip, port)), 1024, &mut same_remote)
                 }
-                None => diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut out),
+                None if inode.is_some() => diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut same_remote),
+                None => Ok(0),
             };
-            found = out.into_iter().find(|s| s.inode == inode);
+            if let Some(inode) = inode {
+                found = same_remote.iter().find(|s| s.inode == inode).cloned();
+            }
         }
         if let Some(inode) = inode {
             poller.audited(inode);
+        }
+        let mut listening_end: Option<(IpAddr, u16)> = None;
+        if found.is_none() && c.direction == Direction::In {
+            // The listening socket (accept's a0) names the local port, and the address unless
+            // it listens on a wildcard one; remembered per (pid, fd) for when the process is
+            // gone by the time a later accept is read.
+            if let Some(l) = c.listener {
+                listening_end = self
+                    .listeners_by_fd
+                    .get(&(c.pid, l))
+                    .or_else(|| c.ppid.and_then(|pp| self.listeners_by_fd.get(&(pp, l))))
+                    .copied();
+                if let (None, Some(diag)) = (listening_end, diag) {
+                    listening_end = self.note_listener(diag, c.pid, l);
+                }
+            }
+            // One socket with that remote end (on the listening port, when known) is this one.
+            let mut candidates = same_remote
+                .iter()
+                .filter(|s| listening_end.is_none_or(|(_, port)| s.local_port == port));
+            if let (Some(one), None) = (candidates.next(), candidates.next()) {
+                found = Some(one.clone());
+            }
         }
         let (remote_ip, remote_port, scope) = match (c.remote, &found) {
             (Some(r), _) => r,
@@ -374,22 +604,39 @@ impl ConnectionCollector {
         if scope != 0 {
             extra.insert("ScopeId".into(), scope_name(scope));
         }
-        let (local_address, local_port) = match &found {
-            Some(s) => (Some(canonical(s.local_ip).0), Some(s.local_port.to_string())),
-            None => {
+        let (local_address, local_port) = match (&found, listening_end) {
+            (Some(s), _) => (Some(canonical(s.local_ip).0), Some(s.local_port.to_string())),
+            (None, Some((ip, port))) => {
+                let address = (!ip.is_unspecified()).then(|| canonical(ip).0);
+                if address.is_none() {
+                    missing.push("LocalAddress");
+                }
+                (address, Some(port.to_string()))
+            }
+            (None, None) => {
                 missing.push("LocalAddress");
                 missing.push("LocalPort");
                 (None, None)
             }
         };
-        let command_line = dir
+        // The command line from the process when it still runs, else PROCTITLE (cut by the
+        // kernel at 128 bytes).
+        let (command_line, cut) = match dir
             .as_ref()
             .and_then(|d| d.read("cmdline", procinfo::MAX_CMDLINE + 1).ok())
             .filter(|raw| !raw.is_empty())
-            .map(|raw| procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE).0)
-            .or(c.proctitle);
+        {
+            Some(raw) => {
+                let (text, cut) = procinfo::join_cmdline(&raw, procinfo::MAX_CMDLINE);
+                (Some(text), cut)
+            }
+            None => (c.proctitle, c.proctitle_cut),
+        };
         if command_line.is_none() {
             missing.push("CommandLine");
+        }
+        if cut {
+            extra.insert("Truncated".into(), "CommandLine".into());
         }
         if c.executable.is_none() {
             missing.push("Executable");
@@ -529,21 +776,25 @@ impl StreamCollector for ConnectionCollector {
         }
         let mut next_poll = Instant::now() + POLL_INTERVAL;
         let mut assembler = Assembler::default();
-        let mut buf = vec![0u8; audit::RECV_BUFFER_BYTES];
+        let mut datagrams = RecvBatch::new(RECV_SLOTS, audit::RECV_BUFFER_BYTES);
+        let mut waiting = true;
         while !stop.is_stopped() {
             let mut complete = Vec::new();
             if let Some(m) = member.as_mut() {
-                match m.recv(&mut buf) {
-                    Ok(Received::Data { len, .. }) => {
-                        if let Some(record) =
-                            audit::datagram_record(&buf[..len]).and_then(|(k, t)| audit::parse_record(k, t))
-                        {
-                            complete.extend(assembler.push(record, now_ms(start)));
+                match m.recv_batch(&mut datagrams, waiting) {
+                    Ok(BatchReceived::Data(_)) => {
+                        for (d, _) in datagrams.datagrams() {
+                            if let Some(record) =
+                                audit::datagram_record(d).and_then(|(k, t)| audit::parse_record(k, t))
+                            {
+                                complete.extend(assembler.push(record, now_ms(start)));
+                            }
                         }
+                        waiting = false;
                     }
-                    Ok(Received::Timeout) => {}
+                    Ok(BatchReceived::Timeout) => waiting = true,
                     // The count is unknown; one is the least that was lost.
-                    Ok(Received::Overrun) => sink.count_losses(1),
+                    Ok(BatchReceived::Overrun) => sink.count_losses(1),
                     Err(e) => {
                         return Err(CollectError::Failed {
                             source_name: "audit netlink".into(),
@@ -574,15 +825,33 @@ impl StreamCollector for ConnectionCollector {
                     self.audit_failed = self.audit_failed.take().map(|(e, _)| (e, Instant::now()));
                 }
             }
+            let mut ready = Vec::new();
             for event in complete {
                 let id = event.id();
                 let time = event.time_ms;
-                if let Some(c) = audited_connection(&event) {
-                    if let Some(item) = self.resolve(c, diag.as_mut(), &mut poller, id) {
-                        send(sink, item, event_time(time));
+                match audited(&event) {
+                    Some(Audited::Socket(s)) => {
+                        self.kinds.note(s.pid, s.fd, s.tcp);
+                        self.listeners_by_fd.remove(&(s.pid, s.fd));
                     }
+                    Some(Audited::Connection(c)) => {
+                        if let Some(item) = self.resolve(c, diag.as_mut(), &mut poller, id) {
+                            match Event::new(EventName::ConnectionCreate, vec![item.into()], event_time(time))
+                            {
+                                Ok(e) => ready.push(e),
+                                Err(e) => debug!("connection event not built: {e}"),
+                            }
+                        }
+                    }
+                    Some(Audited::Listen(pid, fd)) => {
+                        if let Some(d) = diag.as_mut() {
+                            self.note_listener(d, pid, fd);
+                        }
+                    }
+                    None => {}
                 }
             }
+            sink.send_all(ready);
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + POLL_INTERVAL;
                 if let Some(d) = diag.as_mut() {
@@ -597,7 +866,7 @@ impl StreamCollector for ConnectionCollector {
         let mut s = self.status.clone();
         if self.unresolved > 0 {
             let note = format!(
-                "{} connections closed before their socket could be read",
+                "{} connections not reported: closed before their socket could be read, and neither their protocol nor (bare accept) their remote end known from audit",
                 self.unresolved
             );
             s.note = Some(match s.note {
@@ -805,6 +1074,67 @@ mod tests {
             ),
             Direction::In
         );
+    }
+
+    const SYS_SOCKET: &str = "arch=c000003e syscall=41 success=yes exit=5 a0=a a1=80801 a2=0 a3=0 items=0 ppid=1 pid=321 auid=4294967295 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=4294967295 comm=\"curl\" exe=\"/usr/bin/curl\" key=\"twinguard\"";
+
+    #[test]
+    fn socket_and_listen_records_are_read_and_udp_sockets_are_not_tcp() {
+        let sys = SYS_SOCKET.replace("syscall=41", &format!("syscall={}", libc::SYS_socket));
+        assert_eq!(
+            audited(&event(&[(AUDIT_SYSCALL, &sys)])),
+            Some(Audited::Socket(AuditedSocket {
+                pid: 321,
+                fd: 5,
+                tcp: true
+            }))
+        );
+        let udp = sys.replace("a1=80801", "a1=80002");
+        assert!(matches!(
+            audited(&event(&[(AUDIT_SYSCALL, &udp)])),
+            Some(Audited::Socket(AuditedSocket { tcp: false, .. }))
+        ));
+        let sctp = sys.replace("a2=0", "a2=84");
+        assert!(matches!(
+            audited(&event(&[(AUDIT_SYSCALL, &sctp)])),
+            Some(Audited::Socket(AuditedSocket { tcp: false, .. }))
+        ));
+        let unix = sys.replace("a0=a", "a0=1");
+        assert_eq!(audited(&event(&[(AUDIT_SYSCALL, &unix)])), None);
+        let listen = sys
+            .replace(
+                &format!("syscall={}", libc::SYS_socket),
+                &format!("syscall={}", libc::SYS_listen),
+            )
+            .replace("exit=5", "exit=0")
+            .replace("a0=a", "a0=7");
+        assert_eq!(
+            audited(&event(&[(AUDIT_SYSCALL, &listen)])),
+            Some(Audited::Listen(321, 7))
+        );
+        let accept = SYS_CONNECT
+            .replace("syscall=42", &format!("syscall={}", libc::SYS_accept4))
+            .replace("exit=0", "exit=9")
+            .replace("a0=1f", "a0=7");
+        let c = audited_connection(&event(&[(AUDIT_SYSCALL, &accept)])).unwrap();
+        assert_eq!((c.fd, c.listener, c.ppid), (9, Some(7), Some(1)));
+    }
+
+    #[test]
+    fn socket_kinds_keep_the_latest_call_fall_back_to_the_parent_and_stay_bounded() {
+        let mut k = SocketKinds::default();
+        k.note(10, 3, true);
+        assert_eq!(k.is_tcp(10, None, 3), Some(true));
+        k.note(10, 3, false);
+        assert_eq!(k.is_tcp(10, None, 3), Some(false), "the descriptor was reused");
+        assert_eq!(k.is_tcp(11, Some(10), 3), Some(false), "inherited");
+        assert_eq!(k.is_tcp(11, Some(12), 3), None);
+        for fd in 0..(SocketKinds::MAX as u64 + 10) {
+            k.note(20, fd, true);
+        }
+        assert!(k.kinds.len() <= SocketKinds::MAX && k.order.len() <= 2 * SocketKinds::MAX + 1024);
+        assert_eq!(k.is_tcp(10, None, 3), None, "the oldest are forgotten");
+        assert_eq!(k.is_tcp(20, None, SocketKinds::MAX as u64 + 9), Some(true));
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod stream;
 pub mod system_information;
 pub mod user_names;
 
-pub use stream::{EventSink, StopSignal, StreamCollector};
+pub use stream::{EventBatch, EventSink, StopSignal, StreamCollector};
 
 use crate::config::CollectorStatus;
 use crate::event::{EventName, PayloadItem};

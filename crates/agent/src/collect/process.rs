@@ -15,14 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, warn};
 
 use crate::config::CollectorStatus;
 use crate::event::{Event, EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
 use crate::sys::cnproc::{self, LossCounter, ProcConnector, ProcEvent, ProcMessage};
-use crate::sys::netlink::Received;
+use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procinfo::{self, ProcDir, ProcessInfo};
 
 use super::user_names::UserNames;
@@ -331,6 +331,18 @@ fn read_process(pid: u32, needs: Needs) -> Option<ProcessInfo> {
     Some(info)
 }
 
+/// Reads only the executable of `pid` (what ProcessTerminate needs of an exec).
+fn read_executable(pid: u32) -> Option<ProcessInfo> {
+    let dir = ProcDir::open(pid).ok()?;
+    Some(ProcessInfo {
+        executable: dir
+            .read_link("exe")
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ..ProcessInfo::default()
+    })
+}
+
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -357,6 +369,11 @@ fn seed(tracker: &mut ProcessTracker) {
 
 /// Most items gathered before they are handed over, while the socket still has messages.
 const MAX_BATCH: usize = 256;
+/// How long gathered items may wait before they are handed over: one wake-up of the run loop
+/// per this interval under a steady stream, instead of one per event.
+const HAND_OVER_AFTER: Duration = Duration::from_millis(100);
+/// Datagrams taken per receive call.
+const RECV_SLOTS: usize = 64;
 
 impl StreamCollector for ProcessCollector {
     fn names(&self) -> &[EventName] {
@@ -396,19 +413,31 @@ impl StreamCollector for ProcessCollector {
             if lost > 0 {
                 sink.count_losses(lost);
             }
-            if let Some(item) = tracker.apply(msg, &mut read_process, &mut |uid| users.name(uid), &alive) {
-                batch.push((item, wall));
+            // The priorities in force: an exec read for ProcessTerminate only needs the
+            // executable; an event that is Off is not built.
+            let create = sink.wants(EventName::ProcessCreate);
+            let mut read = |pid: u32, needs: Needs| {
+                if create {
+                    read_process(pid, needs)
+                } else {
+                    read_executable(pid)
+                }
+            };
+            if let Some(item) = tracker.apply(msg, &mut read, &mut |uid| users.name(uid), &alive) {
+                if sink.wants(item.name()) {
+                    batch.push((item, wall));
+                }
             }
         };
         let hand_over = |batch: &mut Vec<(PayloadItem, SystemTime)>| {
+            let mut events = Vec::with_capacity(batch.len());
             for (item, wall) in batch.drain(..) {
                 match Event::new(item.name(), vec![item], wall) {
-                    Ok(event) => {
-                        sink.send(event);
-                    }
+                    Ok(event) => events.push(event),
                     Err(e) => debug!("process event not built: {e}"),
                 }
             }
+            sink.send_all(events);
         };
         let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
         for msg in &early {
@@ -420,34 +449,49 @@ impl StreamCollector for ProcessCollector {
             );
         }
         hand_over(&mut batch);
-        // Each message is about 100 bytes, one per datagram.
-        let mut buf = vec![0u8; 4096];
+        // Each message is about 100 bytes, one per datagram: one system call takes a burst.
+        let mut datagrams = RecvBatch::new(RECV_SLOTS, 512);
         let mut waiting = true;
+        // When the first item not yet handed over was gathered.
+        let mut oldest: Option<Instant> = None;
         while !stop.is_stopped() {
-            let received = if waiting {
-                conn.recv(&mut buf)
-            } else {
-                conn.recv_nowait(&mut buf)
-            };
-            match received {
-                Ok(Received::Data { len, .. }) => {
+            match conn.recv_batch(&mut datagrams, waiting) {
+                Ok(BatchReceived::Data(_)) => {
                     let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
-                    for msg in cnproc::parse_datagram(&buf[..len]).into_iter().flatten() {
-                        take(
-                            &mut tracker,
-                            &msg,
-                            wall_time(msg.timestamp_ns, mono, wall),
-                            &mut batch,
-                        );
+                    for (d, _) in datagrams.datagrams() {
+                        for msg in cnproc::parse_datagram(d).into_iter().flatten() {
+                            take(
+                                &mut tracker,
+                                &msg,
+                                wall_time(msg.timestamp_ns, mono, wall),
+                                &mut batch,
+                            );
+                        }
                     }
                     waiting = false;
-                    if batch.len() >= MAX_BATCH {
+                    if batch.is_empty() {
+                        oldest = None;
+                    } else if oldest.is_none() {
+                        oldest = Some(Instant::now());
+                    }
+                    if batch.len() >= MAX_BATCH || oldest.is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER) {
                         hand_over(&mut batch);
+                        oldest = None;
                     }
                     continue;
                 }
-                Ok(Received::Timeout) => {}
-                Ok(Received::Overrun) => {
+                Ok(BatchReceived::Timeout) if !waiting => {
+                    // Drained: wait again; what was gathered goes when the batch is full, old
+                    // enough, or the socket stays quiet for a whole receive timeout.
+                    waiting = true;
+                    if oldest.is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER) {
+                        hand_over(&mut batch);
+                        oldest = None;
+                    }
+                    continue;
+                }
+                Ok(BatchReceived::Timeout) => {}
+                Ok(BatchReceived::Overrun) => {
                     // The sequence gaps of the next messages count exactly what was lost.
                     overruns += 1;
                     if overruns.is_power_of_two() {
@@ -465,8 +509,9 @@ impl StreamCollector for ProcessCollector {
                     })
                 }
             }
-            // Drained (or timed out): hand over what was gathered, then wait again.
+            // Quiet for a receive timeout: hand over what was gathered, then wait again.
             hand_over(&mut batch);
+            oldest = None;
             waiting = true;
         }
         hand_over(&mut batch);

@@ -2,7 +2,7 @@
 //! (process connector, audit, wtmp). They know nothing of the cache or transports: they hand
 //! events to an [`EventSink`], which never blocks, and watch a [`StopSignal`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::CollectorStatus;
@@ -16,7 +16,14 @@ use super::CollectError;
 #[derive(Clone)]
 pub struct EventSink {
     deliver: Arc<dyn Fn(Event) -> bool + Send + Sync>,
+    /// Hands several events over at once; false when the batch could not be taken.
+    deliver_batch: Option<Arc<dyn Fn(EventBatch) -> bool + Send + Sync>>,
+    /// Events in batches handed over and not yet taken by the agent.
+    in_batches: Arc<AtomicUsize>,
     losses: Arc<AtomicU64>,
+    /// The event names not Off in the configuration in force, one bit per
+    /// [`EventName::ALL`] index (all set until the agent says otherwise).
+    wanted: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EventSink {
@@ -32,8 +39,67 @@ impl EventSink {
     pub fn new(deliver: impl Fn(Event) -> bool + Send + Sync + 'static) -> EventSink {
         EventSink {
             deliver: Arc::new(deliver),
+            deliver_batch: None,
+            in_batches: Arc::new(AtomicUsize::new(0)),
             losses: Arc::new(AtomicU64::new(0)),
+            wanted: Arc::new(AtomicU64::new(u64::MAX)),
         }
+    }
+
+    /// Adds a way to hand over several events at once (one channel message for a burst);
+    /// `deliver` returns false when the batch could not be taken.
+    pub fn with_batches(mut self, deliver: impl Fn(EventBatch) -> bool + Send + Sync + 'static) -> EventSink {
+        self.deliver_batch = Some(Arc::new(deliver));
+        self
+    }
+
+    /// Hands events to the agent, at once when the sink takes batches (and fewer than
+    /// [`MAX_IN_BATCHES`] events wait in batches: the memory bound), else one by one; the ones
+    /// that could not be taken are counted as losses. Returns how many were taken.
+    pub fn send_all(&self, events: Vec<Event>) -> usize {
+        let n = events.len();
+        match &self.deliver_batch {
+            Some(deliver) if n > 1 && self.in_batches.load(Ordering::Relaxed) + n <= MAX_IN_BATCHES => {
+                self.in_batches.fetch_add(n, Ordering::Relaxed);
+                let batch = EventBatch {
+                    events,
+                    counted: n,
+                    in_batches: self.in_batches.clone(),
+                };
+                if deliver(batch) {
+                    n
+                } else {
+                    // The batch was dropped (its count given back): all of it is lost.
+                    self.losses.fetch_add(n as u64, Ordering::Relaxed);
+                    0
+                }
+            }
+            _ => {
+                let mut taken = 0;
+                for e in events {
+                    taken += usize::from(self.send(e));
+                }
+                taken
+            }
+        }
+    }
+
+    /// Whether `name` is wanted (not Off) in the configuration in force: a collector making
+    /// several events skips the work of the ones nobody wants.
+    pub fn wants(&self, name: EventName) -> bool {
+        let bit = EventName::ALL.iter().position(|n| *n == name).unwrap_or(63);
+        self.wanted.load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    /// Tells the collectors behind this sink which events are wanted.
+    pub fn set_wanted(&self, wanted: impl Fn(EventName) -> bool) {
+        let mut bits = 0u64;
+        for (i, n) in EventName::ALL.iter().enumerate() {
+            if wanted(*n) {
+                bits |= 1 << i;
+            }
+        }
+        self.wanted.store(bits, Ordering::Relaxed);
     }
 
     /// Hands an event to the agent; false (and a counted loss) when the channel is full.
@@ -54,6 +120,31 @@ impl EventSink {
     /// Events lost so far.
     pub fn losses(&self) -> u64 {
         self.losses.load(Ordering::Relaxed)
+    }
+}
+
+/// Most events waiting in batches handed over by one sink (beside the channel's own bound).
+pub const MAX_IN_BATCHES: usize = 4096;
+
+/// Events handed over at once; the sink's count of waiting events drops when it is dropped.
+#[derive(Debug)]
+pub struct EventBatch {
+    /// The events, in order.
+    pub events: Vec<Event>,
+    counted: usize,
+    in_batches: Arc<AtomicUsize>,
+}
+
+impl EventBatch {
+    /// Takes the events out (the batch no longer counts as waiting).
+    pub fn take(mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+impl Drop for EventBatch {
+    fn drop(&mut self) {
+        self.in_batches.fetch_sub(self.counted, Ordering::Relaxed);
     }
 }
 

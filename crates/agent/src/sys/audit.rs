@@ -20,7 +20,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use super::netlink::{self, NetlinkSocket, Received, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
+use super::netlink::{
+    self, BatchReceived, NetlinkSocket, Received, RecvBatch, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_REQUEST,
+};
 
 /// `NETLINK_AUDIT`.
 const NETLINK_AUDIT: libc::c_int = 9;
@@ -62,6 +65,8 @@ const FIELD_ARCH: u32 = 11;
 const FIELD_EXIT: u32 = 103;
 const FIELD_SUCCESS: u32 = 104;
 const FIELD_FILTERKEY: u32 = 210;
+/// `AUDIT_ARG0`: the syscall's first argument.
+const FIELD_ARG0: u32 = 200;
 const OP_EQUAL: u32 = 0x4000_0000;
 /// `AUDIT_FILTER_EXIT`, `AUDIT_ALWAYS`.
 const FILTER_EXIT: u32 = 0x04;
@@ -98,6 +103,16 @@ pub fn connect_syscalls() -> Vec<u32> {
     vec![libc::SYS_connect as u32]
 }
 
+/// The syscall number of `socket` on this architecture.
+pub fn socket_syscalls() -> Vec<u32> {
+    vec![libc::SYS_socket as u32]
+}
+
+/// The syscall number of `listen` on this architecture.
+pub fn listen_syscalls() -> Vec<u32> {
+    vec![libc::SYS_listen as u32]
+}
+
 /// The syscall numbers of `accept` and `accept4` on this architecture (32-bit x86 has only
 /// `accept4` as a direct syscall).
 pub fn accept_syscalls() -> Vec<u32> {
@@ -115,6 +130,10 @@ pub fn accept_syscalls() -> Vec<u32> {
 pub fn syscall_name(nr: u32) -> &'static str {
     if connect_syscalls().contains(&nr) {
         "connect"
+    } else if socket_syscalls().contains(&nr) {
+        "socket"
+    } else if listen_syscalls().contains(&nr) {
+        "listen"
     } else if nr == libc::SYS_accept4 as u32 {
         "accept4"
     } else if accept_syscalls().contains(&nr) {
@@ -192,6 +211,15 @@ impl Rule {
         Rule {
             syscalls,
             fields: vec![(FIELD_ARCH, native_arch()), (FIELD_SUCCESS, 1)],
+            key: key.to_owned(),
+        }
+    }
+
+    /// `-a exit,always -F arch=<native> -S <syscalls> -F a0=<a0> -F success=1 -k <key>`.
+    pub fn successful_with_a0(syscalls: Vec<u32>, a0: u32, key: &str) -> Rule {
+        Rule {
+            syscalls,
+            fields: vec![(FIELD_ARCH, native_arch()), (FIELD_ARG0, a0), (FIELD_SUCCESS, 1)],
             key: key.to_owned(),
         }
     }
@@ -714,6 +742,17 @@ impl AuditSocket {
             });
         }
         self.sock.recv(buf)
+    }
+
+    /// Receives a burst of datagrams with one call (stashed ones first, alone); see
+    /// [`NetlinkSocket::recv_batch`].
+    pub fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+        if !self.stash.is_empty() {
+            let take = self.stash.len().min(batch.slots());
+            let n = batch.load(self.stash.drain(..take));
+            return Ok(BatchReceived::Data(n));
+        }
+        self.sock.recv_batch(batch, wait)
     }
 }
 

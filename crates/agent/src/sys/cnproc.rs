@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use super::netlink::{self, NetlinkSocket, Received, NLMSG_DONE};
+use super::netlink::{self, BatchReceived, NetlinkSocket, Received, RecvBatch, NLMSG_DONE};
 
 /// `NETLINK_CONNECTOR`.
 const NETLINK_CONNECTOR: libc::c_int = 11;
@@ -302,6 +302,11 @@ impl ProcConnector {
     /// Receives one datagram (see [`NetlinkSocket::recv`]).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         self.sock.recv(buf)
+    }
+
+    /// Receives a burst of datagrams with one call (see [`NetlinkSocket::recv_batch`]).
+    pub fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+        self.sock.recv_batch(batch, wait)
     }
 
     /// Receives one datagram if one is queued (`Timeout` otherwise).

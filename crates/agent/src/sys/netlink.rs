@@ -370,6 +370,136 @@ impl NetlinkSocket {
     }
 }
 
+/// What one [`NetlinkSocket::recv_batch`] call got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchReceived {
+    /// This many datagrams are in the batch (at least one).
+    Data(usize),
+    /// Nothing came within the receive timeout (or nothing was queued, without waiting).
+    Timeout,
+    /// The kernel dropped datagrams: the socket's receive buffer overflowed (`ENOBUFS`).
+    Overrun,
+}
+
+/// Buffers for receiving several datagrams with one `recvmmsg` call.
+#[derive(Debug)]
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    /// Per slot: received length, whether it was cut, whether it came from the kernel.
+    got: Vec<(usize, bool, bool)>,
+    count: usize,
+}
+
+impl RecvBatch {
+    /// `slots` buffers of `size` bytes each (both at least 1).
+    pub fn new(slots: usize, size: usize) -> RecvBatch {
+        let slots = slots.clamp(1, 1024);
+        RecvBatch {
+            bufs: vec![vec![0u8; size.max(1)]; slots],
+            got: vec![(0, false, false); slots],
+            count: 0,
+        }
+    }
+
+    /// Puts datagrams kept aside earlier into the batch (as many as it has slots, cut to
+    /// the slot size); returns how many it took.
+    pub fn load(&mut self, mut kept: impl Iterator<Item = Vec<u8>>) -> usize {
+        self.count = 0;
+        for (buf, got) in self.bufs.iter_mut().zip(self.got.iter_mut()) {
+            let Some(d) = kept.next() else { break };
+            let n = d.len().min(buf.len());
+            buf[..n].copy_from_slice(&d[..n]);
+            *got = (n, n < d.len(), true);
+            self.count += 1;
+        }
+        self.count
+    }
+
+    /// Slots in the batch.
+    pub fn slots(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// The datagrams of the last call that came from the kernel, each with whether it was cut
+    /// to the buffer's size.
+    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        self.bufs
+            .iter()
+            .zip(&self.got)
+            .take(self.count)
+            .filter(|(_, (_, _, kernel))| *kernel)
+            .map(|(b, (len, cut, _))| (&b[..*len], *cut))
+    }
+}
+
+impl NetlinkSocket {
+    /// Receives up to a batch of datagrams with one system call: waits (up to the receive
+    /// timeout) for the first when `wait`, then takes what else is queued without waiting.
+    /// One wake-up per burst instead of one per datagram.
+    pub fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+        let slots = batch.bufs.len();
+        // SAFETY: sockaddr_nl is plain data for which all-zero is valid.
+        let mut from: Vec<libc::sockaddr_nl> = vec![unsafe { std::mem::zeroed() }; slots];
+        let mut iov: Vec<libc::iovec> = batch
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data for which all-zero is valid.
+        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; slots];
+        for (i, h) in headers.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = (&mut from[i] as *mut libc::sockaddr_nl).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        let flags = if wait {
+            libc::MSG_WAITFORONE
+        } else {
+            libc::MSG_DONTWAIT
+        };
+        batch.count = 0;
+        loop {
+            // SAFETY: every header points at a live iovec over a live buffer of the stated
+            // length and at a live sockaddr_nl of the stated size; `headers` holds `slots`
+            // entries; all outlive the call. A null timeout: the socket's own timeout applies.
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    slots as libc::c_uint,
+                    flags,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => Ok(BatchReceived::Timeout),
+                    Some(libc::ENOBUFS) => Ok(BatchReceived::Overrun),
+                    _ => Err(e),
+                };
+            }
+            let n = usize::try_from(n).unwrap_or(0).min(slots);
+            for i in 0..n {
+                let len = (headers[i].msg_len as usize).min(batch.bufs[i].len());
+                let cut = headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                batch.got[i] = (len, cut, from[i].nl_pid == 0);
+            }
+            batch.count = n;
+            return Ok(if n == 0 {
+                BatchReceived::Timeout
+            } else {
+                BatchReceived::Data(n)
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -36,6 +36,10 @@ pub const LISTEN: u8 = 10;
 /// SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING. TIME_WAIT sockets
 /// have no inode (no owner any more) and are left out.
 pub const CONNECTED: u32 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
+/// `TCP_TIME_WAIT`: closed by this end first; kept a while without an owner.
+pub const TIME_WAIT: u8 = 6;
+/// [`CONNECTED`] and TIME_WAIT and CLOSE: every state a connection can be in after it was made.
+pub const EVER_CONNECTED: u32 = CONNECTED | 1 << TIME_WAIT | 1 << 7;
 /// LISTEN only.
 pub const LISTENING: u32 = 1 << LISTEN;
 

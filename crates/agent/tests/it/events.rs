@@ -898,3 +898,225 @@ fn audit_rules_and_state_left_by_a_killed_agent_are_cleaned_by_the_next() {
         }
     }
 }
+
+/// Two listeners (IPv4 and IPv6 loopback) that accept `n` connections each and close every
+/// one at once; prints the ports, then `done` when all are accepted.
+const CLOSING_SERVER: &str = r#"
+import select, socket, sys
+n = int(sys.argv[1])
+l4 = socket.socket(); l4.bind(("127.0.0.1", 0)); l4.listen(1024)
+l6 = socket.socket(socket.AF_INET6); l6.bind(("::1", 0)); l6.listen(1024)
+print(l4.getsockname()[1], l6.getsockname()[1], flush=True)
+left = {l4: n, l6: n}
+while any(left.values()):
+    ready, _, _ = select.select([l for l in left if left[l]], [], [], 30)
+    if not ready:
+        break
+    for l in ready:
+        c, _ = l.accept(); c.close(); left[l] -= 1
+print("done", flush=True)
+sys.stdin.read()
+"#;
+
+/// Connects `n` times to each port (IPv4, then IPv6), every other connect non-blocking, and
+/// closes each socket at once.
+const CLOSING_CLIENT: &str = r#"
+import socket, sys
+p4, p6, n = map(int, sys.argv[1:4])
+for family, host, port in ((socket.AF_INET, "127.0.0.1", p4), (socket.AF_INET6, "::1", p6)):
+    for i in range(n):
+        s = socket.socket(family)
+        if i % 2:
+            s.setblocking(False)
+        try:
+            s.connect((host, port))
+        except BlockingIOError:
+            pass
+        s.close()
+"#;
+
+/// Starts an agent with `twin`, waits for its audit rules, runs the closing server and client
+/// for `n` connections per family; returns (agent, server pid, client pid, port4, port6).
+fn short_connections(label: &str, twin: &str, n: usize) -> (LiveAgent, u64, u64, u16, u16) {
+    let agent = LiveAgent::start(label, twin);
+    agent.wait_running("ConnectionCreate");
+    // Another agent on this machine may manage audit for a while (with its own rules): wait
+    // until the rules of this version (four) are in place.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        match auditctl(&["-l"]) {
+            Some(rules) if rules.matches("key=twinguard").count() >= 4 => break,
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+            None => {
+                std::thread::sleep(Duration::from_millis(1500));
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = Command::new("/usr/bin/python3")
+        .args(["-c", CLOSING_SERVER, &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let ports: Vec<u16> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let (p4, p6) = (ports[0], ports[1]);
+    let client = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            CLOSING_CLIENT,
+            &p4.to_string(),
+            &p6.to_string(),
+            &n.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    let client_pid = u64::from(client.id());
+    let done = client.wait_with_output().unwrap();
+    assert!(done.status.success());
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "done", "the server did not accept every connection");
+    let server_pid = u64::from(server.id());
+    drop(server.stdin.take());
+    let _ = server.wait();
+    (agent, server_pid, client_pid, p4, p6)
+}
+
+#[test]
+fn connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not() {
+    let test = "connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    if tool("/usr/bin/python3").is_none() {
+        skip(test, "needs /usr/bin/python3 for the client and server processes");
+        return;
+    }
+    const N: usize = 200;
+    let (agent, server, client, p4, p6) = short_connections("ev-short", LIVE_TWIN, N);
+    let count = |items: &[Value], dir: &str, pid: u64, port_field: &str, port: u16| {
+        items
+            .iter()
+            .filter(|v| v["Direction"] == dir && pid_of(v) == pid && port_of(v, port_field) == port)
+            .count()
+    };
+    let t = Instant::now();
+    let mut items = agent.items("ConnectionCreate");
+    while t.elapsed() < Duration::from_secs(20) {
+        let all = [
+            count(&items, "Out", client, "RemotePort", p4),
+            count(&items, "Out", client, "RemotePort", p6),
+            count(&items, "In", server, "LocalPort", p4),
+            count(&items, "In", server, "LocalPort", p6),
+        ];
+        if all.iter().all(|c| *c >= N) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        items = agent.items("ConnectionCreate");
+    }
+    for (port, remote) in [(p4, "127.0.0.1"), (p6, "::1")] {
+        let outs: Vec<&Value> = items
+            .iter()
+            .filter(|v| v["Direction"] == "Out" && port_of(v, "RemotePort") == port)
+            .collect();
+        let ins: Vec<&Value> = items
+            .iter()
+            .filter(|v| {
+                v["Direction"] == "In" && v["RemoteAddress"] == remote && port_of(v, "LocalPort") == port
+            })
+            .collect();
+        let in_any: Vec<&Value> = items
+            .iter()
+            .filter(|v| v["Direction"] == "In" && pid_of(v) == server)
+            .collect();
+        assert_eq!(
+            (outs.len(), ins.len(), in_any.len()),
+            (N, N, 2 * N),
+            "to port {port}: Out, In at the port, In of the server (In ones without it: {:?})",
+            in_any
+                .iter()
+                .filter(|v| port_of(v, "LocalPort") != p4 && port_of(v, "LocalPort") != p6)
+                .map(|v| (&v["LocalAddress"], &v["LocalPort"], &v["ExtraDetails"]["Missing"]))
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        for o in &outs {
+            assert_eq!(pid_of(o), client, "{o}");
+            assert_eq!(o["RemoteAddress"], remote, "{o}");
+            assert_eq!(o["ExtraDetails"]["Source"], "audit", "{o}");
+            let missing = o["ExtraDetails"]["Missing"].as_str().unwrap_or("");
+            if o["LocalPort"].is_null() {
+                assert!(missing.contains("LocalPort"), "{o}");
+            }
+            if o["LocalAddress"].is_null() {
+                assert!(missing.contains("LocalAddress"), "{o}");
+            }
+        }
+        let non_blocking = outs
+            .iter()
+            .filter(|o| o["ExtraDetails"]["InProgress"] == "true")
+            .count();
+        assert!(
+            non_blocking >= N / 2,
+            "{non_blocking} connects in progress of {N}"
+        );
+        for i in &ins {
+            assert_eq!(pid_of(i), server, "{i}");
+            assert_eq!(i["LocalAddress"], remote, "{i}");
+        }
+    }
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn connection_create_repeated_connections_aggregate_into_one_item_with_their_hit_count() {
+    let test = "connection_create_repeated_connections_aggregate_into_one_item_with_their_hit_count";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    if tool("/usr/bin/python3").is_none() {
+        skip(test, "needs /usr/bin/python3 for the client and server processes");
+        return;
+    }
+    const N: usize = 30;
+    let twin = LIVE_TWIN
+        .replace(
+            r#""aggregationEnabledConnectionCreate": {"value": false}"#,
+            r#""aggregationEnabledConnectionCreate": {"value": true}"#,
+        )
+        .replace(
+            r#""highPriorityMessageFrequency": {"value": "PT1S"},"#,
+            r#""highPriorityMessageFrequency": {"value": "PT1S"}, "aggregationIntervalConnectionCreate": {"value": "PT6S"},"#,
+        );
+    let (agent, _server, _client, p4, p6) = short_connections("ev-aggregate", &twin, N);
+    for (port, remote) in [(p4, "127.0.0.1"), (p6, "::1")] {
+        let out = agent.find("ConnectionCreate", "aggregated Out", |v| {
+            v["Direction"] == "Out" && port_of(v, "RemotePort") == port
+        });
+        let inbound = agent.find("ConnectionCreate", "aggregated In", |v| {
+            v["Direction"] == "In" && port_of(v, "LocalPort") == port
+        });
+        for item in [&out, &inbound] {
+            assert_eq!(item["RemoteAddress"], remote, "{item}");
+            assert_eq!(item["ExtraDetails"]["HitCount"], N.to_string(), "{item}");
+            assert_eq!(pid_of(item), 0, "{item}");
+        }
+        let items = agent.items("ConnectionCreate");
+        let same = |dir: &str, field: &str| {
+            items
+                .iter()
+                .filter(|v| v["Direction"] == dir && port_of(v, field) == port)
+                .count()
+        };
+        assert_eq!((same("Out", "RemotePort"), same("In", "LocalPort")), (1, 1));
+    }
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
