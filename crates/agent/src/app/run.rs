@@ -403,6 +403,9 @@ impl Agent {
                 info!(signal = why, "stopping: sending what is due");
                 super::notify::notify_stopping();
                 self.streams.stop_all();
+                // What the collectors lost since the last turn, up to their end, belongs to
+                // the final statistics period.
+                self.account_losses();
                 let now = self.now_ms();
                 // A clean stop flushes open aggregation windows (a crash may lose them).
                 for e in self.aggregator.flush_all(SystemTime::now()) {

@@ -134,15 +134,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline over an open cache, with the configuration in force.
+    /// A pipeline over a cache just opened, with the configuration in force. Its first
+    /// statistics period starts from [`Cache::counters_at_open`] less the previous run's carry.
     pub fn new(mut cache: Cache, config: Config, frame: MessageFrame) -> Pipeline {
         // What the previous run could not store at its stop: its last statistics period
         // (sent with this run's first statistics events) and an open disk-full episode. The
-        // counts it carries are in the cache's counters already: they are the part of them
-        // not yet reported.
+        // counts it carries are in the counters the cache recovered from its files: they are
+        // the part of them not yet reported. The period starts there, before the drops the
+        // open itself counted (evictions for a smaller cache, lost entries), so those are in
+        // this run's first period too.
         let carry = cache.take_carry();
         let carried = PeriodCounts::from_carry(&carry);
-        let at_open = cumulative(&cache);
+        let at_open = cumulative(cache.counters_at_open());
         let reported = [0, 1].map(|q| {
             (
                 at_open[q].0.saturating_sub(carried.collected[q]),
@@ -552,7 +555,7 @@ impl Pipeline {
     /// call; the period counts restart at zero.
     pub fn statistics_events(&mut self, wall: SystemTime) -> Vec<Event> {
         let p = self.period();
-        self.reported = cumulative(&self.cache);
+        self.reported = cumulative(self.cache.counters());
         self.period = PeriodCounts::default();
         let dropped = vec![
             PayloadItem::from(DroppedEventsStatistics::new(
@@ -624,7 +627,7 @@ impl Pipeline {
     /// cache's cumulative counters since the last statistics event (every drop the cache
     /// counts, whatever its reason, is in exactly one period).
     pub fn period(&self) -> PeriodCounts {
-        let now = cumulative(&self.cache);
+        let now = cumulative(self.cache.counters());
         let mut p = self.period.clone();
         for (q, (collected, dropped)) in now.iter().enumerate() {
             p.collected[q] = collected.saturating_sub(self.reported[q].0);
@@ -635,8 +638,7 @@ impl Pipeline {
 }
 
 /// (collected, dropped) of the High and the Low queue, from the cache's cumulative counters.
-fn cumulative(cache: &Cache) -> [(u64, u64); 2] {
-    let c = cache.counters();
+fn cumulative(c: CacheCounters) -> [(u64, u64); 2] {
     [
         (c.high.collected, c.high.dropped.total()),
         (c.low.collected, c.low.dropped.total()),
@@ -744,6 +746,36 @@ mod tests {
         let stats = p.statistics_events(SystemTime::UNIX_EPOCH);
         assert_eq!(dropped_in(&stats), 42);
         assert_eq!(dropped_in(&p.statistics_events(SystemTime::UNIX_EPOCH)), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Drops the cache counts while it opens - here the events a smaller
+    /// `maxLocalCacheSizeInBytes` evicts, as when the twin lowered it while the agent was
+    /// stopped - are in the next run's first statistics period: the previous run's final
+    /// period was stored as an event, and nothing else reports them.
+    #[test]
+    fn drops_counted_while_the_cache_opens_are_in_the_first_period() {
+        let dir = std::env::temp_dir().join(format!("twinguard-batch-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let frame = MessageFrame::new("0.1.0", uuid::Uuid::nil());
+        let (cache, _) = Cache::open(&dir, 1 << 20).unwrap();
+        let mut p = Pipeline::new(cache, Config::default(), frame.clone());
+        for n in 0..80 {
+            assert_eq!(p.submit(event(n), 10 + n).stored, 1);
+        }
+        // A clean stop on a disk with room: the final period is queued as events.
+        p.stop(SystemTime::UNIX_EPOCH, 1000).unwrap();
+        p.cache.close().unwrap();
+
+        let mut small = Config::default();
+        small.max_local_cache_size_in_bytes = crate::config::MIN_CACHE_BYTES;
+        let (cache, recovery) = Cache::open(&dir, small.max_local_cache_size_in_bytes).unwrap();
+        let evicted = recovery.evicted.len() as u64;
+        assert!(evicted >= 40, "the open evicts most of the 80 events: {evicted}");
+        let mut p = Pipeline::new(cache, small, frame);
+        assert_eq!(p.counters().low.dropped.get(DropReason::Evicted), evicted);
+        assert_eq!(p.period().dropped, [0, evicted]);
+        assert_eq!(dropped_in(&p.statistics_events(SystemTime::UNIX_EPOCH)), evicted);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -153,6 +153,9 @@ pub struct Cache {
     carry: Carry,
     /// The carry read at open, until the pipeline takes it.
     carried: Carry,
+    /// The counters as the files held them at open (the log's records and the slot's drops:
+    /// what the previous run had counted), before the open's own evictions and repairs.
+    recovered: CacheCounters,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +253,7 @@ impl Cache {
             slot,
             carry: Carry::default(),
             carried: slot_state.carry,
+            recovered: CacheCounters::default(),
         };
         // Drops counted while the disk was full, which never reached the log: they count
         // unless a record was appended after them (then that record holds them).
@@ -265,6 +269,7 @@ impl Cache {
                 }
             }
         }
+        cache.recovered = counters_of(&replay.queues);
         let lost_entries = replay.install(&mut cache);
         // Write them as log records now (or keep them in the slot while the disk is full),
         // and clear the carry, which the pipeline takes from here.
@@ -557,17 +562,15 @@ impl Cache {
 
     /// The cumulative counters of both queues.
     pub fn counters(&self) -> CacheCounters {
-        let view = |q: &QueueState| QueueCounters {
-            collected: q.totals.collected,
-            sent: q.totals.sent,
-            dropped: q.totals.dropped,
-            cached: q.entries.len() as u64,
-            cached_bytes: q.used,
-        };
-        CacheCounters {
-            high: view(&self.queues[Queue::High.index()]),
-            low: view(&self.queues[Queue::Low.index()]),
-        }
+        counters_of(&self.queues)
+    }
+
+    /// The cumulative counters as the files held them when the cache was opened: what the
+    /// previous run had counted (drops recovered from the slot included), before the open
+    /// evicted for a smaller `max_bytes` or counted entries whose record was missing. The
+    /// pipeline's first statistics period starts from them, so those drops are in it.
+    pub fn counters_at_open(&self) -> CacheCounters {
+        self.recovered
     }
 
     /// Writes any deferred record and fdatasyncs the head segment: after it returns, what
@@ -979,6 +982,21 @@ impl Cache {
     #[cfg(test)]
     fn take_peak_disk_bytes(&mut self) -> u64 {
         self.log.take_peak()
+    }
+}
+
+/// The counters of both queues, as [`Cache::counters`] hands them out.
+fn counters_of(queues: &[QueueState; 2]) -> CacheCounters {
+    let view = |q: &QueueState| QueueCounters {
+        collected: q.totals.collected,
+        sent: q.totals.sent,
+        dropped: q.totals.dropped,
+        cached: q.entries.len() as u64,
+        cached_bytes: q.used,
+    };
+    CacheCounters {
+        high: view(&queues[Queue::High.index()]),
+        low: view(&queues[Queue::Low.index()]),
     }
 }
 
