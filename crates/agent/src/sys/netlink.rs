@@ -471,7 +471,8 @@ impl NetlinkSocket {
                     self.fd.as_raw_fd(),
                     headers.as_mut_ptr(),
                     slots as libc::c_uint,
-                    flags,
+                    // c_int on glibc, c_uint on musl: the MSG_* values fit both.
+                    flags as _,
                     std::ptr::null_mut(),
                 )
             };
