@@ -3,13 +3,19 @@
 //! the hub acknowledges anything (PUBACK, a 204, an API answer), so killing the hub loses
 //! nothing it confirmed.
 //!
-//! Schema (version 1, in `PRAGMA user_version`):
+//! Schema (version 2, in `PRAGMA user_version`; a version 1 database gains the new columns
+//! and tables at open):
 //!
 //! ```sql
-//! identities(device_id, module_id ('' for a device), key (base64), created_ms)
-//! twins(device_id, module_id, desired (JSON), desired_version, reported (JSON), reported_version)
+//! identities(device_id, module_id ('' for a device), key (base64), created_ms,
+//!            secondary_key, status ('enabled'|'disabled'), etag_n (+1 per identity change))
+//! twins(device_id, module_id, desired (JSON), desired_version, reported (JSON), reported_version,
+//!       tags (JSON), tags_version, applied_config ('id@etag' of the configuration in force))
 //! messages(id, device_id, module_id, received_ms, topic, properties (JSON array of
 //!          [name, value|null]), body (BLOB), is_security, schema_valid, schema_error)
+//! policies(name, primary_key, secondary_key)              shared access policies
+//! configurations(id, body (JSON), etag_n, created_ms)     automatic device management
+//! audit(id, at_ms, who, action, target, status)          every state-changing request
 //! ```
 
 use std::path::Path;
@@ -20,7 +26,10 @@ use serde_json::{Map, Value};
 use crate::identity::IdentityId;
 use crate::twin::{DesiredChange, Twin, TwinError};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+mod registry;
+pub use registry::{etag_matches, etag_of, AuditRecord, ConfigurationRecord, RegistryRecord, TwinRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
@@ -28,6 +37,9 @@ CREATE TABLE IF NOT EXISTS identities (
     module_id TEXT NOT NULL,
     key TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
+    secondary_key TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'enabled',
+    etag_n INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (device_id, module_id)
 );
 CREATE TABLE IF NOT EXISTS twins (
@@ -37,6 +49,9 @@ CREATE TABLE IF NOT EXISTS twins (
     desired_version INTEGER NOT NULL,
     reported TEXT NOT NULL,
     reported_version INTEGER NOT NULL,
+    tags TEXT NOT NULL DEFAULT '{}',
+    tags_version INTEGER NOT NULL DEFAULT 1,
+    applied_config TEXT,
     PRIMARY KEY (device_id, module_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -52,6 +67,35 @@ CREATE TABLE IF NOT EXISTS messages (
     schema_error TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_identity ON messages (device_id, module_id, id);
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY,
+    primary_key TEXT NOT NULL,
+    secondary_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS configurations (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    etag_n INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
+";
+
+/// What a version 1 database gains (its tables exist without these columns).
+const MIGRATE_FROM_1: &str = "
+ALTER TABLE identities ADD COLUMN secondary_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE identities ADD COLUMN status TEXT NOT NULL DEFAULT 'enabled';
+ALTER TABLE identities ADD COLUMN etag_n INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE twins ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE twins ADD COLUMN tags_version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE twins ADD COLUMN applied_config TEXT;
 ";
 
 /// Why a storage operation failed.
@@ -83,6 +127,14 @@ pub enum StoreError {
     /// A twin change refused by IoT Hub's rules.
     #[error(transparent)]
     Twin(#[from] TwinError),
+    /// `If-Match` named another etag than the current one.
+    #[error("the etag {given} is not the current one of {what}")]
+    StaleEtag {
+        /// Which document.
+        what: String,
+        /// The etag given.
+        given: String,
+    },
 }
 
 /// One identity as stored.
@@ -174,6 +226,9 @@ impl Store {
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found });
+        }
+        if found == 1 {
+            conn.execute_batch(MIGRATE_FROM_1)?;
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
