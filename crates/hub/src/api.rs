@@ -18,6 +18,8 @@
 //! | GET | `/v1/messages?device=&module=&after=&limit=&waitMs=` | stored messages after a sequence number, waiting up to `waitMs` for one |
 //! | GET | `/v1/connections` | the live connections |
 //! | POST | `/v1/token` | replaces the API token (returns the new one; the old one stops working) |
+//! | GET | `/v1/policies[/{name}]` | the shared access policies; one with its service connection string |
+//! | GET | `/v1/audit?after=&limit=` | the audit trail after a sequence number |
 //!
 //! Connections are bounded in three pools, so slow clients cannot make the API refuse
 //! everyone: [`MAX_READING`] connections whose request is still arriving (each has
@@ -328,6 +330,24 @@ fn identity_at(segments: &[String]) -> Result<IdentityId, Answer> {
 }
 
 fn route(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
+    let answer = route_unaudited(hub, req, status, access);
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        let target = format!("/{}", req.segments.join("/"));
+        let recorded = hub.store().record_audit(
+            now_ms(),
+            "api-token",
+            &format!("{} {target}", req.method),
+            &target,
+            answer.0,
+        );
+        if let Err(e) = recorded {
+            warn!("audit trail: {e}");
+        }
+    }
+    answer
+}
+
+fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
     let segments: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     let method = req.method.as_str();
     let result = match (method, segments.as_slice()) {
@@ -345,6 +365,9 @@ fn route(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
         }
         ("GET", ["v1", "messages"]) => messages(hub, req, &AtomicBool::new(false)),
         ("POST", ["v1", "token"]) => rotate_token(access),
+        ("GET", ["v1", "policies"]) => policies(hub, status, None),
+        ("GET", ["v1", "policies", name]) => policies(hub, status, Some(name)),
+        ("GET", ["v1", "audit"]) => audit(hub, req),
         (_, ["v1", ..]) => Err(error(
             405,
             format!("{method} /{} is not a route", segments.join("/")),
@@ -394,7 +417,83 @@ fn add_identity(hub: &Hub, body: &[u8]) -> Result<Answer, Answer> {
         .identity(&id)
         .map_err(store_error)?
         .ok_or_else(|| error(500, "identity vanished"))?;
+    // Configurations that target the new identity apply to it at once.
+    crate::rollout::reconcile_one(hub, &id).map_err(store_error)?;
     Ok((201, identity_json(hub, &record)))
+}
+
+/// The policies (names and permissions), or one with its service connection string. The
+/// host name carries the service port unless it is 443, which every SDK assumes.
+fn policies(hub: &Hub, status: &Value, name: Option<&str>) -> Result<Answer, Answer> {
+    let all = hub.store().policies().map_err(store_error)?;
+    let Some(name) = name else {
+        let list: Vec<Value> = all
+            .iter()
+            .map(|(n, _, _)| {
+                let permissions: Vec<String> = crate::policy::permissions(n)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect();
+                json!({"name": n, "permissions": permissions})
+            })
+            .collect();
+        return Ok((200, Value::Array(list)));
+    };
+    let (_, primary, secondary) = all.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
+        error(
+            404,
+            format!(
+                "no shared access policy {name:?} (iothubowner, service, registryRead, registryReadWrite)"
+            ),
+        )
+    })?;
+    let port = status
+        .get("service")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    let host = match port {
+        None | Some(443) => hub.hostname().to_owned(),
+        Some(p) => format!("{}:{p}", hub.hostname()),
+    };
+    Ok((
+        200,
+        json!({
+            "name": name,
+            "primaryKey": primary,
+            "secondaryKey": secondary,
+            "connectionString": crate::policy::connection_string(&host, name, primary),
+            "serviceEnabled": port.is_some(),
+        }),
+    ))
+}
+
+fn audit(hub: &Hub, req: &Request) -> Result<Answer, Answer> {
+    let after = req
+        .param("after")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| error(400, "after must be a whole number"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let entries = hub.store().audit_after(after, MAX_PAGE).map_err(store_error)?;
+    let next = entries.last().map_or(after, |e| e.seq);
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "atMs": e.at_ms,
+                "who": e.who,
+                "action": e.action,
+                "target": e.target,
+                "status": e.status,
+            })
+        })
+        .collect();
+    Ok((200, json!({"entries": list, "next": next})))
 }
 
 fn show_identity(hub: &Hub, id: &IdentityId) -> Result<Answer, Answer> {

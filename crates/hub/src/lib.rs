@@ -23,19 +23,24 @@
 //! one bounded packet per connection; every thread, queue and wait is bounded.
 pub mod admission;
 pub mod api;
+pub mod configuration;
 pub mod connect;
 pub mod datadir;
 pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod link;
+pub mod policy;
 pub mod query;
+pub mod rollout;
 pub mod sas;
 pub mod security;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod store;
 pub mod tls;
 pub mod token;
 pub mod topics;
 pub mod twin;
+pub mod twin_query;

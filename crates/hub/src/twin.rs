@@ -131,7 +131,7 @@ fn with_version(section: &Map<String, Value>, version: i64) -> Value {
 }
 
 /// `section` with `patch` merged in, checked.
-fn patched(
+pub fn patched(
     section: &Map<String, Value>,
     patch: &Value,
     what: &'static str,

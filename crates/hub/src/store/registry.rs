@@ -518,3 +518,24 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+impl TwinRecord {
+    /// The twin as IoT Hub's service API shows it (and as queries and target conditions see
+    /// it): ids, etag, version, status, tags, and both sections with their `$version`.
+    pub fn document(&self, connected: bool) -> Value {
+        let mut doc = serde_json::json!({
+            "deviceId": self.id.device(),
+            "etag": self.etag(),
+            "version": self.version(),
+            "status": self.status,
+            "connectionState": if connected { "Connected" } else { "Disconnected" },
+            "authenticationType": "sas",
+            "tags": self.tags,
+            "properties": self.twin.get_body(),
+        });
+        if let (Some(m), Value::Object(o)) = (self.id.module(), &mut doc) {
+            o.insert("moduleId".into(), Value::from(m));
+        }
+        doc
+    }
+}

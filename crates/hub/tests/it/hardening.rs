@@ -412,6 +412,7 @@ fn data_directory_modes_are_tightened_and_foreign_owners_refused() {
             .arg("--data-dir")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(["--service", "127.0.0.1:0"])
             .output()
             .expect("runs");
         assert!(!out.status.success());
