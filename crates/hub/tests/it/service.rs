@@ -155,8 +155,8 @@ fn service_sdk_configures_a_real_agent() {
             break;
         }
     }
-    let log = agent.as_ref().map(Agent::log_text).unwrap_or_default();
     let (steps, _) = flow.finish(&hub);
+    let log = agent.as_ref().map(Agent::log_text).unwrap_or_default();
     let context = format!("\nagent log:\n{log}\nhub log:\n{}", hub.log_text());
 
     assert_eq!(steps["device"]["status"], json!("enabled"));
@@ -206,6 +206,41 @@ fn service_sdk_configures_a_real_agent() {
         assert!(audit.contains(expected), "{expected} in\n{audit}");
     }
     assert!(audit.contains("\"who\":\"policy:iothubowner\""), "{audit}");
+
+    // The README's and docs/hub.md's command, as written: examples/service-sdk.py with the
+    // connection string `policy show` prints. First the invalid value goes (the agent still
+    // has it in desired), through the operator API.
+    hub.desired(
+        "PATCH",
+        device,
+        MODULE,
+        &json!({CONFIG_KEY: {"maxMessageSizeInBytes": null}}),
+    );
+    let example = crate::support::repo_root().join("examples/service-sdk.py");
+    let out = Command::new(&python)
+        .arg(&example)
+        .arg(policy_show(&dir.join("data"), "iothubowner"))
+        .args([device, "PT3M"])
+        .env("REQUESTS_CA_BUNDLE", &hub.ca)
+        .output()
+        .expect("runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{printed}{}{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("highPriorityMessageFrequency PT3M"), "{printed}");
+    assert!(
+        printed.contains("applied: the agent reports desired $version"),
+        "{printed}"
+    );
+    assert_eq!(
+        hub.twin(device, MODULE)["reported"][CONFIG_KEY]["highPriorityMessageFrequency"],
+        json!({"value": "PT3M"})
+    );
+    drop(agent);
     assert!(
         audit.contains("\"status\":412"),
         "the refused write is recorded too: {audit}"
