@@ -892,6 +892,67 @@ fn configuration_json(state: &ServiceState, record: &crate::store::Configuration
     Ok(Value::Object(doc))
 }
 
+/// Runs the service API's request path, short of the socket and the store, over untrusted
+/// bytes (an HTTP/1.1 request as the `http` module parses it): path decoding and routing, the
+/// SAS check against fixed policies, and the pure rules a body meets (twin writes with tags,
+/// queries, configurations). The fuzz target `service_request` and its corpus replay call it;
+/// it must never panic.
+pub fn check_untrusted_request(data: &[u8]) {
+    let Ok(request) = crate::http::parse_request(data) else {
+        return;
+    };
+    let policies = vec![(
+        "iothubowner".to_owned(),
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+        String::new(),
+    )];
+    let hosts = vec!["localhost".to_owned(), "localhost:8443".to_owned()];
+    let _ = policy::authorize(request.header("authorization"), &policies, &hosts, 1_790_000_000);
+    let Ok(operation) = route(&request.method, &request.segments) else {
+        return;
+    };
+    let _ = operation.needs();
+    let Ok(doc) = parse_object(&request.body) else {
+        return;
+    };
+    match operation {
+        Operation::WriteTwin(..) => {
+            let mut twin = crate::twin::Twin::default();
+            if let Some(tags) = doc.get("tags") {
+                let tags = without_dollar_members(tags);
+                if let Ok(merged) = patched(&Map::new(), &tags, "tags") {
+                    let _ = crate::twin::check_tags(&merged);
+                }
+            }
+            if let Some(desired) = doc.get("properties").and_then(|p| p.get("desired")) {
+                let desired = without_dollar_members(desired);
+                let _ = twin.change_desired(&DesiredChange::Patch(desired.clone()));
+                let _ = twin.change_desired(&DesiredChange::Replace(desired));
+            }
+        }
+        Operation::Query => {
+            if let Some(Ok(query)) = doc.get("query").and_then(Value::as_str).map(Query::parse) {
+                let twin = Value::Object(doc.clone());
+                if query.matches(&twin) {
+                    let _ = query.project(&twin);
+                }
+            }
+        }
+        Operation::PutConfiguration(id) => {
+            if let Ok(config) = Configuration::from_document(&id, &doc, 0, String::new()) {
+                let twin =
+                    json!({"deviceId": "d", "moduleId": "azureiotsecurity", "tags": doc.get("labels")});
+                for source in [Source::Devices, Source::Modules] {
+                    if config.targets(source, &twin) {
+                        let _ = config.apply(&Map::new(), Some("azureiotsecurity"));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
