@@ -43,7 +43,7 @@ use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
 use crate::http::{read_request, write_response, HttpError, Request};
 use crate::hub::{now_ms, Hub};
 use crate::identity::{connection_string, generate_key, IdentityId};
-use crate::store::{IdentityRecord, MessageQuery, StoreError, StoredMessage};
+use crate::store::{IdentityRecord, MessageQuery, RegistryRecord, StoreError, StoredMessage};
 use crate::twin::{DesiredChange, Twin};
 
 /// Requests answered at once (after they were read); more get 503.
@@ -407,10 +407,34 @@ fn add_identity(hub: &Hub, body: &[u8]) -> Result<Answer, Answer> {
         Some(_) => return Err(error(400, "moduleId must be a string")),
     };
     let id = IdentityId::new(device, module).map_err(|e| error(400, e))?;
-    let key = generate_key().map_err(|_| error(500, "no random source"))?;
-    let device_key = generate_key().map_err(|_| error(500, "no random source"))?;
+    let new_record = |id: &IdentityId| -> Result<RegistryRecord, Answer> {
+        let key = || generate_key().map_err(|_| error(500, "no random source"));
+        Ok(RegistryRecord {
+            id: id.clone(),
+            primary_key: key()?,
+            secondary_key: key()?,
+            status: "enabled".into(),
+            etag_n: 0,
+            created_ms: 0,
+        })
+    };
+    // The service API's registry code: a module's device is created with it when missing.
+    if id.module().is_some() {
+        let device = IdentityId::new(device, None).map_err(|e| error(400, e))?;
+        if hub
+            .store()
+            .registry_record(&device)
+            .map_err(store_error)?
+            .is_none()
+        {
+            hub.store()
+                .put_identity(&new_record(&device)?, None, now_ms())
+                .map_err(store_error)?;
+            crate::rollout::reconcile_one(hub, &device).map_err(store_error)?;
+        }
+    }
     hub.store()
-        .add_identity(&id, &key, Some(&device_key), now_ms())
+        .put_identity(&new_record(&id)?, None, now_ms())
         .map_err(store_error)?;
     let record = hub
         .store()

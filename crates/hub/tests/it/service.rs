@@ -15,6 +15,14 @@ use crate::agent::{agent_binary, Agent};
 use crate::python::venv_python;
 use crate::support::{scratch, skip, Hub, CONFIG_KEY, MODULE};
 
+/// Held by the tests that load the machine most (Python SDK flows with real agents) and by
+/// the timing-sensitive flood test, so they do not run at the same time on a small CI box.
+pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `twinguard-hub policy show NAME`, as a user runs it.
 fn policy_show(data: &Path, name: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_twinguard-hub"))
@@ -138,6 +146,7 @@ fn service_sdk_configures_a_real_agent() {
     let Some((python, bin)) = environment() else {
         return;
     };
+    let _heavy = heavy();
     let dir = scratch("service-agent");
     let hub = Hub::start(&dir.join("data"), "127.0.0.1:0").expect("hub starts");
     let device = "dev-svc";
@@ -252,6 +261,7 @@ fn service_sdk_pages_and_configures_a_fleet() {
     let Some((python, bin)) = environment() else {
         return;
     };
+    let _heavy = heavy();
     let dir = scratch("service-fleet");
     let hub = Hub::start(&dir.join("data"), "127.0.0.1:0").expect("hub starts");
     let mut flow = Flow::start(&python, &hub, &dir, &["fleet", "250"]);
@@ -319,6 +329,7 @@ fn service_api_refusals_change_nothing() {
         Ok(p) => p,
         Err(reason) => return skip(&reason),
     };
+    let _heavy = heavy();
     let dir = scratch("service-refusals");
     let data = dir.join("data");
     let hub = Hub::start(&data, "127.0.0.1:0").expect("hub starts");
