@@ -21,47 +21,35 @@
 //! | GET | `/v1/policies[/{name}]` | the shared access policies; one with its service connection string |
 //! | GET | `/v1/audit?after=&limit=` | the audit trail after a sequence number |
 //!
-//! Connections are bounded in three pools, so slow clients cannot make the API refuse
-//! everyone: [`MAX_READING`] connections whose request is still arriving (each has
-//! [`REQUEST_TIMEOUT`] to send all of it; when the pool is full the oldest is closed, which is
-//! the slow one, since the CLI sends its request at once), [`MAX_API_REQUESTS`] requests being
-//! answered, and [`MAX_LONG_POLLS`] `messages` requests waiting for news (when full, the
-//! oldest wait ends early with what it has: an empty page the client asks again after).
+//! The transport (hyper, and the pools that keep slow clients from blocking everyone) is
+//! [`crate::api_server`]; this module is what a request meets once it is read: [`exchange`].
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
-use crate::http::{read_request, write_response, HttpError, Request};
+use crate::http::Request;
 use crate::hub::{now_ms, Hub};
 use crate::identity::{connection_string, generate_key, IdentityId};
 use crate::store::{IdentityRecord, MessageQuery, RegistryRecord, StoreError, StoredMessage};
 use crate::twin::{DesiredChange, Twin};
 
-/// Requests answered at once (after they were read); more get 503.
-pub const MAX_API_REQUESTS: usize = 16;
-/// Connections whose request is still arriving; a newer one closes the oldest past this.
-pub const MAX_READING: usize = 32;
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
 pub const MAX_LONG_POLLS: usize = 32;
-/// Time a client has to send its whole request, from the TCP accept.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait of a `messages` request for new messages.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most messages in one answer.
 pub const MAX_PAGE: usize = 1000;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An answer: status and JSON body.
-type Answer = (u16, Value);
+pub type Answer = (u16, Value);
 
 fn error(status: u16, message: impl std::fmt::Display) -> Answer {
     (status, json!({ "error": message.to_string() }))
@@ -187,7 +175,7 @@ fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
 
 /// Waiting `messages` requests, oldest first, each with the flag that ends its wait early.
 #[derive(Debug, Default)]
-struct LongPolls {
+pub struct LongPolls {
     waiting: Mutex<VecDeque<(u64, Arc<AtomicBool>)>>,
     next: std::sync::atomic::AtomicU64,
 }
@@ -234,81 +222,27 @@ impl Drop for LongPoll<'_> {
     }
 }
 
-/// Serves the API on `listener` until the process ends. `status` is the body of
-/// `/v1/status`.
-pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value, access: Arc<Access>) {
-    let reading = Admission::new(Limits {
-        sessions: MAX_API_REQUESTS,
-        pending: MAX_READING,
-        // Every API client is local (often all from 127.0.0.1): no per-source share, a full
-        // pool just closes its oldest (slowest) connection.
-        pending_per_source: usize::MAX,
-        report_every: REPORT_INTERVAL,
-    });
-    let polls = Arc::new(LongPolls::default());
-    let status = Arc::new(status);
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                debug!("API accept: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
-        };
-        let Ok(ticket) = reading.admit(peer.ip(), &stream) else {
-            continue;
-        };
-        let (hub, status, access, polls) = (hub.clone(), status.clone(), access.clone(), polls.clone());
-        let spawned = std::thread::Builder::new().name("api".into()).spawn(move || {
-            let mut stream = stream;
-            exchange(&hub, &mut stream, &status, &access, &polls, ticket);
-        });
-        if let Err(e) = spawned {
-            warn!("API: cannot start a thread: {e}");
-        }
-    }
-}
-
-fn exchange(
+/// Answers a request that has been read whole: the access checks, then a long-poll in its own
+/// budget, or a route while `answer_slot` gives a slot of the answering pool (else 503).
+pub fn exchange<Slot>(
     hub: &Hub,
-    stream: &mut TcpStream,
+    request: &Request,
     status: &Value,
     access: &Access,
     polls: &LongPolls,
-    ticket: PendingTicket,
-) {
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let request = read_request(stream, Instant::now() + REQUEST_TIMEOUT);
-    let (code, body) = match request {
-        Ok(request) => match check_access(access, &request) {
-            Err(answer) => {
-                drop(ticket);
-                answer
-            }
-            Ok(()) if is_long_poll(&request) => {
-                drop(ticket);
-                let poll = polls.enter(hub);
-                messages(hub, &request, &poll.cancel).unwrap_or_else(|a| a)
-            }
-            Ok(()) => match ticket.promote() {
-                Some(_slot) => route(hub, &request, status, access),
-                None => error(503, "busy: too many API requests at once"),
-            },
+    answer_slot: impl FnOnce() -> Option<Slot>,
+) -> Answer {
+    match check_access(access, request) {
+        Err(answer) => answer,
+        Ok(()) if is_long_poll(request) => {
+            let poll = polls.enter(hub);
+            messages(hub, request, &poll.cancel).unwrap_or_else(|a| a)
+        }
+        Ok(()) => match answer_slot() {
+            Some(_slot) => route(hub, request, status, access),
+            None => error(503, "busy: too many API requests at once"),
         },
-        Err(HttpError::Bad { status, message }) => {
-            drop(ticket);
-            error(status, message)
-        }
-        Err(HttpError::Io(e)) => {
-            debug!("API read: {e}");
-            return;
-        }
-    };
-    let _ = write_response(stream, code, &body);
+    }
 }
 
 fn is_long_poll(req: &Request) -> bool {

@@ -9,7 +9,9 @@
 //!   device-to-cloud messages, limits, keep-alive and token-expiry deadlines).
 //! - `link`: plain TCP or TLS byte stream with a poll timeout.
 //! - `hub`: shared state - the store, one live connection per identity, new-message signal.
-//! - `api`, `http`: the loopback operator API (JSON over a minimal HTTP/1.1) and its client.
+//! - `api_server`, `api`: the loopback operator API: hyper with the pools that keep slow
+//!   clients from blocking everyone, then access checks and routes. `http`: the CLI's
+//!   minimal HTTP/1.1 client, and the request parser the fuzz targets shape inputs with.
 //! - `service`: IoT Hub's service REST API over HTTPS (hyper, rustls); `service::routes` its
 //!   routes; `rollout` applies automatic configurations to twins through `hub`.
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
@@ -28,6 +30,7 @@
 //! one bounded packet per connection; every thread, queue and wait is bounded.
 pub mod admission;
 pub mod api;
+pub mod api_server;
 pub mod configuration;
 pub mod connect;
 pub mod datadir;

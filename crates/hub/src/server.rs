@@ -184,7 +184,7 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         ));
         threads.push(spawn(
             "api",
-            Box::new(move || crate::api::serve(hub, api, status, access)),
+            Box::new(move || crate::api_server::serve(hub, api, status, access)),
         )?);
     }
     info!(mqtt = %listen, plain = ?plain_addr, api = %api_addr, service = ?service_addr, hostname = %opts.hostname, "hub listening");
