@@ -238,57 +238,6 @@ impl Store {
         })
     }
 
-    /// Adds an identity with its key and an empty twin; a module's device is not required to
-    /// exist (IoT Hub requires it; here it is created alongside, with its own key, when
-    /// `device_key` is given).
-    pub fn add_identity(
-        &mut self,
-        id: &IdentityId,
-        key: &str,
-        device_key: Option<&str>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let exists =
-            |tx: &rusqlite::Transaction<'_>, device: &str, module: &str| -> Result<bool, StoreError> {
-                Ok(tx
-                    .query_row(
-                        "SELECT 1 FROM identities WHERE device_id = ?1 AND module_id = ?2",
-                        params![device, module],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some())
-            };
-        if exists(&tx, id.device(), module_col(id))? {
-            return Err(StoreError::IdentityExists(id.to_string()));
-        }
-        let empty = Twin::default();
-        let insert = |tx: &rusqlite::Transaction<'_>,
-                      device: &str,
-                      module: &str,
-                      key: &str|
-         -> Result<(), StoreError> {
-            tx.execute(
-                "INSERT INTO identities (device_id, module_id, key, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![device, module, key, now_ms],
-            )?;
-            tx.execute(
-                "INSERT INTO twins (device_id, module_id, desired, desired_version, reported, reported_version) VALUES (?1, ?2, '{}', ?3, '{}', ?4)",
-                params![device, module, empty.desired_version, empty.reported_version],
-            )?;
-            Ok(())
-        };
-        if let (Some(_), Some(device_key)) = (id.module(), device_key) {
-            if !exists(&tx, id.device(), "")? {
-                insert(&tx, id.device(), "", device_key)?;
-            }
-        }
-        insert(&tx, id.device(), module_col(id), key)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// One identity.
     pub fn identity(&self, id: &IdentityId) -> Result<Option<IdentityRecord>, StoreError> {
         Ok(self
@@ -526,11 +475,39 @@ mod tests {
     fn identities_and_twins() {
         let mut s = store();
         let m = IdentityId::new("d1", Some("azureiotsecurity")).expect("valid");
-        s.add_identity(&m, "a2V5", Some("ZGV2"), 5).expect("adds");
+        let d = IdentityId::new("d1", None).expect("valid");
+        let record = |id: &IdentityId, key: &str| RegistryRecord {
+            id: id.clone(),
+            primary_key: key.into(),
+            secondary_key: String::new(),
+            status: "enabled".into(),
+            etag_n: 0,
+            created_ms: 0,
+        };
+        assert!(
+            matches!(
+                s.put_identity(&record(&m, "a2V5"), None, 5),
+                Err(StoreError::NoSuchIdentity(_))
+            ),
+            "a module's device must exist"
+        );
+        s.put_identity(&record(&d, "ZGV2"), None, 5).expect("adds");
+        let added = s.put_identity(&record(&m, "a2V5"), None, 5).expect("adds");
         assert!(matches!(
-            s.add_identity(&m, "a2V5", None, 6),
+            s.put_identity(&record(&m, "a2V5"), None, 6),
             Err(StoreError::IdentityExists(_))
         ));
+        let etag = etag_of("identity", added.etag_n);
+        assert!(matches!(
+            s.put_identity(&record(&m, "bmV3"), Some("\"stale\""), 6),
+            Err(StoreError::StaleEtag { .. })
+        ));
+        let updated = s
+            .put_identity(&record(&m, "bmV3"), Some(&format!("\"{etag}\"")), 6)
+            .expect("updates");
+        assert_eq!((updated.primary_key.as_str(), updated.etag_n), ("bmV3", 2));
+        s.put_identity(&record(&m, "a2V5"), Some("*"), 6)
+            .expect("updates");
         let ids: Vec<String> = s
             .identities()
             .expect("lists")
@@ -554,6 +531,38 @@ mod tests {
             s.patch_reported(&unknown, &json!({})),
             Err(StoreError::NoSuchIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_service_columns() {
+        let path = std::env::temp_dir().join(format!("twinguard-hub-v1-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).expect("opens");
+            conn.execute_batch(
+                "CREATE TABLE identities (device_id TEXT NOT NULL, module_id TEXT NOT NULL, key TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (device_id, module_id));
+                 CREATE TABLE twins (device_id TEXT NOT NULL, module_id TEXT NOT NULL, desired TEXT NOT NULL, desired_version INTEGER NOT NULL, reported TEXT NOT NULL, reported_version INTEGER NOT NULL, PRIMARY KEY (device_id, module_id));
+                 INSERT INTO identities VALUES ('d1', '', 'a2V5', 1);
+                 INSERT INTO twins VALUES ('d1', '', '{\"x\":1}', 2, '{}', 1);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("v1 schema");
+        }
+        let s = Store::open(&path, 10).expect("migrates");
+        let d = IdentityId::new("d1", None).expect("valid");
+        let record = s.registry_record(&d).expect("reads").expect("kept");
+        assert_eq!(
+            (record.primary_key.as_str(), record.status.as_str()),
+            ("a2V5", "enabled")
+        );
+        let twin = s.twin_record(&d).expect("reads").expect("kept");
+        assert_eq!(twin.twin.desired.get("x"), Some(&json!(1)));
+        assert!(twin.tags.is_empty());
+        drop(s);
+        assert!(Store::open(&path, 10).is_ok(), "opens again at version 2");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 
     #[test]
