@@ -49,11 +49,12 @@ impl Flow {
         let data = dir.join("data");
         let owner = policy_show(&data, "iothubowner");
         let port = hub.service.expect("service API").port();
-        assert_eq!(
-            owner.split(';').next(),
-            Some(format!("HostName=localhost:{port}").as_str()),
-            "{owner}"
-        );
+        let host = if port == 443 {
+            "HostName=localhost".to_owned()
+        } else {
+            format!("HostName=localhost:{port}")
+        };
+        assert_eq!(owner.split(';').next(), Some(host.as_str()), "{owner}");
         let owner_file = dir.join("owner.cs");
         std::fs::write(&owner_file, &owner).expect("write");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/service_client.py");
@@ -415,4 +416,31 @@ fn service_api_refusals_change_nothing() {
     );
     assert_eq!(hub.twin(device, MODULE), before, "no refusal changed the twin");
     assert_eq!(hub.api("GET", "/v1/identities", None).1, identities_before);
+}
+
+/// SDKs other than Python's always connect to port 443: `serve --service 127.0.0.1:443` works
+/// (tests run as root), `policy show` leaves the port out, and the SAS resource without a port
+/// is accepted.
+#[test]
+fn service_api_on_port_443() {
+    let python = match venv_python() {
+        Ok(p) => p,
+        Err(reason) => return skip(&reason),
+    };
+    let _heavy = heavy();
+    let dir = scratch("service-443");
+    let hub = match Hub::start_with(&dir.join("data"), "127.0.0.1:0", &["--service", "127.0.0.1:443"]) {
+        Ok(hub) => hub,
+        Err(e) if e.contains("Address already in use") => return skip(&format!("port 443 is taken: {e}")),
+        Err(e) if e.contains("Permission denied") => {
+            return skip(&format!("binding port 443 needs root: {e}"))
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let flow = Flow::start(&python, &hub, &dir, &["stats"]);
+    let (steps, _) = flow.finish(&hub);
+    assert_eq!(
+        steps["stats"],
+        json!({"step": "stats", "total": 1, "device": "dev-443"})
+    );
 }

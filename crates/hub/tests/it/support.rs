@@ -112,8 +112,14 @@ impl Hub {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", listen, "--api", "127.0.0.1:0", "--verbose"])
-            // Any free port, unless the test gives its own (`extra` comes later and wins).
-            .args(["--service", "127.0.0.1:0"])
+            // The service API on any free port, unless the test says where (or none).
+            .args(
+                if extra.iter().any(|a| *a == "--service" || *a == "--no-service") {
+                    &[][..]
+                } else {
+                    &["--service", "127.0.0.1:0"][..]
+                },
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)

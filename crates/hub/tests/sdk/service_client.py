@@ -13,6 +13,8 @@ FLOW is one of:
   fleet    250 modules paged with query_iot_hub; two agents (one tagged site=plant1)
            configured by module configurations: priority, deletion, metrics.
   raw      requests the SDK cannot make (refusals): one JSON line per case with the status.
+  stats    the registry statistics, and a device created and read back (for a hub on port
+           443, which SDKs other than Python's always use).
 
 Each step is one JSON line {"step": ..., ...} on standard output, read by
 crates/hub/tests/it/service.rs. Any exception is printed as {"step": "error", ...}, exit 1.
@@ -226,6 +228,16 @@ def fleet_flow(owner_cs, count):
     report("done")
 
 
+def stats_flow(owner_cs):
+    from azure.iot.hub import IoTHubRegistryManager
+
+    rm = IoTHubRegistryManager.from_connection_string(owner_cs)
+    rm.create_device_with_sas("dev-443", None, None, "enabled")
+    stats = rm.get_device_registry_statistics()
+    report("stats", total=stats.total_device_count, device=rm.get_device("dev-443").device_id)
+    report("done")
+
+
 def raw_flow(owner_cs, base, device, reader_cs):
     """Requests with requests (the SDK's own HTTP library), to send what the SDK never sends."""
     import requests
@@ -314,6 +326,8 @@ def main():
             agent_flow(owner_cs, sys.argv[3])
         elif flow == "fleet":
             fleet_flow(owner_cs, int(sys.argv[3]))
+        elif flow == "stats":
+            stats_flow(owner_cs)
         elif flow == "raw":
             raw_flow(owner_cs, sys.argv[3], sys.argv[4], open(sys.argv[5]).read().strip())
         else:
