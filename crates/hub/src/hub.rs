@@ -9,11 +9,11 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use crate::identity::IdentityId;
-use crate::store::{NewMessage, Store, StoreError};
+use crate::store::{NewMessage, Store, StoreError, TwinRecord};
 use crate::twin::{DesiredChange, Twin};
 
 /// What the hub hands a live connection besides the client's own requests.
@@ -151,21 +151,49 @@ impl Hub {
         let mut store = self.store();
         let (twin, notification) = store.change_desired(id, change)?;
         if let Some(patch) = notification {
-            let mut live = lock(&self.live);
-            if let Some(l) = live.get(id) {
-                match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        warn!(identity = %id, conn = l.conn, "client is not reading its notifications: closing it");
-                        let _ = l.socket.shutdown(Shutdown::Both);
-                        live.remove(id);
-                    }
-                    // The connection is ending; it will GET the twin when it comes back.
-                    Err(TrySendError::Disconnected(_)) => {}
-                }
-            }
+            self.notify(id, patch);
         }
         Ok(twin)
+    }
+
+    /// A service-side twin write (tags and desired, checked against `if_match`), notifying
+    /// the live connection of a desired change as [`Hub::change_desired`] does.
+    pub fn write_twin_service(
+        &self,
+        id: &IdentityId,
+        if_match: Option<&str>,
+        tags: Option<Map<String, Value>>,
+        desired: Option<&DesiredChange>,
+    ) -> Result<TwinRecord, StoreError> {
+        let mut store = self.store();
+        let (record, notification) = store.write_twin_service(id, if_match, tags, desired)?;
+        if let Some(patch) = notification {
+            self.notify(id, patch);
+        }
+        Ok(record)
+    }
+
+    /// Hands a desired patch to the identity's live connection, if any; a connection that
+    /// does not read its notifications is closed (it GETs the twin when it reconnects).
+    fn notify(&self, id: &IdentityId, patch: Value) {
+        let mut live = lock(&self.live);
+        if let Some(l) = live.get(id) {
+            match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    warn!(identity = %id, conn = l.conn, "client is not reading its notifications: closing it");
+                    let _ = l.socket.shutdown(Shutdown::Both);
+                    live.remove(id);
+                }
+                // The connection is ending; it will GET the twin when it comes back.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Whether an identity has a live connection.
+    pub fn is_connected(&self, id: &IdentityId) -> bool {
+        lock(&self.live).contains_key(id)
     }
 
     /// Stores a message and wakes the readers waiting for one.

@@ -139,6 +139,13 @@ impl SasToken {
         if self.key_name.is_some() {
             return Err(SasError::PolicyToken);
         }
+        self.verify_signed(expected_resource, key, now)
+    }
+
+    /// Checks a token's resource, signature and expiry, whoever signed it: the device side
+    /// refuses policy tokens first ([`SasToken::verify`]); the service side requires one and
+    /// picks the policy's key by `skn` before calling this.
+    pub fn verify_signed(&self, expected_resource: &str, key: &[u8], now: u64) -> Result<(), SasError> {
         if !self
             .resource
             .trim_end_matches('/')

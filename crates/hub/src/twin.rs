@@ -9,6 +9,8 @@ use twinguard::config::merge_patch;
 pub const MAX_SECTION_BYTES: usize = 32 * 1024;
 /// Deepest nesting of objects and arrays below a section's root.
 pub const MAX_DEPTH: usize = 10;
+/// Largest tags section, counted as its compact JSON.
+pub const MAX_TAGS_BYTES: usize = 16 * 1024;
 /// Longest member name, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -24,8 +26,8 @@ pub enum TwinError {
     /// Nested deeper than [`MAX_DEPTH`].
     #[error("nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    /// Larger than [`MAX_SECTION_BYTES`] once applied.
-    #[error("the {what} section would be {size} bytes; at most {MAX_SECTION_BYTES} are allowed")]
+    /// Larger than [`MAX_SECTION_BYTES`] ([`MAX_TAGS_BYTES`] for tags) once applied.
+    #[error("the {what} section would be {size} bytes; at most {} are allowed", if *what == "tags" { MAX_TAGS_BYTES } else { MAX_SECTION_BYTES })]
     TooLarge {
         /// `desired` or `reported`.
         what: &'static str,
@@ -129,7 +131,7 @@ fn with_version(section: &Map<String, Value>, version: i64) -> Value {
 }
 
 /// `section` with `patch` merged in, checked.
-fn patched(
+pub fn patched(
     section: &Map<String, Value>,
     patch: &Value,
     what: &'static str,
@@ -145,6 +147,17 @@ fn patched(
     };
     check_section(&merged, what)?;
     Ok(merged)
+}
+
+/// Checks a tags section (service side): keys, depth and size.
+pub fn check_tags(tags: &Map<String, Value>) -> Result<(), TwinError> {
+    let value = Value::Object(tags.clone());
+    check_keys(&value, 0)?;
+    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_TAGS_BYTES {
+        return Err(TwinError::TooLarge { what: "tags", size });
+    }
+    Ok(())
 }
 
 /// Checks a whole section: keys, depth and size.
