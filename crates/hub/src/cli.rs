@@ -121,6 +121,19 @@ pub struct ServeArgs {
     /// Messages kept in the database (the oldest are deleted beyond).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_messages: u64,
+    /// Typed event rows the console keeps (the oldest beyond are deleted).
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub max_events: u64,
+    /// Days the console keeps events and messages, and closed alerts after closing.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub retention_days: u64,
+    /// Least silence, in seconds, after which a device that sent security messages and is not
+    /// connected is alerted as silent (longer when twice its highPriorityMessageFrequency is).
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    pub silent_after_secs: u64,
+    /// Seconds between the console's silence checks and retention runs (tests shorten it).
+    #[arg(long, value_name = "SECS", default_value_t = 30, hide = true)]
+    pub console_check_secs: u64,
     /// Log at debug level.
     #[arg(short, long)]
     pub verbose: bool,

@@ -16,6 +16,8 @@
 //!   routes; `rollout` applies automatic configurations to twins through `hub`.
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
 //!   without following links; the API's bearer token.
+//! - `console`: the fleet console - typed ingest, the rule engine, recommendations (pure) and
+//!   the web pages; `store::console` keeps its rows, alerts and recommendations.
 //! - `store`: SQLite - identities, twins with versions, messages with properties and flags;
 //!   `store::registry` the service side's: keys, etags, tags, policies, configurations, audit.
 //! - `tls`: local CA and server certificate, generated on first start.
@@ -33,6 +35,7 @@ pub mod api;
 pub mod api_server;
 pub mod configuration;
 pub mod connect;
+pub mod console;
 pub mod datadir;
 pub mod http;
 pub mod hub;

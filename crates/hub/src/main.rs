@@ -15,9 +15,11 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
 use twinguard::sys::safefile::{read_limited, read_regular};
+use twinguard_hub::console::rules::RuleSettings;
 use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::query::percent_encode;
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
+use twinguard_hub::store::Retention;
 
 use cli::{
     AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, PolicyCommand, ServeArgs,
@@ -84,6 +86,16 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         api_hosts: args.api_host.clone(),
         max_messages: args.max_messages.max(1),
         service: (!args.no_service).then_some(args.service),
+        retention: Retention {
+            max_events: args.max_events.max(1),
+            max_age_ms: days_ms(args.retention_days),
+            closed_alert_age_ms: days_ms(args.retention_days),
+        },
+        rules: RuleSettings {
+            silent_floor_ms: i64::try_from(args.silent_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            ..RuleSettings::default()
+        },
+        console_every: Duration::from_secs(args.console_check_secs.max(1)),
     })?;
     println!(
         "twinguard-hub {} for host name {}",
@@ -105,6 +117,11 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     );
     running.wait();
     Ok(())
+}
+
+/// `days` in milliseconds, saturating.
+fn days_ms(days: u64) -> i64 {
+    i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
 }
 
 fn default_api() -> SocketAddr {
