@@ -49,6 +49,55 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Print the audit trail: every state-changing request, who made it and when.
     Audit(AuditArgs),
+    /// Print the console's alerts, one JSON object per line (open and acknowledged by
+    /// default), or change one's state (alerts ack ID, alerts close ID).
+    Alerts(AlertsArgs),
+    /// Print the recommendations from the devices' latest snapshots, one JSON object per line.
+    Recommendations(RecommendationsArgs),
+}
+
+/// `alerts` options.
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// Change an alert's state instead of listing.
+    #[command(subcommand)]
+    pub action: Option<AlertsAction>,
+    /// Keep printing alerts as they are raised or change (count, state).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only this device's alerts.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Only alerts of this severity: high, medium, low, informational.
+    #[arg(long, value_name = "SEVERITY")]
+    pub severity: Option<String>,
+    /// Only alerts in this state: open, acknowledged, closed, all (default: open and
+    /// acknowledged).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+}
+
+/// `alerts` state changes.
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// Acknowledge an open alert (someone is on it).
+    Ack {
+        /// The alert's id.
+        id: i64,
+    },
+    /// Close an alert (dealt with; a new finding opens a new alert).
+    Close {
+        /// The alert's id.
+        id: i64,
+    },
+}
+
+/// `recommendations` options.
+#[derive(Debug, Args)]
+pub struct RecommendationsArgs {
+    /// Only this device's recommendations.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }
 
 /// `policy` subcommands.

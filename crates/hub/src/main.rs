@@ -22,8 +22,8 @@ use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
 use twinguard_hub::store::Retention;
 
 use cli::{
-    AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, PolicyCommand, ServeArgs,
-    TokenCommand, TwinCommand, DEFAULT_API,
+    AlertsAction, AlertsArgs, AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs,
+    PolicyCommand, RecommendationsArgs, ServeArgs, TokenCommand, TwinCommand, DEFAULT_API,
 };
 
 /// Largest desired document read from a file or standard input.
@@ -245,6 +245,8 @@ fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(args) => audit(api, args),
+        Command::Alerts(args) => alerts(api, args),
+        Command::Recommendations(args) => recommendations(api, args),
         Command::Status => {
             let mut status = request(api, "GET", "/v1/status", None, timeout)?;
             status["connections"] = request(api, "GET", "/v1/connections", None, timeout)?;
@@ -510,6 +512,79 @@ fn audit(api: SocketAddr, args: &AuditArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// Lists alerts (JSON lines, oldest change first), following changes every second with
+/// `--follow`; or acknowledges or closes one and prints it.
+fn alerts(api: SocketAddr, args: &AlertsArgs) -> anyhow::Result<()> {
+    if let Some(action) = &args.action {
+        let (id, verb) = match action {
+            AlertsAction::Ack { id } => (id, "ack"),
+            AlertsAction::Close { id } => (id, "close"),
+        };
+        let alert = request(
+            api,
+            "POST",
+            &format!("/v1/alerts/{id}/{verb}"),
+            None,
+            Duration::from_secs(30),
+        )?;
+        println!("{alert}");
+        return Ok(());
+    }
+    let mut filter = String::new();
+    for (name, value) in [
+        ("device", &args.device),
+        ("severity", &args.severity),
+        ("state", &args.state),
+    ] {
+        if let Some(v) = value {
+            filter.push_str(&format!("&{name}={}", percent_encode(v)));
+        }
+    }
+    // Alerts changed at or after `since`; those already printed at exactly `since` (same
+    // millisecond) are remembered so they are not printed twice.
+    let mut since = 0i64;
+    let mut printed_at_since: Vec<(i64, i64, i64)> = Vec::new();
+    loop {
+        let list = request(
+            api,
+            "GET",
+            &format!("/v1/alerts?changedSince={since}{filter}"),
+            None,
+            Duration::from_secs(30),
+        )?;
+        for alert in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let changed = alert.get("changedMs").and_then(Value::as_i64).unwrap_or(since);
+            let id = alert.get("id").and_then(Value::as_i64).unwrap_or(0);
+            let count = alert.get("count").and_then(Value::as_i64).unwrap_or(0);
+            if printed_at_since.contains(&(id, changed, count)) {
+                continue;
+            }
+            if changed > since {
+                since = changed;
+                printed_at_since.clear();
+            }
+            printed_at_since.push((id, changed, count));
+            println!("{alert}");
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn recommendations(api: SocketAddr, args: &RecommendationsArgs) -> anyhow::Result<()> {
+    let mut target = "/v1/recommendations".to_owned();
+    if let Some(d) = &args.device {
+        target.push_str(&format!("?device={}", percent_encode(d)));
+    }
+    let list = request(api, "GET", &target, None, Duration::from_secs(30))?;
+    for r in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        println!("{r}");
+    }
+    Ok(())
 }
 
 fn messages(api: SocketAddr, args: &MessagesArgs) -> anyhow::Result<()> {

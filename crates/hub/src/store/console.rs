@@ -163,11 +163,12 @@ pub struct AlertQuery {
     pub device: Option<String>,
     /// Only these severities (`high`...); empty: all.
     pub severity: Option<String>,
-    /// Only in this state; `None`: open and acknowledged.
+    /// Only in this state (`all`: any); `None`: open and acknowledged.
     pub state: Option<String>,
-    /// Only with an id above this.
-    pub after: i64,
-    /// At most this many, newest change first (oldest first with `after` > 0).
+    /// Only those changed at or after this time (Unix milliseconds), oldest change first;
+    /// `None`: newest change first.
+    pub changed_since_ms: Option<i64>,
+    /// At most this many.
     pub limit: usize,
 }
 
@@ -431,21 +432,27 @@ impl Store {
 
     /// Alerts matching `q`.
     pub fn alerts(&self, q: &AlertQuery) -> Result<Vec<AlertRecord>, StoreError> {
-        let order = if q.after > 0 {
-            "id ASC"
+        let order = if q.changed_since_ms.is_some() {
+            "changed_ms ASC, id ASC"
         } else {
             "changed_ms DESC, id DESC"
         };
         let sql = format!(
             "SELECT {ALERT_COLS} FROM alerts
-             WHERE id > ?1 AND (?2 IS NULL OR device_id = ?2) AND (?3 IS NULL OR severity = ?3)
+             WHERE changed_ms >= ?1 AND (?2 IS NULL OR device_id = ?2) AND (?3 IS NULL OR severity = ?3)
                AND (CASE WHEN ?4 IS NULL THEN state != 'closed' WHEN ?4 = 'all' THEN 1 ELSE state = ?4 END)
              ORDER BY {order} LIMIT ?5"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(
-            params![q.after, q.device, q.severity, q.state, limit],
+            params![
+                q.changed_since_ms.unwrap_or(i64::MIN),
+                q.device,
+                q.severity,
+                q.state,
+                limit
+            ],
             alert_from_row,
         )?;
         let mut out = Vec::new();

@@ -1,0 +1,190 @@
+//! The fleet console end to end: a real agent (`twinguard run --iothub`) on this machine does
+//! real things - a shell that opens a TCP connection through bash's `/dev/tcp` (the reverse
+//! shell's tell), a program copied to /tmp and run, an ordinary program (the near miss) - and
+//! the alerts appear through the CLI and the API; they are acknowledged and closed there;
+//! the agent stopped, the device is alerted as silent. The web pages are checked in a real
+//! browser by `console_web`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::agent::{agent_binary, Agent};
+use crate::cli::{hub_cli, ok_stdout};
+use crate::support::{scratch, skip, wait_until, Hub, CONFIG_KEY, MODULE};
+
+/// The alerts the CLI prints for `device` (all states), by rule.
+fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
+    let out = ok_stdout(&hub_cli(
+        data,
+        &["alerts", "--device", device, "--state", "all"],
+        None,
+    ));
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn find<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
+    alerts.iter().find(|a| a["rule"] == json!(rule))
+}
+
+#[test]
+fn a_real_agent_doing_real_things_raises_alerts() {
+    let bin = match agent_binary() {
+        Ok(b) => b,
+        Err(reason) => return skip(&reason),
+    };
+    if !Path::new("/bin/bash").exists() {
+        return skip("no /bin/bash for the /dev/tcp connection");
+    }
+    let dir = scratch("console-agent");
+    let data = dir.join("hub-data");
+    let hub = Hub::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--silent-after-secs", "1", "--console-check-secs", "1"],
+    )
+    .expect("hub starts");
+    let device = "dev-console";
+    let cs = hub.add_identity(device, Some(MODULE));
+    hub.desired(
+        "PUT",
+        device,
+        MODULE,
+        &json!({CONFIG_KEY: {
+            "highPriorityMessageFrequency": {"value": "PT1S"},
+            "lowPriorityMessageFrequency": {"value": "PT1S"},
+            // Each process start is its own event (not one aggregate an hour later).
+            "aggregationEnabledProcessCreate": {"value": false},
+        }}),
+    );
+    let agent = Agent::start(&bin, &dir, &hub, &cs, &[]);
+    let context = |hub: &Hub, agent: &Agent| {
+        format!("\nhub log:\n{}\nagent log:\n{}", hub.log_text(), agent.log_text())
+    };
+    let synced = wait_until(Duration::from_secs(30), || {
+        hub.twin(device, MODULE)["reported"]["twinguard"]["configurationStatus"] == json!("applied")
+    });
+    assert!(
+        synced,
+        "the agent did not apply its configuration{}",
+        context(&hub, &agent)
+    );
+    // Let the process source settle before acting (it is running once the first message is in).
+    assert!(wait_until(Duration::from_secs(30), || !hub
+        .messages(device)
+        .is_empty()));
+
+    // The near miss: an ordinary program with an ordinary command line.
+    let status = Command::new("/bin/sh")
+        .args(["-c", "sleep 2"])
+        .status()
+        .expect("sh runs");
+    assert!(status.success());
+    // The reverse shell's tell: bash with a socket opened through /dev/tcp to a listener here.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let status = Command::new("/bin/bash")
+        .args(["-c", &format!("exec 5<>/dev/tcp/127.0.0.1/{port}; sleep 2")])
+        .status()
+        .expect("bash runs");
+    assert!(status.success());
+    // A program copied to /tmp and run from there.
+    let tmp = std::env::temp_dir().join(format!("twinguard-console-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    let copied = tmp.join("tg-sleep");
+    std::fs::copy("/bin/sleep", &copied).expect("copy sleep");
+    let status = Command::new(&copied)
+        .arg("2")
+        .status()
+        .expect("copied program runs");
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(status.success());
+
+    let fired = wait_until(Duration::from_secs(40), || {
+        let alerts = cli_alerts(&data, device);
+        find(&alerts, "reverse-shell").is_some() && find(&alerts, "temp-dir-execution").is_some()
+    });
+    let alerts = cli_alerts(&data, device);
+    assert!(fired, "alerts: {alerts:#?}{}", context(&hub, &agent));
+    let reverse = find(&alerts, "reverse-shell").expect("reverse shell");
+    assert_eq!(reverse["severity"], json!("high"));
+    assert_eq!(reverse["state"], json!("open"));
+    assert_eq!(reverse["deviceId"], json!(device));
+    assert_eq!(reverse["moduleId"], json!(MODULE));
+    let command_line = reverse["evidence"]["fields"]["CommandLine"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        command_line.contains(&format!("/dev/tcp/127.0.0.1/{port}")),
+        "{reverse}"
+    );
+    assert_eq!(
+        reverse["evidence"]["eventIds"].as_array().map(Vec::len),
+        Some(1),
+        "{reverse}"
+    );
+    assert!(!reverse["remediation"].as_str().unwrap_or("").is_empty());
+    let temp = find(&alerts, "temp-dir-execution").expect("temp dir");
+    assert!(
+        temp["key"].as_str().unwrap_or("").ends_with("/tg-sleep"),
+        "{temp}"
+    );
+    // The near miss raised nothing of ours: no alert names `sleep 2` run by /bin/sh.
+    assert!(
+        !alerts.iter().any(
+            |a| a["evidence"]["fields"]["CommandLine"] == json!("/bin/sh -c sleep 2")
+                || a["evidence"]["fields"]["CommandLine"] == json!("sh -c sleep 2")
+        ),
+        "{alerts:#?}"
+    );
+    // The typed rows are there: the device page's events come from them.
+    let (status, api_alerts) = hub.api("GET", &format!("/v1/alerts?device={device}&severity=high"), None);
+    assert_eq!(status, 200, "{api_alerts}");
+    assert!(api_alerts
+        .as_array()
+        .is_some_and(|l| l.iter().all(|a| a["severity"] == json!("high"))));
+    assert!(api_alerts
+        .as_array()
+        .is_some_and(|l| l.iter().any(|a| a["id"] == reverse["id"])));
+
+    // State changes: ack by the CLI, close by the API; a closed alert cannot be acknowledged.
+    let id = reverse["id"].as_i64().expect("id").to_string();
+    let acked: Value =
+        serde_json::from_str(ok_stdout(&hub_cli(&data, &["alerts", "ack", &id], None)).trim()).expect("JSON");
+    assert_eq!(acked["state"], json!("acknowledged"));
+    let (status, closed) = hub.api("POST", &format!("/v1/alerts/{id}/close"), None);
+    assert_eq!((status, &closed["state"]), (200, &json!("closed")), "{closed}");
+    let (status, _) = hub.api("POST", &format!("/v1/alerts/{id}/ack"), None);
+    assert_eq!(status, 409);
+    let (status, _) = hub.api("POST", "/v1/alerts/999999/ack", None);
+    assert_eq!(status, 404);
+    let open = ok_stdout(&hub_cli(&data, &["alerts", "--device", device], None));
+    assert!(
+        !open.contains(&format!("\"id\":{id},")),
+        "closed alerts are not listed by default: {open}"
+    );
+    let out = hub_cli(&data, &["alerts", "--severity", "urgent"], None);
+    assert!(!out.status.success(), "a bad severity is refused");
+
+    // Recommendations: the CLI prints what the API has, as JSON lines.
+    let (status, recs) = hub.api("GET", &format!("/v1/recommendations?device={device}"), None);
+    assert_eq!(status, 200, "{recs}");
+    let printed = ok_stdout(&hub_cli(&data, &["recommendations", "--device", device], None));
+    assert_eq!(
+        printed.lines().count(),
+        recs.as_array().map_or(0, Vec::len),
+        "{printed}"
+    );
+
+    // The agent stopped: not connected and quiet past twice its PT1S: silent.
+    drop(agent);
+    let silent = wait_until(Duration::from_secs(30), || {
+        find(&cli_alerts(&data, device), "device-silent").is_some()
+    });
+    assert!(silent, "no device-silent alert\nhub log:\n{}", hub.log_text());
+}
