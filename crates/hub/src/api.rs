@@ -44,6 +44,7 @@ use tracing::{info, warn};
 
 use crate::console::model::utc_text;
 use crate::console::rules::{Rule, Severity};
+use crate::console::web::{Login, Sessions, WebReply};
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
 use crate::identity::{connection_string, generate_key, IdentityId};
@@ -90,6 +91,8 @@ pub struct Access {
     /// The address the API is bound to (its literal is accepted as `Host` too).
     bound: IpAddr,
     data_dir: PathBuf,
+    /// The web console's sessions (ended when the token is rotated).
+    sessions: Sessions,
 }
 
 impl Access {
@@ -101,6 +104,7 @@ impl Access {
             hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             bound,
             data_dir,
+            sessions: Sessions::default(),
         }
     }
 
@@ -139,6 +143,16 @@ impl Access {
     }
 }
 
+impl Login for Access {
+    fn token_matches(&self, token: &str) -> bool {
+        Access::token_matches(self, token)
+    }
+
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+}
+
 fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
@@ -146,6 +160,12 @@ fn is_port(s: &str) -> bool {
 /// The checks every request passes before its route: `Host`, the bearer token, and the
 /// content type of a body. `Err` is the answer.
 fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
+    check_host(access, req)?;
+    check_token(access, req)
+}
+
+/// The `Host` check, which the web console passes too.
+fn check_host(access: &Access, req: &Request) -> Result<(), Answer> {
     match req.header("host") {
         Some(host) if access.host_allowed(host) => {}
         Some(host) => {
@@ -156,6 +176,11 @@ fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
         }
         None => return Err(error(400, "exactly one Host header is required")),
     }
+    Ok(())
+}
+
+/// The bearer token and the content type of a body.
+fn check_token(access: &Access, req: &Request) -> Result<(), Answer> {
     let token = req
         .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
@@ -236,8 +261,18 @@ impl Drop for LongPoll<'_> {
     }
 }
 
+/// What the API answers: JSON under `/v1/`, a web page elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The JSON API's answer.
+    Json(Answer),
+    /// The web console's.
+    Web(WebReply),
+}
+
 /// Answers a request that has been read whole: the access checks, then a long-poll in its own
-/// budget, or a route while `answer_slot` gives a slot of the answering pool (else 503).
+/// budget, or a route (or a web page) while `answer_slot` gives a slot of the answering pool
+/// (else 503).
 pub fn exchange<Slot>(
     hub: &Hub,
     request: &Request,
@@ -245,8 +280,17 @@ pub fn exchange<Slot>(
     access: &Access,
     polls: &LongPolls,
     answer_slot: impl FnOnce() -> Option<Slot>,
-) -> Answer {
-    match check_access(access, request) {
+) -> Reply {
+    if request.segments.first().is_none_or(|s| s != "v1") {
+        return match check_host(access, request) {
+            Err(answer) => Reply::Json(answer),
+            Ok(()) => match answer_slot() {
+                Some(_slot) => Reply::Web(crate::console::web::serve(hub, request, access)),
+                None => Reply::Json(error(503, "busy: too many API requests at once")),
+            },
+        };
+    }
+    Reply::Json(match check_access(access, request) {
         Err(answer) => answer,
         Ok(()) if is_long_poll(request) => {
             let poll = polls.enter(hub);
@@ -256,7 +300,7 @@ pub fn exchange<Slot>(
             Some(_slot) => route(hub, request, status, access),
             None => error(503, "busy: too many API requests at once"),
         },
-    }
+    })
 }
 
 fn is_long_poll(req: &Request) -> bool {
@@ -737,7 +781,8 @@ fn rotate_token(access: &Access) -> Result<Answer, Answer> {
         error(500, message)
     })?;
     *token = new.clone();
-    info!("API token rotated: the previous token no longer works");
+    access.sessions.clear();
+    info!("API token rotated: the previous token and every web session no longer work");
     Ok((200, json!({ "token": new })))
 }
 

@@ -17,3 +17,4 @@ pub mod ingest;
 pub mod model;
 pub mod recommend;
 pub mod rules;
+pub mod web;

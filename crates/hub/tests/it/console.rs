@@ -2,8 +2,10 @@
 //! real things - a shell that opens a TCP connection through bash's `/dev/tcp` (the reverse
 //! shell's tell), a program copied to /tmp and run, an ordinary program (the near miss) - and
 //! the alerts appear through the CLI and the API; they are acknowledged and closed there;
-//! the agent stopped, the device is alerted as silent. The web pages are checked in a real
-//! browser by `console_web`.
+//! the agent stopped, the device is alerted as silent. On the way, the web console is loaded
+//! in a real headless Chromium (`console_web.py`): every page at phone and desktop width, with
+//! no console error, no failed request and no request elsewhere, an alert acknowledged through
+//! its form; screenshots under `target/console-screenshots/`.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -14,7 +16,8 @@ use serde_json::{json, Value};
 
 use crate::agent::{agent_binary, Agent};
 use crate::cli::{hub_cli, ok_stdout};
-use crate::support::{scratch, skip, wait_until, Hub, CONFIG_KEY, MODULE};
+use crate::python::venv_python;
+use crate::support::{repo_root, scratch, skip, target_dir, wait_until, Hub, CONFIG_KEY, MODULE};
 
 /// The alerts the CLI prints for `device` (all states), by rule.
 fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
@@ -152,6 +155,10 @@ fn a_real_agent_doing_real_things_raises_alerts() {
         .as_array()
         .is_some_and(|l| l.iter().any(|a| a["id"] == reverse["id"])));
 
+    // The web pages in a real browser, with this device, its alerts and its configuration.
+    let temp_id = temp["id"].as_i64().expect("id");
+    browser_check(&hub, device, temp_id);
+
     // State changes: ack by the CLI, close by the API; a closed alert cannot be acknowledged.
     let id = reverse["id"].as_i64().expect("id").to_string();
     let acked: Value =
@@ -187,4 +194,49 @@ fn a_real_agent_doing_real_things_raises_alerts() {
         find(&cli_alerts(&data, device), "device-silent").is_some()
     });
     assert!(silent, "no device-silent alert\nhub log:\n{}", hub.log_text());
+}
+
+/// Runs `console_web.py` against the hub's web console: `alert` is acknowledged through the
+/// alerts page.
+fn browser_check(hub: &Hub, device: &str, alert: i64) {
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        if !Path::new(tool).exists() {
+            return skip(&format!(
+                "{tool} is missing (Debian: apt-get install chromium chromium-driver)"
+            ));
+        }
+    }
+    let python = match venv_python() {
+        Ok(p) => p,
+        Err(reason) => return skip(&reason),
+    };
+    let shots = target_dir().join("console-screenshots");
+    let script = repo_root().join("crates/hub/tests/it/console_web.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}", hub.api))
+        .arg(&hub.token)
+        .arg(format!("/devices/{device}/modules/{MODULE}"))
+        .arg(alert.to_string())
+        .arg(&shots)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser check failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).expect("the script prints JSON");
+    for shot in result["screenshots"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        eprintln!("console screenshot: {}", shot.as_str().unwrap_or(""));
+    }
+    assert!(
+        result["screenshots"].as_array().is_some_and(|s| s.len() >= 8),
+        "{result}"
+    );
 }
