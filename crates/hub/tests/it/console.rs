@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::agent::{agent_binary, Agent};
 use crate::cli::{hub_cli, ok_stdout};
+use crate::hardening::raw_http;
 use crate::python::venv_python;
 use crate::support::{repo_root, scratch, skip, target_dir, wait_until, Hub, CONFIG_KEY, MODULE};
 
@@ -239,4 +240,123 @@ fn browser_check(hub: &Hub, device: &str, alert: i64) {
         result["screenshots"].as_array().is_some_and(|s| s.len() >= 8),
         "{result}"
     );
+}
+
+/// A web request with a form body (empty: none) and extra header lines.
+fn web(hub: &Hub, method: &str, path: &str, headers: &str, form: &str) -> (u16, String) {
+    let api = hub.api;
+    let body = if form.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+    };
+    let request = if body.is_empty() {
+        format!("{method} {path} HTTP/1.1\r\nHost: {api}\r\n{headers}Connection: close\r\n\r\n")
+    } else {
+        format!("{method} {path} HTTP/1.1\r\nHost: {api}\r\n{headers}Connection: close\r\n{body}")
+    };
+    raw_http(api, &request)
+}
+
+fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    answer.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    })
+}
+
+/// Logs in; returns the `Cookie:` header line and the page's CSRF token.
+fn log_in(hub: &Hub) -> (String, String) {
+    let (status, answer) = web(hub, "POST", "/login", "", &format!("token={}", hub.token));
+    assert_eq!(status, 303, "{answer}");
+    let cookie = header(&answer, "set-cookie").expect("a session cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().expect("name=value");
+    let cookie_line = format!("Cookie: {pair}\r\n");
+    let (status, page) = web(hub, "GET", "/", &cookie_line, "");
+    assert_eq!(status, 200, "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_owned();
+    (cookie_line, csrf)
+}
+
+#[test]
+fn the_web_console_needs_a_session_and_a_csrf_token() {
+    let dir = scratch("console-web-access");
+    let data = dir.join("data");
+    let hub = Hub::start(&data, "127.0.0.1:0").expect("hub starts");
+
+    // Without a session: the login page; a foreign Host: 421 (DNS rebinding).
+    let (status, answer) = web(&hub, "GET", "/", "", "");
+    assert_eq!(
+        (status, header(&answer, "location")),
+        (303, Some("/login")),
+        "{answer}"
+    );
+    let (status, answer) = web(&hub, "GET", "/login", "", "");
+    assert_eq!(status, 200);
+    let csp = header(&answer, "content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    let rebound = raw_http(
+        hub.api,
+        "GET /login HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(rebound.0, 421);
+    // A wrong token, or the right one posted from another site: no session.
+    let (status, answer) = web(&hub, "POST", "/login", "", "token=wrong");
+    assert_eq!(status, 401);
+    assert!(header(&answer, "set-cookie").is_none());
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        "/login",
+        "Origin: http://evil.example\r\n",
+        &format!("token={}", hub.token),
+    );
+    assert_eq!(status, 403);
+    assert!(header(&answer, "set-cookie").is_none());
+
+    let (cookie, csrf) = log_in(&hub);
+    // The cookie is not a way into the JSON API, which still wants the bearer token.
+    assert_eq!(web(&hub, "GET", "/v1/alerts", &cookie, "").0, 401);
+    // State changes need the CSRF token and, when the browser sends one, our Origin.
+    assert_eq!(web(&hub, "POST", "/alerts/1/ack", &cookie, "back=%2F").0, 403);
+    assert_eq!(web(&hub, "POST", "/alerts/1/ack", &cookie, "csrf=wrong").0, 403);
+    let evil = format!("{cookie}Origin: http://evil.example\r\n");
+    assert_eq!(
+        web(&hub, "POST", "/alerts/1/ack", &evil, &format!("csrf={csrf}")).0,
+        403
+    );
+    assert_eq!(
+        web(&hub, "POST", "/alerts/1/ack", &cookie, &format!("csrf={csrf}")).0,
+        404,
+        "no such alert"
+    );
+    assert_eq!(web(&hub, "GET", "/devices/nobody", &cookie, "").0, 404);
+    assert_eq!(web(&hub, "GET", "/console.css", &cookie, "").0, 200);
+
+    // Logging out ends the session.
+    let (status, _) = web(&hub, "POST", "/logout", &cookie, &format!("csrf={csrf}"));
+    assert_eq!(status, 303);
+    assert_eq!(web(&hub, "GET", "/", &cookie, "").0, 303);
+    // Rotating the API token ends every session.
+    let (cookie, _) = log_in(&hub);
+    let rotated = hub_cli(&data, &["token", "rotate"], None);
+    assert!(rotated.status.success());
+    let (status, answer) = web(&hub, "GET", "/alerts", &cookie, "");
+    assert_eq!((status, header(&answer, "location")), (303, Some("/login")));
 }
