@@ -25,7 +25,7 @@
 //! | POST | `/v1/alerts/{id}/ack`, `/v1/alerts/{id}/close` | changes its state (409 if it is closed) |
 //! | GET | `/v1/recommendations?device=` | the recommendations from the latest snapshots |
 //!
-//! Any path outside `/v1/` is the web console ([`crate::console::web`]), which logs in with
+//! Any path outside `/v1/` is the web console ([`crate::web`]), which logs in with
 //! the token once and then uses a session cookie and CSRF tokens instead of the header.
 //!
 //! The transport (hyper, and the pools that keep slow clients from blocking everyone) is
@@ -44,7 +44,6 @@ use tracing::{info, warn};
 
 use crate::console::model::utc_text;
 use crate::console::rules::{Rule, Severity};
-use crate::console::web::{Login, Sessions, WebReply};
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
 use crate::identity::{connection_string, generate_key, IdentityId};
@@ -53,6 +52,7 @@ use crate::store::{
     StoreError, StoredMessage,
 };
 use crate::twin::{DesiredChange, Twin};
+use crate::web::{Login, Sessions, WebReply};
 
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
 pub const MAX_LONG_POLLS: usize = 32;
@@ -285,7 +285,7 @@ pub fn exchange<Slot>(
         return match check_host(access, request) {
             Err(answer) => Reply::Json(answer),
             Ok(()) => match answer_slot() {
-                Some(_slot) => Reply::Web(crate::console::web::serve(hub, request, access)),
+                Some(_slot) => Reply::Web(crate::web::serve(hub, request, access)),
                 None => Reply::Json(error(503, "busy: too many API requests at once")),
             },
         };

@@ -30,9 +30,9 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use tracing::{debug, warn};
 
 use crate::api::{Access, Answer, LongPolls, Reply};
-use crate::console::web::{WebReply, SECURITY_HEADERS};
 use crate::http::{request_from, HttpError, MAX_REQUEST_BODY};
 use crate::hub::Hub;
+use crate::web::{WebReply, SECURITY_HEADERS};
 
 /// Requests answered at once (after they were read); more get 503.
 pub const MAX_API_REQUESTS: usize = 16;

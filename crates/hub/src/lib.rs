@@ -16,8 +16,9 @@
 //!   routes; `rollout` applies automatic configurations to twins through `hub`.
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
 //!   without following links; the API's bearer token.
-//! - `console`: the fleet console - typed ingest, the rule engine, recommendations (pure) and
-//!   the web pages; `store::console` keeps its rows, alerts and recommendations.
+//! - `console`: the fleet console's pure part - typed ingest, the rule engine,
+//!   recommendations; `store::console` keeps its rows, alerts and recommendations; `web` serves
+//!   its pages (sessions, CSRF) on the API's address outside `/v1/`.
 //! - `store`: SQLite - identities, twins with versions, messages with properties and flags;
 //!   `store::registry` the service side's: keys, etags, tags, policies, configurations, audit.
 //! - `tls`: local CA and server certificate, generated on first start.
@@ -55,3 +56,4 @@ pub mod token;
 pub mod topics;
 pub mod twin;
 pub mod twin_query;
+pub mod web;

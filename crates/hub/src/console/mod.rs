@@ -5,16 +5,15 @@
 //! - `rules`: the built-in detection rules over typed events (and reported status, and
 //!   silence), with injected time. Pure.
 //! - `recommend`: standing advice from the latest snapshots. Pure.
-//! - `web`: the server-rendered pages on the operator API (`/`), their session cookie and
-//!   CSRF tokens.
 //!
-//! The store keeps the typed rows, alerts and recommendations (`store::console`); the hub
-//! runs ingest and the rules on each stored security message ([`crate::hub::Hub`]).
+//! Around it, the IO layer: the store keeps the typed rows, alerts and recommendations
+//! (`store::console`); the hub runs ingest and the rules on each stored security message
+//! (`hub::Hub`); `web` serves the pages.
 //!
-//! Architecture Invariant: `ingest`, `rules` and `recommend` do no IO and read no clock.
+//! Architecture Invariant: this module does no IO, reads no clock, and uses nothing of the
+//! hub's IO layer (hub, store, web), which `scripts/check-cycles` keeps honest.
 
 pub mod ingest;
 pub mod model;
 pub mod recommend;
 pub mod rules;
-pub mod web;

@@ -24,8 +24,8 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use super::model::{utc_text, CONFIG_KEY};
-use super::rules::{Rule, Severity};
+use crate::console::model::{utc_text, CONFIG_KEY};
+use crate::console::rules::{Rule, Severity};
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
 use crate::identity::IdentityId;
