@@ -23,11 +23,11 @@ use std::collections::{HashMap, HashSet};
 use twinguard::collect::listening_ports::{listening_items, ListeningPortsCollector};
 use twinguard::collect::os_baseline::OsBaselineCollector;
 use twinguard::collect::{snapshot_collector, SnapshotCollector};
-use twinguard::event::EventName;
 use twinguard::sys::fs::Root;
 use twinguard::sys::procfd;
 use twinguard::sys::procnet::{self, Table};
 use twinguard::sys::sockdiag::DiagSocket;
+use twinguard_core::event::EventName;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

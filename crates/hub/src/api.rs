@@ -436,7 +436,7 @@ fn message_json(m: &StoredMessage) -> Value {
     for (name, value) in &msg.properties {
         properties.insert(name.clone(), value.as_deref().map_or(Value::Null, Value::from));
     }
-    let received = twinguard::event::Timestamp::from_parts(msg.received_ms, 0)
+    let received = twinguard_core::event::Timestamp::from_parts(msg.received_ms, 0)
         .map(|t| t.utc_rfc3339())
         .unwrap_or_default();
     let mut out = json!({

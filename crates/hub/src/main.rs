@@ -343,9 +343,9 @@ fn desired_section(doc: Value) -> Value {
     // A bare configuration object (as `twinguard run --twin` takes it) belongs under the
     // configuration key: the agent reads nothing else of the desired section.
     let bare = matches!(&section, Value::Object(m) if !m.is_empty()
-        && m.keys().all(|k| twinguard::config::Property::from_name(k).is_some()));
+        && m.keys().all(|k| twinguard_core::config::Property::from_name(k).is_some()));
     if bare {
-        section = json!({ twinguard::config::CONFIG_KEY: section });
+        section = json!({ twinguard_core::config::CONFIG_KEY: section });
     }
     section
 }

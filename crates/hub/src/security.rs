@@ -1,12 +1,12 @@
 //! Security messages: a device-to-cloud message is one when its property bag says
 //! `$.ifid=urn:azureiot:Security:SecurityAgent:1` (what the official SDKs'
 //! `set_as_security_message()` and the agent send), and it is *valid* when its body parses
-//! strictly as the security-message model shared with the agent (`twinguard::event`): exactly
+//! strictly as the security-message model shared with the agent (`twinguard_core::event`): exactly
 //! `AgentVersion`, `AgentId` (a GUID), `MessageSchemaVersion` "1.0" and a non-empty `Events`
 //! array of events that `Event::from_json` accepts. Pure.
 
 use serde_json::Value;
-use twinguard::event::{Event, MESSAGE_SCHEMA_VERSION};
+use twinguard_core::event::{Event, MESSAGE_SCHEMA_VERSION};
 
 /// The interface id that marks a security message.
 pub const SECURITY_INTERFACE_ID: &str = "urn:azureiot:Security:SecurityAgent:1";
@@ -74,11 +74,15 @@ fn is_guid(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
-    use twinguard::event::EventName;
+    use twinguard_core::event::{Timestamp, Uuid};
 
     fn event_json() -> String {
-        let event = Event::new(EventName::ListeningPorts, Vec::new(), SystemTime::now()).expect("event");
+        let event = Event::from_items(
+            Uuid::from_u128(0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e),
+            Vec::<twinguard_core::event::ListeningPorts>::new(),
+            Timestamp::from_parts(1_795_893_660_123, 0).expect("time"),
+        )
+        .expect("event");
         String::from_utf8(event.to_json()).expect("utf-8")
     }
 

@@ -23,11 +23,11 @@ pub use sources::{parse_cap_eff, Cap, Capabilities, SourceCheck, SourceState, CA
 pub use storage::{human_bytes, DataDirCheck};
 
 use crate::collect::user_names::UserNames;
-use crate::config::{validate_config_object, validate_document, Config, Severity, Validation};
-use crate::event::Priority;
 use crate::input::read_twin;
 use crate::transport::settings::{ConnectionSettings, Mode, DEFAULT_SETTINGS_FILE};
 use crate::transport::DesiredUpdate;
+use twinguard_core::config::{validate_config_object, validate_document, Config, Severity, Validation};
+use twinguard_core::event::Priority;
 
 /// What `twinguard doctor` examines.
 #[derive(Clone, Debug, Default)]

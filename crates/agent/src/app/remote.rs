@@ -20,11 +20,11 @@ use tracing::{info, warn};
 
 use super::run::{run_agent, RunError, Synthetic};
 use super::signals::block_termination_signals;
-use crate::config::{validate_config_object, validate_document, Config, Problem};
 use crate::datadir::DataDir;
 use crate::transport::iothub::{IotHubOptions, IotHubTransport};
 use crate::transport::mqtt::{MqttOptions, MqttTransport};
 use crate::transport::DesiredUpdate;
+use twinguard_core::config::{validate_config_object, validate_document, Config, Problem};
 
 /// How long start-up waits for the broker or hub before starting with the defaults.
 pub(crate) const STARTUP_WAIT: Duration = Duration::from_secs(5);

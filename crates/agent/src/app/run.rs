@@ -18,21 +18,21 @@ use super::signals::{block_termination_signals, Signals};
 use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
 use crate::collect::{snapshot_collector, stream_collectors};
-use crate::config::{
-    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
-    Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
-};
 use crate::datadir::{DataDir, DataDirError};
-use crate::event::{
-    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame,
-    PayloadItem, Priority, ProcessCreate,
-};
 use crate::pipeline::aggregate::{Aggregator, MAX_KEYS};
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
 use crate::pipeline::cache::{Cache, CacheError};
 use crate::sys::safefile::FileError;
 use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
 use crate::transport::{DesiredUpdate, Transport, TransportError};
+use twinguard_core::config::{
+    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
+    Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
+};
+use twinguard_core::event::{
+    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, EventName, MessageFrame, PayloadItem,
+    Priority, ProcessCreate,
+};
 
 /// Exit code for an invalid or unreadable configuration at start (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -461,7 +461,7 @@ impl Agent {
             } => {
                 let mut status = status;
                 match result {
-                    Ok(items) => match Event::new(name, items, wall) {
+                    Ok(items) => match crate::stamp::new_event(name, items, wall) {
                         Ok(event) => {
                             self.pipeline.submit(event, now);
                         }
@@ -594,7 +594,7 @@ impl Agent {
         let (validation, version) = match update {
             DesiredUpdate::Cleared => {
                 info!("the desired document is gone: back to the defaults");
-                (crate::config::validate_config_object(None, ""), None)
+                (twinguard_core::config::validate_config_object(None, ""), None)
             }
             DesiredUpdate::Unreadable(why) => return self.reject_document(why, now),
             DesiredUpdate::Document { doc, version } => (validate_document(&doc), version),
@@ -644,7 +644,7 @@ impl Agent {
         self.report();
         let used = Value::Object(self.pipeline.config().to_object()).to_string();
         let item = ConfigurationError::new("", ConfigurationErrorType::TypeMismatch, used, message);
-        if let Ok(event) = Event::new(
+        if let Ok(event) = crate::stamp::new_event(
             EventName::ConfigurationError,
             vec![item.into()],
             SystemTime::now(),
@@ -676,7 +676,7 @@ impl Agent {
         if items.is_empty() {
             return;
         }
-        if let Ok(event) = Event::new(EventName::ConfigurationError, items, SystemTime::now()) {
+        if let Ok(event) = crate::stamp::new_event(EventName::ConfigurationError, items, SystemTime::now()) {
             self.pipeline.submit(event, now);
         }
     }
@@ -722,7 +722,11 @@ fn spawn_synthetic(s: Synthetic, tx: SyncSender<RunInput>) -> std::io::Result<()
                         extra_details: Default::default(),
                     }
                     .with_extra("Synthetic", sent.to_string());
-                    match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
+                    match crate::stamp::new_event(
+                        EventName::ProcessCreate,
+                        vec![item.into()],
+                        SystemTime::now(),
+                    ) {
                         Ok(event) => {
                             if tx.send(RunInput::Synthetic(event)).is_err() {
                                 return;

@@ -11,8 +11,8 @@ use tracing::{info, warn};
 use super::inbox::RunInput;
 use crate::backoff::Backoff;
 use crate::collect::{CollectError, EventSink, StopSignal, StreamCollector};
-use crate::config::{CollectorStatus, Config};
-use crate::event::{EventName, Priority};
+use twinguard_core::config::{CollectorStatus, Config};
+use twinguard_core::event::{EventName, Priority};
 
 /// Retry delays after a collector failed: 1 s doubling to 5 min, each jittered down to as
 /// little as half.

@@ -11,11 +11,11 @@
 
 use std::collections::HashSet;
 
-use crate::config::CollectorStatus;
-use crate::event::{ConnectedHardware, EventName, ExtraDetails, PayloadItem};
 use crate::sys::fs::Root;
 use crate::sys::hwids::{self, IdNames};
 use crate::sys::sysfs::{self, BlockDevice, NetDevice, PciDevice, UsbDevice};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{ConnectedHardware, EventName, ExtraDetails, PayloadItem};
 
 use super::{CollectError, SnapshotCollector};
 

@@ -32,8 +32,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info};
 
-use crate::config::CollectorStatus;
-use crate::event::{ConnectionCreate, Direction, Event, EventName, ExtraDetails, Protocol};
 use crate::sys::audit::{
     self, Assembler, AuditEvent, SockAddr, AUDIT_PROCTITLE, AUDIT_SOCKADDR, AUDIT_SYSCALL,
 };
@@ -44,6 +42,8 @@ use crate::sys::procinfo::{self, ProcDir};
 use crate::sys::procnet::ProcNetSocket;
 use crate::sys::sockdiag;
 use crate::sys::tcpdiag::{self, TcpDiag};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{ConnectionCreate, Direction, EventName, ExtraDetails, Protocol};
 
 use super::audit::{AuditMember, RULE_KEY};
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
@@ -366,7 +366,7 @@ fn event_time(ms: i64) -> SystemTime {
 }
 
 fn send(sink: &EventSink, item: ConnectionCreate, wall: SystemTime) {
-    match Event::new(EventName::ConnectionCreate, vec![item.into()], wall) {
+    match crate::stamp::new_event(EventName::ConnectionCreate, vec![item.into()], wall) {
         Ok(e) => {
             sink.send(e);
         }
@@ -836,8 +836,11 @@ impl StreamCollector for ConnectionCollector {
                     }
                     Some(Audited::Connection(c)) => {
                         if let Some(item) = self.resolve(c, diag.as_mut(), &mut poller, id) {
-                            match Event::new(EventName::ConnectionCreate, vec![item.into()], event_time(time))
-                            {
+                            match crate::stamp::new_event(
+                                EventName::ConnectionCreate,
+                                vec![item.into()],
+                                event_time(time),
+                            ) {
                                 Ok(e) => ready.push(e),
                                 Err(e) => debug!("connection event not built: {e}"),
                             }

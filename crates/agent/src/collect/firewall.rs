@@ -15,11 +15,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::CollectorStatus;
-use crate::event::{Direction, EventName, ExtraDetails, FirewallAction, FirewallConfiguration, PayloadItem};
 use crate::sys::firewall::{self, FirewallRule, Verdict};
 use crate::sys::fs::Root;
 use crate::sys::program;
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{
+    Direction, EventName, ExtraDetails, FirewallAction, FirewallConfiguration, PayloadItem,
+};
 
 use super::{CollectError, SnapshotCollector};
 

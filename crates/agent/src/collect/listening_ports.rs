@@ -16,12 +16,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::config::CollectorStatus;
-use crate::event::{EventName, ExtraDetails, ListeningPorts, PayloadItem, Protocol};
 use crate::sys::fs::Root;
 use crate::sys::procfd;
 use crate::sys::procnet::{self, Family, ProcNetSocket, Table, Transport};
 use crate::sys::sockdiag::{self, DiagSocket};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, ListeningPorts, PayloadItem, Protocol};
 
 use super::{CollectError, SnapshotCollector};
 

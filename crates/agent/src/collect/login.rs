@@ -16,12 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName, ExtraDetails, Login, LoginResult};
 use crate::sys::audit::{self, Assembler, AuditEvent, AUDIT_USER_AUTH, AUDIT_USER_LOGIN};
 use crate::sys::netlink::Received;
 use crate::sys::procinfo::ProcDir;
 use crate::sys::utmp::{self, Position, UtmpRecord};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, Login, LoginResult};
 
 use super::audit::AuditMember;
 use super::user_names::UserNames;
@@ -229,7 +229,7 @@ impl Default for LoginCollector {
 }
 
 fn send(sink: &EventSink, item: Login, wall: SystemTime) -> bool {
-    match Event::new(EventName::Login, vec![item.into()], wall) {
+    match crate::stamp::new_event(EventName::Login, vec![item.into()], wall) {
         Ok(e) => sink.send(e),
         Err(e) => {
             debug!("login event not built: {e}");

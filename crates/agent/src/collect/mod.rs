@@ -17,8 +17,8 @@ pub mod user_names;
 
 pub use stream::{EventBatch, EventSink, StopSignal, StreamCollector};
 
-use crate::config::CollectorStatus;
-use crate::event::{EventName, PayloadItem};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, PayloadItem};
 
 /// Why a collector could not produce its event. The event is then not sent at all (never
 /// `IsEmpty: true` for a failure); the failure goes to the log, `reported.twinguard` and a

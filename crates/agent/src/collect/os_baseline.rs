@@ -14,13 +14,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use crate::config::CollectorStatus;
-use crate::event::{BaselineResult, BaselineSeverity, EventName, ExtraDetails, OSBaseline, PayloadItem};
 use crate::sys::accounts::{self, GroupEntry, Parsed, PasswdEntry, PasswordState, ShadowEntry};
 use crate::sys::fs::{read_text, read_value, Root};
 use crate::sys::keyvalue::{self, Limit};
 use crate::sys::osinfo::{self, Mount};
 use crate::sys::sshd::{self, SshdConfig};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{
+    BaselineResult, BaselineSeverity, EventName, ExtraDetails, OSBaseline, PayloadItem,
+};
 
 use BaselineSeverity::{Critical, Important, Informational, Warning};
 

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, warn};
 
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
 use crate::sys::cnproc::{self, LossCounter, ProcConnector, ProcEvent, ProcMessage};
 use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procinfo::{self, ProcDir, ProcessInfo};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
 
 use super::user_names::UserNames;
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
@@ -432,7 +432,7 @@ impl StreamCollector for ProcessCollector {
         let hand_over = |batch: &mut Vec<(PayloadItem, SystemTime)>| {
             let mut events = Vec::with_capacity(batch.len());
             for (item, wall) in batch.drain(..) {
-                match Event::new(item.name(), vec![item], wall) {
+                match crate::stamp::new_event(item.name(), vec![item], wall) {
                     Ok(event) => events.push(event),
                     Err(e) => debug!("process event not built: {e}"),
                 }

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{Event, EventName};
 
 use super::CollectError;
 

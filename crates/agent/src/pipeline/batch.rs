@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, PushOutcome};
-use crate::config::Config;
-use crate::event::{
+use twinguard_core::config::Config;
+use twinguard_core::event::{
     Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
     MessageStatistics, PayloadItem, Priority, Queue,
 };
@@ -251,7 +251,7 @@ impl Pipeline {
         let split = if event.json_len() <= max_event {
             vec![event]
         } else {
-            let outcome = event.split_to_fit(max_event);
+            let outcome = event.split_to_fit(max_event, crate::stamp::new_id);
             for item in &outcome.too_large {
                 self.count_before_cache(priority, DropReason::TooLarge, 1, now_ms);
                 out.dropped.push(DropReason::TooLarge);
@@ -548,7 +548,7 @@ impl Pipeline {
             return None;
         }
         let items: Vec<PayloadItem> = self.diagnostics.drain(..).map(PayloadItem::from).collect();
-        Event::new(EventName::Diagnostic, items, wall).ok()
+        crate::stamp::new_event(EventName::Diagnostic, items, wall).ok()
     }
 
     /// The DroppedEventsStatistics and MessageStatistics events for the period since the last
@@ -580,7 +580,7 @@ impl Pipeline {
         ]
         .into_iter()
         .filter(|(name, _)| self.config.priority(*name) != Priority::Off)
-        .filter_map(|(name, items)| Event::new(name, items, wall).ok())
+        .filter_map(|(name, items)| crate::stamp::new_event(name, items, wall).ok())
         .collect()
     }
 
@@ -663,7 +663,7 @@ fn event_name_of(event: &[u8]) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::event::ProcessCreate;
+    use twinguard_core::event::ProcessCreate;
 
     fn event(n: u64) -> Event {
         let item = ProcessCreate {
@@ -675,7 +675,7 @@ mod tests {
             command_line: format!("test {n}"),
             extra_details: Default::default(),
         };
-        Event::new(
+        crate::stamp::new_event(
             EventName::ProcessCreate,
             vec![item.into()],
             SystemTime::UNIX_EPOCH,
@@ -768,7 +768,7 @@ mod tests {
         p.cache.close().unwrap();
 
         let mut small = Config::default();
-        small.max_local_cache_size_in_bytes = crate::config::MIN_CACHE_BYTES;
+        small.max_local_cache_size_in_bytes = twinguard_core::config::MIN_CACHE_BYTES;
         let (cache, recovery) = Cache::open(&dir, small.max_local_cache_size_in_bytes).unwrap();
         let evicted = recovery.evicted.len() as u64;
         assert!(evicted >= 40, "the open evicts most of the 80 events: {evicted}");

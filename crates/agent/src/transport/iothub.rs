@@ -30,8 +30,8 @@ use super::mqtt_client::{ClientOptions, Credentials, Login, MqttClient, Secret};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
 use crate::backoff::Backoff;
-use crate::config::{DesiredState, PatchOutcome, CONFIG_KEY};
 use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
+use twinguard_core::config::{DesiredState, PatchOutcome, CONFIG_KEY};
 
 /// The API version IoT Hub is asked for.
 pub const API_VERSION: &str = "2021-04-12";
@@ -558,7 +558,7 @@ impl IotHubTransport {
         }
         self.get_failures = 0;
         // Parsed with the bounds of any twin document (members per object, 1 MiB).
-        let twin: Value = match crate::config::read_document(body) {
+        let twin: Value = match twinguard_core::config::read_document(body) {
             Ok(v) => v,
             Err(e) => {
                 self.update = Some(DesiredUpdate::Unreadable(format!(
@@ -584,7 +584,7 @@ impl IotHubTransport {
     }
 
     fn handle_notification(&mut self, topic_version: Option<i64>, body: &[u8]) {
-        let mut patch: Value = match crate::config::read_document(body) {
+        let mut patch: Value = match twinguard_core::config::read_document(body) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
                 warn!("a desired-properties notification is not a JSON object: fetching the twin");
@@ -879,7 +879,9 @@ mod tests {
         let DesiredUpdate::Document { doc, .. } = desired_for_agent(&json!({"otherApp": 1}), Some(2)) else {
             panic!()
         };
-        assert!(crate::config::validate_document(&doc).problems.is_empty());
+        assert!(twinguard_core::config::validate_document(&doc)
+            .problems
+            .is_empty());
     }
 
     proptest::proptest! {

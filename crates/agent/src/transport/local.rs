@@ -315,7 +315,7 @@ impl Transport for LocalTransport {
         Some(match twin.poll(now_ms)? {
             TwinChange::Deleted => DesiredUpdate::Cleared,
             TwinChange::Content(Err(e)) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
-            TwinChange::Content(Ok(bytes)) => match crate::config::read_document(&bytes) {
+            TwinChange::Content(Ok(bytes)) => match twinguard_core::config::read_document(&bytes) {
                 Ok(doc) => DesiredUpdate::Document { doc, version: None },
                 Err(e) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
             },

@@ -23,8 +23,8 @@ use super::mqtt_client::{ClientOptions, Credentials, Message, MqttClient, Secret
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
 use crate::backoff::Backoff;
-use crate::config::MAX_DOCUMENT_BYTES;
 use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
+use twinguard_core::config::MAX_DOCUMENT_BYTES;
 
 /// Keep-alive: a dead broker is noticed within about this plus the ping timeout.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -381,7 +381,7 @@ fn desired_update(payload: &[u8]) -> DesiredUpdate {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return DesiredUpdate::Cleared;
     }
-    match crate::config::read_document(payload) {
+    match twinguard_core::config::read_document(payload) {
         Ok(doc) => DesiredUpdate::Document { doc, version: None },
         Err(e) => DesiredUpdate::Unreadable(format!("the desired document on the broker: {e}")),
     }

@@ -749,7 +749,7 @@ fn login_fallback_follows_real_wtmp_and_btmp_records_with_a_checkpoint() {
     use std::sync::{Arc, Mutex};
     use twinguard::collect::login::LoginCollector;
     use twinguard::collect::{EventSink, StopSignal, StreamCollector};
-    use twinguard::event::{Event, MessageFrame};
+    use twinguard_core::event::{Event, MessageFrame};
 
     let dir = TempDir::new("ev-utmp");
     let wtmp_fixture = std::fs::read(fixture("utmp/wtmp")).unwrap();

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use twinguard::backoff::Backoff;
-use twinguard::config::CONFIG_KEY;
 use twinguard::transport::mqtt_client::{ClientOptions, Credentials, MqttClient, Secret, StaticLogin};
 use twinguard::transport::tls::{client_config, TlsOptions};
+use twinguard_core::config::CONFIG_KEY;
 use twinguard_mqtt::{Publish, QoS};
 
 use crate::conformance::validate_messages;
@@ -942,7 +942,7 @@ impl HubHarness {
             } else if p.topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
                 self.patches += 1;
                 let patch: Value = serde_json::from_slice(&p.payload).unwrap();
-                twinguard::config::merge_patch(&mut self.reported, &patch);
+                twinguard_core::config::merge_patch(&mut self.reported, &patch);
                 self.reported_version += 1;
                 self.obs.publish(
                     &format!(
@@ -970,7 +970,7 @@ impl HubHarness {
     /// Sends a desired-properties notification and merges it into the harness's twin.
     fn patch_desired(&mut self, patch: Value) {
         let version = patch["$version"].as_i64().unwrap();
-        twinguard::config::merge_patch(&mut self.desired, &patch);
+        twinguard_core::config::merge_patch(&mut self.desired, &patch);
         self.obs.publish(
             &format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
             patch.to_string().as_bytes(),

@@ -13,12 +13,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::collect::{audit::RULE_KEY, process, snapshot_collector};
-use crate::event::{EventName, Priority};
 use crate::sys::audit::{self as sys_audit, AuditSocket, AuditStatus};
 use crate::sys::cnproc::ProcConnector;
 use crate::sys::firewall::legacy_tables_loaded;
 use crate::sys::fs::{read_text, Root};
 use crate::sys::tcpdiag::{self, TcpDiag};
+use twinguard_core::event::{EventName, Priority};
 
 /// The audit manager's lock of the running agents (see `collect::audit`).
 const AUDIT_LOCK: &str = "/run/twinguard/audit.lock";

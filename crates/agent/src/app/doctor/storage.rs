@@ -363,7 +363,7 @@ fn free_space(check: &mut DataDirCheck, path: &Path, bound: u64, used: u64) {
 mod tests {
     use super::*;
     use crate::datadir::DataDir;
-    use crate::event::Priority;
+    use twinguard_core::event::Priority;
 
     fn temp(label: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("twinguard-doctor-{label}-{}", std::process::id()));
