@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::sys::safefile::{self, expect_regular, fstat, try_lock, Dir, FileError};
+use twinguard_os::safefile::{self, expect_regular, fstat, try_lock, Dir, FileError};
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,11 @@ use twinguard::app::doctor::{examine, DoctorOptions};
 use twinguard::app::{run_iothub, run_mqtt};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 use twinguard::collect::snapshot_collector;
-use twinguard::sys::safefile::read_regular;
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
 use twinguard::transport::settings::{ConnectionSettings, Mode};
 use twinguard::transport::settings::{DEFAULT_SETTINGS_FILE, MAX_SETTINGS_BYTES};
 use twinguard_core::event::{EventName, MessageFrame};
+use twinguard_os::safefile::read_regular;
 
 /// Exit code for a usage error or an unreadable document.
 const EXIT_USAGE: u8 = 2;

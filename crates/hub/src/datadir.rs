@@ -6,13 +6,13 @@
 //! opened with `O_NOFOLLOW`, so a symbolic link planted in the directory is refused, not
 //! followed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
-use twinguard::sys::safefile::{read_limited, write_file_atomically, FileError};
+use twinguard_os::safefile::{open_nofollow, read_limited, write_file_atomically, FileError};
 
 /// The API's bearer token, in the data directory.
 pub const TOKEN_FILE: &str = "api-token";
@@ -109,7 +109,7 @@ pub fn prepare(dir: &Path) -> Result<(), DataDirError> {
             what: "is not a directory",
         });
     }
-    let me = twinguard::sys::euid();
+    let me = twinguard_os::euid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(DataDirError::Owner {
             path: dir.to_owned(),
@@ -158,14 +158,6 @@ pub fn tighten_private_files(dir: &Path) -> Result<(), DataDirError> {
         }
     }
     Ok(())
-}
-
-/// Opens `path` without following a symbolic link at its last component and without
-/// blocking on a FIFO.
-pub fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
-    options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// A clear error for a failed no-follow open: `ELOOP` means a symbolic link.

@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
-use twinguard::sys::safefile::{read_limited, read_regular};
 use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::query::percent_encode;
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
+use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
     Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, ServeArgs, TokenCommand, TwinCommand,
@@ -285,7 +285,7 @@ fn output_connection_string(identity: &Value, out: Option<&Path>) -> anyhow::Res
             );
         }
     }
-    let mut file = twinguard_hub::datadir::open_nofollow(
+    let mut file = twinguard_os::safefile::open_nofollow(
         path,
         std::fs::OpenOptions::new().write(true).create(true).mode(0o600),
     )

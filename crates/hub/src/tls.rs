@@ -18,7 +18,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use twinguard::sys::safefile::{write_file_atomically, FileError};
+use twinguard_os::safefile::{write_file_atomically, FileError};
 
 /// The CA certificate file clients are given.
 pub const CA_FILE: &str = "ca.pem";

@@ -125,7 +125,7 @@ impl Report {
 }
 
 fn current_user() -> String {
-    let uid = crate::sys::euid();
+    let uid = twinguard_os::euid();
     let name = UserNames::default()
         .name(uid)
         .unwrap_or_else(|| "an unnamed user".into());

@@ -20,7 +20,7 @@ pub fn default_data_dir() -> Result<PathBuf, NoDataDir> {
             let text = p.to_string_lossy();
             PathBuf::from(text.split(':').next().unwrap_or_default())
         }),
-        crate::sys::euid() == 0,
+        twinguard_os::euid() == 0,
         env("XDG_STATE_HOME"),
         env("HOME"),
     )

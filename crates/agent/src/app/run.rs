@@ -22,7 +22,6 @@ use crate::datadir::{DataDir, DataDirError};
 use crate::pipeline::aggregate::{Aggregator, MAX_KEYS};
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
 use crate::pipeline::cache::{Cache, CacheError};
-use crate::sys::safefile::FileError;
 use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
 use crate::transport::{DesiredUpdate, Transport, TransportError};
 use twinguard_core::config::{
@@ -33,6 +32,7 @@ use twinguard_core::event::{
     ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, EventName, MessageFrame, PayloadItem,
     Priority, ProcessCreate,
 };
+use twinguard_os::safefile::FileError;
 
 /// Exit code for an invalid or unreadable configuration at start (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -234,7 +234,7 @@ pub fn run_agent(
         Some(Synthetic {
             ack_log: Some(path), ..
         }) => Some(
-            crate::sys::safefile::Dir::open_parent_of(path).and_then(|(dir, name)| {
+            twinguard_os::safefile::Dir::open_parent_of(path).and_then(|(dir, name)| {
                 dir.open(
                     &name,
                     libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,

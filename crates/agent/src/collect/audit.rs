@@ -31,7 +31,7 @@ use crate::sys::audit::{
     self, AuditSocket, AuditStatus, Rule, NLGRP_READLOG, STATUS_BACKLOG_LIMIT, STATUS_ENABLED, STATUS_PID,
 };
 use crate::sys::netlink::{BatchReceived, Received, RecvBatch};
-use crate::sys::safefile::{self, Dir};
+use twinguard_os::safefile::{self, Dir};
 
 /// The key that tags every rule the agent adds (SPEC §3).
 pub const RULE_KEY: &str = "twinguard";
@@ -537,7 +537,7 @@ mod tests {
         std::fs::rename(&state, path.join("real")).unwrap();
         std::os::unix::fs::symlink(path.join("real"), &state).unwrap();
         assert_eq!(read_saved_in(&dir), None);
-        if crate::sys::euid() == 0 {
+        if twinguard_os::euid() == 0 {
             // Another user's file.
             std::fs::remove_file(&state).unwrap();
             std::fs::rename(path.join("real"), &state).unwrap();

@@ -171,7 +171,7 @@ impl ListeningPortsCollector {
             }
         };
         if owners.unreadable > 0 {
-            let why = if crate::sys::euid() == 0 {
+            let why = if twinguard_os::euid() == 0 {
                 "permission denied to root: processes of another user namespace, or CAP_SYS_PTRACE missing"
             } else {
                 "not root: needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"

@@ -205,8 +205,8 @@ impl Checkpoint {
             .map(|t| Checkpoint::parse(&t))
     }
 
-    fn save(&self, path: &Path) -> Result<(), crate::sys::safefile::FileError> {
-        crate::sys::safefile::write_file_atomically(path, self.to_text().as_bytes(), 0o600)
+    fn save(&self, path: &Path) -> Result<(), twinguard_os::safefile::FileError> {
+        twinguard_os::safefile::write_file_atomically(path, self.to_text().as_bytes(), 0o600)
     }
 }
 

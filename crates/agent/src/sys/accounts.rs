@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use super::fs::{BoundedLines, Root};
-use super::safefile::FileError;
+use twinguard_os::safefile::FileError;
 
 /// The longest line accepted; longer lines are skipped and counted.
 pub const MAX_LINE: usize = 8192;

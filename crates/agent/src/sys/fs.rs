@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::safefile::{self, FileError};
+use twinguard_os::safefile::{self, FileError};
 
 /// Where the system's files are: `/` on a real machine, a fixture directory in tests. Every
 /// absolute system path (`/proc/net/tcp`, `/etc/passwd`) is looked up under it.

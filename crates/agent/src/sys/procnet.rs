@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use super::fs::{BoundedLines, Root};
-use super::safefile::FileError;
+use twinguard_os::safefile::FileError;
 
 /// `TCP_ESTABLISHED`: a connected socket (TCP) or a connected UDP socket.
 pub const STATE_ESTABLISHED: u8 = 0x01;

@@ -206,7 +206,7 @@ fn expand_include(root: &Root, pattern: &str) -> IncludedFiles {
 
 /// Reads sshd's configuration under `root`. `Ok(None)` when `sshd_config` does not exist
 /// (sshd not installed).
-pub fn read_sshd_config(root: &Root) -> Result<Option<SshdConfig>, super::safefile::FileError> {
+pub fn read_sshd_config(root: &Root) -> Result<Option<SshdConfig>, twinguard_os::safefile::FileError> {
     let text = match read_text(&root.path(SSHD_CONFIG), MAX_FILE) {
         Ok(t) => t,
         Err(e) if e.is_not_found() => return Ok(None),

@@ -30,8 +30,8 @@ use super::mqtt_client::{ClientOptions, Credentials, Login, MqttClient, Secret};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
 use crate::backoff::Backoff;
-use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 use twinguard_core::config::{DesiredState, PatchOutcome, CONFIG_KEY};
+use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// The API version IoT Hub is asked for.
 pub const API_VERSION: &str = "2021-04-12";

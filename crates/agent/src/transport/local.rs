@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{DesiredUpdate, Transport, TransportError};
-use crate::sys::safefile::{fstat, Dir, FileError, FileKind};
+use twinguard_os::safefile::{fstat, Dir, FileError, FileKind};
 
 /// Size at which the outbox is rotated by default.
 pub const DEFAULT_OUTBOX_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
@@ -110,11 +110,11 @@ fn fstat_kind(m: &fs::Metadata) -> FileKind {
 /// A regular output file must be ours (or root's) and have one name: a hard link could name
 /// another user's file.
 fn check_our_regular(path: &Path, uid: u32, nlink: u64) -> Result<(), FileError> {
-    if uid != 0 && uid != crate::sys::euid() {
+    if uid != 0 && uid != twinguard_os::euid() {
         return Err(FileError::ForeignOwner {
             path: path.to_owned(),
             uid,
-            me: crate::sys::euid(),
+            me: twinguard_os::euid(),
             hint: "the agent writes only files of its own user; remove it or choose another path".into(),
         });
     }
@@ -141,7 +141,7 @@ fn open_outbox(dir: &Dir, name: &str, allow_special: bool) -> Result<(File, bool
                 path: path.clone(),
                 source,
             })?;
-            crate::sys::safefile::expect_regular(&path, &st)?;
+            twinguard_os::safefile::expect_regular(&path, &st)?;
             check_our_regular(&path, st.uid, st.nlink)?;
             Ok((file, false))
         }

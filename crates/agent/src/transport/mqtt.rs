@@ -23,8 +23,8 @@ use super::mqtt_client::{ClientOptions, Credentials, Message, MqttClient, Secret
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
 use crate::backoff::Backoff;
-use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 use twinguard_core::config::MAX_DOCUMENT_BYTES;
+use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// Keep-alive: a dead broker is noticed within about this plus the ping timeout.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use super::iothub::IotHubOptions;
 use super::mqtt::{BrokerUrl, MqttOptions};
 use super::tls::TlsOptions;
-use crate::sys::safefile::{self, FileError};
+use twinguard_os::safefile::{self, FileError};
 
 /// The settings file read when `--settings` is not given, if it exists.
 pub const DEFAULT_SETTINGS_FILE: &str = "/etc/twinguard/agent.toml";

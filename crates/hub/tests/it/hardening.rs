@@ -434,7 +434,7 @@ fn data_directory_modes_are_tightened_and_foreign_owners_refused() {
     std::fs::remove_file(data.join("hub.db")).expect("unlink");
     std::fs::rename(&elsewhere, data.join("hub.db")).expect("move back");
     // Owned by another user: refused (needs root to give it away).
-    if twinguard::sys::euid() != 0 {
+    if twinguard_os::euid() != 0 {
         skip("not root: cannot give the data directory to another user");
         return;
     }

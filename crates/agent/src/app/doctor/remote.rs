@@ -20,7 +20,6 @@ use twinguard_mqtt::{
     Connect, ConnectReturnCode, Packet, PacketBuffer, Publish, QoS, Subscribe, SubscribeReturnCode,
 };
 
-use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
 use crate::transport::iothub::{
     desired_for_agent, parse_response_topic, topics, ConnectionString, IotHubOptions, IOTHUB_PORT,
     RESPONSE_TIMEOUT,
@@ -32,6 +31,7 @@ use crate::transport::net::{wait_fd, ReadStatus, Stream};
 use crate::transport::tls::{client_config, TlsOptions};
 use crate::transport::DesiredUpdate;
 use twinguard_core::config::read_document;
+use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// How long a SAS token signed for the test lives.
 const TEST_TOKEN_TTL: Duration = Duration::from_secs(300);

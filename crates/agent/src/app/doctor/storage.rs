@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::pipeline::cache::{disk_bound, Cache, QueueCounters, CACHE_DIR_NAME};
 use crate::sys::disk::{free_bytes, may_write_into};
 use crate::sys::fs::read_text;
-use crate::sys::safefile::{self, user_name, Dir, FileKind};
+use twinguard_os::safefile::{self, user_name, Dir, FileKind};
 
 use super::sources::flock_holders;
 
@@ -131,7 +131,7 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
         "mode {mode:04o}, owner {owner} (uid {}){mode_note}",
         meta.uid
     ));
-    let me = crate::sys::euid();
+    let me = twinguard_os::euid();
     let ours = meta.uid == me || meta.uid == 0;
     if !ours && me == 0 {
         check.line(format!(
