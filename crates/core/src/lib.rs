@@ -9,3 +9,4 @@
 //! dependency, so the invariant is checked by the build, not promised.
 pub mod config;
 pub mod event;
+pub mod iothub;

@@ -40,9 +40,9 @@ use tracing::{debug, info, warn};
 use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
 use crate::http::{read_request, write_response, HttpError, Request};
 use crate::hub::{now_ms, Hub};
-use crate::identity::{connection_string, generate_key, IdentityId};
 use crate::store::{IdentityRecord, MessageQuery, StoreError, StoredMessage};
 use crate::twin::{DesiredChange, Twin};
+use twinguard_core::iothub::identity::{connection_string, IdentityId};
 
 /// Requests answered at once (after they were read); more get 503.
 pub const MAX_API_REQUESTS: usize = 16;
@@ -554,6 +554,14 @@ fn rotate_token(access: &Access) -> Result<Answer, Answer> {
     *token = new.clone();
     info!("API token rotated: the previous token no longer works");
     Ok((200, json!({ "token": new })))
+}
+
+/// A new random 256-bit symmetric key (the system's random source), base64 as IoT Hub
+/// prints its keys.
+pub(crate) fn generate_key() -> Result<String, ring::error::Unspecified> {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(key))
 }
 
 #[cfg(test)]

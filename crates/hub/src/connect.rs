@@ -7,8 +7,8 @@
 use base64::Engine as _;
 use twinguard_mqtt::{decode, Connect, ConnectReturnCode, Decoded, Packet, ProtocolError};
 
-use crate::identity::IdentityId;
-use crate::sas::SasToken;
+use twinguard_core::iothub::identity::IdentityId;
+use twinguard_core::iothub::sas::SasToken;
 
 /// The largest CONNECT (client id, user name, SAS token and a last will): a connection that
 /// has not logged in buffers no more than this.
@@ -183,7 +183,7 @@ fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sas::sign;
+    use twinguard_core::iothub::sas::sign;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 

@@ -14,10 +14,10 @@
 //!   without following links; the API's bearer token.
 //! - `store`: SQLite - identities, twins with versions, messages with properties and flags.
 //! - `tls`: local CA and server certificate, generated on first start.
-//! - Pure rules: `connect` (client id, user name, SAS check), `sas` (tokens), `topics`
-//!   (IoT Hub topic names and property bags), `twin` (sections, versions, merge patches,
-//!   limits), `security` (security-message marker and strict parse with the agent's model),
-//!   `identity` (ids, keys, connection strings), `query` (percent-encoding).
+//! - Pure rules: `connect` (client id, user name, SAS check), `twin` (sections, versions,
+//!   merge patches, limits), `security` (security-message marker and strict parse with the
+//!   agent's model). The IoT Hub rules the agent shares (SAS tokens, topics and property bags,
+//!   identities and connection strings, percent-encoding) are `twinguard_core::iothub`.
 //!
 //! Architecture Invariant: nothing a client sends can panic the hub or make it hold more than
 //! one bounded packet per connection; every thread, queue and wait is bounded.
@@ -27,15 +27,11 @@ pub mod connect;
 pub mod datadir;
 pub mod http;
 pub mod hub;
-pub mod identity;
 pub mod link;
-pub mod query;
-pub mod sas;
 pub mod security;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
 pub mod token;
-pub mod topics;
 pub mod twin;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
+use twinguard_core::iothub::query::percent_encode;
 use twinguard_hub::http::{call, HttpError};
-use twinguard_hub::query::percent_encode;
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
 use twinguard_os::safefile::{read_limited, read_regular};
 
@@ -24,8 +24,8 @@ use cli::{
     DEFAULT_API,
 };
 
-/// Largest desired document read from a file or standard input.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Largest desired document read from a file or standard input: the agent's bound.
+use twinguard_core::config::MAX_DOCUMENT_BYTES;
 /// How long a `messages --follow` request waits on the hub before asking again.
 const FOLLOW_WAIT_MS: u64 = 25_000;
 

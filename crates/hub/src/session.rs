@@ -24,11 +24,11 @@ use twinguard_mqtt::{
 use crate::admission::{PendingTicket, SessionSlot};
 use crate::connect::{authenticate, claimed_identity, first_connect, redact_signature, FirstPacketError};
 use crate::hub::{now_ms, Hub, Live, Outbound, OUTBOX_CAPACITY};
-use crate::identity::IdentityId;
 use crate::link::{Link, Received};
 use crate::security::{check_security_message, is_security_message};
 use crate::store::NewMessage;
-use crate::topics::{self, Inbound};
+use twinguard_core::iothub::identity::IdentityId;
+use twinguard_core::iothub::topics::{self, Inbound};
 
 /// How often a connection thread wakes up when the client is silent.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -39,8 +39,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_CHUNK: usize = 4 * 1024;
 /// Time a blocked write may take before the client is considered gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// IoT Hub's largest device-to-cloud message (payload bytes).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// IoT Hub's largest device-to-cloud message (payload bytes), the agent's bound too.
+pub use twinguard_core::iothub::MAX_MESSAGE_BYTES;
 /// The largest packet read: a maximal message plus the longest topic and the headers. Larger
 /// packets close the connection as soon as their header is read.
 pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 2 + 65_535 + 2 + 5;

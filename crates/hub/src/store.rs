@@ -17,8 +17,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{Map, Value};
 
-use crate::identity::IdentityId;
 use crate::twin::{DesiredChange, Twin, TwinError};
+use twinguard_core::iothub::identity::IdentityId;
 
 const SCHEMA_VERSION: i64 = 1;
 

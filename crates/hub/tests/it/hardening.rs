@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use twinguard_hub::sas::sign;
+use twinguard_core::iothub::sas::sign;
 use twinguard_mqtt::{ConnectReturnCode, Packet, QoS};
 
 use crate::client::{tcp_from, unix_now, Client, Next};

@@ -16,14 +16,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::ClientConfig;
 use serde_json::Value;
+use twinguard_core::iothub::identity::ConnectionString;
+use twinguard_core::iothub::topics::{self, parse_response_topic};
 use twinguard_mqtt::{
     Connect, ConnectReturnCode, Packet, PacketBuffer, Publish, QoS, Subscribe, SubscribeReturnCode,
 };
 
-use crate::transport::iothub::{
-    desired_for_agent, parse_response_topic, topics, ConnectionString, IotHubOptions, IOTHUB_PORT,
-    RESPONSE_TIMEOUT,
-};
+use crate::transport::iothub::{desired_for_agent, IotHubOptions, IOTHUB_PORT, RESPONSE_TIMEOUT};
 use crate::transport::mqtt::{
     MqttOptions, Topics, CONNECT_TIMEOUT, KEEP_ALIVE, MAX_INCOMING_PACKET, RETAINED_GRACE,
 };
@@ -382,7 +381,7 @@ pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> Conn
         return check;
     }
     check.ok(format!("IoT Hub login as {} (SAS token)", identity.client_id()));
-    if let Err(e) = probe.subscribe(topics::RESPONSES, 1) {
+    if let Err(e) = probe.subscribe(topics::TWIN_RESPONSES, 1) {
         check.fail(e);
         probe.close();
         return check;
@@ -391,7 +390,7 @@ pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> Conn
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: topics::get(1),
+        topic: topics::twin_get(1),
         packet_id: Some(2),
         payload: Vec::new(),
     });

@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 
-use crate::query::{percent_decode, raw_pairs};
+use super::query::{percent_decode, percent_encode, raw_pairs};
 
 /// The furthest expiry a token may have, counted from the time of the check: 365 days. IoT
 /// Hub's SDKs sign tokens for an hour (the agent too); a token valid for longer is a
@@ -170,16 +170,13 @@ impl SasToken {
 }
 
 /// A token for `resource`, signed with `key` (decoded), expiring at `expiry`: what a client
-/// sends. Used by tests and by nothing that serves.
+/// sends (the agent signs with it; the hub only checks).
 pub fn sign(resource: &str, key: &[u8], expiry: u64) -> String {
-    let encoded = crate::query::percent_encode(resource);
+    let encoded = percent_encode(resource);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     let tag = ring::hmac::sign(&key, format!("{encoded}\n{expiry}").as_bytes());
     let sig = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    format!(
-        "{PREFIX}sr={encoded}&sig={}&se={expiry}",
-        crate::query::percent_encode(&sig)
-    )
+    format!("{PREFIX}sr={encoded}&sig={}&se={expiry}", percent_encode(&sig))
 }
 
 #[cfg(test)]
