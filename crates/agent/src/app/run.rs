@@ -438,11 +438,12 @@ impl Agent {
                 }
             }
             RunInput::Events(batch) => {
+                let mut events = Vec::new();
                 for event in batch.take() {
-                    for e in self.aggregator.offer(event, now) {
-                        self.pipeline.submit(e, now);
-                    }
+                    events.extend(self.aggregator.offer(event, now));
                 }
+                // The whole burst goes into the cache with as few writes as it allows.
+                self.pipeline.submit_all(events, now);
             }
             RunInput::Synthetic(event) => {
                 let id = event.id();

@@ -782,7 +782,7 @@ impl StreamCollector for ConnectionCollector {
             let mut complete = Vec::new();
             if let Some(m) = member.as_mut() {
                 match m.recv_batch(&mut datagrams, waiting) {
-                    Ok(BatchReceived::Data(_)) => {
+                    Ok(BatchReceived::Data(n)) => {
                         for (d, _) in datagrams.datagrams() {
                             if let Some(record) =
                                 audit::datagram_record(d).and_then(|(k, t)| audit::parse_record(k, t))
@@ -790,7 +790,9 @@ impl StreamCollector for ConnectionCollector {
                                 complete.extend(assembler.push(record, now_ms(start)));
                             }
                         }
-                        waiting = false;
+                        // Slots left empty: the socket was drained, so wait rather than
+                        // spend a call on finding it empty.
+                        waiting = n < RECV_SLOTS;
                     }
                     Ok(BatchReceived::Timeout) => waiting = true,
                     // The count is unknown; one is the least that was lost.

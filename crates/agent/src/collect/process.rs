@@ -456,7 +456,7 @@ impl StreamCollector for ProcessCollector {
         let mut oldest: Option<Instant> = None;
         while !stop.is_stopped() {
             match conn.recv_batch(&mut datagrams, waiting) {
-                Ok(BatchReceived::Data(_)) => {
+                Ok(BatchReceived::Data(n)) => {
                     let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
                     for (d, _) in datagrams.datagrams() {
                         for msg in cnproc::parse_datagram(d).into_iter().flatten() {
@@ -468,7 +468,9 @@ impl StreamCollector for ProcessCollector {
                             );
                         }
                     }
-                    waiting = false;
+                    // Slots left empty: the socket was drained, so the next call waits
+                    // rather than spend a system call on finding it empty.
+                    waiting = n < RECV_SLOTS;
                     if batch.is_empty() {
                         oldest = None;
                     } else if oldest.is_none() {

@@ -241,63 +241,87 @@ impl Pipeline {
     /// collectors should not run). An event too large for one message is split; a payload item
     /// too large even alone is dropped, counted, and explained in a Diagnostic.
     pub fn submit(&mut self, event: Event, now_ms: u64) -> Submitted {
+        self.submit_all(vec![event], now_ms)
+    }
+
+    /// Queues events as [`Pipeline::submit`] does, one by one in order, with the cache
+    /// appending them in as few writes as its bounds allow. The counts are the sum.
+    pub fn submit_all(&mut self, events: Vec<Event>, now_ms: u64) -> Submitted {
         let mut out = Submitted::default();
-        let priority = self.config.priority(event.name());
-        if priority == Priority::Off {
-            return out;
+        let mut parts = Vec::with_capacity(events.len());
+        for event in events {
+            let priority = self.config.priority(event.name());
+            if priority == Priority::Off {
+                continue;
+            }
+            let name = event.name();
+            for part in self.fit(event, priority, now_ms, &mut out) {
+                parts.push((name, (priority, part.to_json())));
+            }
         }
-        let name = event.name();
-        let max_event = self.frame.max_event_bytes(self.max_message());
-        let split = if event.json_len() <= max_event {
-            vec![event]
-        } else {
-            let outcome = event.split_to_fit(max_event, crate::stamp::new_id);
-            for item in &outcome.too_large {
-                self.count_before_cache(priority, DropReason::TooLarge, 1, now_ms);
-                out.dropped.push(DropReason::TooLarge);
-                let len = serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0);
-                self.diagnose(
-                    DiagnosticSeverity::Warning,
-                    format!(
-                        "a {name} payload item of {len} bytes cannot fit in a message of {} bytes; dropped",
-                        self.max_message()
-                    ),
-                    now_ms,
-                );
-            }
-            outcome.events
-        };
-        for part in split {
-            match self.cache.push(priority, part.to_json(), now_ms.max(1)) {
-                PushOutcome::Stored { evicted, error, .. } => {
-                    out.stored += 1;
-                    self.end_disk_full_episode();
-                    out.evicted += evicted.len();
-                    if let Some(e) = error {
-                        self.diagnose(DiagnosticSeverity::Warning, format!("cache: {e}"), now_ms);
-                    }
-                }
-                PushOutcome::Dropped {
-                    reason,
-                    evicted,
-                    error,
-                } => {
-                    out.evicted += evicted.len();
-                    if reason == DropReason::DiskFull {
-                        self.disk_full_drop();
-                    }
-                    out.dropped.push(reason);
-                    if let Some(e) = error {
-                        self.diagnose(
-                            DiagnosticSeverity::Error,
-                            format!("cache: {e}; {name} event dropped"),
-                            now_ms,
-                        );
-                    }
-                }
-            }
+        let (names, items): (Vec<EventName>, Vec<(Priority, Vec<u8>)>) = parts.into_iter().unzip();
+        let outcomes = self.cache.push_batch(&items, now_ms.max(1));
+        for (name, outcome) in names.into_iter().zip(outcomes) {
+            self.account(name, outcome, now_ms, &mut out);
         }
         out
+    }
+
+    /// The event as parts that each fit in a message: itself, or its split. Items too
+    /// large even alone are dropped, counted and explained.
+    fn fit(&mut self, event: Event, priority: Priority, now_ms: u64, out: &mut Submitted) -> Vec<Event> {
+        let max_event = self.frame.max_event_bytes(self.max_message());
+        if event.json_len() <= max_event {
+            return vec![event];
+        }
+        let name = event.name();
+        let outcome = event.split_to_fit(max_event, crate::stamp::new_id);
+        for item in &outcome.too_large {
+            self.count_before_cache(priority, DropReason::TooLarge, 1, now_ms);
+            out.dropped.push(DropReason::TooLarge);
+            let len = serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0);
+            self.diagnose(
+                DiagnosticSeverity::Warning,
+                format!(
+                    "a {name} payload item of {len} bytes cannot fit in a message of {} bytes; dropped",
+                    self.max_message()
+                ),
+                now_ms,
+            );
+        }
+        outcome.events
+    }
+
+    /// Counts what the cache did with one part of a `name` event.
+    fn account(&mut self, name: EventName, outcome: PushOutcome, now_ms: u64, out: &mut Submitted) {
+        match outcome {
+            PushOutcome::Stored { evicted, error, .. } => {
+                out.stored += 1;
+                self.end_disk_full_episode();
+                out.evicted += evicted.len();
+                if let Some(e) = error {
+                    self.diagnose(DiagnosticSeverity::Warning, format!("cache: {e}"), now_ms);
+                }
+            }
+            PushOutcome::Dropped {
+                reason,
+                evicted,
+                error,
+            } => {
+                out.evicted += evicted.len();
+                if reason == DropReason::DiskFull {
+                    self.disk_full_drop();
+                }
+                out.dropped.push(reason);
+                if let Some(e) = error {
+                    self.diagnose(
+                        DiagnosticSeverity::Error,
+                        format!("cache: {e}; {name} event dropped"),
+                        now_ms,
+                    );
+                }
+            }
+        }
     }
 
     /// Frequency of a queue in ms, at least one second.

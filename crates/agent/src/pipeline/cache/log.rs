@@ -228,6 +228,10 @@ impl SegmentLog {
         }
     }
 
+    pub(super) fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     pub(super) fn head_no(&self) -> u32 {
         self.head_no
     }

@@ -382,6 +382,103 @@ impl Cache {
         }
     }
 
+    /// Caches several events, in order, with as few writes as the bounds allow: consecutive
+    /// events that fit without evicting anything go to disk as one append of up to a quarter
+    /// segment (their Put records back to back, so a crash keeps a prefix of them, as single
+    /// pushes would); any other event goes through [`Cache::push`]. One outcome per event, in
+    /// order, exactly as `push` would have given them.
+    pub fn push_batch(&mut self, events: &[(Priority, Vec<u8>)], now_ms: u64) -> Vec<PushOutcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let limit = (self.log.segment_bytes() / 4).max(1);
+        let mut i = 0;
+        while i < events.len() {
+            let run = self.batchable_run(&events[i..], limit);
+            if run < 2 {
+                let (priority, bytes) = &events[i];
+                outcomes.push(self.push(*priority, bytes, now_ms));
+                i += 1;
+                continue;
+            }
+            let slice = &events[i..i + run];
+            match self.append_puts(slice, now_ms) {
+                Some(stored) => outcomes.extend(stored),
+                // The append was rolled back: each event on its own, so each failure is
+                // counted and explained exactly as a single push would.
+                None => {
+                    for (priority, bytes) in slice {
+                        outcomes.push(self.push(*priority, bytes, now_ms));
+                    }
+                }
+            }
+            i += run;
+        }
+        outcomes
+    }
+
+    /// How many events from the start of `events` can be stored as one append: each has a
+    /// queue and a valid size, together they fit in the cache without evictions and their
+    /// records in `limit` bytes.
+    fn batchable_run(&self, events: &[(Priority, Vec<u8>)], limit: u64) -> usize {
+        let room = self.max_bytes.saturating_sub(self.used_bytes());
+        let (mut bytes, mut records) = (0u64, 0u64);
+        for (n, (priority, event)) in events.iter().enumerate() {
+            let len = event.len() as u64;
+            if Queue::from_priority(*priority).is_none() || len > MAX_EVENT_BYTES {
+                return n;
+            }
+            bytes += len;
+            records += PUT_OVERHEAD + len;
+            if bytes > room || records > limit {
+                return n;
+            }
+        }
+        events.len()
+    }
+
+    /// Writes the Put records of `events` (checked by [`Cache::batchable_run`]) with one
+    /// append and takes them into the queues. `None` if the append failed (nothing stored).
+    fn append_puts(&mut self, events: &[(Priority, Vec<u8>)], now_ms: u64) -> Option<Vec<PushOutcome>> {
+        let mut buf = Vec::new();
+        let mut placed = Vec::with_capacity(events.len());
+        let mut seq = self.next_seq;
+        for (priority, event) in events {
+            let queue = Queue::from_priority(*priority)?;
+            placed.push((queue, seq, buf.len() as u64, event.len() as u64));
+            format::encode_put(&mut buf, seq, queue, event);
+            seq = seq.saturating_add(1);
+        }
+        // On failure the single pushes that follow meet (and report) the same error.
+        let at = self.append(&buf).ok()?;
+        self.next_seq = seq;
+        let mut outcomes = Vec::with_capacity(placed.len());
+        for (queue, seq, offset, len) in placed {
+            let entry = Entry {
+                // len <= MAX_EVENT_BYTES, checked by batchable_run.
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                pinned: false,
+                enqueued_ms: now_ms,
+                at: Location {
+                    segment: at.segment,
+                    offset: at.offset + offset,
+                },
+            };
+            if let Some(meta) = self.log.meta_mut(at.segment) {
+                meta.live += entry.record_bytes();
+                meta.puts += entry.record_bytes();
+            }
+            let q = &mut self.queues[queue.index()];
+            q.entries.insert(seq, entry);
+            q.used += len;
+            bump(&mut q.totals.collected);
+            outcomes.push(PushOutcome::Stored {
+                id: EntryId(seq),
+                evicted: Vec::new(),
+                error: self.side_error.take(),
+            });
+        }
+        Some(outcomes)
+    }
+
     /// Counts `n` events of a queue that were dropped before they reached the cache (lost by
     /// a collector, an item too large for any message), so the cumulative counters hold
     /// every drop: `collected` and `dropped` both grow by `n`. Written as a Dropped record;

@@ -140,6 +140,7 @@ impl Model {
 #[derive(Clone, Debug)]
 enum Op {
     Push { high: bool, len: usize },
+    PushBatch(Vec<(bool, usize)>),
     Select { first_high: bool, budget: u64 },
     Ack(Index),
     Unpin(Index),
@@ -151,6 +152,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (any::<bool>(), 1usize..3000).prop_map(|(high, len)| Op::Push { high, len }),
+        3 => prop::collection::vec((any::<bool>(), 1usize..3000), 1..12).prop_map(Op::PushBatch),
         3 => (any::<bool>(), 1u64..20_000)
             .prop_map(|(first_high, budget)| Op::Select { first_high, budget }),
         2 => any::<Index>().prop_map(Op::Ack),
@@ -232,6 +234,52 @@ fn check(cache: &mut Cache, model: &Model, dir: &Path, segment: u64, peak_max: u
     assert_eq!(files, cache.disk_bytes());
 }
 
+/// Checks one push's outcome against the model's, and takes a stored event into the model.
+fn expect_push(
+    model: &mut Model,
+    p: Priority,
+    len: usize,
+    tag: u64,
+    now: u64,
+    outcome: PushOutcome,
+    last_id: &mut Option<EntryId>,
+) {
+    let want = model.push(p, len as u64);
+    match (outcome, want) {
+        (
+            PushOutcome::Stored {
+                id, evicted, error, ..
+            },
+            Ok(want_evicted),
+        ) => {
+            assert!(error.is_none(), "{error:?}");
+            assert!(last_id.iter().all(|&last| id > last));
+            *last_id = Some(id);
+            let got: Vec<EntryId> = evicted.iter().map(|e| e.id).collect();
+            assert_eq!(got, want_evicted);
+            model.queues[qi(p)].push_back(ModelEntry {
+                id,
+                len: len as u64,
+                ts: now,
+                pinned: false,
+                tag,
+            });
+        }
+        (
+            PushOutcome::Dropped {
+                reason,
+                evicted,
+                error,
+            },
+            Err(want),
+        ) => {
+            assert_eq!(reason, want);
+            assert!(evicted.is_empty() && error.is_none());
+        }
+        (got, want) => panic!("push {p} {len}: got {got:?}, model {want:?}"),
+    }
+}
+
 fn run(initial_max: u64, segment: u64, ops: Vec<Op>) {
     let dir = TempDir::new("model");
     let mut model = Model {
@@ -249,39 +297,22 @@ fn run(initial_max: u64, segment: u64, ops: Vec<Op>) {
             Op::Push { high, len } => {
                 let p = if high { High } else { Low };
                 tag += 1;
-                let want = model.push(p, len as u64);
-                match (cache.push(p, event(len, tag), now), want) {
-                    (
-                        PushOutcome::Stored {
-                            id, evicted, error, ..
-                        },
-                        Ok(want_evicted),
-                    ) => {
-                        assert!(error.is_none(), "{error:?}");
-                        assert!(last_id.into_iter().all(|last| id > last));
-                        last_id = Some(id);
-                        let got: Vec<EntryId> = evicted.iter().map(|e| e.id).collect();
-                        assert_eq!(got, want_evicted);
-                        model.queues[qi(p)].push_back(ModelEntry {
-                            id,
-                            len: len as u64,
-                            ts: now,
-                            pinned: false,
-                            tag,
-                        });
-                    }
-                    (
-                        PushOutcome::Dropped {
-                            reason,
-                            evicted,
-                            error,
-                        },
-                        Err(want),
-                    ) => {
-                        assert_eq!(reason, want);
-                        assert!(evicted.is_empty() && error.is_none());
-                    }
-                    (got, want) => panic!("push {p} {len}: got {got:?}, model {want:?}"),
+                let outcome = cache.push(p, event(len, tag), now);
+                expect_push(&mut model, p, len, tag, now, outcome, &mut last_id);
+            }
+            Op::PushBatch(items) => {
+                let mut batch = Vec::new();
+                let first_tag = tag + 1;
+                for &(high, len) in &items {
+                    tag += 1;
+                    batch.push((if high { High } else { Low }, event(len, tag)));
+                }
+                let outcomes = cache.push_batch(&batch, now);
+                assert_eq!(outcomes.len(), items.len());
+                for (i, ((high, len), outcome)) in items.into_iter().zip(outcomes).enumerate() {
+                    let p = if high { High } else { Low };
+                    let t = first_tag + i as u64;
+                    expect_push(&mut model, p, len, t, now, outcome, &mut last_id);
                 }
             }
             Op::Select { first_high, budget } => {

@@ -671,11 +671,27 @@ fn unknown_files_in_the_directory_are_left_alone() {
 fn workload_step(c: &mut Cache, i: u64, known: &mut BTreeMap<EntryId, (usize, u64)>) {
     let r = i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
     match r % 10 {
-        0..=5 => {
+        0..=3 => {
             let len = 1 + (r % 2999) as usize;
             let p = if matches!(r % 3, 0) { High } else { Low };
             if let Some(id) = c.push(p, event(len, i), i).id() {
                 known.insert(id, (len, i));
+            }
+        }
+        4 | 5 => {
+            // A burst, as the run loop hands it over: up to four events in one call.
+            let events: Vec<(twinguard_core::event::Priority, usize, u64)> = (0..1 + r % 4)
+                .map(|k| {
+                    let len = 1 + ((r >> (4 * k)) % 1500) as usize;
+                    let p = if (r >> k) & 1 == 0 { High } else { Low };
+                    (p, len, i * 8 + k)
+                })
+                .collect();
+            let batch: Vec<_> = events.iter().map(|&(p, len, tag)| (p, event(len, tag))).collect();
+            for (outcome, &(_, len, tag)) in c.push_batch(&batch, i).iter().zip(&events) {
+                if let Some(id) = outcome.id() {
+                    known.insert(id, (len, tag));
+                }
             }
         }
         6 | 7 => {
@@ -881,5 +897,51 @@ fn a_version_1_cache_is_read_and_never_appended_to() {
     );
     let (c, _) = Cache::open(dir.path(), 8192).unwrap();
     assert_eq!(c.counters().low.cached, 3);
+    assert_balanced(&c);
+}
+
+#[test]
+fn a_burst_that_fits_is_one_write_and_reads_back_after_a_crash() {
+    let dir = TempDir::new("batch-one-write");
+    let mut c = open(&dir, 1 << 20);
+    let before = c.log.writes;
+    let batch: Vec<_> = (0..10u64)
+        .map(|t| (if t % 3 == 0 { High } else { Low }, event(200 + t as usize, t)))
+        .collect();
+    let outcomes = c.push_batch(&batch, 7);
+    assert_eq!(c.log.writes - before, 1);
+    let ids: Vec<EntryId> = outcomes.into_iter().map(|o| stored(o).0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let counters = c.counters();
+    assert_eq!(counters.high.collected + counters.low.collected, 10);
+    drop(c);
+    let mut r = open(&dir, 1 << 20);
+    for (id, (_, bytes)) in ids.iter().zip(&batch) {
+        assert_eq!(&r.read(*id).unwrap(), bytes);
+    }
+    assert_eq!(r.counters(), counters);
+}
+
+#[test]
+fn a_burst_on_a_full_disk_counts_every_event_as_a_single_push_would() {
+    let dir = TempDir::new("batch-disk-full");
+    let mut c = open(&dir, 1 << 20);
+    c.fail_writes(Some(libc::ENOSPC));
+    let batch: Vec<_> = (0..5u64).map(|t| (High, event(300, t))).collect();
+    for outcome in c.push_batch(&batch, 1) {
+        match outcome {
+            PushOutcome::Dropped { reason, .. } => assert_eq!(reason, DropReason::DiskFull),
+            other => panic!("expected a disk-full drop, got {other:?}"),
+        }
+    }
+    let high = c.counters().high;
+    assert_eq!((high.collected, high.dropped.total()), (5, 5));
+    c.fail_writes(None);
+    // Room again: the next burst is stored, and the drops are still counted.
+    for outcome in c.push_batch(&batch, 2) {
+        stored(outcome);
+    }
+    let high = c.counters().high;
+    assert_eq!((high.collected, high.dropped.total()), (10, 5));
     assert_balanced(&c);
 }
