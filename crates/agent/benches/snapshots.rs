@@ -26,7 +26,7 @@ use twinguard::collect::{snapshot_collector, SnapshotCollector};
 use twinguard::sys::fs::Root;
 use twinguard::sys::procfd;
 use twinguard::sys::procnet::{self, Table};
-use twinguard::sys::sockdiag::DiagSocket;
+use twinguard::sys::sockdiag::SockDiag;
 use twinguard_core::event::EventName;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -111,10 +111,10 @@ fn bench_listening_ports(sockets: usize, rounds: usize) {
     let mut dumped = Vec::new();
     let (dump_med, _) = time_rounds(rounds, || {
         dumped.clear();
-        if let Ok(mut d) = DiagSocket::open() {
+        if let Ok(mut d) = SockDiag::open() {
             for table in Table::ALL {
                 let mut out = Vec::new();
-                let _ = d.dump(table, usize::MAX, &mut out);
+                let _ = d.dump_listening(table, usize::MAX, &mut out);
                 dumped.extend(out.into_iter().map(|s| (table, s)));
             }
         }

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use crate::sys::fs::Root;
 use crate::sys::procfd;
 use crate::sys::procnet::{self, Family, ProcNetSocket, Table, Transport};
-use crate::sys::sockdiag::{self, DiagSocket};
+use crate::sys::sockdiag::{self, SockDiag};
 use twinguard_core::config::CollectorStatus;
 use twinguard_core::event::{EventName, ExtraDetails, ListeningPorts, PayloadItem, Protocol};
 
@@ -78,7 +78,7 @@ impl ListeningPortsCollector {
         notes: &mut Vec<String>,
     ) -> Result<usize, CollectError> {
         let mut diag = match self.source {
-            SocketSource::SockDiag => match DiagSocket::open() {
+            SocketSource::SockDiag => match SockDiag::open() {
                 Ok(d) => Some(d),
                 Err(e) => {
                     notes.push(format!("{e}; using /proc/net"));
@@ -94,7 +94,7 @@ impl ListeningPortsCollector {
             let cap = MAX_SOCKETS.saturating_sub(sockets.len());
             if let Some(d) = diag.as_mut() {
                 let mut found = Vec::new();
-                match d.dump(table, cap, &mut found) {
+                match d.dump_listening(table, cap, &mut found) {
                     Ok((over, interrupted)) => {
                         over_cap += over;
                         if interrupted {
@@ -316,7 +316,7 @@ mod tests {
             local_port: port,
             remote_ip: "::".parse().unwrap(),
             remote_port: 0,
-            state: procnet::STATE_LISTEN,
+            state: procnet::TcpState::Listen,
             uid: 0,
             inode,
             ifindex: 0,

@@ -72,6 +72,32 @@ pub fn read_value(path: &Path) -> Option<String> {
     read_text(path, 4096).ok().map(|s| s.trim().to_owned())
 }
 
+/// The metadata of `path`, links followed (a mode, owner or sticky-bit check).
+pub fn metadata(path: &Path) -> io::Result<std::fs::Metadata> {
+    std::fs::metadata(path)
+}
+
+/// The metadata of `path` itself, a link not followed.
+pub fn symlink_metadata(path: &Path) -> io::Result<std::fs::Metadata> {
+    std::fs::symlink_metadata(path)
+}
+
+/// The entries of directory `path`, in the order the file system gives them (a bounded walk
+/// is the caller's: it counts what it visits).
+pub fn read_dir(path: &Path) -> io::Result<std::fs::ReadDir> {
+    std::fs::read_dir(path)
+}
+
+/// The names in directory `path` (lossily as text), sorted.
+pub fn dir_names(path: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// The target of the symbolic link `path`, lossily as text.
 pub fn read_link_text(path: &Path) -> Option<String> {
     std::fs::read_link(path)

@@ -41,5 +41,4 @@ pub mod program;
 pub mod sockdiag;
 pub mod sshd;
 pub mod sysfs;
-pub mod tcpdiag;
 pub mod utmp;

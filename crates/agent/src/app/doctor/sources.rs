@@ -17,7 +17,8 @@ use crate::sys::audit::{self as sys_audit, AuditSocket, AuditStatus};
 use crate::sys::cnproc::ProcConnector;
 use crate::sys::firewall::legacy_tables_loaded;
 use crate::sys::fs::{read_text, Root};
-use crate::sys::tcpdiag::{self, TcpDiag};
+use crate::sys::procnet::TcpStates;
+use crate::sys::sockdiag::SockDiag;
 use twinguard_core::event::{EventName, Priority};
 
 /// The audit manager's lock of the running agents (see `collect::audit`).
@@ -282,9 +283,9 @@ fn probe_process(caps: Capabilities) -> (SourceState, String, String) {
 }
 
 fn probe_sock_diag() -> Result<(), String> {
-    let mut diag = TcpDiag::open().map_err(|e| format!("sock_diag: {e}"))?;
+    let mut diag = SockDiag::open().map_err(|e| format!("sock_diag: {e}"))?;
     let mut sockets = Vec::new();
-    diag.dump_all(tcpdiag::LISTENING, 1, &mut sockets)
+    diag.dump_tcp_all(TcpStates::LISTENING, 1, &mut sockets)
         .map(drop)
         .map_err(|e| format!("sock_diag: {e}"))
 }
