@@ -26,7 +26,7 @@ use crate::collect::user_names::UserNames;
 use crate::input::read_twin;
 use crate::transport::settings::{ConnectionSettings, Mode, DEFAULT_SETTINGS_FILE};
 use crate::transport::DesiredUpdate;
-use twinguard_core::config::{validate_config_object, validate_document, Config, Severity, Validation};
+use twinguard_core::config::{validate_document, Config, Severity, Validation};
 use twinguard_core::event::Priority;
 
 /// What `twinguard doctor` examines.
@@ -208,26 +208,21 @@ fn remote_config(
             );
             Config::default()
         }
-        Some(DesiredUpdate::Cleared) => {
-            lines.push("desired configuration: none: the defaults are in force".into());
-            judge_validation(
-                validate_config_object(None, ""),
-                "desired",
-                consequence,
-                lines,
-                problems,
-            )
-            .unwrap_or_default()
-        }
-        Some(DesiredUpdate::Document { doc, .. }) => {
-            judge_validation(validate_document(doc), "desired", consequence, lines, problems)
-                .unwrap_or_default()
-        }
-        Some(DesiredUpdate::Unreadable(why)) => {
-            problems.push(format!(
-                "configuration: the desired document cannot be read ({why}): {consequence}"
-            ));
-            Config::default()
+        Some(update) => {
+            if *update == DesiredUpdate::Cleared {
+                lines.push("desired configuration: none: the defaults are in force".into());
+            }
+            match update.validate() {
+                Ok(validation) => {
+                    judge_validation(validation, "desired", consequence, lines, problems).unwrap_or_default()
+                }
+                Err(why) => {
+                    problems.push(format!(
+                        "configuration: the desired document cannot be read ({why}): {consequence}"
+                    ));
+                    Config::default()
+                }
+            }
         }
     }
 }

@@ -592,15 +592,13 @@ impl Agent {
         let Some(update) = self.transport.poll_desired(now) else {
             return;
         };
-        let (validation, version) = match update {
-            DesiredUpdate::Cleared => {
-                info!("the desired document is gone: back to the defaults");
-                (twinguard_core::config::validate_config_object(None, ""), None)
-            }
-            DesiredUpdate::Unreadable(why) => return self.reject_document(why, now),
-            DesiredUpdate::Document { doc, version } => (validate_document(&doc), version),
-        };
-        self.apply(validation, version, now);
+        if update == DesiredUpdate::Cleared {
+            info!("the desired document is gone: back to the defaults");
+        }
+        match update.validate() {
+            Ok(validation) => self.apply(validation, update.version(), now),
+            Err(why) => self.reject_document(why.to_owned(), now),
+        }
     }
 
     fn apply(&mut self, validation: Validation, version: Option<i64>, now: u64) {
