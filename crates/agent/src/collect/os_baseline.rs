@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::sys::accounts::{self, GroupEntry, Parsed, PasswdEntry, PasswordState, ShadowEntry};
-use crate::sys::fs::{read_text, read_value, Root};
+use crate::sys::fs::{self as sysfs, read_text, read_value, Root};
 use crate::sys::keyvalue::{self, Limit};
 use crate::sys::osinfo::{self, Mount};
 use crate::sys::sshd::{self, SshdConfig};
@@ -878,7 +878,7 @@ fn run_sshd(facts: &mut Facts, keyword: &str, default: &str, test: SshdTest) -> 
 
 fn run_mode(facts: &mut Facts, path: &str, allowed: u32, groups: &[&str], missing_ok: bool) -> Outcome {
     let full = facts.root.path(path);
-    let meta = match std::fs::metadata(&full) {
+    let meta = match sysfs::metadata(&full) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return if missing_ok {
@@ -987,15 +987,13 @@ fn pass_or_fail(bad: Vec<String>, what_bad: &str, ok: &str) -> Outcome {
 
 fn check_host_keys(facts: &mut Facts) -> Outcome {
     let dir = facts.root.path("/etc/ssh");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(entries) = sysfs::dir_names(&dir) else {
         return Outcome::Pass("not applicable: no /etc/ssh".to_owned());
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let names: Vec<String> = entries
+        .into_iter()
         .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
         .collect();
-    names.sort();
     if names.is_empty() {
         return Outcome::Pass("not applicable: no host private keys in /etc/ssh".to_owned());
     }
@@ -1004,7 +1002,7 @@ fn check_host_keys(facts: &mut Facts) -> Outcome {
     for name in &names {
         let path = format!("/etc/ssh/{name}");
         // Some distributions make keys 0640 with group ssh_keys; that group may read them.
-        let allowed = match std::fs::metadata(facts.root.path(&path)) {
+        let allowed = match sysfs::metadata(&facts.root.path(&path)) {
             Ok(m) if Some(m.gid()) == ssh_keys_gid => 0o640,
             _ => 0o600,
         };
@@ -1021,7 +1019,7 @@ fn check_host_keys(facts: &mut Facts) -> Outcome {
 }
 
 fn check_tmp_sticky(facts: &mut Facts) -> Outcome {
-    match std::fs::metadata(facts.root.path("/tmp")) {
+    match sysfs::metadata(&facts.root.path("/tmp")) {
         Ok(m) => {
             let mode = m.permissions().mode() & 0o7777;
             if mode & 0o002 != 0 && mode & 0o1000 == 0 {
@@ -1045,7 +1043,7 @@ fn world_writable_scan(root: &Root) -> Scan {
     let mut scan = Scan::default();
     for dir in SCAN_DIRS {
         let start = root.path(dir);
-        let Ok(meta) = std::fs::symlink_metadata(&start) else {
+        let Ok(meta) = sysfs::symlink_metadata(&start) else {
             continue;
         };
         // /bin -> usr/bin on merged-/usr systems: scanned once, through /usr/bin.
@@ -1055,7 +1053,7 @@ fn world_writable_scan(root: &Root) -> Scan {
         let dev = meta.dev();
         let mut stack = vec![(start, 0usize)];
         while let Some((path, depth)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&path) else {
+            let Ok(entries) = sysfs::read_dir(&path) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -1350,13 +1348,8 @@ fn check_pass_max_days(facts: &mut Facts) -> Outcome {
 
 fn check_core_limit(facts: &mut Facts) -> Outcome {
     let mut files = vec!["/etc/security/limits.conf".to_owned()];
-    if let Ok(entries) = std::fs::read_dir(facts.root.path("/etc/security/limits.d")) {
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".conf"))
-            .collect();
-        names.sort();
+    if let Ok(entries) = sysfs::dir_names(&facts.root.path("/etc/security/limits.d")) {
+        let names: Vec<String> = entries.into_iter().filter(|n| n.ends_with(".conf")).collect();
         files.extend(names.into_iter().map(|n| format!("/etc/security/limits.d/{n}")));
     }
     let mut limits: Vec<Limit> = Vec::new();
