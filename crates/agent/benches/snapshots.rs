@@ -213,8 +213,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let sockets = env_usize("TG_BENCH_SOCKETS", 10_000);
     let rounds = env_usize("TG_BENCH_ROUNDS", 15).max(1);
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if twinguard_os::euid() != 0 {
         println!("note: not root: socket owners of other users' processes are invisible to us and to ss");
     }
     // Other work on the machine skews every figure; say how busy it was.

@@ -24,7 +24,7 @@ impl Backoff {
     /// [`Backoff::delay`] with the random number given (pure, for tests and for callers with
     /// their own seeded source): the result is in `[base / 2, base]` for the base delay
     /// [`Backoff::base`] of `attempt`.
-    pub fn delay_with(&self, attempt: u32, random: u64) -> Duration {
+    pub(crate) fn delay_with(&self, attempt: u32, random: u64) -> Duration {
         let base = self.base(attempt);
         let half = base / 2;
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);

@@ -12,7 +12,7 @@ pub fn new_id() -> Uuid {
 }
 
 /// The instant `wall` shown with the machine's local offset at that instant.
-pub fn local_time(wall: SystemTime) -> Timestamp {
+pub(crate) fn local_time(wall: SystemTime) -> Timestamp {
     // The clamped instant (years 1..=9999), so chrono can always represent it.
     let millis = Timestamp::with_offset(wall, Utc.fix()).millis_since_epoch();
     let offset = match Utc.timestamp_millis_opt(millis).single() {
@@ -23,7 +23,11 @@ pub fn local_time(wall: SystemTime) -> Timestamp {
 }
 
 /// An event of `name` holding `items`, at an already computed time, with a fresh id.
-pub fn event_at(name: EventName, items: Vec<PayloadItem>, time: Timestamp) -> Result<Event, EventError> {
+pub(crate) fn event_at(
+    name: EventName,
+    items: Vec<PayloadItem>,
+    time: Timestamp,
+) -> Result<Event, EventError> {
     Event::with_id(new_id(), name, items, time)
 }
 

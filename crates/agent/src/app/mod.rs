@@ -70,7 +70,7 @@ pub fn agent_id_for_display() -> Uuid {
 
 pub mod doctor;
 mod inbox;
-pub mod notify;
+pub(crate) mod notify;
 mod remote;
 mod run;
 mod signals;

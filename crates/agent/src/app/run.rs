@@ -38,11 +38,11 @@ use twinguard_os::safefile::FileError;
 pub const EXIT_CONFIG: u8 = 78;
 /// Capacity of the input channel. When it is full, stream collectors count a loss (they never
 /// block the kernel side); the snapshot worker and the signal thread wait for room.
-pub const INPUT_CAPACITY: usize = 4096;
+pub(crate) const INPUT_CAPACITY: usize = 4096;
 /// Longest time between two fdatasyncs of the cache: what a power loss may lose at most.
-pub const SYNC_INTERVAL_MS: u64 = 2000;
+pub(crate) const SYNC_INTERVAL_MS: u64 = 2000;
 /// Collector status changes are reported at most this often.
-pub const REPORT_COALESCE_MS: u64 = 5000;
+pub(crate) const REPORT_COALESCE_MS: u64 = 5000;
 /// How often the twin file's metadata is checked.
 const TWIN_POLL_MS: u64 = 100;
 /// A twin file must be stable this long before it is read (editors write in several steps).

@@ -12,7 +12,7 @@ use twinguard_core::event::EventName;
 /// Asks the worker for snapshots; at most one request waits (a request while one is queued
 /// is merged away: the next run takes a fresh snapshot anyway).
 #[derive(Debug)]
-pub struct SnapshotWorker {
+pub(crate) struct SnapshotWorker {
     tx: SyncSender<Vec<EventName>>,
 }
 
@@ -27,7 +27,7 @@ impl SnapshotWorker {
     }
 
     /// Requests snapshots of `names`; returns false when a request is already waiting.
-    pub fn request(&self, names: Vec<EventName>) -> bool {
+    pub(crate) fn request(&self, names: Vec<EventName>) -> bool {
         match self.tx.try_send(names) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,

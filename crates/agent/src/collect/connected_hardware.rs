@@ -265,7 +265,7 @@ fn net_item(dev: &NetDevice, names: Option<&IdNames>) -> ConnectedHardware {
 
 /// What was found on the buses, before naming.
 #[derive(Clone, Debug, Default)]
-pub struct HardwareInventory {
+pub(crate) struct HardwareInventory {
     /// PCI functions.
     pub pci: Vec<PciDevice>,
     /// USB devices.
@@ -277,7 +277,7 @@ pub struct HardwareInventory {
 }
 
 /// Builds the items of `inv` with names from the databases given (pure).
-pub fn hardware_items(
+pub(crate) fn hardware_items(
     inv: &HardwareInventory,
     pci_names: Option<&IdNames>,
     usb_names: Option<&IdNames>,

@@ -49,7 +49,7 @@ use super::audit::{AuditMember, RULE_KEY};
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
 
 /// How often TCP sockets are polled.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// How often audit is tried again while polling is the fallback.
 const AUDIT_RETRY: Duration = Duration::from_secs(60);
 /// Most sockets read in one poll.
@@ -94,7 +94,7 @@ pub struct AuditedConnection {
 
 /// A socket a `socket` call created: which process and descriptor, and whether it is TCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AuditedSocket {
+pub(crate) struct AuditedSocket {
     /// The process.
     pub pid: u32,
     /// The new descriptor.
@@ -105,7 +105,7 @@ pub struct AuditedSocket {
 
 /// What one of our audit events says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Audited {
+pub(crate) enum Audited {
     /// A connect or accept.
     Connection(AuditedConnection),
     /// An IPv4/IPv6 socket was created.
@@ -120,14 +120,14 @@ const PROCTITLE_MAX: usize = 128;
 /// Whether `socket(family, type, protocol)` arguments make a TCP socket: `SOCK_STREAM` (the
 /// low 4 bits of the type; `SOCK_NONBLOCK`/`SOCK_CLOEXEC` are flags above) with protocol 0,
 /// `IPPROTO_TCP` or `IPPROTO_MPTCP`. SCTP stream sockets (`IPPROTO_SCTP`) are not TCP.
-pub fn socket_args_are_tcp(kind: u64, protocol: u64) -> bool {
+pub(crate) fn socket_args_are_tcp(kind: u64, protocol: u64) -> bool {
     const IPPROTO_MPTCP: u64 = 262;
     kind & 0xf == libc::SOCK_STREAM as u64 && matches!(protocol, 0 | 6 | IPPROTO_MPTCP)
 }
 
 /// Reads a reassembled audit event of ours; `None` when the event is not one of ours or not
 /// an INET connection or socket (UNIX, netlink ... sockets).
-pub fn audited(event: &AuditEvent) -> Option<Audited> {
+pub(crate) fn audited(event: &AuditEvent) -> Option<Audited> {
     let sys = event.record(AUDIT_SYSCALL)?;
     let f = audit::fields(&sys.body);
     if audit::get(&f, "key").and_then(audit::untrusted).as_deref() != Some(RULE_KEY) {
@@ -208,7 +208,7 @@ pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
 /// (pid, fd) -> TCP or not, the latest call for a descriptor winning. Bounded: past
 /// [`SocketKinds::MAX`] descriptors the oldest are forgotten.
 #[derive(Debug, Default)]
-pub struct SocketKinds {
+pub(crate) struct SocketKinds {
     kinds: HashMap<(u32, u64), (bool, u64)>,
     order: std::collections::VecDeque<((u32, u64), u64)>,
     next: u64,
@@ -240,7 +240,7 @@ impl SocketKinds {
 
     /// Whether `pid`'s descriptor `fd` is TCP, as far as audited calls tell; a descriptor
     /// unknown for `pid` is looked up for its parent (a child inherits its parent's sockets).
-    pub fn is_tcp(&self, pid: u32, ppid: Option<u32>, fd: u64) -> Option<bool> {
+    pub(crate) fn is_tcp(&self, pid: u32, ppid: Option<u32>, fd: u64) -> Option<bool> {
         self.kinds
             .get(&(pid, fd))
             .or_else(|| ppid.and_then(|pp| self.kinds.get(&(pp, fd))))
@@ -249,7 +249,7 @@ impl SocketKinds {
 }
 
 /// Whether a socket protocol name (`system.sockprotoname`) is TCP.
-pub fn is_tcp_name(name: &[u8]) -> bool {
+pub(crate) fn is_tcp_name(name: &[u8]) -> bool {
     matches!(name, b"TCP" | b"TCPv6" | b"MPTCP" | b"MPTCPv6")
 }
 
@@ -265,7 +265,7 @@ fn canonical(ip: IpAddr) -> (IpAddr, bool) {
 }
 
 /// Which way a polled connection goes: In when a listening socket owns its local port.
-pub fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Direction {
+pub(crate) fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Direction {
     let (local, _) = canonical(socket.local_ip);
     let inbound = listening.iter().any(|l| {
         let (ip, _) = canonical(l.local_ip);
@@ -280,7 +280,7 @@ pub fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Di
 
 /// The state of connection polling: which sockets were seen, and which audit reported.
 #[derive(Debug, Default)]
-pub struct ConnectionPoller {
+pub(crate) struct ConnectionPoller {
     known: HashSet<u64>,
     /// Inodes audit reported, with the poll count when it did.
     audited: HashMap<u64, u64>,
@@ -292,14 +292,14 @@ impl ConnectionPoller {
     const MAX_AUDITED: usize = 65_536;
 
     /// Notes a socket audit reported, so polling does not report it again.
-    pub fn audited(&mut self, inode: u64) {
+    pub(crate) fn audited(&mut self, inode: u64) {
         if self.audited.len() < Self::MAX_AUDITED {
             self.audited.insert(inode, self.polls);
         }
     }
 
     /// Whether audit reported this socket since it was last seen in a dump.
-    pub fn was_audited(&self, inode: u64) -> bool {
+    pub(crate) fn was_audited(&self, inode: u64) -> bool {
         self.audited.contains_key(&inode)
     }
 
@@ -331,7 +331,7 @@ impl ConnectionPoller {
 
 /// The ConnectionCreate stream collector.
 #[derive(Debug)]
-pub struct ConnectionCollector {
+pub(crate) struct ConnectionCollector {
     status: CollectorStatus,
     /// Why audit could not be used (then polling is the source), until it is tried again.
     audit_failed: Option<(String, Instant)>,

@@ -27,7 +27,7 @@ use super::{CollectError, SnapshotCollector};
 
 /// Where the firewall tools are (fixed system paths; tests may point elsewhere).
 #[derive(Clone, Debug)]
-pub struct FirewallTools {
+pub(crate) struct FirewallTools {
     /// `nft`, if installed.
     pub nft: Option<PathBuf>,
     /// `iptables-legacy-save`, if installed.
@@ -156,7 +156,7 @@ impl FirewallConfigurationCollector {
     }
 
     /// A collector with the given tools, checking for legacy tables under `root`.
-    pub fn with_tools(root: Root, tools: FirewallTools) -> Self {
+    pub(crate) fn with_tools(root: Root, tools: FirewallTools) -> Self {
         FirewallConfigurationCollector {
             root,
             tools,

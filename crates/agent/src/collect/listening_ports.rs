@@ -199,7 +199,7 @@ impl ListeningPortsCollector {
 }
 
 /// The address as reported: an IPv4-mapped IPv6 address becomes IPv4 (`true` when mapped).
-pub fn report_address(ip: IpAddr) -> (IpAddr, bool) {
+pub(crate) fn report_address(ip: IpAddr) -> (IpAddr, bool) {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => (IpAddr::V4(v4), true),

@@ -28,7 +28,7 @@ use super::user_names::UserNames;
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
 
 /// How often wtmp and btmp are read.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// How often audit is tried again while the files are the fallback.
 const AUDIT_RETRY: Duration = Duration::from_secs(60);
 /// Most records read from one file per interval.
@@ -37,7 +37,7 @@ const SOURCE_AUDIT: &str = "audit netlink (USER_AUTH, USER_LOGIN)";
 const SOURCE_FILES: &str = "wtmp/btmp";
 
 /// The Login item of an audit event (`USER_AUTH` or `USER_LOGIN`); `None` for other records.
-pub fn audit_login(event: &AuditEvent, users: &mut UserNames) -> Option<Login> {
+pub(crate) fn audit_login(event: &AuditEvent, users: &mut UserNames) -> Option<Login> {
     let record = event.records.first()?;
     let operation = match record.kind {
         AUDIT_USER_AUTH => "authentication",
@@ -106,7 +106,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 
 /// Which file a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoginFile {
+pub(crate) enum LoginFile {
     /// `wtmp`: successful logins.
     Wtmp,
     /// `btmp`: failed attempts.
@@ -115,7 +115,7 @@ pub enum LoginFile {
 
 /// The Login item of a wtmp/btmp record; `None` for records that are not login attempts
 /// (logouts, boots, run-level changes). `executable` looks up the login process's program.
-pub fn utmp_login(
+pub(crate) fn utmp_login(
     record: &UtmpRecord,
     file: LoginFile,
     users: &mut UserNames,

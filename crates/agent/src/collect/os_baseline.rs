@@ -27,11 +27,11 @@ use twinguard_core::event::{
 use BaselineSeverity::{Critical, Important, Informational, Warning};
 
 /// The most directory entries the world-writable scan visits.
-pub const MAX_SCAN_ENTRIES: usize = 100_000;
+pub(crate) const MAX_SCAN_ENTRIES: usize = 100_000;
 /// How deep the world-writable scan descends.
 const MAX_SCAN_DEPTH: usize = 12;
 /// Directories scanned for world-writable files.
-pub const SCAN_DIRS: [&str; 9] = [
+pub(crate) const SCAN_DIRS: [&str; 9] = [
     "/etc",
     "/bin",
     "/sbin",
@@ -794,7 +794,7 @@ impl Facts {
 }
 
 /// Parses an sshd time value (`90`, `90s`, `2m`, `1h30m`) into seconds.
-pub fn parse_sshd_time(value: &str) -> Option<u64> {
+pub(crate) fn parse_sshd_time(value: &str) -> Option<u64> {
     let mut total: u64 = 0;
     let mut num = String::new();
     for c in value.trim().chars() {
@@ -1443,7 +1443,7 @@ fn check_legacy_servers(facts: &mut Facts) -> Outcome {
 }
 
 /// Runs every check of [`CHECKS`] against `facts` (pure but for the reads `facts` makes).
-pub fn run_checks(facts: &mut Facts) -> Vec<OSBaseline> {
+pub(crate) fn run_checks(facts: &mut Facts) -> Vec<OSBaseline> {
     CHECKS
         .iter()
         .map(|check| {

@@ -28,37 +28,37 @@ use super::netlink::{
 /// `NETLINK_AUDIT`.
 const NETLINK_AUDIT: libc::c_int = 9;
 /// `AUDIT_NLGRP_READLOG`: the read-only multicast group (needs `CAP_AUDIT_READ`).
-pub const NLGRP_READLOG: u32 = 1;
+pub(crate) const NLGRP_READLOG: u32 = 1;
 
 /// `AUDIT_GET`: read the status.
-pub const AUDIT_GET: u16 = 1000;
+pub(crate) const AUDIT_GET: u16 = 1000;
 /// `AUDIT_SET`: change the status (enabled, daemon pid, backlog limit ...).
-pub const AUDIT_SET: u16 = 1001;
+pub(crate) const AUDIT_SET: u16 = 1001;
 /// `AUDIT_ADD_RULE`.
-pub const AUDIT_ADD_RULE: u16 = 1011;
+pub(crate) const AUDIT_ADD_RULE: u16 = 1011;
 /// `AUDIT_DEL_RULE`.
-pub const AUDIT_DEL_RULE: u16 = 1012;
+pub(crate) const AUDIT_DEL_RULE: u16 = 1012;
 /// `AUDIT_LIST_RULES`.
-pub const AUDIT_LIST_RULES: u16 = 1013;
+pub(crate) const AUDIT_LIST_RULES: u16 = 1013;
 /// `AUDIT_USER_AUTH`: a user-space authentication attempt (PAM).
-pub const AUDIT_USER_AUTH: u16 = 1100;
+pub(crate) const AUDIT_USER_AUTH: u16 = 1100;
 /// `AUDIT_USER_LOGIN`: a user-space login (sshd, login).
-pub const AUDIT_USER_LOGIN: u16 = 1112;
+pub(crate) const AUDIT_USER_LOGIN: u16 = 1112;
 /// `AUDIT_SYSCALL`: the syscall record of an event.
-pub const AUDIT_SYSCALL: u16 = 1300;
+pub(crate) const AUDIT_SYSCALL: u16 = 1300;
 /// `AUDIT_SOCKADDR`: the socket address a syscall passed or returned.
-pub const AUDIT_SOCKADDR: u16 = 1306;
+pub(crate) const AUDIT_SOCKADDR: u16 = 1306;
 /// `AUDIT_EOE`: the end of a multi-record event.
-pub const AUDIT_EOE: u16 = 1320;
+pub(crate) const AUDIT_EOE: u16 = 1320;
 /// `AUDIT_PROCTITLE`: the process's command line (hex, NUL-separated, at most 128 bytes).
-pub const AUDIT_PROCTITLE: u16 = 1327;
+pub(crate) const AUDIT_PROCTITLE: u16 = 1327;
 
 /// `AUDIT_STATUS_*` bits of [`AuditStatus`] fields to change.
-pub const STATUS_ENABLED: u32 = 0x1;
+pub(crate) const STATUS_ENABLED: u32 = 0x1;
 /// The daemon pid.
-pub const STATUS_PID: u32 = 0x4;
+pub(crate) const STATUS_PID: u32 = 0x4;
 /// The backlog limit.
-pub const STATUS_BACKLOG_LIMIT: u32 = 0x10;
+pub(crate) const STATUS_BACKLOG_LIMIT: u32 = 0x10;
 
 /// Rule fields (`AUDIT_ARCH` ...) and the operator we use.
 const FIELD_ARCH: u32 = 11;
@@ -99,23 +99,23 @@ pub const fn native_arch() -> u32 {
 }
 
 /// The syscall numbers of `connect` on this architecture.
-pub fn connect_syscalls() -> Vec<u32> {
+pub(crate) fn connect_syscalls() -> Vec<u32> {
     vec![libc::SYS_connect as u32]
 }
 
 /// The syscall number of `socket` on this architecture.
-pub fn socket_syscalls() -> Vec<u32> {
+pub(crate) fn socket_syscalls() -> Vec<u32> {
     vec![libc::SYS_socket as u32]
 }
 
 /// The syscall number of `listen` on this architecture.
-pub fn listen_syscalls() -> Vec<u32> {
+pub(crate) fn listen_syscalls() -> Vec<u32> {
     vec![libc::SYS_listen as u32]
 }
 
 /// The syscall numbers of `accept` and `accept4` on this architecture (32-bit x86 has only
 /// `accept4` as a direct syscall).
-pub fn accept_syscalls() -> Vec<u32> {
+pub(crate) fn accept_syscalls() -> Vec<u32> {
     #[cfg(not(target_arch = "x86"))]
     {
         vec![libc::SYS_accept as u32, libc::SYS_accept4 as u32]
@@ -127,7 +127,7 @@ pub fn accept_syscalls() -> Vec<u32> {
 }
 
 /// The name of a connection syscall number, for `ExtraDetails.Syscall`.
-pub fn syscall_name(nr: u32) -> &'static str {
+pub(crate) fn syscall_name(nr: u32) -> &'static str {
     if connect_syscalls().contains(&nr) {
         "connect"
     } else if socket_syscalls().contains(&nr) {
@@ -145,7 +145,7 @@ pub fn syscall_name(nr: u32) -> &'static str {
 
 /// `struct audit_status` (the fields we use).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AuditStatus {
+pub(crate) struct AuditStatus {
     /// 0 off, 1 on, 2 on and locked (no change until reboot).
     pub enabled: u32,
     /// What the kernel does when it must drop records (0 silent, 1 printk, 2 panic).
@@ -163,7 +163,7 @@ pub struct AuditStatus {
 }
 
 /// Reads a status reply (the first 7 fields after `mask`; later kernels append more).
-pub fn decode_status(b: &[u8]) -> Option<AuditStatus> {
+pub(crate) fn decode_status(b: &[u8]) -> Option<AuditStatus> {
     let f = |i: usize| netlink::u32_at(b, 4 * i);
     Some(AuditStatus {
         enabled: f(1)?,
@@ -177,7 +177,7 @@ pub fn decode_status(b: &[u8]) -> Option<AuditStatus> {
 }
 
 /// An `AUDIT_SET` payload changing the fields named in `mask`.
-pub fn encode_status(mask: u32, s: &AuditStatus) -> Vec<u8> {
+pub(crate) fn encode_status(mask: u32, s: &AuditStatus) -> Vec<u8> {
     let words = [
         mask,
         s.enabled,
@@ -216,7 +216,7 @@ impl Rule {
     }
 
     /// `-a exit,always -F arch=<native> -S <syscalls> -F a0=<a0> -F success=1 -k <key>`.
-    pub fn successful_with_a0(syscalls: Vec<u32>, a0: u32, key: &str) -> Rule {
+    pub(crate) fn successful_with_a0(syscalls: Vec<u32>, a0: u32, key: &str) -> Rule {
         Rule {
             syscalls,
             fields: vec![(FIELD_ARCH, native_arch()), (FIELD_ARG0, a0), (FIELD_SUCCESS, 1)],
@@ -225,7 +225,7 @@ impl Rule {
     }
 
     /// `-a exit,always -F arch=<native> -S <syscalls> -F exit=-<errno> -k <key>`.
-    pub fn failing_with(syscalls: Vec<u32>, errno: i32, key: &str) -> Rule {
+    pub(crate) fn failing_with(syscalls: Vec<u32>, errno: i32, key: &str) -> Rule {
         Rule {
             syscalls,
             // The kernel compares the return value as a u32: -115 is 0xFFFFFF8D.
@@ -235,7 +235,7 @@ impl Rule {
     }
 
     /// The `struct audit_rule_data` bytes (for `AUDIT_ADD_RULE` / `AUDIT_DEL_RULE`).
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let key = self.key.as_bytes();
         let mut b = vec![0u8; RULE_BUF_AT];
         let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
@@ -269,7 +269,7 @@ impl Rule {
 
 /// The key of a rule as `AUDIT_LIST_RULES` returns it (`struct audit_rule_data`), if it has
 /// one. String fields are packed into `buf` in field order, each `value` bytes long.
-pub fn rule_key(b: &[u8]) -> Option<String> {
+pub(crate) fn rule_key(b: &[u8]) -> Option<String> {
     let count = (netlink::u32_at(b, 8)? as usize).min(MAX_FIELDS);
     let buflen = netlink::u32_at(b, RULE_BUFLEN_AT)? as usize;
     let buf = b.get(RULE_BUF_AT..RULE_BUF_AT.checked_add(buflen)?)?;
@@ -305,13 +305,13 @@ pub struct Record {
 }
 
 /// Most bytes of record text kept (the kernel's own maximum is 8970).
-pub const MAX_RECORD: usize = 9000;
+pub(crate) const MAX_RECORD: usize = 9000;
 /// A buffer that holds any one audit datagram (a record of at most 8970 bytes + header).
-pub const RECV_BUFFER_BYTES: usize = 12 * 1024;
+pub(crate) const RECV_BUFFER_BYTES: usize = 12 * 1024;
 
 /// The record type and text of one datagram from the audit socket, handling the `nlmsg_len`
 /// quirk (see the module doc). `None` for non-record messages (replies, acks).
-pub fn datagram_record(d: &[u8]) -> Option<(u16, &[u8])> {
+pub(crate) fn datagram_record(d: &[u8]) -> Option<(u16, &[u8])> {
     let kind = netlink::u16_at(d, 4)?;
     if !(1100..3000).contains(&kind) {
         return None;
@@ -326,7 +326,7 @@ pub fn datagram_record(d: &[u8]) -> Option<(u16, &[u8])> {
 }
 
 /// Parses a record's text: `audit(1700000000.123:456): rest`.
-pub fn parse_record(kind: u16, text: &[u8]) -> Option<Record> {
+pub(crate) fn parse_record(kind: u16, text: &[u8]) -> Option<Record> {
     let text = text.get(..text.len().min(MAX_RECORD))?;
     let rest = text.strip_prefix(b"audit(")?;
     let close = rest.iter().position(|&b| b == b')')?;
@@ -385,7 +385,7 @@ pub fn plain(raw: &str) -> Option<&str> {
 }
 
 /// Decodes hex text into bytes; `None` unless it is an even number of hex digits.
-pub fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -409,7 +409,7 @@ pub fn untrusted(raw: &str) -> Option<String> {
 }
 
 /// The fields inside a user-space message's `msg='...'`.
-pub fn user_fields(body: &str) -> Vec<(&str, &str)> {
+pub(crate) fn user_fields(body: &str) -> Vec<(&str, &str)> {
     let outer = fields(body);
     match get(&outer, "msg") {
         Some(m) if m.starts_with('\'') => {
@@ -424,7 +424,7 @@ pub fn user_fields(body: &str) -> Vec<(&str, &str)> {
 
 /// A decoded `SOCKADDR` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SockAddr {
+pub(crate) enum SockAddr {
     /// An IPv4 or IPv6 address and port (an IPv6 scope id beside it, 0 when none).
     Inet {
         /// The address.
@@ -440,7 +440,7 @@ pub enum SockAddr {
 
 /// Decodes the `saddr=` hex of a SOCKADDR record (a raw `struct sockaddr`, family in host
 /// order, port and address in network order).
-pub fn parse_sockaddr(hex: &str) -> Option<SockAddr> {
+pub(crate) fn parse_sockaddr(hex: &str) -> Option<SockAddr> {
     let b = hex_bytes(hex)?;
     let family = u16::from_ne_bytes(b.get(..2)?.try_into().ok()?);
     let port = || b.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
@@ -468,7 +468,7 @@ pub fn parse_sockaddr(hex: &str) -> Option<SockAddr> {
 
 /// The command line of a PROCTITLE record (`proctitle=` hex with NUL-separated arguments, or
 /// a quoted string when it has no special characters), arguments joined with spaces.
-pub fn proctitle(raw: &str) -> Option<String> {
+pub(crate) fn proctitle(raw: &str) -> Option<String> {
     if raw.starts_with('"') {
         return plain(raw).map(str::to_owned);
     }
@@ -505,7 +505,7 @@ impl AuditEvent {
 }
 
 /// Whether records of this type stand alone (user-space messages: no EOE follows them).
-pub fn is_standalone(kind: u16) -> bool {
+pub(crate) fn is_standalone(kind: u16) -> bool {
     (1100..=1199).contains(&kind) || (2100..=2999).contains(&kind)
 }
 
@@ -522,11 +522,11 @@ pub struct Assembler {
 
 impl Assembler {
     /// Events open at once at most.
-    pub const MAX_PENDING: usize = 256;
+    pub(crate) const MAX_PENDING: usize = 256;
     /// Records kept per event at most.
-    pub const MAX_RECORDS: usize = 32;
+    pub(crate) const MAX_RECORDS: usize = 32;
     /// How long an event may wait for its EOE.
-    pub const MAX_AGE_MS: u64 = 1000;
+    pub(crate) const MAX_AGE_MS: u64 = 1000;
     /// Standalone records remembered to drop duplicates.
     const RECENT: usize = 256;
 
@@ -589,7 +589,7 @@ impl Assembler {
     }
 
     /// Completes the events that waited too long for their EOE.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<AuditEvent> {
+    pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<AuditEvent> {
         let mut done = Vec::new();
         while self
             .pending
@@ -611,7 +611,7 @@ impl Assembler {
 
 /// An audit netlink socket: requests with their acknowledgements, and records.
 #[derive(Debug)]
-pub struct AuditSocket {
+pub(crate) struct AuditSocket {
     sock: NetlinkSocket,
     seq: u32,
     /// Datagrams that arrived while a request waited for its answer; read before new ones.
@@ -643,7 +643,7 @@ impl AuditSocket {
 
     /// Sends a request and collects its answers until the acknowledgement (or `NLMSG_DONE`
     /// for a dump). Other datagrams are stashed for [`AuditSocket::recv`].
-    pub fn request(&mut self, kind: u16, payload: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn request(&mut self, kind: u16, payload: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
         self.sock
@@ -706,17 +706,17 @@ impl AuditSocket {
     }
 
     /// Changes the fields of `mask`.
-    pub fn set_status(&mut self, mask: u32, s: &AuditStatus) -> io::Result<()> {
+    pub(crate) fn set_status(&mut self, mask: u32, s: &AuditStatus) -> io::Result<()> {
         self.request(AUDIT_SET, &encode_status(mask, s)).map(|_| ())
     }
 
     /// Every rule, as `struct audit_rule_data` bytes.
-    pub fn list_rules(&mut self) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn list_rules(&mut self) -> io::Result<Vec<Vec<u8>>> {
         self.request(AUDIT_LIST_RULES, &[])
     }
 
     /// Adds a rule; an identical rule already there is not an error.
-    pub fn add_rule(&mut self, rule: &[u8]) -> io::Result<()> {
+    pub(crate) fn add_rule(&mut self, rule: &[u8]) -> io::Result<()> {
         match self.request(AUDIT_ADD_RULE, rule) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             other => other.map(|_| ()),
@@ -724,7 +724,7 @@ impl AuditSocket {
     }
 
     /// Deletes a rule (the bytes as added or as listed); a missing rule is not an error.
-    pub fn del_rule(&mut self, rule: &[u8]) -> io::Result<()> {
+    pub(crate) fn del_rule(&mut self, rule: &[u8]) -> io::Result<()> {
         match self.request(AUDIT_DEL_RULE, rule) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other.map(|_| ()),
@@ -746,7 +746,7 @@ impl AuditSocket {
 
     /// Receives a burst of datagrams with one call (stashed ones first, alone); see
     /// [`NetlinkSocket::recv_batch`].
-    pub fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+    pub(crate) fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
         if !self.stash.is_empty() {
             let take = self.stash.len().min(batch.slots());
             let n = batch.load(self.stash.drain(..take));

@@ -91,13 +91,13 @@ impl TcpState {
 
 /// A set of states, as sock_diag's `idiag_states` bit mask (bit n: kernel state n).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpStates(u32);
+pub(crate) struct TcpStates(u32);
 
 impl TcpStates {
     /// Every state of a socket that is or was connected and still has an owner: ESTABLISHED,
     /// SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING. TIME_WAIT
     /// sockets have no inode (no owner any more) and are left out.
-    pub const CONNECTED: TcpStates = TcpStates::of(&[
+    pub(crate) const CONNECTED: TcpStates = TcpStates::of(&[
         TcpState::Established,
         TcpState::SynSent,
         TcpState::SynRecv,
@@ -109,10 +109,10 @@ impl TcpStates {
     ]);
     /// [`TcpStates::CONNECTED`], TIME_WAIT and CLOSE: every state a connection can be in after
     /// it was made.
-    pub const EVER_CONNECTED: TcpStates =
+    pub(crate) const EVER_CONNECTED: TcpStates =
         TcpStates(TcpStates::CONNECTED.0 | TcpStates::of(&[TcpState::TimeWait, TcpState::Close]).0);
     /// LISTEN only.
-    pub const LISTENING: TcpStates = TcpStates::of(&[TcpState::Listen]);
+    pub(crate) const LISTENING: TcpStates = TcpStates::of(&[TcpState::Listen]);
 
     /// The set of `states` (numbers above 31 cannot be asked for and are left out).
     pub const fn of(states: &[TcpState]) -> TcpStates {
@@ -181,7 +181,7 @@ impl Table {
     }
 
     /// Its path under `/proc`.
-    pub fn proc_path(self) -> &'static str {
+    pub(crate) fn proc_path(self) -> &'static str {
         match (self.transport, self.family) {
             (Transport::Tcp, Family::V4) => "/proc/net/tcp",
             (Transport::Tcp, Family::V6) => "/proc/net/tcp6",
@@ -231,7 +231,7 @@ impl ProcNetSocket {
 
 /// Decodes a `/proc/net` address: 8 hex digits (IPv4) or 32 (IPv6), each 8-digit group a
 /// native-endian `u32` holding 4 bytes of the address in network order.
-pub fn decode_address(hex: &str) -> Option<IpAddr> {
+pub(crate) fn decode_address(hex: &str) -> Option<IpAddr> {
     let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
     match hex.len() {
         8 => hex.get(..8).and_then(word).map(|b| IpAddr::V4(Ipv4Addr::from(b))),
@@ -256,7 +256,7 @@ fn decode_endpoint(text: &str) -> Option<(IpAddr, u16)> {
 }
 
 /// Parses one line of a socket table; `None` for the header and for malformed lines.
-pub fn parse_line(line: &str) -> Option<ProcNetSocket> {
+pub(crate) fn parse_line(line: &str) -> Option<ProcNetSocket> {
     let mut fields = line.split_ascii_whitespace();
     let slot = fields.next()?;
     if !slot.ends_with(':') {
@@ -298,7 +298,7 @@ pub struct TableRead {
 }
 
 /// Streams the table `path` and keeps the sockets `keep` accepts, at most `cap` of them.
-pub fn read_table_at(
+pub(crate) fn read_table_at(
     path: &Path,
     cap: usize,
     keep: impl Fn(&ProcNetSocket) -> bool,
@@ -326,7 +326,7 @@ pub fn read_table(
 }
 
 /// Parses the lines of a table (pure; the first line is the header).
-pub fn scan_lines(
+pub(crate) fn scan_lines(
     lines: impl Iterator<Item = String>,
     cap: usize,
     keep: impl Fn(&ProcNetSocket) -> bool,

@@ -69,7 +69,7 @@ fn wanted_states(transport: Transport) -> TcpStates {
 }
 
 /// The `inet_diag` bytecode accepting only sockets whose remote end is `ip` port `port`.
-pub fn remote_filter(ip: IpAddr, port: u16) -> Vec<u8> {
+pub(crate) fn remote_filter(ip: IpAddr, port: u16) -> Vec<u8> {
     let (family, addr): (u8, Vec<u8>) = match ip {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
@@ -92,7 +92,13 @@ pub fn remote_filter(ip: IpAddr, port: u16) -> Vec<u8> {
 /// The request (`nlmsghdr` + `inet_diag_req_v2`, then the bytecode attribute when given)
 /// dumping the sockets of `family` (`AF_INET` / `AF_INET6`) and `protocol` (`IPPROTO_TCP` /
 /// `IPPROTO_UDP`) in `states`.
-pub fn request(family: u8, protocol: u8, states: TcpStates, bytecode: Option<&[u8]>, seq: u32) -> Vec<u8> {
+pub(crate) fn request(
+    family: u8,
+    protocol: u8,
+    states: TcpStates,
+    bytecode: Option<&[u8]>,
+    seq: u32,
+) -> Vec<u8> {
     let mut req = vec![0u8; 56];
     req[0] = family;
     req[1] = protocol;
@@ -136,7 +142,7 @@ fn address(family: u8, raw: &[u8]) -> Option<IpAddr> {
 }
 
 /// Parses one `inet_diag_msg`.
-pub fn parse_diag_msg(b: &[u8]) -> Option<ProcNetSocket> {
+pub(crate) fn parse_diag_msg(b: &[u8]) -> Option<ProcNetSocket> {
     if b.len() < DIAG_MSG {
         return None;
     }
@@ -159,7 +165,7 @@ pub fn parse_diag_msg(b: &[u8]) -> Option<ProcNetSocket> {
 
 /// What one received buffer held.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// Sockets, in order.
     pub sockets: Vec<ProcNetSocket>,
     /// Whether `NLMSG_DONE` was seen.
@@ -172,7 +178,7 @@ pub struct Batch {
 
 /// Parses the netlink messages of one received buffer (pure). An `NLMSG_ERROR` becomes
 /// `Err` with its errno.
-pub fn parse_batch(mut b: &[u8], seq: u32) -> Result<Batch, DiagError> {
+pub(crate) fn parse_batch(mut b: &[u8], seq: u32) -> Result<Batch, DiagError> {
     let mut out = Batch::default();
     while b.len() >= NLMSG_HDR {
         let len = netlink::u32_at(b, 0).unwrap_or(0) as usize;
@@ -320,7 +326,7 @@ impl SockDiag {
     /// remote end is `remote` when given (the kernel filters with an `inet_diag` bytecode
     /// condition, so finding one connection among ten thousand costs one short answer), into
     /// `out` (at most `cap`; the rest are counted in the returned number).
-    pub fn dump_tcp(
+    pub(crate) fn dump_tcp(
         &mut self,
         family: u8,
         states: TcpStates,
@@ -342,7 +348,7 @@ impl SockDiag {
 
     /// Every TCP socket of both families in `states` (the IPv6 dump is skipped when the
     /// kernel has no IPv6).
-    pub fn dump_tcp_all(
+    pub(crate) fn dump_tcp_all(
         &mut self,
         states: TcpStates,
         cap: usize,
@@ -359,7 +365,7 @@ impl SockDiag {
 }
 
 /// The name of interface `index` (`eth0`), `None` when there is none.
-pub fn interface_name(index: u32) -> Option<String> {
+pub(crate) fn interface_name(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires; it writes a
     // NUL-terminated name into it or returns NULL.

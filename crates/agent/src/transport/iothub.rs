@@ -38,16 +38,16 @@ use twinguard_core::iothub::MAX_MESSAGE_BYTES;
 use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// Lifetime of a SAS token; the connection is renewed after five sixths of it.
-pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// IoT Hub's MQTT port.
-pub const IOTHUB_PORT: u16 = 8883;
+pub(crate) const IOTHUB_PORT: u16 = 8883;
 /// How long a twin GET or reported PATCH waits for its answer.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish waits for its PUBACK.
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// IoT Hub's keep-alive default in the official SDKs is 60 s; we ping sooner so a dead
 /// connection is noticed within a minute.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Desired patches held while a GET is outstanding; more are dropped (the GET has them).
 const MAX_BUFFERED_PATCHES: usize = 32;
 /// Incoming publishes waiting for the transport.
@@ -101,7 +101,7 @@ impl Login for SasLogin {
 
 /// The desired document handed to the run loop: only our configuration key (other modules'
 /// desired properties are not ours to warn about) and `$version`.
-pub fn desired_for_agent(desired: &Value, version: Option<i64>) -> DesiredUpdate {
+pub(crate) fn desired_for_agent(desired: &Value, version: Option<i64>) -> DesiredUpdate {
     let mut doc = Map::new();
     if let Some(object) = desired.get(CONFIG_KEY).filter(|v| !v.is_null()) {
         doc.insert(CONFIG_KEY.to_owned(), object.clone());
@@ -117,7 +117,7 @@ pub fn desired_for_agent(desired: &Value, version: Option<i64>) -> DesiredUpdate
 
 /// The IoT Hub mode transport.
 #[derive(Debug)]
-pub struct IotHubTransport {
+pub(crate) struct IotHubTransport {
     client: MqttClient,
     identity: ConnectionString,
     desired: DesiredState,
@@ -217,7 +217,7 @@ impl IotHubTransport {
     /// Waits up to `timeout` for the full twin at start-up. `None` if the hub could not be
     /// reached (or did not answer) in time. The update stays pending for
     /// [`Transport::poll_desired`] unless [`IotHubTransport::mark_handed`] is called.
-    pub fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
+    pub(crate) fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             self.pump();
@@ -232,7 +232,7 @@ impl IotHubTransport {
     }
 
     /// The run loop applied the start-up document itself: do not hand it over again.
-    pub fn mark_handed(&mut self) {
+    pub(crate) fn mark_handed(&mut self) {
         if let Some(DesiredUpdate::Document { version, .. }) = self.update.take() {
             self.started_version = version;
         }

@@ -15,7 +15,7 @@ use twinguard_os::safefile::{fstat, Dir, FileError, FileKind};
 /// Size at which the outbox is rotated by default.
 pub const DEFAULT_OUTBOX_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 /// Rotated files kept by default (`outbox.1` .. `outbox.N`).
-pub const DEFAULT_OUTBOX_KEEP: usize = 3;
+pub(crate) const DEFAULT_OUTBOX_KEEP: usize = 3;
 
 /// The outbox file and the reported file.
 ///
@@ -25,7 +25,7 @@ pub const DEFAULT_OUTBOX_KEEP: usize = 3;
 /// `allow_special` (`--allow-special-files`) either may instead be (or link to) a FIFO or a
 /// character device, which is written in place: never cut, rotated or replaced.
 #[derive(Debug)]
-pub struct LocalTransport {
+pub(crate) struct LocalTransport {
     outbox_path: PathBuf,
     outbox_dir: Dir,
     outbox_name: String,
@@ -347,7 +347,7 @@ struct Fingerprint {
 
 /// A change of the twin file, after debouncing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TwinChange {
+pub(crate) enum TwinChange {
     /// The file has new content (read with the 1 MiB bound), or why it could not be read
     /// (`cannot read: ...`, or the document is over the limit).
     Content(Result<Vec<u8>, String>),
@@ -370,7 +370,7 @@ const RACY_WINDOW_NS: i128 = 2_000_000_000;
 /// what was read (a checksum of at most 1 MiB, for at most two seconds after a change): the
 /// newest version is always the one applied after a burst.
 #[derive(Debug)]
-pub struct TwinFile {
+pub(crate) struct TwinFile {
     path: PathBuf,
     applied: Option<Option<Fingerprint>>,
     candidate: Option<(Option<Fingerprint>, u64)>,
@@ -425,7 +425,7 @@ impl TwinFile {
     }
 
     /// Reads the file now, without debouncing (at start-up).
-    pub fn read_now(&mut self) -> TwinChange {
+    pub(crate) fn read_now(&mut self) -> TwinChange {
         let fp = self.fingerprint();
         self.applied = Some(fp);
         self.candidate = None;

@@ -27,21 +27,21 @@ use twinguard_core::config::MAX_DOCUMENT_BYTES;
 use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// Keep-alive: a dead broker is noticed within about this plus the ping timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a message or report waits for its PUBACK.
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of one connection attempt (TCP, TLS, CONNACK, SUBACK).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnect delays: 0.5 s doubling to 30 s, with jitter.
-pub const BACKOFF: Backoff = Backoff {
+pub(crate) const BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(500),
     max: Duration::from_secs(30),
 };
 /// Largest packet taken from the broker: a desired document (1 MiB) plus topic and headers.
-pub const MAX_INCOMING_PACKET: usize = MAX_DOCUMENT_BYTES + 64 * 1024;
+pub(crate) const MAX_INCOMING_PACKET: usize = MAX_DOCUMENT_BYTES + 64 * 1024;
 /// After a (re)connection, a retained desired document arrives right after the SUBACK; when
 /// none came within this grace, the topic has none (= defaults).
-pub const RETAINED_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const RETAINED_GRACE: Duration = Duration::from_secs(2);
 /// Incoming publishes waiting for the run loop (only the desired topic is subscribed).
 const INCOMING_CAPACITY: usize = 32;
 
@@ -300,7 +300,7 @@ impl MqttTransport {
     /// retained desired document (or its absence) is known; `None` if the broker could not be
     /// reached in time. The answer is not marked as handed over: call
     /// [`MqttTransport::mark_handed`] when the caller applied it itself.
-    pub fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
+    pub(crate) fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
         let deadline = Instant::now() + timeout;
         loop {
             self.take_incoming();
@@ -321,7 +321,7 @@ impl MqttTransport {
     }
 
     /// Records that the run loop already has the current desired document (applied at start).
-    pub fn mark_handed(&mut self) {
+    pub(crate) fn mark_handed(&mut self) {
         self.handed = Some(self.received.take().unwrap_or_default());
     }
 

@@ -30,8 +30,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 fn tool(candidates: &[&str]) -> Option<PathBuf> {

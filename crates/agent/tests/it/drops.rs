@@ -31,8 +31,7 @@ fn agent_command(dir: &TempDir, twin: &Path, data: &Path) -> std::process::Comma
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 /// A small file system mounted for one test (root only), unmounted when dropped.

@@ -28,8 +28,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 /// A running `twinguard run` in local mode.

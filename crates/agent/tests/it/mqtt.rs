@@ -48,8 +48,7 @@ fn free_port() -> u16 {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 fn write_private(path: &Path, text: &str) {

@@ -217,7 +217,7 @@ fn desired_from_payload(payload: &[u8]) -> DesiredUpdate {
 }
 
 /// Tests the MQTT mode; `agent_running` is the pid of an agent using this identity.
-pub fn test_mqtt(options: &MqttOptions, agent_running: Option<&str>) -> ConnectionCheck {
+pub(crate) fn test_mqtt(options: &MqttOptions, agent_running: Option<&str>) -> ConnectionCheck {
     let mut check = ConnectionCheck {
         endpoint: format!("{}", options.broker),
         ..ConnectionCheck::default()
@@ -328,7 +328,7 @@ fn identity(check: &mut ConnectionCheck, options: &IotHubOptions) -> Option<Conn
 }
 
 /// Tests the IoT Hub mode; `agent_running` is the pid of an agent using this identity.
-pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> ConnectionCheck {
+pub(crate) fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> ConnectionCheck {
     let mut check = ConnectionCheck {
         endpoint: format!("(the hub of {})", options.connection_string_file.display()),
         ..ConnectionCheck::default()

@@ -41,7 +41,7 @@ pub struct Cap {
 }
 
 /// `CAP_DAC_READ_SEARCH`.
-pub const CAP_DAC_READ_SEARCH: Cap = Cap {
+pub(crate) const CAP_DAC_READ_SEARCH: Cap = Cap {
     bit: 2,
     name: "CAP_DAC_READ_SEARCH",
     used_for: "/proc/<pid>/fd of other users' processes (socket owners), btmp, restricted files",
@@ -53,13 +53,13 @@ pub const CAP_NET_ADMIN: Cap = Cap {
     used_for: "netlink process connector, nft list ruleset, large netlink receive buffers",
 };
 /// `CAP_NET_RAW` (not in the service's set: legacy iptables only).
-pub const CAP_NET_RAW: Cap = Cap {
+pub(crate) const CAP_NET_RAW: Cap = Cap {
     bit: 13,
     name: "CAP_NET_RAW",
     used_for: "iptables-legacy-save (legacy iptables tables only; not granted by twinguard.service)",
 };
 /// `CAP_SYS_PTRACE`.
-pub const CAP_SYS_PTRACE: Cap = Cap {
+pub(crate) const CAP_SYS_PTRACE: Cap = Cap {
     bit: 19,
     name: "CAP_SYS_PTRACE",
     used_for: "/proc/<pid>/exe and /proc/<pid>/fd of other users' processes",
@@ -71,7 +71,7 @@ pub const CAP_AUDIT_CONTROL: Cap = Cap {
     used_for: "audit status, enabling audit, the ConnectionCreate rules",
 };
 /// `CAP_AUDIT_READ`.
-pub const CAP_AUDIT_READ: Cap = Cap {
+pub(crate) const CAP_AUDIT_READ: Cap = Cap {
     bit: 37,
     name: "CAP_AUDIT_READ",
     used_for: "reading audit records (multicast group)",
@@ -186,7 +186,7 @@ fn audit_managed_elsewhere() -> bool {
 
 /// The pids holding a `flock` lock on the file with inode `inode`, from `/proc/locks` text
 /// (`1: FLOCK  ADVISORY  WRITE 1234 fe:00:5366328 0 EOF`; pure).
-pub fn flock_holders(locks: &str, inode: u64) -> impl Iterator<Item = u32> + '_ {
+pub(crate) fn flock_holders(locks: &str, inode: u64) -> impl Iterator<Item = u32> + '_ {
     locks.lines().filter_map(move |line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // Blocked waiters are listed as `1: -> FLOCK ...`: they hold nothing.
@@ -427,7 +427,10 @@ fn probe_snapshot(name: EventName, caps: Capabilities) -> (SourceState, String, 
 }
 
 /// Probes every source, in the order of the table.
-pub fn examine_sources(priority: impl Fn(EventName) -> Priority, caps: Capabilities) -> Vec<SourceCheck> {
+pub(crate) fn examine_sources(
+    priority: impl Fn(EventName) -> Priority,
+    caps: Capabilities,
+) -> Vec<SourceCheck> {
     let mut rows = Vec::new();
     let mut push = |event: EventName, (state, via, why): (SourceState, String, String)| {
         rows.push(SourceCheck {

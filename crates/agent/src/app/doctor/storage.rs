@@ -72,7 +72,7 @@ fn queue_line(name: &str, q: &QueueCounters) -> String {
 /// Examines `path` for an agent whose cache may hold `max_cache_bytes`. Read-only: nothing
 /// in the directory is created, locked or changed, no link in it is followed, and a FIFO
 /// planted there is not waited on.
-pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
+pub(crate) fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
     let mut check = DataDirCheck {
         path: path.to_owned(),
         ..DataDirCheck::default()
