@@ -57,36 +57,101 @@ pub struct BrokerUrl {
     pub tls: bool,
 }
 
+/// Why a broker URL, device id or topic prefix cannot be used; each message is one line
+/// naming the flag.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MqttOptionsError {
+    /// Not `mqtt://` or `mqtts://`.
+    #[error("--mqtt {url:?}: expected mqtt://host[:port] or mqtts://host[:port]")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+    },
+    /// `user:password@` in the URL.
+    #[error("--mqtt {url:?}: credentials in the URL are not accepted; use --mqtt-username and --mqtt-password-file")]
+    Credentials {
+        /// The URL as given.
+        url: String,
+    },
+    /// A path or query after the host.
+    #[error("--mqtt {url:?}: a broker URL has no path or query")]
+    PathOrQuery {
+        /// The URL as given.
+        url: String,
+    },
+    /// `[` without `]`.
+    #[error("--mqtt {url:?}: unclosed [ in an IPv6 address")]
+    UnclosedBracket {
+        /// The URL as given.
+        url: String,
+    },
+    /// Something after `[address]` other than `:port`.
+    #[error("--mqtt {url:?}: unexpected {after:?} after the address")]
+    AfterAddress {
+        /// The URL as given.
+        url: String,
+        /// What follows the `]`.
+        after: String,
+    },
+    /// No host.
+    #[error("--mqtt {url:?}: no host")]
+    NoHost {
+        /// The URL as given.
+        url: String,
+    },
+    /// The port is not 1 to 65535.
+    #[error("--mqtt {url:?}: {port:?} is not a port")]
+    Port {
+        /// The URL as given.
+        url: String,
+        /// The port text.
+        port: String,
+    },
+    /// A device id that cannot name topics.
+    #[error("--device-id {0:?}: 1 to 128 characters, without / + # or control characters")]
+    DeviceId(String),
+    /// A prefix that is not a topic name.
+    #[error("--mqtt-prefix {prefix:?}: {source}")]
+    Prefix {
+        /// The prefix (without a trailing `/`).
+        prefix: String,
+        /// Why it is not a topic name.
+        #[source]
+        source: twinguard_mqtt::topic::TopicError,
+    },
+}
+
 impl BrokerUrl {
-    /// Parses a broker URL; the error is a one-line explanation.
-    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+    /// Parses a broker URL.
+    pub fn parse(url: &str) -> Result<BrokerUrl, MqttOptionsError> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!(
-                "--mqtt {url:?}: expected mqtt://host[:port] or mqtts://host[:port]"
-            ));
+            return Err(MqttOptionsError::Scheme { url: url.to_owned() });
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('@') {
-            return Err(format!(
-                "--mqtt {url:?}: credentials in the URL are not accepted; use --mqtt-username and --mqtt-password-file"
-            ));
+            return Err(MqttOptionsError::Credentials { url: url.to_owned() });
         }
         if rest.contains('/') || rest.contains('?') {
-            return Err(format!("--mqtt {url:?}: a broker URL has no path or query"));
+            return Err(MqttOptionsError::PathOrQuery { url: url.to_owned() });
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("--mqtt {url:?}: unclosed [ in an IPv6 address"))?;
+                .ok_or_else(|| MqttOptionsError::UnclosedBracket { url: url.to_owned() })?;
             match after.strip_prefix(':') {
                 Some(p) => (host, Some(p)),
                 None if after.is_empty() => (host, None),
-                None => return Err(format!("--mqtt {url:?}: unexpected {after:?} after the address")),
+                None => {
+                    return Err(MqttOptionsError::AfterAddress {
+                        url: url.to_owned(),
+                        after: after.to_owned(),
+                    })
+                }
             }
         } else {
             match rest.split_once(':') {
@@ -95,7 +160,7 @@ impl BrokerUrl {
             }
         };
         if host.is_empty() {
-            return Err(format!("--mqtt {url:?}: no host"));
+            return Err(MqttOptionsError::NoHost { url: url.to_owned() });
         }
         let port = match port {
             None => default_port,
@@ -103,7 +168,10 @@ impl BrokerUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("--mqtt {url:?}: {p:?} is not a port"))?,
+                .ok_or_else(|| MqttOptionsError::Port {
+                    url: url.to_owned(),
+                    port: p.to_owned(),
+                })?,
         };
         Ok(BrokerUrl {
             host: host.to_owned(),
@@ -150,19 +218,19 @@ impl MqttOptions {
         tls: TlsOptions,
         username: Option<String>,
         password_file: Option<PathBuf>,
-    ) -> Result<MqttOptions, String> {
+    ) -> Result<MqttOptions, MqttOptionsError> {
         if device_id.is_empty()
             || device_id.len() > 128
             || device_id.contains(['/', '+', '#', '\0'])
             || device_id.chars().any(char::is_control)
         {
-            return Err(format!(
-                "--device-id {device_id:?}: 1 to 128 characters, without / + # or control characters"
-            ));
+            return Err(MqttOptionsError::DeviceId(device_id));
         }
         let prefix = prefix.unwrap_or_else(|| format!("twinguard/{device_id}"));
         let prefix = prefix.strip_suffix('/').unwrap_or(&prefix).to_owned();
-        topic::validate_name(&prefix).map_err(|e| format!("--mqtt-prefix {prefix:?}: {e}"))?;
+        if let Err(source) = topic::validate_name(&prefix) {
+            return Err(MqttOptionsError::Prefix { prefix, source });
+        }
         Ok(MqttOptions {
             broker,
             device_id,
