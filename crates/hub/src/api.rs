@@ -45,17 +45,17 @@ use crate::twin::{DesiredChange, Twin};
 use twinguard_core::iothub::identity::{connection_string, IdentityId};
 
 /// Requests answered at once (after they were read); more get 503.
-pub const MAX_API_REQUESTS: usize = 16;
+pub(crate) const MAX_API_REQUESTS: usize = 16;
 /// Connections whose request is still arriving; a newer one closes the oldest past this.
-pub const MAX_READING: usize = 32;
+pub(crate) const MAX_READING: usize = 32;
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
-pub const MAX_LONG_POLLS: usize = 32;
+pub(crate) const MAX_LONG_POLLS: usize = 32;
 /// Time a client has to send its whole request, from the TCP accept.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait of a `messages` request for new messages.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most messages in one answer.
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An answer: status and JSON body.
@@ -102,7 +102,7 @@ impl Access {
 
     /// Whether a `Host` header value names this API: a loopback name or a configured one,
     /// with any port.
-    pub fn host_allowed(&self, host: &str) -> bool {
+    pub(crate) fn host_allowed(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         let name = if let Some(rest) = host.strip_prefix('[') {
             match rest.split_once(']') {

@@ -13,13 +13,13 @@ use serde_json::Value;
 use twinguard_core::iothub::query::{decoded_pairs, percent_decode};
 
 /// Largest request or response head (request line / status line and headers).
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body (a desired document; IoT Hub's own limit is 32 KB).
-pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Largest response body the client reads (a page of messages).
-pub const MAX_RESPONSE_BODY: usize = 512 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BODY: usize = 512 * 1024 * 1024;
 /// Most header lines in a request.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// Why a request or response could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ fn bad(status: u16, message: impl Into<String>) -> HttpError {
 
 /// A parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// `GET`, `POST`, ...
     pub method: String,
     /// The path's segments, percent-decoded (`/v1/twins/d%2F1` -> `["v1", "twins", "d/1"]`).
@@ -61,7 +61,7 @@ pub struct Request {
 
 impl Request {
     /// The value of query parameter `name`.
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(n, _)| n == name)
@@ -69,7 +69,7 @@ impl Request {
     }
 
     /// The values of header `name` (lower case).
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
@@ -186,7 +186,7 @@ fn parse_headers(lines: &str) -> Result<Vec<(String, String)>, HttpError> {
 }
 
 /// Reads one request, all of it before `deadline`.
-pub fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, HttpError> {
+pub(crate) fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, HttpError> {
     let (head, rest) = read_head(stream, Some(deadline))?;
     let mut request = parse_head(&head)?;
     let length = content_length(&request.headers, MAX_REQUEST_BODY)?;
@@ -196,7 +196,7 @@ pub fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request
 
 /// Parses a request head (the request line and the header lines, without the blank line);
 /// the body is left empty. Pure, for the fuzz target.
-pub fn parse_head(head: &str) -> Result<Request, HttpError> {
+pub(crate) fn parse_head(head: &str) -> Result<Request, HttpError> {
     let (request_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -228,7 +228,7 @@ pub fn parse_head(head: &str) -> Result<Request, HttpError> {
 
 /// Parses a whole request held in memory (head, blank line, body), as [`read_request`] would
 /// read it from a socket. Pure, for the fuzz target and tests.
-pub fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
+pub(crate) fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
     let end = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -270,7 +270,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a JSON response and ends the exchange. A 401 names the scheme it wants.
-pub fn write_response(stream: &mut TcpStream, status: u16, body: &Value) -> io::Result<()> {
+pub(crate) fn write_response(stream: &mut TcpStream, status: u16, body: &Value) -> io::Result<()> {
     let body = body.to_string();
     let challenge = if status == 401 {
         "WWW-Authenticate: Bearer realm=\"twinguard-hub\"\r\n"

@@ -18,18 +18,18 @@ use twinguard_core::iothub::identity::IdentityId;
 
 /// What the hub hands a live connection besides the client's own requests.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A desired-properties notification (the patch with its `$version`).
     DesiredPatch(Value),
 }
 
 /// How many notifications may wait for one connection; past that the client is not reading
 /// and is disconnected (it GETs the full twin when it reconnects, so nothing is lost).
-pub const OUTBOX_CAPACITY: usize = 64;
+pub(crate) const OUTBOX_CAPACITY: usize = 64;
 
 /// The live connection of one identity.
 #[derive(Debug)]
-pub struct Live {
+pub(crate) struct Live {
     /// The connection's number (for logs, and so a closing connection only removes itself).
     pub conn: u64,
     /// Where notifications for it go.
@@ -104,13 +104,13 @@ impl Hub {
     }
 
     /// A new connection number.
-    pub fn next_connection(&self) -> u64 {
+    pub(crate) fn next_connection(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Makes `live` the connection of `id`, closing the previous one (IoT Hub allows one
     /// connection per identity; the newest wins).
-    pub fn register(&self, id: &IdentityId, live: Live) {
+    pub(crate) fn register(&self, id: &IdentityId, live: Live) {
         let old = lock(&self.live).insert(id.clone(), live);
         if let Some(old) = old {
             info!(identity = %id, old = old.conn, "a new connection of the identity closes the old one");
@@ -119,12 +119,12 @@ impl Hub {
     }
 
     /// Whether connection `conn` is still the live one of `id`.
-    pub fn is_live(&self, id: &IdentityId, conn: u64) -> bool {
+    pub(crate) fn is_live(&self, id: &IdentityId, conn: u64) -> bool {
         lock(&self.live).get(id).is_some_and(|l| l.conn == conn)
     }
 
     /// Forgets connection `conn` of `id` (if it is still the live one).
-    pub fn unregister(&self, id: &IdentityId, conn: u64) {
+    pub(crate) fn unregister(&self, id: &IdentityId, conn: u64) {
         let mut live = lock(&self.live);
         if live.get(id).is_some_and(|l| l.conn == conn) {
             live.remove(id);
@@ -169,7 +169,7 @@ impl Hub {
     }
 
     /// Stores a message and wakes the readers waiting for one.
-    pub fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
+    pub(crate) fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
         let seq = self.store().insert_message(message)?;
         let mut last = lock(&self.last_message);
         *last = (*last).max(seq);
@@ -178,13 +178,13 @@ impl Hub {
     }
 
     /// The newest stored message's sequence number.
-    pub fn last_message_seq(&self) -> i64 {
+    pub(crate) fn last_message_seq(&self) -> i64 {
         *lock(&self.last_message)
     }
 
     /// Waits until a message newer than `after` is stored, at most `timeout`, or until
     /// `cancel` is set (followed by [`Hub::wake_waiters`]).
-    pub fn wait_for_message(&self, after: i64, timeout: Duration, cancel: &AtomicBool) {
+    pub(crate) fn wait_for_message(&self, after: i64, timeout: Duration, cancel: &AtomicBool) {
         let last = lock(&self.last_message);
         let _ = self
             .new_message
@@ -195,7 +195,7 @@ impl Hub {
     }
 
     /// Wakes every waiter of [`Hub::wait_for_message`] to check its cancel flag.
-    pub fn wake_waiters(&self) {
+    pub(crate) fn wake_waiters(&self) {
         let _last = lock(&self.last_message);
         self.new_message.notify_all();
     }

@@ -9,10 +9,10 @@ use serde_json::Value;
 use twinguard_core::event::{Event, MESSAGE_SCHEMA_VERSION};
 
 /// The interface id that marks a security message.
-pub const SECURITY_INTERFACE_ID: &str = "urn:azureiot:Security:SecurityAgent:1";
+pub(crate) const SECURITY_INTERFACE_ID: &str = "urn:azureiot:Security:SecurityAgent:1";
 
 /// Whether a decoded property bag marks a security message.
-pub fn is_security_message(properties: &[(String, Option<String>)]) -> bool {
+pub(crate) fn is_security_message(properties: &[(String, Option<String>)]) -> bool {
     properties
         .iter()
         .any(|(name, value)| name == "$.ifid" && value.as_deref() == Some(SECURITY_INTERFACE_ID))
@@ -20,7 +20,7 @@ pub fn is_security_message(properties: &[(String, Option<String>)]) -> bool {
 
 /// Checks a body against the security-message model; `Err` says the first problem found.
 /// Returns the number of events.
-pub fn check_security_message(body: &[u8]) -> Result<usize, String> {
+pub(crate) fn check_security_message(body: &[u8]) -> Result<usize, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(members) = value else {
         return Err("not a JSON object".into());

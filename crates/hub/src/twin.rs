@@ -6,11 +6,11 @@ use serde_json::{Map, Value};
 use twinguard_core::config::merge_patch;
 
 /// Largest section (desired or reported), counted as its compact JSON without `$version`.
-pub const MAX_SECTION_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_SECTION_BYTES: usize = 32 * 1024;
 /// Deepest nesting of objects and arrays below a section's root.
-pub const MAX_DEPTH: usize = 10;
+pub(crate) const MAX_DEPTH: usize = 10;
 /// Longest member name, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 
 /// Why a twin document or patch is refused (the client gets status 400; the operator API 400).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +62,7 @@ impl Default for Twin {
 impl Twin {
     /// The body of a twin GET answer: `{"desired": {..., "$version"}, "reported": {...,
     /// "$version"}}`.
-    pub fn get_body(&self) -> Value {
+    pub(crate) fn get_body(&self) -> Value {
         serde_json::json!({
             "desired": with_version(&self.desired, self.desired_version),
             "reported": with_version(&self.reported, self.reported_version),
@@ -71,7 +71,7 @@ impl Twin {
 
     /// Merges a reported patch. On error the twin is unchanged. Returns the new reported
     /// `$version`.
-    pub fn patch_reported(&mut self, patch: &Value) -> Result<i64, TwinError> {
+    pub(crate) fn patch_reported(&mut self, patch: &Value) -> Result<i64, TwinError> {
         let merged = patched(&self.reported, patch, "reported")?;
         self.reported = merged;
         self.reported_version += 1;
@@ -193,7 +193,7 @@ fn key_allowed(key: &str) -> bool {
 
 /// The JSON merge patch that turns `old` into `new` (both objects): removed members become
 /// `null`, changed objects recurse, other changes are the new value.
-pub fn diff(old: &Value, new: &Value) -> Value {
+pub(crate) fn diff(old: &Value, new: &Value) -> Value {
     let (Value::Object(old), Value::Object(new)) = (old, new) else {
         return new.clone();
     };
