@@ -253,9 +253,16 @@ impl ConnectionString {
         )
     }
 
-    /// A SAS token for this identity, expiring at `expiry` (Unix seconds).
+    /// A SAS token for this identity, expiring at `expiry` (Unix seconds), signed with
+    /// `ring`'s HMAC.
+    #[cfg(any(feature = "ring", test))]
     pub fn sas_token(&self, expiry: u64) -> String {
-        super::sas::sign(&self.resource(), &self.key, expiry)
+        self.sas_token_with(&super::sas::Ring, expiry)
+    }
+
+    /// A SAS token for this identity, expiring at `expiry` (Unix seconds), signed by `mac`.
+    pub fn sas_token_with(&self, mac: &impl super::sas::HmacSha256, expiry: u64) -> String {
+        super::sas::sign_with(mac, &self.resource(), &self.key, expiry)
     }
 }
 
