@@ -176,7 +176,7 @@ struct AuditProbe {
 /// `/proc/locks`, not by trying the lock: a try would make an agent starting at that moment
 /// believe another one manages audit.
 fn audit_managed_elsewhere() -> bool {
-    let Ok(meta) = std::fs::metadata(AUDIT_LOCK) else {
+    let Ok(meta) = crate::sys::fs::metadata(Path::new(AUDIT_LOCK)) else {
         return false;
     };
     read_text(Path::new("/proc/locks"), 1024 * 1024)
