@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::inbox::RunInput;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Jitter};
 use crate::collect::{CollectError, EventSink, StopSignal, StreamCollector};
 use twinguard_core::config::{CollectorStatus, Config};
 use twinguard_core::event::{EventName, Priority};
@@ -19,6 +19,7 @@ use twinguard_core::event::{EventName, Priority};
 const RETRY: Backoff = Backoff {
     initial: Duration::from_secs(1),
     max: Duration::from_secs(300),
+    jitter: Jitter::UpperHalf,
 };
 
 struct Running {

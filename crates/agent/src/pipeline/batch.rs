@@ -5,9 +5,10 @@
 //! drive it in milliseconds, deterministically.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, PushOutcome};
+use crate::backoff::{Backoff, Jitter};
 use twinguard_core::config::Config;
 use twinguard_core::event::{
     Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
@@ -16,10 +17,13 @@ use twinguard_core::event::{
 
 /// Timers run at most once per second, whatever the configuration says (SPEC §2).
 pub const MIN_TIMER_MS: u64 = 1000;
-/// First retry delay after a failed delivery; doubled per failure up to [`MAX_BACKOFF_MS`].
-pub const FIRST_BACKOFF_MS: u64 = 1000;
-/// Longest retry delay.
-pub const MAX_BACKOFF_MS: u64 = 60_000;
+/// Retry delays after failed deliveries: 1 s doubled per failure up to 60 s, each plus up to a
+/// quarter, so a fleet does not retry in lockstep after a broker outage.
+pub const RETRY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    jitter: Jitter::UpToAQuarterMore,
+};
 /// At most this many Diagnostic events per minute; the rest are counted and summarised.
 pub const DIAGNOSTICS_PER_MINUTE: u32 = 10;
 
@@ -113,7 +117,8 @@ pub struct Pipeline {
     config: Config,
     frame: MessageFrame,
     in_flight: Option<Vec<EntryId>>,
-    backoff_ms: u64,
+    /// Failed deliveries in a row (the attempt of [`RETRY_BACKOFF`]).
+    failures: u32,
     retry_at_ms: u64,
     /// The message counts of the current period (its collected/dropped fields are unused:
     /// those come from the cache's counters, see [`Pipeline::period`]).
@@ -159,7 +164,7 @@ impl Pipeline {
             config,
             frame,
             in_flight: None,
-            backoff_ms: 0,
+            failures: 0,
             retry_at_ms: 0,
             period: carried,
             reported,
@@ -468,7 +473,7 @@ impl Pipeline {
     /// The transport confirmed the message: its events leave the cache as sent.
     pub fn confirm(&mut self, out: &Outgoing) -> Result<(), CacheError> {
         self.in_flight = None;
-        self.backoff_ms = 0;
+        self.failures = 0;
         self.retry_at_ms = 0;
         self.period.messages_sent += 1;
         if out.body.len() < 4096 {
@@ -484,19 +489,19 @@ impl Pipeline {
         self.period.failed += 1;
         // Entries evicted here are counted by the cache (and so in the statistics).
         let _ = self.cache.unpin(&out.ids);
-        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
-        // xorshift: a cheap jitter of up to a quarter of the delay, so a fleet does not retry
-        // in lockstep after a broker outage.
+        // xorshift seeded with the AgentId: the backoff's random source, deterministic in tests.
         self.jitter_state ^= self.jitter_state << 13;
         self.jitter_state ^= self.jitter_state >> 7;
         self.jitter_state ^= self.jitter_state << 17;
-        let jitter = self.jitter_state % (self.backoff_ms / 4 + 1);
-        self.retry_at_ms = now_ms.saturating_add(self.backoff_ms + jitter);
+        let delay = RETRY_BACKOFF.delay_with(self.failures, self.jitter_state);
+        self.failures = self.failures.saturating_add(1);
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.retry_at_ms = now_ms.saturating_add(delay_ms);
     }
 
     /// Forgets the retry backoff: the transport reconnected, so the next send goes at once.
     pub fn reset_backoff(&mut self) {
-        self.backoff_ms = 0;
+        self.failures = 0;
         self.retry_at_ms = 0;
     }
 

@@ -22,7 +22,7 @@ use twinguard_mqtt::{topic, LastWill, QoS};
 use super::mqtt_client::{ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Jitter};
 use twinguard_core::config::MAX_DOCUMENT_BYTES;
 use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
@@ -36,6 +36,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(500),
     max: Duration::from_secs(30),
+    jitter: Jitter::UpperHalf,
 };
 /// Largest packet taken from the broker: a desired document (1 MiB) plus topic and headers.
 pub(crate) const MAX_INCOMING_PACKET: usize = MAX_DOCUMENT_BYTES + 64 * 1024;

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use twinguard::backoff::Backoff;
+use twinguard::backoff::{Backoff, Jitter};
 use twinguard::transport::mqtt_client::{ClientOptions, Credentials, MqttClient, Secret, StaticLogin};
 use twinguard::transport::tls::{client_config, TlsOptions};
 use twinguard_core::config::CONFIG_KEY;
@@ -300,6 +300,7 @@ impl Observer {
             backoff: Backoff {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(300),
+                jitter: Jitter::UpperHalf,
             },
             incoming_capacity: 200_000,
         })
@@ -1174,6 +1175,7 @@ fn mqtt_client_survives_garbage_from_the_network() {
         backoff: Backoff {
             initial: Duration::from_millis(5),
             max: Duration::from_millis(20),
+            jitter: Jitter::UpperHalf,
         },
         incoming_capacity: 8,
     })
