@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 /// How often the counted refusals are logged by default (one line per interval, only when
 /// there were some).
-pub(crate) const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// How many CONNECT refusals (bad credentials and the like) are logged one by one per
 /// interval; the rest are counted into the interval's summary line.
 pub(crate) const REFUSALS_LOGGED_PER_INTERVAL: u64 = 10;
@@ -43,13 +43,13 @@ pub(crate) struct Limits {
 /// A source address as the limits count it: IPv4 addresses one by one; IPv6 by /64, since
 /// anyone with one IPv6 address usually has the whole /64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     V4([u8; 4]),
     V6([u8; 8]),
 }
 
 impl Source {
-    fn of(ip: IpAddr) -> Source {
+    pub(crate) fn of(ip: IpAddr) -> Source {
         match ip {
             IpAddr::V4(v4) => Source::V4(v4.octets()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -18,48 +18,39 @@
 //! | GET | `/v1/messages?device=&module=&after=&limit=&waitMs=` | stored messages after a sequence number, waiting up to `waitMs` for one |
 //! | GET | `/v1/connections` | the live connections |
 //! | POST | `/v1/token` | replaces the API token (returns the new one; the old one stops working) |
+//! | GET | `/v1/policies[/{name}]` | the shared access policies; one with its service connection string |
+//! | GET | `/v1/audit?after=&limit=` | the audit trail after a sequence number |
 //!
-//! Connections are bounded in three pools, so slow clients cannot make the API refuse
-//! everyone: [`MAX_READING`] connections whose request is still arriving (each has
-//! [`REQUEST_TIMEOUT`] to send all of it; when the pool is full the oldest is closed, which is
-//! the slow one, since the CLI sends its request at once), [`MAX_API_REQUESTS`] requests being
-//! answered, and [`MAX_LONG_POLLS`] `messages` requests waiting for news (when full, the
-//! oldest wait ends early with what it has: an empty page the client asks again after).
+//! The transport (hyper, and the pools that keep slow clients from blocking everyone) is
+//! [`crate::api_server`]; this module is what a request meets once it is read: [`exchange`].
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::admission::{Admission, Limits, PendingTicket, REPORT_INTERVAL};
-use crate::http::{read_request, write_response, HttpError, Request};
+use crate::http::Request;
 use crate::hub::{now_ms, Hub};
-use crate::store::{IdentityRecord, MessageQuery, StoreError, StoredMessage};
+use crate::keys::generate_key;
+use crate::store::{IdentityRecord, MessageQuery, RegistryRecord, StoreError, StoredMessage};
 use crate::twin::{DesiredChange, Twin};
 use twinguard_core::iothub::identity::{connection_string, IdentityId};
 
-/// Requests answered at once (after they were read); more get 503.
-pub(crate) const MAX_API_REQUESTS: usize = 16;
-/// Connections whose request is still arriving; a newer one closes the oldest past this.
-pub(crate) const MAX_READING: usize = 32;
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
-pub(crate) const MAX_LONG_POLLS: usize = 32;
-/// Time a client has to send its whole request, from the TCP accept.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_LONG_POLLS: usize = 32;
 /// Longest wait of a `messages` request for new messages.
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most messages in one answer.
-pub(crate) const MAX_PAGE: usize = 1000;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_PAGE: usize = 1000;
 
 /// An answer: status and JSON body.
-type Answer = (u16, Value);
+pub type Answer = (u16, Value);
 
 fn error(status: u16, message: impl std::fmt::Display) -> Answer {
     (status, json!({ "error": message.to_string() }))
@@ -102,7 +93,7 @@ impl Access {
 
     /// Whether a `Host` header value names this API: a loopback name or a configured one,
     /// with any port.
-    pub(crate) fn host_allowed(&self, host: &str) -> bool {
+    pub fn host_allowed(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         let name = if let Some(rest) = host.strip_prefix('[') {
             match rest.split_once(']') {
@@ -185,7 +176,7 @@ fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
 
 /// Waiting `messages` requests, oldest first, each with the flag that ends its wait early.
 #[derive(Debug, Default)]
-struct LongPolls {
+pub struct LongPolls {
     waiting: Mutex<VecDeque<(u64, Arc<AtomicBool>)>>,
     next: std::sync::atomic::AtomicU64,
 }
@@ -232,81 +223,27 @@ impl Drop for LongPoll<'_> {
     }
 }
 
-/// Serves the API on `listener` until the process ends. `status` is the body of
-/// `/v1/status`.
-pub fn serve(hub: Arc<Hub>, listener: TcpListener, status: Value, access: Arc<Access>) {
-    let reading = Admission::new(Limits {
-        sessions: MAX_API_REQUESTS,
-        pending: MAX_READING,
-        // Every API client is local (often all from 127.0.0.1): no per-source share, a full
-        // pool just closes its oldest (slowest) connection.
-        pending_per_source: usize::MAX,
-        report_every: REPORT_INTERVAL,
-    });
-    let polls = Arc::new(LongPolls::default());
-    let status = Arc::new(status);
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                debug!("API accept: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
-        };
-        let Ok(ticket) = reading.admit(peer.ip(), &stream) else {
-            continue;
-        };
-        let (hub, status, access, polls) = (hub.clone(), status.clone(), access.clone(), polls.clone());
-        let spawned = std::thread::Builder::new().name("api".into()).spawn(move || {
-            let mut stream = stream;
-            exchange(&hub, &mut stream, &status, &access, &polls, ticket);
-        });
-        if let Err(e) = spawned {
-            warn!("API: cannot start a thread: {e}");
-        }
-    }
-}
-
-fn exchange(
+/// Answers a request that has been read whole: the access checks, then a long-poll in its own
+/// budget, or a route while `answer_slot` gives a slot of the answering pool (else 503).
+pub fn exchange<Slot>(
     hub: &Hub,
-    stream: &mut TcpStream,
+    request: &Request,
     status: &Value,
     access: &Access,
     polls: &LongPolls,
-    ticket: PendingTicket,
-) {
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let request = read_request(stream, Instant::now() + REQUEST_TIMEOUT);
-    let (code, body) = match request {
-        Ok(request) => match check_access(access, &request) {
-            Err(answer) => {
-                drop(ticket);
-                answer
-            }
-            Ok(()) if is_long_poll(&request) => {
-                drop(ticket);
-                let poll = polls.enter(hub);
-                messages(hub, &request, &poll.cancel).unwrap_or_else(|a| a)
-            }
-            Ok(()) => match ticket.promote() {
-                Some(_slot) => route(hub, &request, status, access),
-                None => error(503, "busy: too many API requests at once"),
-            },
+    answer_slot: impl FnOnce() -> Option<Slot>,
+) -> Answer {
+    match check_access(access, request) {
+        Err(answer) => answer,
+        Ok(()) if is_long_poll(request) => {
+            let poll = polls.enter(hub);
+            messages(hub, request, &poll.cancel).unwrap_or_else(|a| a)
+        }
+        Ok(()) => match answer_slot() {
+            Some(_slot) => route(hub, request, status, access),
+            None => error(503, "busy: too many API requests at once"),
         },
-        Err(HttpError::Bad { status, message }) => {
-            drop(ticket);
-            error(status, message)
-        }
-        Err(HttpError::Io(e)) => {
-            debug!("API read: {e}");
-            return;
-        }
-    };
-    let _ = write_response(stream, code, &body);
+    }
 }
 
 fn is_long_poll(req: &Request) -> bool {
@@ -328,6 +265,24 @@ fn identity_at(segments: &[String]) -> Result<IdentityId, Answer> {
 }
 
 fn route(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
+    let answer = route_unaudited(hub, req, status, access);
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        let target = format!("/{}", req.segments.join("/"));
+        let recorded = hub.store().record_audit(
+            now_ms(),
+            "api-token",
+            &format!("{} {target}", req.method),
+            &target,
+            answer.0,
+        );
+        if let Err(e) = recorded {
+            warn!("audit trail: {e}");
+        }
+    }
+    answer
+}
+
+fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
     let segments: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     let method = req.method.as_str();
     let result = match (method, segments.as_slice()) {
@@ -345,6 +300,9 @@ fn route(hub: &Hub, req: &Request, status: &Value, access: &Access) -> Answer {
         }
         ("GET", ["v1", "messages"]) => messages(hub, req, &AtomicBool::new(false)),
         ("POST", ["v1", "token"]) => rotate_token(access),
+        ("GET", ["v1", "policies"]) => policies(hub, status, None),
+        ("GET", ["v1", "policies", name]) => policies(hub, status, Some(name)),
+        ("GET", ["v1", "audit"]) => audit(hub, req),
         (_, ["v1", ..]) => Err(error(
             405,
             format!("{method} /{} is not a route", segments.join("/")),
@@ -384,17 +342,117 @@ fn add_identity(hub: &Hub, body: &[u8]) -> Result<Answer, Answer> {
         Some(_) => return Err(error(400, "moduleId must be a string")),
     };
     let id = IdentityId::new(device, module).map_err(|e| error(400, e))?;
-    let key = generate_key().map_err(|_| error(500, "no random source"))?;
-    let device_key = generate_key().map_err(|_| error(500, "no random source"))?;
+    let new_record = |id: &IdentityId| -> Result<RegistryRecord, Answer> {
+        let key = || generate_key().map_err(|_| error(500, "no random source"));
+        Ok(RegistryRecord {
+            id: id.clone(),
+            primary_key: key()?,
+            secondary_key: key()?,
+            status: "enabled".into(),
+            etag_n: 0,
+            created_ms: 0,
+        })
+    };
+    // The service API's registry code: a module's device is created with it when missing.
+    if id.module().is_some() {
+        let device = IdentityId::new(device, None).map_err(|e| error(400, e))?;
+        if hub
+            .store()
+            .registry_record(&device)
+            .map_err(store_error)?
+            .is_none()
+        {
+            hub.store()
+                .put_identity(&new_record(&device)?, None, now_ms())
+                .map_err(store_error)?;
+            crate::rollout::reconcile_one(hub, &device).map_err(store_error)?;
+        }
+    }
     hub.store()
-        .add_identity(&id, &key, Some(&device_key), now_ms())
+        .put_identity(&new_record(&id)?, None, now_ms())
         .map_err(store_error)?;
     let record = hub
         .store()
         .identity(&id)
         .map_err(store_error)?
         .ok_or_else(|| error(500, "identity vanished"))?;
+    // Configurations that target the new identity apply to it at once.
+    crate::rollout::reconcile_one(hub, &id).map_err(store_error)?;
     Ok((201, identity_json(hub, &record)))
+}
+
+/// The policies (names and permissions), or one with its service connection string. The
+/// host name carries the service port unless it is 443, which every SDK assumes.
+fn policies(hub: &Hub, status: &Value, name: Option<&str>) -> Result<Answer, Answer> {
+    let all = hub.store().policies().map_err(store_error)?;
+    let Some(name) = name else {
+        let list: Vec<Value> = all
+            .iter()
+            .map(|(n, _, _)| {
+                let permissions: Vec<String> = crate::policy::permissions(n)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect();
+                json!({"name": n, "permissions": permissions})
+            })
+            .collect();
+        return Ok((200, Value::Array(list)));
+    };
+    let (_, primary, secondary) = all.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
+        error(
+            404,
+            format!(
+                "no shared access policy {name:?} (iothubowner, service, registryRead, registryReadWrite)"
+            ),
+        )
+    })?;
+    let port = status
+        .get("service")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    let host = match port {
+        None | Some(443) => hub.hostname().to_owned(),
+        Some(p) => format!("{}:{p}", hub.hostname()),
+    };
+    Ok((
+        200,
+        json!({
+            "name": name,
+            "primaryKey": primary,
+            "secondaryKey": secondary,
+            "connectionString": crate::policy::connection_string(&host, name, primary),
+            "serviceEnabled": port.is_some(),
+        }),
+    ))
+}
+
+fn audit(hub: &Hub, req: &Request) -> Result<Answer, Answer> {
+    let after = req
+        .param("after")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| error(400, "after must be a whole number"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let entries = hub.store().audit_after(after, MAX_PAGE).map_err(store_error)?;
+    let next = entries.last().map_or(after, |e| e.seq);
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "atMs": e.at_ms,
+                "who": e.who,
+                "action": e.action,
+                "target": e.target,
+                "status": e.status,
+            })
+        })
+        .collect();
+    Ok((200, json!({"entries": list, "next": next})))
 }
 
 fn show_identity(hub: &Hub, id: &IdentityId) -> Result<Answer, Answer> {
@@ -554,14 +612,6 @@ fn rotate_token(access: &Access) -> Result<Answer, Answer> {
     *token = new.clone();
     info!("API token rotated: the previous token no longer works");
     Ok((200, json!({ "token": new })))
-}
-
-/// A new random 256-bit symmetric key (the system's random source), base64 as IoT Hub
-/// prints its keys.
-pub(crate) fn generate_key() -> Result<String, ring::error::Unspecified> {
-    let mut key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(key))
 }
 
 #[cfg(test)]

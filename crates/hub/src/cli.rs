@@ -43,6 +43,33 @@ pub enum Command {
     /// Print or replace the API token (DIR/api-token) that every API request must carry.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Shared access policies of the service API (iothubowner, service, registryRead,
+    /// registryReadWrite).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print the audit trail: every state-changing request, who made it and when.
+    Audit(AuditArgs),
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the service connection string of a policy
+    /// (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).
+    Show {
+        /// The policy: iothubowner, service, registryRead or registryReadWrite.
+        name: String,
+    },
+    /// List the policies with their permissions (no keys).
+    List,
+}
+
+/// `audit` options.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Keep printing new entries as they are recorded.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 /// `token` subcommands.
@@ -84,6 +111,13 @@ pub struct ServeArgs {
     /// (repeatable); any other Host gets 421, against DNS rebinding.
     #[arg(long, value_name = "NAME")]
     pub api_host: Vec<String>,
+    /// IoT Hub's service REST API (HTTPS, SAS-authenticated with a shared access policy)
+    /// listens here; Microsoft's service SDKs and IoT Hub REST scripts use it.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8443")]
+    pub service: SocketAddr,
+    /// Do not serve the service REST API.
+    #[arg(long)]
+    pub no_service: bool,
     /// Messages kept in the database (the oldest are deleted beyond).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_messages: u64,

@@ -128,6 +128,33 @@ pub fn authenticate(
         .map_err(|e| not_authorized(e.to_string()))
 }
 
+/// Checks the token against a stored identity: `None` when it does not exist, else whether
+/// it is enabled and its keys (primary, secondary; an empty one is skipped). IoT Hub accepts
+/// a token signed with either key, and none for a disabled identity.
+pub fn authenticate_identity(
+    id: &IdentityId,
+    token: &SasToken,
+    host: &str,
+    identity: Option<(bool, &str, &str)>,
+    now: u64,
+) -> Result<(), Refusal> {
+    let Some((enabled, primary, secondary)) = identity else {
+        return authenticate(id, token, host, None, now);
+    };
+    if !enabled {
+        return Err(refuse(
+            ConnectReturnCode::NotAuthorized,
+            format!("identity {id} is disabled"),
+        ));
+    }
+    authenticate(id, token, host, Some(primary), now).or_else(|first| {
+        if secondary.is_empty() {
+            return Err(first);
+        }
+        authenticate(id, token, host, Some(secondary), now).map_err(|_| first)
+    })
+}
+
 /// Runs the hub's whole CONNECT path, short of the socket, over untrusted bytes: the first
 /// packet cut as a CONNECT, the identity and token it claims, the signature check against a
 /// fixed key, and the redaction of what would be logged. The fuzz target `connect` and its
@@ -269,5 +296,20 @@ mod tests {
                 Err(ConnectReturnCode::NotAuthorized)
             );
         }
+        // Either key signs; a disabled identity is refused whatever it signs.
+        let other = "b3RoZXIga2V5IG9mIDMyIGJ5dGVzIGZvciB0ZXN0cyE=";
+        let check =
+            |identity| authenticate_identity(&id, &token, "localhost", identity, 99).map_err(|r| r.code);
+        assert_eq!(check(Some((true, other, KEY))), Ok(()));
+        assert_eq!(check(Some((true, KEY, ""))), Ok(()));
+        assert_eq!(
+            check(Some((true, other, ""))),
+            Err(ConnectReturnCode::NotAuthorized)
+        );
+        assert_eq!(
+            check(Some((false, KEY, KEY))),
+            Err(ConnectReturnCode::NotAuthorized)
+        );
+        assert_eq!(check(None), Err(ConnectReturnCode::NotAuthorized));
     }
 }

@@ -1,8 +1,8 @@
-//! A minimal HTTP/1.1 for the operator API, both ends: one request per connection
-//! (`Connection: close`), `Content-Length` bodies only, bounded head and body sizes, and the
-//! whole request read within one deadline (so a client sending a byte every few seconds holds
-//! its connection only that long). Enough for a loopback JSON API between our own CLI and
-//! server; not a general HTTP implementation.
+//! A minimal HTTP/1.1 for the operator API's client (the CLI, the tests): one request per
+//! connection (`Connection: close`), `Content-Length` bodies only, bounded head and body
+//! sizes. The server side is hyper's ([`crate::api_server`]); [`request_from`] turns what
+//! hyper parsed into a [`Request`], with the same path, query and body-length rules that
+//! [`parse_request`] applies to raw bytes for the fuzz targets.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,13 +13,13 @@ use serde_json::Value;
 use twinguard_core::iothub::query::{decoded_pairs, percent_decode};
 
 /// Largest request or response head (request line / status line and headers).
-pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body (a desired document; IoT Hub's own limit is 32 KB).
-pub(crate) const MAX_REQUEST_BODY: usize = 1024 * 1024;
+pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Largest response body the client reads (a page of messages).
-pub(crate) const MAX_RESPONSE_BODY: usize = 512 * 1024 * 1024;
+pub const MAX_RESPONSE_BODY: usize = 512 * 1024 * 1024;
 /// Most header lines in a request.
-pub(crate) const MAX_HEADERS: usize = 64;
+pub const MAX_HEADERS: usize = 64;
 
 /// Why a request or response could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ fn bad(status: u16, message: impl Into<String>) -> HttpError {
 
 /// A parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Request {
+pub struct Request {
     /// `GET`, `POST`, ...
     pub method: String,
     /// The path's segments, percent-decoded (`/v1/twins/d%2F1` -> `["v1", "twins", "d/1"]`).
@@ -61,7 +61,7 @@ pub(crate) struct Request {
 
 impl Request {
     /// The value of query parameter `name`.
-    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+    pub fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(n, _)| n == name)
@@ -69,7 +69,7 @@ impl Request {
     }
 
     /// The values of header `name` (lower case).
-    pub(crate) fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
@@ -185,18 +185,9 @@ fn parse_headers(lines: &str) -> Result<Vec<(String, String)>, HttpError> {
     Ok(headers)
 }
 
-/// Reads one request, all of it before `deadline`.
-pub(crate) fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, HttpError> {
-    let (head, rest) = read_head(stream, Some(deadline))?;
-    let mut request = parse_head(&head)?;
-    let length = content_length(&request.headers, MAX_REQUEST_BODY)?;
-    request.body = read_body(stream, rest, length, Some(deadline))?;
-    Ok(request)
-}
-
 /// Parses a request head (the request line and the header lines, without the blank line);
 /// the body is left empty. Pure, for the fuzz target.
-pub(crate) fn parse_head(head: &str) -> Result<Request, HttpError> {
+pub fn parse_head(head: &str) -> Result<Request, HttpError> {
     let (request_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -207,6 +198,21 @@ pub(crate) fn parse_head(head: &str) -> Result<Request, HttpError> {
     if !version.starts_with("HTTP/1.") {
         return Err(bad(505, "only HTTP/1.x"));
     }
+    let headers = parse_headers(headers)?;
+    request_from(method, target, headers)
+}
+
+/// A request (body left empty) from its method, target (path and query, still encoded) and
+/// header lines (names lower-cased): the path's segments and the query decoded, the body's
+/// length checked. Shared by [`parse_head`] and the API server, which gets these from hyper.
+pub fn request_from(
+    method: &str,
+    target: &str,
+    headers: Vec<(String, String)>,
+) -> Result<Request, HttpError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(bad(431, format!("more than {MAX_HEADERS} header lines")));
+    }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments = path
         .split('/')
@@ -215,7 +221,6 @@ pub(crate) fn parse_head(head: &str) -> Result<Request, HttpError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(400, format!("path: {e}")))?;
     let query = decoded_pairs(query).map_err(|e| bad(400, format!("query: {e}")))?;
-    let headers = parse_headers(headers)?;
     content_length(&headers, MAX_REQUEST_BODY)?;
     Ok(Request {
         method: method.to_owned(),
@@ -226,9 +231,9 @@ pub(crate) fn parse_head(head: &str) -> Result<Request, HttpError> {
     })
 }
 
-/// Parses a whole request held in memory (head, blank line, body), as [`read_request`] would
-/// read it from a socket. Pure, for the fuzz target and tests.
-pub(crate) fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
+/// Parses a whole request held in memory (head, blank line, body), as the
+/// API server would get it. Pure, for the fuzz target and tests.
+pub fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
     let end = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -245,46 +250,6 @@ pub(crate) fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
     }
     request.body = body[..length].to_vec();
     Ok(request)
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        421 => "Misdirected Request",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    }
-}
-
-/// Writes a JSON response and ends the exchange. A 401 names the scheme it wants.
-pub(crate) fn write_response(stream: &mut TcpStream, status: u16, body: &Value) -> io::Result<()> {
-    let body = body.to_string();
-    let challenge = if status == 401 {
-        "WWW-Authenticate: Bearer realm=\"twinguard-hub\"\r\n"
-    } else {
-        ""
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{challenge}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
 }
 
 /// Sends one request to `addr`, with the API token `token` as a bearer token, and returns the

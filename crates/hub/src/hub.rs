@@ -9,27 +9,27 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::{info, warn};
 
-use crate::store::{NewMessage, Store, StoreError};
+use crate::store::{NewMessage, Store, StoreError, TwinRecord};
 use crate::twin::{DesiredChange, Twin};
 use twinguard_core::iothub::identity::IdentityId;
 
 /// What the hub hands a live connection besides the client's own requests.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Outbound {
+pub enum Outbound {
     /// A desired-properties notification (the patch with its `$version`).
     DesiredPatch(Value),
 }
 
 /// How many notifications may wait for one connection; past that the client is not reading
 /// and is disconnected (it GETs the full twin when it reconnects, so nothing is lost).
-pub(crate) const OUTBOX_CAPACITY: usize = 64;
+pub const OUTBOX_CAPACITY: usize = 64;
 
 /// The live connection of one identity.
 #[derive(Debug)]
-pub(crate) struct Live {
+pub struct Live {
     /// The connection's number (for logs, and so a closing connection only removes itself).
     pub conn: u64,
     /// Where notifications for it go.
@@ -104,13 +104,13 @@ impl Hub {
     }
 
     /// A new connection number.
-    pub(crate) fn next_connection(&self) -> u64 {
+    pub fn next_connection(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Makes `live` the connection of `id`, closing the previous one (IoT Hub allows one
     /// connection per identity; the newest wins).
-    pub(crate) fn register(&self, id: &IdentityId, live: Live) {
+    pub fn register(&self, id: &IdentityId, live: Live) {
         let old = lock(&self.live).insert(id.clone(), live);
         if let Some(old) = old {
             info!(identity = %id, old = old.conn, "a new connection of the identity closes the old one");
@@ -119,12 +119,12 @@ impl Hub {
     }
 
     /// Whether connection `conn` is still the live one of `id`.
-    pub(crate) fn is_live(&self, id: &IdentityId, conn: u64) -> bool {
+    pub fn is_live(&self, id: &IdentityId, conn: u64) -> bool {
         lock(&self.live).get(id).is_some_and(|l| l.conn == conn)
     }
 
     /// Forgets connection `conn` of `id` (if it is still the live one).
-    pub(crate) fn unregister(&self, id: &IdentityId, conn: u64) {
+    pub fn unregister(&self, id: &IdentityId, conn: u64) {
         let mut live = lock(&self.live);
         if live.get(id).is_some_and(|l| l.conn == conn) {
             live.remove(id);
@@ -151,25 +151,53 @@ impl Hub {
         let mut store = self.store();
         let (twin, notification) = store.change_desired(id, change)?;
         if let Some(patch) = notification {
-            let mut live = lock(&self.live);
-            if let Some(l) = live.get(id) {
-                match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        warn!(identity = %id, conn = l.conn, "client is not reading its notifications: closing it");
-                        let _ = l.socket.shutdown(Shutdown::Both);
-                        live.remove(id);
-                    }
-                    // The connection is ending; it will GET the twin when it comes back.
-                    Err(TrySendError::Disconnected(_)) => {}
-                }
-            }
+            self.notify(id, patch);
         }
         Ok(twin)
     }
 
+    /// A service-side twin write (tags and desired, checked against `if_match`), notifying
+    /// the live connection of a desired change as [`Hub::change_desired`] does.
+    pub fn write_twin_service(
+        &self,
+        id: &IdentityId,
+        if_match: Option<&str>,
+        tags: Option<Map<String, Value>>,
+        desired: Option<&DesiredChange>,
+    ) -> Result<TwinRecord, StoreError> {
+        let mut store = self.store();
+        let (record, notification) = store.write_twin_service(id, if_match, tags, desired)?;
+        if let Some(patch) = notification {
+            self.notify(id, patch);
+        }
+        Ok(record)
+    }
+
+    /// Hands a desired patch to the identity's live connection, if any; a connection that
+    /// does not read its notifications is closed (it GETs the twin when it reconnects).
+    fn notify(&self, id: &IdentityId, patch: Value) {
+        let mut live = lock(&self.live);
+        if let Some(l) = live.get(id) {
+            match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    warn!(identity = %id, conn = l.conn, "client is not reading its notifications: closing it");
+                    let _ = l.socket.shutdown(Shutdown::Both);
+                    live.remove(id);
+                }
+                // The connection is ending; it will GET the twin when it comes back.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Whether an identity has a live connection.
+    pub fn is_connected(&self, id: &IdentityId) -> bool {
+        lock(&self.live).contains_key(id)
+    }
+
     /// Stores a message and wakes the readers waiting for one.
-    pub(crate) fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
+    pub fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
         let seq = self.store().insert_message(message)?;
         let mut last = lock(&self.last_message);
         *last = (*last).max(seq);
@@ -178,13 +206,13 @@ impl Hub {
     }
 
     /// The newest stored message's sequence number.
-    pub(crate) fn last_message_seq(&self) -> i64 {
+    pub fn last_message_seq(&self) -> i64 {
         *lock(&self.last_message)
     }
 
     /// Waits until a message newer than `after` is stored, at most `timeout`, or until
     /// `cancel` is set (followed by [`Hub::wake_waiters`]).
-    pub(crate) fn wait_for_message(&self, after: i64, timeout: Duration, cancel: &AtomicBool) {
+    pub fn wait_for_message(&self, after: i64, timeout: Duration, cancel: &AtomicBool) {
         let last = lock(&self.last_message);
         let _ = self
             .new_message
@@ -195,7 +223,7 @@ impl Hub {
     }
 
     /// Wakes every waiter of [`Hub::wait_for_message`] to check its cancel flag.
-    pub(crate) fn wake_waiters(&self) {
+    pub fn wake_waiters(&self) {
         let _last = lock(&self.last_message);
         self.new_message.notify_all();
     }

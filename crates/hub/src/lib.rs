@@ -9,29 +9,43 @@
 //!   device-to-cloud messages, limits, keep-alive and token-expiry deadlines).
 //! - `link`: plain TCP or TLS byte stream with a poll timeout.
 //! - `hub`: shared state - the store, one live connection per identity, new-message signal.
-//! - `api`, `http`: the loopback operator API (JSON over a minimal HTTP/1.1) and its client.
+//! - `api_server`, `api`: the loopback operator API: hyper with the pools that keep slow
+//!   clients from blocking everyone, then access checks and routes. `http`: the CLI's
+//!   minimal HTTP/1.1 client, and the request parser the fuzz targets shape inputs with.
+//! - `service`: IoT Hub's service REST API over HTTPS (hyper, rustls); `service::routes` its
+//!   routes; `rollout` applies automatic configurations to twins through `hub`.
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
 //!   without following links; the API's bearer token.
-//! - `store`: SQLite - identities, twins with versions, messages with properties and flags.
+//! - `store`: SQLite - identities, twins with versions, messages with properties and flags;
+//!   `store::registry` the service side's: keys, etags, tags, policies, configurations, audit.
 //! - `tls`: local CA and server certificate, generated on first start.
 //! - Pure rules: `connect` (client id, user name, SAS check), `twin` (sections, versions,
 //!   merge patches, limits), `security` (security-message marker and strict parse with the
-//!   agent's model). The IoT Hub rules the agent shares (SAS tokens, topics and property bags,
-//!   identities and connection strings, percent-encoding) are `twinguard_core::iothub`.
+//!   agent's model), `policy` (shared access policies, service SAS check), `twin_query` (IoT
+//!   Hub's query language subset), `configuration` (automatic configurations: targeting,
+//!   priority, content). The IoT Hub rules the agent shares (SAS tokens, topics and property
+//!   bags, identities and connection strings, percent-encoding) are `twinguard_core::iothub`.
 //!
 //! Architecture Invariant: nothing a client sends can panic the hub or make it hold more than
 //! one bounded packet per connection; every thread, queue and wait is bounded.
 pub mod admission;
 pub mod api;
+pub mod api_server;
+pub mod configuration;
 pub mod connect;
 pub mod datadir;
 pub mod http;
 pub mod hub;
+pub mod keys;
 pub mod link;
+pub mod policy;
+pub mod rollout;
 pub mod security;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod store;
 pub mod tls;
 pub mod token;
 pub mod twin;
+pub mod twin_query;

@@ -20,8 +20,8 @@ use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
 use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
-    Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, ServeArgs, TokenCommand, TwinCommand,
-    DEFAULT_API,
+    AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, PolicyCommand, ServeArgs,
+    TokenCommand, TwinCommand, DEFAULT_API,
 };
 
 /// Largest desired document read from a file or standard input: the agent's bound.
@@ -83,6 +83,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         limits_report_every: Duration::from_secs(args.limits_report_secs.max(1)),
         api_hosts: args.api_host.clone(),
         max_messages: args.max_messages.max(1),
+        service: (!args.no_service).then_some(args.service),
     })?;
     println!(
         "twinguard-hub {} for host name {}",
@@ -94,6 +95,9 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         println!("MQTT plain TCP: {plain} (no encryption: local experiments only)");
     }
     println!("operator API:   http://{}", running.api);
+    if let Some(service) = running.service {
+        println!("service API:    https://{service} (twinguard-hub policy show iothubowner prints its connection string)");
+    }
     println!("CA certificate: {}", running.ca_file.display());
     println!(
         "API token:      {} (the CLI reads it; twinguard-hub token show)",
@@ -201,6 +205,29 @@ fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
             change_desired(api, "PATCH", identity, file, *wait)
         }
         Command::Messages(args) => messages(api, args),
+        Command::Policy(PolicyCommand::Show { name }) => {
+            let policy = request(
+                api,
+                "GET",
+                &format!("/v1/policies/{}", percent_encode(name)),
+                None,
+                timeout,
+            )?;
+            if policy.get("serviceEnabled") == Some(&Value::Bool(false)) {
+                eprintln!("note: the running hub serves no service API (serve --no-service)");
+            }
+            let cs = policy
+                .get("connectionString")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("the hub's answer has no connection string"))?;
+            println!("{cs}");
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::List) => {
+            print_pretty(&request(api, "GET", "/v1/policies", None, timeout)?);
+            Ok(())
+        }
+        Command::Audit(args) => audit(api, args),
         Command::Status => {
             let mut status = request(api, "GET", "/v1/status", None, timeout)?;
             status["connections"] = request(api, "GET", "/v1/connections", None, timeout)?;
@@ -437,6 +464,36 @@ struct Exit(u8);
 
 /// `--wait` ran out of time.
 const EXIT_TIMEOUT: u8 = 3;
+
+/// Prints the audit trail, one JSON object per line; with `--follow`, polls for new entries
+/// every second.
+fn audit(api: SocketAddr, args: &AuditArgs) -> anyhow::Result<()> {
+    let mut after = 0;
+    loop {
+        let page = request(
+            api,
+            "GET",
+            &format!("/v1/audit?after={after}"),
+            None,
+            Duration::from_secs(30),
+        )?;
+        let list = page
+            .get("entries")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for entry in &list {
+            println!("{entry}");
+        }
+        after = page.get("next").and_then(Value::as_i64).unwrap_or(after);
+        if list.is_empty() {
+            if !args.follow {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
 
 fn messages(api: SocketAddr, args: &MessagesArgs) -> anyhow::Result<()> {
     let mut after = args.after;

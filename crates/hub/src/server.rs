@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub limits_report_every: Duration,
     /// Messages kept; the oldest beyond are deleted.
     pub max_messages: u64,
+    /// IoT Hub's service REST API over HTTPS (`None`: off, `serve --no-service`).
+    pub service: Option<SocketAddr>,
 }
 
 /// A started hub.
@@ -63,6 +65,8 @@ pub struct Running {
     pub plain: Option<SocketAddr>,
     /// The bound API address.
     pub api: SocketAddr,
+    /// The bound service API address (HTTPS).
+    pub service: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -91,6 +95,8 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     // SQLite has created the -wal and -shm files by now (with the database's mode).
     crate::datadir::tighten_private_files(&opts.data_dir)?;
     let token = crate::token::load_or_create(&opts.data_dir)?;
+    let mut store = store;
+    ensure_policies(&mut store)?;
     let hub = Arc::new(Hub::new(opts.hostname.clone(), store)?);
     let ca_file = crate::tls::ensure_certificates(&opts.data_dir, &opts.hostname)?;
     let tls = crate::tls::server_config(&opts.data_dir)?;
@@ -101,6 +107,8 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     let mqtt = bind(opts.listen, "MQTT/TLS")?;
     let plain = opts.plain.map(|a| bind(a, "plain MQTT")).transpose()?;
     let api = bind(opts.api, "API")?;
+    let service = opts.service.map(|a| bind(a, "service API (HTTPS)")).transpose()?;
+    let service_addr = service.as_ref().map(TcpListener::local_addr).transpose()?;
     let listen = mqtt.local_addr()?;
     let plain_addr = plain.as_ref().map(TcpListener::local_addr).transpose()?;
     let api_addr = api.local_addr()?;
@@ -111,6 +119,7 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         "mqtt": listen.to_string(),
         "plain": plain_addr.map(|a| a.to_string()),
         "api": api_addr.to_string(),
+        "service": service_addr.map(|a| a.to_string()),
         "caFile": ca_file.display().to_string(),
         "pid": std::process::id(),
     });
@@ -134,7 +143,10 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         let (hub, admission) = (hub.clone(), admission.clone());
         threads.push(spawn(
             "mqtt-tls",
-            Box::new(move || accept_loop(&hub, mqtt, Some(tls), &admission)),
+            Box::new({
+                let tls = tls.clone();
+                move || accept_loop(&hub, mqtt, Some(tls), &admission)
+            }),
         )?);
     }
     if let Some(plain) = plain {
@@ -154,6 +166,14 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
             }),
         )?);
     }
+    if let (Some(listener), Some(bound)) = (service, service_addr) {
+        let state = Arc::new(crate::service::ServiceState::new(hub.clone(), bound));
+        let tls = tls.clone();
+        threads.push(spawn(
+            "service",
+            Box::new(move || crate::service::serve(state, listener, tls)),
+        )?);
+    }
     {
         let hub = hub.clone();
         let access = Arc::new(Access::new(
@@ -164,17 +184,33 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         ));
         threads.push(spawn(
             "api",
-            Box::new(move || crate::api::serve(hub, api, status, access)),
+            Box::new(move || crate::api_server::serve(hub, api, status, access)),
         )?);
     }
-    info!(mqtt = %listen, plain = ?plain_addr, api = %api_addr, hostname = %opts.hostname, "hub listening");
+    info!(mqtt = %listen, plain = ?plain_addr, api = %api_addr, service = ?service_addr, hostname = %opts.hostname, "hub listening");
     Ok(Running {
         ca_file,
         listen,
         plain: plain_addr,
         api: api_addr,
+        service: service_addr,
         threads,
     })
+}
+
+/// Creates the shared access policies a hub has (each with new keys) that are missing: at
+/// the first start, all of them.
+fn ensure_policies(store: &mut Store) -> anyhow::Result<()> {
+    let existing: Vec<String> = store.policies()?.into_iter().map(|(n, _, _)| n).collect();
+    for (name, _) in crate::policy::POLICIES {
+        if !existing.iter().any(|e| e == name) {
+            let (primary, secondary) = crate::policy::new_policy_keys()
+                .map_err(|_| anyhow::anyhow!("no random source for policy keys"))?;
+            store.ensure_policy(name, &primary, &secondary)?;
+            info!(policy = name, "created the shared access policy (`twinguard-hub policy show {name}` prints its connection string)");
+        }
+    }
+    Ok(())
 }
 
 fn accept_loop(

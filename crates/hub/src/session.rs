@@ -22,7 +22,9 @@ use twinguard_mqtt::{
 };
 
 use crate::admission::{PendingTicket, SessionSlot};
-use crate::connect::{authenticate, claimed_identity, first_connect, redact_signature, FirstPacketError};
+use crate::connect::{
+    authenticate_identity, claimed_identity, first_connect, redact_signature, FirstPacketError,
+};
 use crate::hub::{now_ms, Hub, Live, Outbound, OUTBOX_CAPACITY};
 use crate::link::{Link, Received};
 use crate::security::{check_security_message, is_security_message};
@@ -167,14 +169,21 @@ fn accept<'h>(
 ) -> Option<Session<'h>> {
     let now = unix_now();
     let checked = claimed_identity(&connect, hub.hostname()).and_then(|(id, token)| {
-        let key = match hub.store().identity(&id) {
-            Ok(record) => record.map(|r| r.key),
+        let record = match hub.store().registry_record(&id) {
+            Ok(record) => record,
             Err(e) => {
                 warn!(conn, "reading identity {id}: {e}");
                 None
             }
         };
-        authenticate(&id, &token, hub.hostname(), key.as_deref(), now).map(|()| (id, token))
+        let identity = record.as_ref().map(|r| {
+            (
+                r.status == "enabled",
+                r.primary_key.as_str(),
+                r.secondary_key.as_str(),
+            )
+        });
+        authenticate_identity(&id, &token, hub.hostname(), identity, now).map(|()| (id, token))
     });
     let (id, token) = match checked {
         Ok(ok) => ok,

@@ -3,13 +3,19 @@
 //! the hub acknowledges anything (PUBACK, a 204, an API answer), so killing the hub loses
 //! nothing it confirmed.
 //!
-//! Schema (version 1, in `PRAGMA user_version`):
+//! Schema (version 2, in `PRAGMA user_version`; a version 1 database gains the new columns
+//! and tables at open):
 //!
 //! ```sql
-//! identities(device_id, module_id ('' for a device), key (base64), created_ms)
-//! twins(device_id, module_id, desired (JSON), desired_version, reported (JSON), reported_version)
+//! identities(device_id, module_id ('' for a device), key (base64), created_ms,
+//!            secondary_key, status ('enabled'|'disabled'), etag_n (+1 per identity change))
+//! twins(device_id, module_id, desired (JSON), desired_version, reported (JSON), reported_version,
+//!       tags (JSON), tags_version, applied_config ('id@etag' of the configuration in force))
 //! messages(id, device_id, module_id, received_ms, topic, properties (JSON array of
 //!          [name, value|null]), body (BLOB), is_security, schema_valid, schema_error)
+//! policies(name, primary_key, secondary_key)              shared access policies
+//! configurations(id, body (JSON), etag_n, created_ms)     automatic device management
+//! audit(id, at_ms, who, action, target, status)          every state-changing request
 //! ```
 
 use std::path::Path;
@@ -20,7 +26,10 @@ use serde_json::{Map, Value};
 use crate::twin::{DesiredChange, Twin, TwinError};
 use twinguard_core::iothub::identity::IdentityId;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+mod registry;
+pub use registry::{etag_matches, etag_of, AuditRecord, ConfigurationRecord, RegistryRecord, TwinRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
@@ -28,6 +37,9 @@ CREATE TABLE IF NOT EXISTS identities (
     module_id TEXT NOT NULL,
     key TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
+    secondary_key TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'enabled',
+    etag_n INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (device_id, module_id)
 );
 CREATE TABLE IF NOT EXISTS twins (
@@ -37,6 +49,9 @@ CREATE TABLE IF NOT EXISTS twins (
     desired_version INTEGER NOT NULL,
     reported TEXT NOT NULL,
     reported_version INTEGER NOT NULL,
+    tags TEXT NOT NULL DEFAULT '{}',
+    tags_version INTEGER NOT NULL DEFAULT 1,
+    applied_config TEXT,
     PRIMARY KEY (device_id, module_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -52,6 +67,35 @@ CREATE TABLE IF NOT EXISTS messages (
     schema_error TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_identity ON messages (device_id, module_id, id);
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY,
+    primary_key TEXT NOT NULL,
+    secondary_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS configurations (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    etag_n INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
+";
+
+/// What a version 1 database gains (its tables exist without these columns).
+const MIGRATE_FROM_1: &str = "
+ALTER TABLE identities ADD COLUMN secondary_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE identities ADD COLUMN status TEXT NOT NULL DEFAULT 'enabled';
+ALTER TABLE identities ADD COLUMN etag_n INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE twins ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE twins ADD COLUMN tags_version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE twins ADD COLUMN applied_config TEXT;
 ";
 
 /// Why a storage operation failed.
@@ -83,6 +127,14 @@ pub enum StoreError {
     /// A twin change refused by IoT Hub's rules.
     #[error(transparent)]
     Twin(#[from] TwinError),
+    /// `If-Match` named another etag than the current one.
+    #[error("the etag {given} is not the current one of {what}")]
+    StaleEtag {
+        /// Which document.
+        what: String,
+        /// The etag given.
+        given: String,
+    },
 }
 
 /// One identity as stored.
@@ -175,63 +227,15 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found });
         }
+        if found == 1 {
+            conn.execute_batch(MIGRATE_FROM_1)?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Store {
             conn,
             max_messages: i64::try_from(max_messages).unwrap_or(i64::MAX).max(1),
         })
-    }
-
-    /// Adds an identity with its key and an empty twin; a module's device is not required to
-    /// exist (IoT Hub requires it; here it is created alongside, with its own key, when
-    /// `device_key` is given).
-    pub fn add_identity(
-        &mut self,
-        id: &IdentityId,
-        key: &str,
-        device_key: Option<&str>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let exists =
-            |tx: &rusqlite::Transaction<'_>, device: &str, module: &str| -> Result<bool, StoreError> {
-                Ok(tx
-                    .query_row(
-                        "SELECT 1 FROM identities WHERE device_id = ?1 AND module_id = ?2",
-                        params![device, module],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some())
-            };
-        if exists(&tx, id.device(), module_col(id))? {
-            return Err(StoreError::IdentityExists(id.to_string()));
-        }
-        let empty = Twin::default();
-        let insert = |tx: &rusqlite::Transaction<'_>,
-                      device: &str,
-                      module: &str,
-                      key: &str|
-         -> Result<(), StoreError> {
-            tx.execute(
-                "INSERT INTO identities (device_id, module_id, key, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![device, module, key, now_ms],
-            )?;
-            tx.execute(
-                "INSERT INTO twins (device_id, module_id, desired, desired_version, reported, reported_version) VALUES (?1, ?2, '{}', ?3, '{}', ?4)",
-                params![device, module, empty.desired_version, empty.reported_version],
-            )?;
-            Ok(())
-        };
-        if let (Some(_), Some(device_key)) = (id.module(), device_key) {
-            if !exists(&tx, id.device(), "")? {
-                insert(&tx, id.device(), "", device_key)?;
-            }
-        }
-        insert(&tx, id.device(), module_col(id), key)?;
-        tx.commit()?;
-        Ok(())
     }
 
     /// One identity.
@@ -471,11 +475,39 @@ mod tests {
     fn identities_and_twins() {
         let mut s = store();
         let m = IdentityId::new("d1", Some("azureiotsecurity")).expect("valid");
-        s.add_identity(&m, "a2V5", Some("ZGV2"), 5).expect("adds");
+        let d = IdentityId::new("d1", None).expect("valid");
+        let record = |id: &IdentityId, key: &str| RegistryRecord {
+            id: id.clone(),
+            primary_key: key.into(),
+            secondary_key: String::new(),
+            status: "enabled".into(),
+            etag_n: 0,
+            created_ms: 0,
+        };
+        assert!(
+            matches!(
+                s.put_identity(&record(&m, "a2V5"), None, 5),
+                Err(StoreError::NoSuchIdentity(_))
+            ),
+            "a module's device must exist"
+        );
+        s.put_identity(&record(&d, "ZGV2"), None, 5).expect("adds");
+        let added = s.put_identity(&record(&m, "a2V5"), None, 5).expect("adds");
         assert!(matches!(
-            s.add_identity(&m, "a2V5", None, 6),
+            s.put_identity(&record(&m, "a2V5"), None, 6),
             Err(StoreError::IdentityExists(_))
         ));
+        let etag = etag_of("identity", added.etag_n);
+        assert!(matches!(
+            s.put_identity(&record(&m, "bmV3"), Some("\"stale\""), 6),
+            Err(StoreError::StaleEtag { .. })
+        ));
+        let updated = s
+            .put_identity(&record(&m, "bmV3"), Some(&format!("\"{etag}\"")), 6)
+            .expect("updates");
+        assert_eq!((updated.primary_key.as_str(), updated.etag_n), ("bmV3", 2));
+        s.put_identity(&record(&m, "a2V5"), Some("*"), 6)
+            .expect("updates");
         let ids: Vec<String> = s
             .identities()
             .expect("lists")
@@ -499,6 +531,38 @@ mod tests {
             s.patch_reported(&unknown, &json!({})),
             Err(StoreError::NoSuchIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_service_columns() {
+        let path = std::env::temp_dir().join(format!("twinguard-hub-v1-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).expect("opens");
+            conn.execute_batch(
+                "CREATE TABLE identities (device_id TEXT NOT NULL, module_id TEXT NOT NULL, key TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (device_id, module_id));
+                 CREATE TABLE twins (device_id TEXT NOT NULL, module_id TEXT NOT NULL, desired TEXT NOT NULL, desired_version INTEGER NOT NULL, reported TEXT NOT NULL, reported_version INTEGER NOT NULL, PRIMARY KEY (device_id, module_id));
+                 INSERT INTO identities VALUES ('d1', '', 'a2V5', 1);
+                 INSERT INTO twins VALUES ('d1', '', '{\"x\":1}', 2, '{}', 1);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("v1 schema");
+        }
+        let s = Store::open(&path, 10).expect("migrates");
+        let d = IdentityId::new("d1", None).expect("valid");
+        let record = s.registry_record(&d).expect("reads").expect("kept");
+        assert_eq!(
+            (record.primary_key.as_str(), record.status.as_str()),
+            ("a2V5", "enabled")
+        );
+        let twin = s.twin_record(&d).expect("reads").expect("kept");
+        assert_eq!(twin.twin.desired.get("x"), Some(&json!(1)));
+        assert!(twin.tags.is_empty());
+        drop(s);
+        assert!(Store::open(&path, 10).is_ok(), "opens again at version 2");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 
     #[test]

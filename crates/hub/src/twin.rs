@@ -6,11 +6,13 @@ use serde_json::{Map, Value};
 use twinguard_core::config::merge_patch;
 
 /// Largest section (desired or reported), counted as its compact JSON without `$version`.
-pub(crate) const MAX_SECTION_BYTES: usize = 32 * 1024;
+pub const MAX_SECTION_BYTES: usize = 32 * 1024;
 /// Deepest nesting of objects and arrays below a section's root.
-pub(crate) const MAX_DEPTH: usize = 10;
+pub const MAX_DEPTH: usize = 10;
+/// Largest tags section, counted as its compact JSON.
+pub const MAX_TAGS_BYTES: usize = 16 * 1024;
 /// Longest member name, in bytes.
-pub(crate) const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Why a twin document or patch is refused (the client gets status 400; the operator API 400).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -24,8 +26,8 @@ pub enum TwinError {
     /// Nested deeper than [`MAX_DEPTH`].
     #[error("nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    /// Larger than [`MAX_SECTION_BYTES`] once applied.
-    #[error("the {what} section would be {size} bytes; at most {MAX_SECTION_BYTES} are allowed")]
+    /// Larger than [`MAX_SECTION_BYTES`] ([`MAX_TAGS_BYTES`] for tags) once applied.
+    #[error("the {what} section would be {size} bytes; at most {} are allowed", if *what == "tags" { MAX_TAGS_BYTES } else { MAX_SECTION_BYTES })]
     TooLarge {
         /// `desired` or `reported`.
         what: &'static str,
@@ -62,7 +64,7 @@ impl Default for Twin {
 impl Twin {
     /// The body of a twin GET answer: `{"desired": {..., "$version"}, "reported": {...,
     /// "$version"}}`.
-    pub(crate) fn get_body(&self) -> Value {
+    pub fn get_body(&self) -> Value {
         serde_json::json!({
             "desired": with_version(&self.desired, self.desired_version),
             "reported": with_version(&self.reported, self.reported_version),
@@ -71,7 +73,7 @@ impl Twin {
 
     /// Merges a reported patch. On error the twin is unchanged. Returns the new reported
     /// `$version`.
-    pub(crate) fn patch_reported(&mut self, patch: &Value) -> Result<i64, TwinError> {
+    pub fn patch_reported(&mut self, patch: &Value) -> Result<i64, TwinError> {
         let merged = patched(&self.reported, patch, "reported")?;
         self.reported = merged;
         self.reported_version += 1;
@@ -129,7 +131,7 @@ fn with_version(section: &Map<String, Value>, version: i64) -> Value {
 }
 
 /// `section` with `patch` merged in, checked.
-fn patched(
+pub fn patched(
     section: &Map<String, Value>,
     patch: &Value,
     what: &'static str,
@@ -145,6 +147,17 @@ fn patched(
     };
     check_section(&merged, what)?;
     Ok(merged)
+}
+
+/// Checks a tags section (service side): keys, depth and size.
+pub fn check_tags(tags: &Map<String, Value>) -> Result<(), TwinError> {
+    let value = Value::Object(tags.clone());
+    check_keys(&value, 0)?;
+    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_TAGS_BYTES {
+        return Err(TwinError::TooLarge { what: "tags", size });
+    }
+    Ok(())
 }
 
 /// Checks a whole section: keys, depth and size.
@@ -193,7 +206,7 @@ fn key_allowed(key: &str) -> bool {
 
 /// The JSON merge patch that turns `old` into `new` (both objects): removed members become
 /// `null`, changed objects recurse, other changes are the new value.
-pub(crate) fn diff(old: &Value, new: &Value) -> Value {
+pub fn diff(old: &Value, new: &Value) -> Value {
     let (Value::Object(old), Value::Object(new)) = (old, new) else {
         return new.clone();
     };

@@ -151,6 +151,25 @@ impl SasToken {
         if self.key_name.is_some() {
             return Err(SasError::PolicyToken);
         }
+        self.verify_signed_with(mac, expected_resource, key, now)
+    }
+
+    /// [`SasToken::verify_signed_with`] with `ring`'s HMAC.
+    #[cfg(any(feature = "ring", test))]
+    pub fn verify_signed(&self, expected_resource: &str, key: &[u8], now: u64) -> Result<(), SasError> {
+        self.verify_signed_with(&Ring, expected_resource, key, now)
+    }
+
+    /// Checks a token's resource, signature (by `mac`) and expiry, whoever signed it: the
+    /// device side refuses policy tokens first ([`SasToken::verify_with`]); the service side
+    /// requires one and picks the policy's key by `skn` before calling this.
+    pub fn verify_signed_with(
+        &self,
+        mac: &impl HmacSha256,
+        expected_resource: &str,
+        key: &[u8],
+        now: u64,
+    ) -> Result<(), SasError> {
         if !self
             .resource
             .trim_end_matches('/')

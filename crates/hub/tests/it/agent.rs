@@ -16,7 +16,7 @@ use crate::python::venv_python;
 use crate::support::{repo_root, scratch, skip, wait_until, write_secret, Hub, CONFIG_KEY, MODULE};
 
 /// The agent binary, built once per run (`cargo build -p twinguard`), or why there is none.
-fn agent_binary() -> Result<PathBuf, String> {
+pub fn agent_binary() -> Result<PathBuf, String> {
     static RESULT: Mutex<Option<Result<PathBuf, String>>> = Mutex::new(None);
     let mut result = RESULT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     result.get_or_insert_with(build_agent).clone()
@@ -57,13 +57,13 @@ fn build_agent() -> Result<PathBuf, String> {
 }
 
 /// A running agent; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Agent {
+pub struct Agent {
     child: Child,
     log: PathBuf,
 }
 
 impl Agent {
-    fn start(bin: &Path, dir: &Path, hub: &Hub, cs: &str, extra: &[&str]) -> Agent {
+    pub fn start(bin: &Path, dir: &Path, hub: &Hub, cs: &str, extra: &[&str]) -> Agent {
         let cs_file = dir.join("connection-string");
         write_secret(&cs_file, cs);
         let log = dir.join("agent.log");
@@ -88,7 +88,7 @@ impl Agent {
         Agent { child, log }
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

@@ -1,5 +1,5 @@
 //! Replays the checked-in fuzz corpora of the hub (crates/hub/fuzz/corpus/{connect,
-//! http_request}) on the stable toolchain, so every input the fuzzer found interesting, and
+//! http_request,service_request}) on the stable toolchain, so every input the fuzzer found interesting, and
 //! every hand-made seed, stays covered by `cargo test`.
 
 use std::path::PathBuf;
@@ -51,5 +51,12 @@ fn connect_corpus_replays_without_panic() {
 fn http_request_corpus_replays_without_panic() {
     for (_, bytes) in corpus("http_request") {
         twinguard_hub::api::check_untrusted_request(&bytes);
+    }
+}
+
+#[test]
+fn service_request_corpus_replays_without_panic() {
+    for (_, bytes) in corpus("service_request") {
+        twinguard_hub::service::routes::check_untrusted_request(&bytes);
     }
 }

@@ -1,6 +1,6 @@
 //! The one integration-test binary of `twinguard-hub`: the hub as a real process, driven by a
 //! small codec-based client (`protocol`), by Microsoft's official Python SDK (`sdk`, on port
-//! 8883) and by the real agent (`agent`).
+//! 8883), by its service SDK (`service`, the HTTPS service API) and by the real agent (`agent`).
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
 mod agent;
@@ -11,4 +11,5 @@ mod hardening;
 mod protocol;
 mod python;
 mod sdk;
+mod service;
 mod support;

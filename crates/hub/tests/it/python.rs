@@ -1,6 +1,7 @@
 //! The Python environment for the tests that use outside clients and checkers: a virtual
-//! environment under `target/hub-sdk-venv` with Microsoft's `azure-iot-device` SDK and the
-//! schema checker's packages (`jsonschema`, `rfc3339-validator`). Created once per run (a
+//! environment under `target/hub-sdk-venv` with Microsoft's `azure-iot-device` SDK, its
+//! service SDK `azure-iot-hub` (which needs `six` without declaring it), and the schema
+//! checker's packages (`jsonschema`, `rfc3339-validator`). Created once per run (a
 //! fresh Debian's system pip refuses installs, hence the venv; Debian needs `python3-venv`).
 
 use std::path::PathBuf;
@@ -11,6 +12,8 @@ use crate::support::target_dir;
 
 /// The pinned SDK version the tests were written against.
 pub const SDK: &str = "azure-iot-device==2.14.0";
+/// The pinned service SDK version.
+pub const SERVICE_SDK: &str = "azure-iot-hub==2.7.0";
 
 /// The venv's python with the packages installed, or why there is none.
 pub fn venv_python() -> Result<PathBuf, String> {
@@ -45,7 +48,10 @@ fn create() -> Result<PathBuf, String> {
         })?;
     }
     let ready = Command::new(&python)
-        .args(["-c", "import azure.iot.device, jsonschema, rfc3339_validator"])
+        .args([
+            "-c",
+            "import azure.iot.device, azure.iot.hub, six, jsonschema, rfc3339_validator",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -60,10 +66,12 @@ fn create() -> Result<PathBuf, String> {
             "--timeout",
             "60",
             SDK,
+            SERVICE_SDK,
+            "six",
             "jsonschema",
             "rfc3339-validator",
         ]))
-        .map_err(|e| format!("cannot install {SDK} from PyPI: {e}"))?;
+        .map_err(|e| format!("cannot install {SDK} and {SERVICE_SDK} from PyPI: {e}"))?;
     }
     Ok(python)
 }

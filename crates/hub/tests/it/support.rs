@@ -79,6 +79,8 @@ pub struct Hub {
     pub mqtt: SocketAddr,
     /// The API.
     pub api: SocketAddr,
+    /// The service API (HTTPS).
+    pub service: Option<SocketAddr>,
     /// The CA certificate.
     pub ca: PathBuf,
     /// Its log (stderr).
@@ -110,6 +112,14 @@ impl Hub {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", listen, "--api", "127.0.0.1:0", "--verbose"])
+            // The service API on any free port, unless the test says where (or none).
+            .args(
+                if extra.iter().any(|a| *a == "--service" || *a == "--no-service") {
+                    &[][..]
+                } else {
+                    &["--service", "127.0.0.1:0"][..]
+                },
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -149,6 +159,7 @@ impl Hub {
             pid: child.id(),
             mqtt: addr("mqtt"),
             api: addr("api"),
+            service: status["service"].as_str().and_then(|a| a.parse().ok()),
             ca: PathBuf::from(status["caFile"].as_str().expect("caFile")),
             child: Some(child),
             log,
