@@ -95,7 +95,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use crate::event::Priority;
+use twinguard_core::event::Priority;
 
 use format::{Checkpoint, Queue, Record, Removal, Totals, CHECKPOINT_BYTES, HEADER_BYTES};
 use log::{Location, SegmentLog};
