@@ -46,13 +46,14 @@ use crate::console::model::utc_text;
 use crate::console::rules::{Rule, Severity};
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
-use crate::identity::{connection_string, generate_key, IdentityId};
+use crate::keys::generate_key;
 use crate::store::{
     AlertAction, AlertQuery, AlertRecord, IdentityRecord, MessageQuery, RecommendationRecord, RegistryRecord,
     StoreError, StoredMessage,
 };
 use crate::twin::{DesiredChange, Twin};
 use crate::web::{Login, Sessions, WebReply};
+use twinguard_core::iothub::identity::{connection_string, IdentityId};
 
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
 pub const MAX_LONG_POLLS: usize = 32;

@@ -16,9 +16,9 @@ use tracing::{info, warn};
 use crate::console::ingest::{parse_message, summary};
 use crate::console::recommend::from_snapshot;
 use crate::console::rules::RuleEngine;
-use crate::identity::IdentityId;
 use crate::store::{EventRow, Ingest, NewMessage, Store, StoreError, TwinRecord};
 use crate::twin::{DesiredChange, Twin};
+use twinguard_core::iothub::identity::IdentityId;
 
 /// What the hub hands a live connection besides the client's own requests.
 #[derive(Clone, Debug, PartialEq)]

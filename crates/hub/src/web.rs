@@ -28,9 +28,9 @@ use crate::console::model::{utc_text, CONFIG_KEY};
 use crate::console::rules::{Rule, Severity};
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
-use crate::identity::IdentityId;
-use crate::query::{percent_decode, percent_encode, raw_pairs};
 use crate::store::{AlertAction, AlertQuery, AlertRecord, StoreError};
+use twinguard_core::iothub::identity::IdentityId;
+use twinguard_core::iothub::query::{percent_decode, percent_encode, raw_pairs};
 
 /// Sessions at once; a new login past this ends the oldest session.
 pub const MAX_SESSIONS: usize = 64;

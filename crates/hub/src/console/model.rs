@@ -1,11 +1,12 @@
-//! The one place the console names the shared model (the agent's `event` and `config`
-//! modules, moving to `twinguard-core`): everything else in `console` imports from here, so a move of that
-//! model changes this file only.
+//! The one place the console names the shared model (`twinguard_core`'s `event` and
+//! `config`): everything else in `console` imports from here, so a change of where
+//! that model lives changes this file only.
 
-pub use twinguard::config::{IsoDuration, CONFIG_KEY};
-pub use twinguard::event::{
-    BaselineResult, BaselineSeverity, ConfigurationErrorType, Event, EventName, FirewallAction, LoginResult,
-    PayloadItem, Protocol, Timestamp,
+pub use twinguard_core::config::{IsoDuration, CONFIG_KEY};
+pub use twinguard_core::event::{
+    BaselineResult, BaselineSeverity, ConfigurationError, ConfigurationErrorType, DroppedEventsStatistics,
+    Event, EventName, FirewallAction, FirewallConfiguration, ListeningPorts, LocalUsers, Login, LoginResult,
+    OSBaseline, PayloadItem, ProcessCreate, Protocol, Queue, Timestamp, Uuid,
 };
 
 /// `ms` (Unix milliseconds) as RFC 3339 UTC text, `""` when out of range.

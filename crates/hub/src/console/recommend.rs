@@ -118,10 +118,16 @@ pub fn from_snapshot(event: &Event) -> Option<(&'static str, Vec<Recommendation>
 mod tests {
     use super::*;
     use crate::console::model::Timestamp;
-    use twinguard::event::{ListeningPorts, LocalUsers, OSBaseline, Protocol};
+    use crate::console::model::{ListeningPorts, LocalUsers, OSBaseline, Protocol};
 
     fn at(name: EventName, items: Vec<PayloadItem>) -> Event {
-        Event::at(name, items, Timestamp::from_parts(0, 0).expect("time")).expect("event")
+        Event::with_id(
+            crate::console::model::Uuid::from_u128(1),
+            name,
+            items,
+            Timestamp::from_parts(0, 0).expect("time"),
+        )
+        .expect("event")
     }
 
     #[test]

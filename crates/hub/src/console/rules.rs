@@ -783,7 +783,7 @@ pub fn command_findings(executable: &str, command_line: &str) -> Vec<CommandMatc
 mod tests {
     use super::*;
     use crate::console::model::Timestamp;
-    use twinguard::event::{
+    use crate::console::model::{
         ConfigurationError, DroppedEventsStatistics, EventName, ListeningPorts, LocalUsers, Login,
         ProcessCreate, Protocol, Queue,
     };
@@ -791,7 +791,12 @@ mod tests {
     const T0: i64 = 1_764_900_000_000;
 
     fn event(name: EventName, items: Vec<PayloadItem>, ms: i64) -> Event {
-        Event::at(name, items, Timestamp::from_parts(ms, 0).expect("time")).expect("event")
+        {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = crate::console::model::Uuid::from_u128(u128::from(n));
+            Event::with_id(id, name, items, Timestamp::from_parts(ms, 0).expect("time")).expect("event")
+        }
     }
 
     fn login(user: &str, from: Option<&str>, result: LoginResult, ms: i64) -> Event {
@@ -1045,13 +1050,13 @@ mod tests {
         );
 
         let firewall = |n: usize| {
-            let item = twinguard::event::FirewallConfiguration {
+            let item = crate::console::model::FirewallConfiguration {
                 priority: None,
                 direction: None,
                 chain_name: Some("input".into()),
                 application: None,
                 enabled: true,
-                action: twinguard::event::FirewallAction::Deny,
+                action: crate::console::model::FirewallAction::Deny,
                 source_address: None,
                 source_port: None,
                 destination_address: None,

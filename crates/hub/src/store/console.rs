@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{identity_from_cols, module_col, Store, StoreError};
 use crate::console::recommend::Recommendation;
 use crate::console::rules::{merges_into, Finding, RuleSettings};
-use crate::identity::IdentityId;
+use twinguard_core::iothub::identity::IdentityId;
 
 /// The console's tables (created by [`super::SCHEMA`]).
 pub(super) const SCHEMA: &str = "
