@@ -317,8 +317,16 @@ fn raise_in(
                     .iter()
                     .filter(|e| !ids.iter().any(|i| i == e.as_str()))
                     .collect();
-                if new.is_empty() && f.time_ms <= last_ms {
-                    // Nothing new (a repeated silence check, a re-reported status).
+                if new.is_empty() {
+                    // The same condition seen again with no new event (a repeated silence
+                    // check, a status re-reported): the alert stays alive (its last time
+                    // moves on) but is not counted again nor shown as changed.
+                    if f.time_ms > last_ms {
+                        tx.execute(
+                            "UPDATE alerts SET last_ms = ?2 WHERE id = ?1",
+                            params![alert, f.time_ms],
+                        )?;
+                    }
                     continue;
                 }
                 ids.extend(new.into_iter().map(|e| Value::from(e.as_str())));
@@ -726,6 +734,16 @@ mod tests {
             )
             .expect("raise");
         assert_eq!(again, first);
+        // A finding with no new event keeps the alert alive without counting it again.
+        let status = Finding {
+            event_ids: Vec::new(),
+            ..finding(Rule::TempDirExecution, "/tmp/x", T0 + 1500, "unused")
+        };
+        assert!(store.raise(&id, &[status], &s, T0).expect("raise").is_empty());
+        assert_eq!(
+            store.alert(first[0]).expect("read").expect("alert").last_ms,
+            T0 + 1500
+        );
         // The same finding again changes nothing.
         assert!(store
             .raise(
@@ -752,7 +770,7 @@ mod tests {
                 &[finding(
                     Rule::TempDirExecution,
                     "/tmp/x",
-                    T0 + 1000 + s.dedup_window_ms + 1,
+                    T0 + 1500 + s.dedup_window_ms + 1,
                     "e4",
                 )],
                 &s,
@@ -766,7 +784,7 @@ mod tests {
             (2, "open", "medium")
         );
         assert_eq!(alert.evidence["eventIds"], json!(["e1", "e2"]));
-        assert_eq!(alert.last_ms, T0 + 1000);
+        assert_eq!(alert.last_ms, T0 + 1500);
 
         let acked = store
             .change_alert(first[0], AlertAction::Acknowledge, T0)
