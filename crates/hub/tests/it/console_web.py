@@ -16,7 +16,7 @@ import sys
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.support.ui import WebDriverWait
 
 base, token, device_path, alert_id, shots = sys.argv[1:6]
@@ -93,9 +93,10 @@ try:
     visit("login", "/login", ["API token"])
     driver.set_window_size(1280, 900)
     driver.find_element(By.ID, "token").send_keys(token)
-    button = driver.find_element(By.CSS_SELECTOR, "form.login button")
-    button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    # Polled until the next page is in; a lookup that races the navigation is retried.
+    settle = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
+    settle.until(lambda d: not d.current_url.endswith("/login"))
     cookies = {c["name"]: c for c in driver.get_cookies()}
     session = cookies.get("tg_session")
     if not session or not session.get("httpOnly") or session.get("sameSite") != "Strict":
@@ -110,9 +111,10 @@ try:
     # Acknowledge the alert through its form.
     driver.set_window_size(1280, 900)
     driver.get(base + "/alerts")
-    button = driver.find_element(By.CSS_SELECTOR, f"form[action='/alerts/{alert_id}/ack'] button")
-    button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))
+    driver.find_element(By.CSS_SELECTOR, f"form[action='/alerts/{alert_id}/ack'] button").click()
+    # The answer redirects back to the alerts page, where the alert has no ack form any more.
+    settle.until(lambda d: d.execute_script("return document.readyState") == "complete"
+                 and not d.find_elements(By.CSS_SELECTOR, f"form[action='/alerts/{alert_id}/ack']"))
     driver.get(base + "/alerts?state=acknowledged")
     acknowledged = driver.find_elements(By.CSS_SELECTOR, f"form[action='/alerts/{alert_id}/close']")
     if not acknowledged or driver.find_elements(By.CSS_SELECTOR, f"form[action='/alerts/{alert_id}/ack']"):
