@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod audit;
 pub mod cnproc;
 pub(crate) mod disk;
+pub mod ebpf;
 pub mod firewall;
 pub mod fs;
 pub mod hwids;
