@@ -167,6 +167,20 @@ impl ProcessProbes {
     }
 }
 
+/// Runs this program's own binary (`/proc/self/exe --version`, output discarded) and waits for
+/// it: the exec the eBPF source's self-test must see. Returns the child's pid.
+pub fn run_marker() -> io::Result<u32> {
+    let mut child = std::process::Command::new("/proc/self/exe")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    Ok(pid)
+}
+
 /// A record of the kernel programs (layout: `bpf/process.bpf.c`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {

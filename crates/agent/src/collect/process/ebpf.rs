@@ -1,0 +1,243 @@
+//! ProcessCreate and ProcessTerminate from the eBPF programs (`sys::ebpf`): every fact of an
+//! exec (pid, parent, uids, the executable's path, the whole argument list up to the cap) is
+//! taken in the kernel at the exec, so a process that lived microseconds is reported whole,
+//! with no `/proc` race. Records feed the same [`ProcessTracker`] as the process connector's
+//! messages, so both sources make identical items (fork-time parent, executables of forked
+//! children that never exec, 128 + signal).
+//!
+//! Records are read in batches: the kernel wakes this thread only once 64 KiB wait, and the
+//! thread drains the ring buffer every [`DRAIN_EVERY`] in any case. Records the kernel could not
+//! put in the full ring buffer are counted per CPU in the kernel and added to the sink's losses.
+//!
+//! Self-test: at start the agent runs its own binary (`--version`); if the exec of that child
+//! is not seen within [`SELF_TEST_WAIT`], the programs are attached but not working and the
+//! collector gives way to the process connector.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, warn};
+
+use crate::event::{Event, EventName, PayloadItem};
+use crate::sys::ebpf::{self, ProcessProbes, Record};
+use crate::sys::procinfo::{self, join_cmdline, ProcessInfo, MAX_CMDLINE};
+
+use super::super::user_names::UserNames;
+use super::super::{EventSink, StopSignal};
+use super::{alive, read_executable, seed, wall_time, ProcessTracker, MAX_TRACKED, PRIORITY_BOOST};
+
+/// How long the thread sleeps between drains when the kernel does not wake it: the latest an
+/// event is handed over.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How long the exec of the self-test child may take to be seen.
+pub const SELF_TEST_WAIT: Duration = Duration::from_secs(2);
+/// Records taken per drain before the items are handed over.
+const MAX_DRAIN: usize = 4096;
+
+/// Why the eBPF source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfStopped {
+    /// The programs are attached but the self-test exec was not seen.
+    #[error(
+        "self-test: the exec of the agent's own binary (pid {pid}) was not seen within {SELF_TEST_WAIT:?}"
+    )]
+    SelfTestFailed {
+        /// The self-test child.
+        pid: u32,
+    },
+    /// Waiting on the ring buffer failed.
+    #[error("waiting on the ring buffer")]
+    Wait(#[source] std::io::Error),
+}
+
+/// The self-test's state.
+enum SelfTest {
+    /// Waiting for the exec of this child until the deadline.
+    Pending { pid: u32, deadline: Instant },
+    /// Seen (or not possible); its child's events are still not reported.
+    Done { pid: Option<u32> },
+}
+
+impl SelfTest {
+    fn is_self(&self, tgid: u32) -> bool {
+        match self {
+            SelfTest::Pending { pid, .. } => *pid == tgid,
+            SelfTest::Done { pid } => *pid == Some(tgid),
+        }
+    }
+}
+
+/// Turns an exec record into what the tracker needs. The executable falls back on
+/// `/proc/<pid>/exe` only when the kernel could not walk the path whole.
+pub fn exec_info(record: &ebpf::ExecRecord) -> ProcessInfo {
+    let executable = record
+        .executable
+        .clone()
+        .or_else(|| read_executable(record.tgid).and_then(|i| i.executable));
+    let (command_line, command_line_truncated) = if record.argv.is_empty() {
+        (None, false)
+    } else {
+        let (text, cut) = join_cmdline(&record.argv, MAX_CMDLINE);
+        (Some(text), cut)
+    };
+    ProcessInfo {
+        executable,
+        command_line,
+        command_line_truncated,
+        uid: Some(record.uid),
+        euid: Some(record.euid),
+        ppid: Some(record.ppid),
+        ..ProcessInfo::default()
+    }
+}
+
+/// Runs the eBPF source until `stop` is raised (Ok) or it fails.
+pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Result<(), EbpfStopped> {
+    procinfo::raise_thread_priority(PRIORITY_BOOST);
+    let mut tracker = ProcessTracker::new(MAX_TRACKED);
+    seed(&mut tracker);
+    let mut users = UserNames::default();
+    let mut self_test = match ebpf::run_marker() {
+        Ok(pid) => SelfTest::Pending {
+            pid,
+            deadline: Instant::now() + SELF_TEST_WAIT,
+        },
+        Err(e) => {
+            warn!("eBPF process source: the self-test could not run its child ({e}); trusting the attached programs");
+            SelfTest::Done { pid: None }
+        }
+    };
+    let mut dropped_before: u64 = 0;
+    let mut batch: Vec<(PayloadItem, SystemTime)> = Vec::with_capacity(256);
+    while !stop.is_stopped() {
+        probes.wait(DRAIN_EVERY).map_err(EbpfStopped::Wait)?;
+        let (mono, wall) = (procinfo::monotonic_ns(), SystemTime::now());
+        let want_create = sink.wants(EventName::ProcessCreate);
+        loop {
+            let taken = probes.drain(MAX_DRAIN, &mut |bytes| {
+                let Some(record) = ebpf::parse_record(bytes) else {
+                    debug!("eBPF process record not understood ({} bytes)", bytes.len());
+                    return;
+                };
+                let item: Option<(PayloadItem, u64)> = match record {
+                    Record::Fork { tgid, ppid, .. } => {
+                        tracker.on_fork(ppid, tgid, &alive);
+                        None
+                    }
+                    Record::Exec(exec) => {
+                        if let SelfTest::Pending { pid, .. } = self_test {
+                            if pid == exec.tgid {
+                                self_test = SelfTest::Done { pid: Some(pid) };
+                            }
+                        }
+                        let info = if want_create {
+                            exec_info(&exec)
+                        } else {
+                            ProcessInfo {
+                                executable: exec.executable.clone(),
+                                ..ProcessInfo::default()
+                            }
+                        };
+                        let item = tracker.on_exec(exec.tgid, Some(info), &mut |uid| users.name(uid), &alive);
+                        Some((item.into(), exec.ktime_ns))
+                    }
+                    Record::Exit {
+                        tgid,
+                        exit_code,
+                        ktime_ns,
+                    } => Some((tracker.on_exit(tgid, exit_code).into(), ktime_ns)),
+                };
+                if let Some((item, ktime_ns)) = item {
+                    let own = match &item {
+                        PayloadItem::ProcessCreate(c) => self_test.is_self(c.process_id),
+                        PayloadItem::ProcessTerminate(t) => self_test.is_self(t.process_id),
+                        _ => false,
+                    };
+                    if !own && sink.wants(item.name()) {
+                        batch.push((item, wall_time(ktime_ns, mono, wall)));
+                    }
+                }
+            });
+            if taken < MAX_DRAIN {
+                break;
+            }
+            hand_over(sink, &mut batch);
+        }
+        hand_over(sink, &mut batch);
+        match probes.dropped() {
+            Ok(dropped) if dropped > dropped_before => {
+                sink.count_losses(dropped - dropped_before);
+                warn!(
+                    lost = dropped - dropped_before,
+                    "eBPF ring buffer full: process events lost (counted)"
+                );
+                dropped_before = dropped;
+            }
+            Ok(_) => {}
+            Err(e) => debug!("eBPF drop counter unreadable: {e}"),
+        }
+        if let SelfTest::Pending { pid, deadline } = self_test {
+            if Instant::now() >= deadline {
+                return Err(EbpfStopped::SelfTestFailed { pid });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hand_over(sink: &EventSink, batch: &mut Vec<(PayloadItem, SystemTime)>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut events = Vec::with_capacity(batch.len());
+    for (item, wall) in batch.drain(..) {
+        match Event::new(item.name(), vec![item], wall) {
+            Ok(event) => events.push(event),
+            Err(e) => debug!("process event not built: {e}"),
+        }
+    }
+    sink.send_all(events);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_records_become_the_connectors_process_info() {
+        let record = ebpf::ExecRecord {
+            tgid: 10,
+            ppid: 9,
+            uid: 1000,
+            euid: 0,
+            executable: Some("/usr/bin/sudo".into()),
+            argv: b"sudo\0id\0".to_vec(),
+            ..ebpf::ExecRecord::default()
+        };
+        let info = exec_info(&record);
+        assert_eq!(info.executable.as_deref(), Some("/usr/bin/sudo"));
+        assert_eq!(info.command_line.as_deref(), Some("sudo id"));
+        assert_eq!((info.uid, info.euid, info.ppid), (Some(1000), Some(0), Some(9)));
+        assert!(!info.command_line_truncated);
+        let long = ebpf::ExecRecord {
+            argv: vec![b'a'; ebpf::ARGV_READ],
+            ..record.clone()
+        };
+        let info = exec_info(&long);
+        assert!(info.command_line_truncated);
+        assert_eq!(info.command_line.unwrap().len(), MAX_CMDLINE);
+        let exact = ebpf::ExecRecord {
+            argv: [vec![b'a'; MAX_CMDLINE], vec![0]].concat(),
+            ..record.clone()
+        };
+        assert!(
+            !exec_info(&exact).command_line_truncated,
+            "8192 bytes and the NUL fit"
+        );
+        let empty = ebpf::ExecRecord {
+            argv: Vec::new(),
+            ..record
+        };
+        assert_eq!(exec_info(&empty).command_line, None);
+    }
+}
