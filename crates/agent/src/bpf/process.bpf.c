@@ -31,7 +31,7 @@
 /* The user-space cap is 8192 bytes of arguments; one more byte tells whether it was cut. */
 #define ARGV_READ 8193
 #define ARGV_BYTES 8208
-#define WAKE_BYTES (64 * 1024)
+#define WAKE_BYTES (16 * 1024)
 
 #define FLAG_PATH_CUT 1
 #define FLAG_NO_MM 2
@@ -70,7 +70,7 @@ struct exit_record {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
 /* Records that found the ring buffer full, per CPU. */

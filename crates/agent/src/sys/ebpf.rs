@@ -130,6 +130,7 @@ impl ProcessProbes {
             .take_map("drops")
             .and_then(|m| PerCpuArray::try_from(m).ok())
             .ok_or(LoadError::Map("drops"))?;
+        release_free_heap();
         Ok(ProcessProbes {
             _ebpf: ebpf,
             ring,
@@ -179,6 +180,18 @@ pub fn run_marker() -> io::Result<u32> {
     let pid = child.id();
     child.wait()?;
     Ok(pid)
+}
+
+/// Gives the heap freed after loading back to the system: parsing the kernel's BTF takes some
+/// 20 MiB in many small allocations, which glibc's allocator would otherwise keep (in the
+/// loading thread's arena) for the agent's whole life. musl's allocator returns them itself.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it has no
+    // preconditions and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A record of the kernel programs (layout: `bpf/process.bpf.c`).

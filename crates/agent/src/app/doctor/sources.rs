@@ -90,12 +90,14 @@ pub const CAP_BPF: Cap = Cap {
 };
 
 /// The capabilities of SPEC §9 (what `twinguard.service` grants), then `CAP_NET_RAW`.
-pub const CAPS: [Cap; 6] = [
+pub const CAPS: [Cap; 8] = [
     CAP_NET_ADMIN,
     CAP_AUDIT_READ,
     CAP_AUDIT_CONTROL,
     CAP_DAC_READ_SEARCH,
     CAP_SYS_PTRACE,
+    CAP_BPF,
+    CAP_PERFMON,
     CAP_NET_RAW,
 ];
 

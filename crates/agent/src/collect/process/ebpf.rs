@@ -5,7 +5,7 @@
 //! messages, so both sources make identical items (fork-time parent, executables of forked
 //! children that never exec, 128 + signal).
 //!
-//! Records are read in batches: the kernel wakes this thread only once 64 KiB wait, and the
+//! Records are read in batches: the kernel wakes this thread only once 16 KiB wait, and the
 //! thread drains the ring buffer every [`DRAIN_EVERY`] in any case. Records the kernel could not
 //! put in the full ring buffer are counted per CPU in the kernel and added to the sink's losses.
 //!
@@ -118,14 +118,20 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
                     debug!("eBPF process record not understood ({} bytes)", bytes.len());
                     return;
                 };
+                let tgid = match &record {
+                    Record::Exec(exec) => exec.tgid,
+                    Record::Fork { tgid, .. } | Record::Exit { tgid, .. } => *tgid,
+                };
+                // The self-test child's events are the agent's own: not reported.
+                let own = self_test.is_self(tgid);
                 let item: Option<(PayloadItem, u64)> = match record {
                     Record::Fork { tgid, ppid, .. } => {
                         tracker.on_fork(ppid, tgid, &alive);
                         None
                     }
                     Record::Exec(exec) => {
-                        if let SelfTest::Pending { pid, .. } = self_test {
-                            if pid == exec.tgid {
+                        if own {
+                            if let SelfTest::Pending { pid, .. } = self_test {
                                 self_test = SelfTest::Done { pid: Some(pid) };
                             }
                         }
@@ -144,14 +150,15 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
                         tgid,
                         exit_code,
                         ktime_ns,
-                    } => Some((tracker.on_exit(tgid, exit_code).into(), ktime_ns)),
+                    } => {
+                        if own && matches!(self_test, SelfTest::Done { .. }) {
+                            // Its pid may be reused by another process from now on.
+                            self_test = SelfTest::Done { pid: None };
+                        }
+                        Some((tracker.on_exit(tgid, exit_code).into(), ktime_ns))
+                    }
                 };
                 if let Some((item, ktime_ns)) = item {
-                    let own = match &item {
-                        PayloadItem::ProcessCreate(c) => self_test.is_self(c.process_id),
-                        PayloadItem::ProcessTerminate(t) => self_test.is_self(t.process_id),
-                        _ => false,
-                    };
                     if !own && sink.wants(item.name()) {
                         batch.push((item, wall_time(ktime_ns, mono, wall)));
                     }
