@@ -168,11 +168,14 @@ impl ProcessProbes {
     }
 }
 
-/// Runs this program's own binary (`/proc/self/exe --version`, output discarded) and waits for
-/// it: the exec the eBPF source's self-test must see. Returns the child's pid.
-pub fn run_marker() -> io::Result<u32> {
+/// Runs this program's own binary (`/proc/self/exe --version MARKER`, output discarded; it may
+/// well refuse the extra argument) and waits for it: the exec the eBPF source's self-test must
+/// see, recognised by `marker` in its arguments. Returns the child's pid in this process's pid
+/// namespace.
+pub fn run_marker(marker: &str) -> io::Result<u32> {
     let mut child = std::process::Command::new("/proc/self/exe")
         .arg("--version")
+        .arg(marker)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

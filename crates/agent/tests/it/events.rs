@@ -380,6 +380,13 @@ fn process_events_live(agent: LiveAgent) {
             .any(|v| pid_of(v) == u64::from(unseen.id())),
         "an event while Off"
     );
+    assert!(
+        !agent
+            .items("ProcessCreate")
+            .iter()
+            .any(|v| v["CommandLine"].as_str().unwrap_or("").contains("twinguard-self-test")),
+        "the eBPF self-test's own exec is not reported"
+    );
     let stderr = agent.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -41,7 +41,7 @@ pub enum EbpfStopped {
         "self-test: the exec of the agent's own binary (pid {pid}) was not seen within {SELF_TEST_WAIT:?}"
     )]
     SelfTestFailed {
-        /// The self-test child.
+        /// The self-test child, in the agent's pid namespace.
         pid: u32,
     },
     /// Waiting on the ring buffer failed.
@@ -51,28 +51,45 @@ pub enum EbpfStopped {
 
 /// The self-test's state.
 enum SelfTest {
-    /// Waiting for the exec of this child until the deadline.
-    Pending { pid: u32, deadline: Instant },
-    /// Seen (or not possible); its child's events are still not reported.
+    /// Waiting until the deadline for the exec whose arguments carry the marker (matched by
+    /// marker, not pid: the kernel's pids are the initial pid namespace's, the child's `pid` is
+    /// the agent's, and they differ when the agent runs in a container).
+    Pending {
+        marker: Vec<u8>,
+        pid: u32,
+        deadline: Instant,
+    },
+    /// Seen (with the child's kernel pid until its exit), or not possible: its child's events
+    /// are not reported.
     Done { pid: Option<u32> },
 }
 
 impl SelfTest {
-    fn is_self(&self, tgid: u32) -> bool {
+    /// Whether this exec is the self-test's (the marker in its arguments).
+    fn is_marker(&self, exec: &ebpf::ExecRecord) -> bool {
         match self {
-            SelfTest::Pending { pid, .. } => *pid == tgid,
-            SelfTest::Done { pid } => *pid == Some(tgid),
+            SelfTest::Pending { marker, .. } => {
+                exec.argv.windows(marker.len()).any(|w| w == marker.as_slice())
+            }
+            SelfTest::Done { .. } => false,
         }
+    }
+
+    /// Whether `tgid` is the self-test child seen earlier.
+    fn is_child(&self, tgid: u32) -> bool {
+        matches!(self, SelfTest::Done { pid: Some(pid) } if *pid == tgid)
     }
 }
 
 /// Turns an exec record into what the tracker needs. The executable falls back on
-/// `/proc/<pid>/exe` only when the kernel could not walk the path whole.
-pub fn exec_info(record: &ebpf::ExecRecord) -> ProcessInfo {
-    let executable = record
-        .executable
-        .clone()
-        .or_else(|| read_executable(record.tgid).and_then(|i| i.executable));
+/// `/proc/<pid>/exe` only when the kernel could not walk the path whole, and only when `proc`
+/// says the agent's `/proc` shows the kernel's pids (not in a pid namespace of its own).
+pub fn exec_info(record: &ebpf::ExecRecord, proc: bool) -> ProcessInfo {
+    let executable = record.executable.clone().or_else(|| {
+        proc.then(|| read_executable(record.tgid))
+            .flatten()
+            .and_then(|i| i.executable)
+    });
     let (command_line, command_line_truncated) = if record.argv.is_empty() {
         (None, false)
     } else {
@@ -96,8 +113,14 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
     let mut tracker = ProcessTracker::new(MAX_TRACKED);
     seed(&mut tracker);
     let mut users = UserNames::default();
-    let mut self_test = match ebpf::run_marker() {
+    let marker = format!(
+        "twinguard-self-test-{}-{}",
+        std::process::id(),
+        procinfo::monotonic_ns()
+    );
+    let mut self_test = match ebpf::run_marker(&marker) {
         Ok(pid) => SelfTest::Pending {
+            marker: marker.into_bytes(),
             pid,
             deadline: Instant::now() + SELF_TEST_WAIT,
         },
@@ -106,6 +129,10 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
             SelfTest::Done { pid: None }
         }
     };
+    // Whether `/proc` shows the kernel's pids; false once the self-test finds the agent in a
+    // pid namespace of its own (then the table seeded from `/proc` is of other pids).
+    let mut proc_pids = true;
+    let mut foreign_pids = false;
     let mut dropped_before: u64 = 0;
     let mut batch: Vec<(PayloadItem, SystemTime)> = Vec::with_capacity(256);
     while !stop.is_stopped() {
@@ -123,20 +150,24 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
                     Record::Fork { tgid, .. } | Record::Exit { tgid, .. } => *tgid,
                 };
                 // The self-test child's events are the agent's own: not reported.
-                let own = self_test.is_self(tgid);
+                let own = match &record {
+                    Record::Exec(exec) if self_test.is_marker(exec) => {
+                        if let SelfTest::Pending { pid, .. } = self_test {
+                            foreign_pids = pid != exec.tgid;
+                        }
+                        self_test = SelfTest::Done { pid: Some(exec.tgid) };
+                        true
+                    }
+                    _ => self_test.is_child(tgid),
+                };
                 let item: Option<(PayloadItem, u64)> = match record {
                     Record::Fork { tgid, ppid, .. } => {
                         tracker.on_fork(ppid, tgid, &alive);
                         None
                     }
                     Record::Exec(exec) => {
-                        if own {
-                            if let SelfTest::Pending { pid, .. } = self_test {
-                                self_test = SelfTest::Done { pid: Some(pid) };
-                            }
-                        }
                         let info = if want_create {
-                            exec_info(&exec)
+                            exec_info(&exec, proc_pids)
                         } else {
                             ProcessInfo {
                                 executable: exec.executable.clone(),
@@ -151,7 +182,7 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
                         exit_code,
                         ktime_ns,
                     } => {
-                        if own && matches!(self_test, SelfTest::Done { .. }) {
+                        if own {
                             // Its pid may be reused by another process from now on.
                             self_test = SelfTest::Done { pid: None };
                         }
@@ -170,6 +201,14 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
             hand_over(sink, &mut batch);
         }
         hand_over(sink, &mut batch);
+        if foreign_pids && proc_pids {
+            warn!(
+                "eBPF process source: the agent runs in a pid namespace of its own; \
+                 events carry the kernel's (host) pids, /proc is not used for them"
+            );
+            proc_pids = false;
+            tracker = ProcessTracker::new(MAX_TRACKED);
+        }
         match probes.dropped() {
             Ok(dropped) if dropped > dropped_before => {
                 sink.count_losses(dropped - dropped_before);
@@ -182,7 +221,7 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
             Ok(_) => {}
             Err(e) => debug!("eBPF drop counter unreadable: {e}"),
         }
-        if let SelfTest::Pending { pid, deadline } = self_test {
+        if let SelfTest::Pending { pid, deadline, .. } = self_test {
             if Instant::now() >= deadline {
                 return Err(EbpfStopped::SelfTestFailed { pid });
             }
@@ -221,7 +260,7 @@ mod tests {
             argv: b"sudo\0id\0".to_vec(),
             ..ebpf::ExecRecord::default()
         };
-        let info = exec_info(&record);
+        let info = exec_info(&record, true);
         assert_eq!(info.executable.as_deref(), Some("/usr/bin/sudo"));
         assert_eq!(info.command_line.as_deref(), Some("sudo id"));
         assert_eq!((info.uid, info.euid, info.ppid), (Some(1000), Some(0), Some(9)));
@@ -230,7 +269,7 @@ mod tests {
             argv: vec![b'a'; ebpf::ARGV_READ],
             ..record.clone()
         };
-        let info = exec_info(&long);
+        let info = exec_info(&long, true);
         assert!(info.command_line_truncated);
         assert_eq!(info.command_line.unwrap().len(), MAX_CMDLINE);
         let exact = ebpf::ExecRecord {
@@ -238,13 +277,13 @@ mod tests {
             ..record.clone()
         };
         assert!(
-            !exec_info(&exact).command_line_truncated,
+            !exec_info(&exact, true).command_line_truncated,
             "8192 bytes and the NUL fit"
         );
         let empty = ebpf::ExecRecord {
             argv: Vec::new(),
             ..record
         };
-        assert_eq!(exec_info(&empty).command_line, None);
+        assert_eq!(exec_info(&empty, true).command_line, None);
     }
 }
