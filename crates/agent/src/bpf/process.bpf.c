@@ -12,7 +12,7 @@
  *
  * Raw tracepoints need neither tracefs nor perf_event_open, and attach on kernels without
  * BTF-typed tracepoints; CO-RE relocations adapt the field offsets to the running kernel.
- * Records go to one ring buffer; a record that does not fit is counted in `drops` (per CPU), so
+ * Records go to one ring buffer; a record that does not fit is counted in `counts` (per CPU), so
  * user space knows exactly how many were lost. Consumers are woken only once WAKE_BYTES wait:
  * user space also drains on a timer, so a quiet system costs no wake-up per event.
  *
@@ -73,13 +73,16 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
-/* Records that found the ring buffer full, per CPU. */
+/* Per CPU: [COUNT_OFFERED] records offered to the ring buffer, [COUNT_DROPPED] those that found
+ * it full. So user space can tell offered = delivered + dropped, exactly. */
+#define COUNT_OFFERED 0
+#define COUNT_DROPPED 1
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
-} drops SEC(".maps");
+} counts SEC(".maps");
 
 /* Each CPU's exec record is built here: too large for the 512-byte BPF stack. */
 struct {
@@ -95,14 +98,18 @@ static __u64 wake_flag(void)
 									 : BPF_RB_NO_WAKEUP;
 }
 
+static void count(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&counts, &which);
+	if (n)
+		*n += 1;
+}
+
 static void output(void *record, __u64 size)
 {
-	if (bpf_ringbuf_output(&events, record, size, wake_flag()) != 0) {
-		__u32 zero = 0;
-		__u64 *n = bpf_map_lookup_elem(&drops, &zero);
-		if (n)
-			*n += 1;
-	}
+	count(COUNT_OFFERED);
+	if (bpf_ringbuf_output(&events, record, size, wake_flag()) != 0)
+		count(COUNT_DROPPED);
 }
 
 static __u32 tgid_of(struct task_struct *task)

@@ -30,6 +30,13 @@ const PROGRAMS: [(&str, &str); 3] = [
     ("process_exec", "sched_process_exec"),
 ];
 
+/// The ring buffer's size: about a second of records at 2,000 execs/s (exec, fork and exit),
+/// mapped whole into the agent (it counts in its RSS).
+pub const RING_BYTES: u32 = 256 * 1024;
+/// Indexes of the `counts` map (`bpf/process.bpf.c`).
+const COUNT_OFFERED: u32 = 0;
+const COUNT_DROPPED: u32 = 1;
+
 /// Argument bytes the kernel program copies: one more than the command-line cap
 /// (`procinfo::MAX_CMDLINE`), so that a cut is seen exactly as a `/proc` read sees it.
 pub const ARGV_READ: usize = 8193;
@@ -84,7 +91,16 @@ pub struct ProcessProbes {
     /// Owns the programs and their links; dropped last.
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
-    drops: PerCpuArray<MapData, u64>,
+    counts: PerCpuArray<MapData, u64>,
+}
+
+/// The kernel programs' record counts since loading, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records the programs offered to the ring buffer.
+    pub offered: u64,
+    /// Of those, the ones that found it full (lost).
+    pub dropped: u64,
 }
 
 impl std::fmt::Debug for ProcessProbes {
@@ -94,15 +110,22 @@ impl std::fmt::Debug for ProcessProbes {
 }
 
 impl ProcessProbes {
-    /// Loads the object, attaches its programs and maps its ring buffer. The kernel's BTF is
-    /// read for the relocations and freed before this returns.
+    /// Loads the object, attaches its programs and maps its ring buffer ([`RING_BYTES`]). The
+    /// kernel's BTF is read for the relocations and freed before this returns.
     pub fn load() -> Result<ProcessProbes, LoadError> {
+        Self::load_with_ring(RING_BYTES)
+    }
+
+    /// As [`ProcessProbes::load`] with a ring buffer of `ring_bytes` (a power of two, at least
+    /// a page): tests force overflows with a small one.
+    pub fn load_with_ring(ring_bytes: u32) -> Result<ProcessProbes, LoadError> {
         if !Path::new(KERNEL_BTF).exists() {
             return Err(LoadError::NoBtf);
         }
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            .map_max_entries("events", ring_bytes)
             .load(PROCESS_OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
         drop(btf);
@@ -126,15 +149,15 @@ impl ProcessProbes {
             .take_map("events")
             .and_then(|m| RingBuf::try_from(m).ok())
             .ok_or(LoadError::Map("events"))?;
-        let drops = ebpf
-            .take_map("drops")
+        let counts = ebpf
+            .take_map("counts")
             .and_then(|m| PerCpuArray::try_from(m).ok())
-            .ok_or(LoadError::Map("drops"))?;
+            .ok_or(LoadError::Map("counts"))?;
         release_free_heap();
         Ok(ProcessProbes {
             _ebpf: ebpf,
             ring,
-            drops,
+            counts,
         })
     }
 
@@ -157,14 +180,19 @@ impl ProcessProbes {
         n
     }
 
-    /// Records the kernel programs could not put in the ring buffer since loading (it was
-    /// full), summed over CPUs.
-    pub fn dropped(&self) -> io::Result<u64> {
-        let values = self
-            .drops
-            .get(&0, 0)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(values.iter().fold(0u64, |sum, v| sum.saturating_add(*v)))
+    /// What the kernel programs offered and dropped since loading.
+    pub fn counts(&self) -> io::Result<RecordCounts> {
+        let sum = |index: u32| -> io::Result<u64> {
+            let values = self
+                .counts
+                .get(&index, 0)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            Ok(values.iter().fold(0u64, |sum, v| sum.saturating_add(*v)))
+        };
+        Ok(RecordCounts {
+            offered: sum(COUNT_OFFERED)?,
+            dropped: sum(COUNT_DROPPED)?,
+        })
     }
 }
 

@@ -209,7 +209,7 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
             proc_pids = false;
             tracker = ProcessTracker::new(MAX_TRACKED);
         }
-        match probes.dropped() {
+        match probes.counts().map(|c| c.dropped) {
             Ok(dropped) if dropped > dropped_before => {
                 sink.count_losses(dropped - dropped_before);
                 warn!(

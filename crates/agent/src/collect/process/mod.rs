@@ -321,12 +321,21 @@ enum Plan {
     Connector,
 }
 
+/// A hidden setting for tests: the eBPF ring buffer's size in bytes (a power of two, at least
+/// 4096), so that a test can make it overflow. Anything else is ignored.
+pub const RING_BYTES_VARIABLE: &str = "TWINGUARD_EBPF_RING_BYTES";
+
 /// Which source this machine allows now: the eBPF programs (loaded and attached) or why not.
 pub fn choose_source() -> Result<ProcessProbes, String> {
     if fallback_forced() {
         return Err(format!("eBPF not tried: {SOURCES_VARIABLE}=fallback"));
     }
-    ProcessProbes::load().map_err(|e| format!("eBPF unavailable: {}", e.chain()))
+    let ring = std::env::var(RING_BYTES_VARIABLE)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| n.is_power_of_two() && *n >= 4096)
+        .unwrap_or(crate::sys::ebpf::RING_BYTES);
+    ProcessProbes::load_with_ring(ring).map_err(|e| format!("eBPF unavailable: {}", e.chain()))
 }
 
 /// The ProcessCreate / ProcessTerminate stream collector.
