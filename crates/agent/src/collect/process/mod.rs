@@ -29,10 +29,9 @@ use tracing::{debug, warn};
 use crate::config::CollectorStatus;
 use crate::event::{Event, EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
 use crate::sys::cnproc::{self, LossCounter, ProcConnector, ProcEvent, ProcMessage};
+use crate::sys::ebpf::ProcessProbes;
 use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procinfo::{self, ProcDir, ProcessInfo};
-
-use crate::sys::ebpf::ProcessProbes;
 
 use super::user_names::UserNames;
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
