@@ -630,8 +630,7 @@ fn auditd_run(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> 
 
 fn main() {
     // `cargo bench` passes `--bench`; anything else (a filter) is ignored.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if twinguard_os::euid() != 0 {
         println!(
             "capture: skipped: needs root (the process connector needs CAP_NET_ADMIN; auditd needs root)"
         );

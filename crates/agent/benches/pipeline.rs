@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime};
 
-use twinguard::event::{Event, EventName, MessageFrame, Priority, ProcessCreate};
 use twinguard::pipeline::cache::Cache;
+use twinguard_core::event::{Event, EventName, MessageFrame, Priority, ProcessCreate};
 use uuid::Uuid;
 
 fn sample_event(n: u64) -> Event {
@@ -22,7 +22,7 @@ fn sample_event(n: u64) -> Event {
         command_line: format!("python3 /opt/app/worker.py --id {n}"),
         extra_details: Default::default(),
     };
-    Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()).unwrap()
+    twinguard::stamp::new_event(EventName::ProcessCreate, vec![item.into()], SystemTime::now()).unwrap()
 }
 
 /// Queue + batch + serialize in memory: events are serialized, queued by priority, and packed

@@ -23,11 +23,11 @@ use std::collections::{HashMap, HashSet};
 use twinguard::collect::listening_ports::{listening_items, ListeningPortsCollector};
 use twinguard::collect::os_baseline::OsBaselineCollector;
 use twinguard::collect::{snapshot_collector, SnapshotCollector};
-use twinguard::event::EventName;
 use twinguard::sys::fs::Root;
 use twinguard::sys::procfd;
 use twinguard::sys::procnet::{self, Table};
-use twinguard::sys::sockdiag::DiagSocket;
+use twinguard::sys::sockdiag::SockDiag;
+use twinguard_core::event::EventName;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -111,10 +111,10 @@ fn bench_listening_ports(sockets: usize, rounds: usize) {
     let mut dumped = Vec::new();
     let (dump_med, _) = time_rounds(rounds, || {
         dumped.clear();
-        if let Ok(mut d) = DiagSocket::open() {
+        if let Ok(mut d) = SockDiag::open() {
             for table in Table::ALL {
                 let mut out = Vec::new();
-                let _ = d.dump(table, usize::MAX, &mut out);
+                let _ = d.dump_listening(table, usize::MAX, &mut out);
                 dumped.extend(out.into_iter().map(|s| (table, s)));
             }
         }
@@ -213,8 +213,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let sockets = env_usize("TG_BENCH_SOCKETS", 10_000);
     let rounds = env_usize("TG_BENCH_ROUNDS", 15).max(1);
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if twinguard_os::euid() != 0 {
         println!("note: not root: socket owners of other users' processes are invisible to us and to ss");
     }
     // Other work on the machine skews every figure; say how busy it was.

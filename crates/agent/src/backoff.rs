@@ -1,5 +1,7 @@
-//! The one exponential backoff with jitter: MQTT/IoT Hub reconnects, IoT Hub twin requests and
-//! stream collector restarts wait [`Backoff::delay`] after their `attempt`-th failure in a row.
+//! The one exponential backoff with jitter: MQTT/IoT Hub reconnects, IoT Hub twin requests,
+//! stream collector restarts and the pipeline's delivery retries wait [`Backoff::delay`] (or
+//! [`Backoff::delay_with`] with their own random source) after their `attempt`-th failure in a
+//! row.
 //! The jitter keeps a fleet that lost its broker (or its audit daemon) at the same moment from
 //! coming back in lockstep.
 
@@ -10,8 +12,20 @@ use std::time::Duration;
 pub struct Backoff {
     /// Delay after the first failure (before jitter).
     pub initial: Duration,
-    /// The delay never grows past this.
+    /// The delay never grows past this (before jitter).
     pub max: Duration,
+    /// How the delay is spread around its base.
+    pub jitter: Jitter,
+}
+
+/// How a delay is spread around its base delay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jitter {
+    /// A random point in `[base / 2, base]`: never later than the base (reconnects, restarts).
+    UpperHalf,
+    /// The base plus up to a quarter of it, `[base, base * 5 / 4]` at millisecond steps: never
+    /// sooner than the base (the pipeline's delivery retries).
+    UpToAQuarterMore,
 }
 
 impl Backoff {
@@ -22,13 +36,21 @@ impl Backoff {
     }
 
     /// [`Backoff::delay`] with the random number given (pure, for tests and for callers with
-    /// their own seeded source): the result is in `[base / 2, base]` for the base delay
+    /// their own seeded source), spread by [`Backoff::jitter`] around the base delay
     /// [`Backoff::base`] of `attempt`.
-    pub fn delay_with(&self, attempt: u32, random: u64) -> Duration {
+    pub(crate) fn delay_with(&self, attempt: u32, random: u64) -> Duration {
         let base = self.base(attempt);
-        let half = base / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_millis(random % jitter_ms)
+        match self.jitter {
+            Jitter::UpperHalf => {
+                let half = base / 2;
+                let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+                half + Duration::from_millis(random % jitter_ms)
+            }
+            Jitter::UpToAQuarterMore => {
+                let base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
+                base + Duration::from_millis(random % (base_ms / 4 + 1))
+            }
+        }
     }
 
     /// The delay before jitter: `initial * 2^attempt`, capped at `max` (never overflows).
@@ -49,6 +71,7 @@ mod tests {
     const B: Backoff = Backoff {
         initial: Duration::from_millis(500),
         max: Duration::from_secs(30),
+        jitter: Jitter::UpperHalf,
     };
 
     #[test]
@@ -77,7 +100,27 @@ mod tests {
         let zero = Backoff {
             initial: Duration::ZERO,
             max: Duration::ZERO,
+            jitter: Jitter::UpperHalf,
         };
         assert_eq!(zero.delay_with(3, 7), Duration::ZERO);
+        let zero = Backoff {
+            jitter: Jitter::UpToAQuarterMore,
+            ..zero
+        };
+        assert_eq!(zero.delay_with(3, 7), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_quarter_more_never_comes_sooner_than_the_base() {
+        let b = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: Jitter::UpToAQuarterMore,
+        };
+        assert_eq!(b.delay_with(0, 0), Duration::from_secs(1));
+        assert_eq!(b.delay_with(0, 250), Duration::from_millis(1250));
+        assert_eq!(b.delay_with(0, 251), Duration::from_secs(1));
+        assert_eq!(b.delay_with(1, 499), Duration::from_millis(2499));
+        assert_eq!(b.delay_with(30, 0), Duration::from_secs(60));
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::sys::safefile::{self, expect_regular, fstat, try_lock, Dir, FileError};
+use twinguard_os::safefile::{self, expect_regular, fstat, try_lock, Dir, FileError};
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,14 +93,14 @@ impl DataDir {
     /// The cache's directory `cache` (created 0700): a real directory owned by us, checked
     /// before the cache opens its files by path (which is safe from then on: nobody else may
     /// change the entries of a directory that only we can write).
-    pub fn cache_dir(&self) -> Result<PathBuf, DataDirError> {
+    pub(crate) fn cache_dir(&self) -> Result<PathBuf, DataDirError> {
         let sub = self.dir.sub_dir(crate::pipeline::cache::CACHE_DIR_NAME)?;
         Ok(sub.path().to_owned())
     }
 
     /// The AgentId: created at first start, then read back. A damaged file is replaced (the old
     /// content is kept beside it as `agent-id.damaged`).
-    pub fn agent_id(&self) -> Result<Uuid, DataDirError> {
+    pub(crate) fn agent_id(&self) -> Result<Uuid, DataDirError> {
         if let Some(bytes) = self.dir.read("agent-id", SMALL_FILE_BYTES).or_else(|e| match e {
             FileError::TooLarge { .. } => Ok(Some(Vec::new())),
             e => Err(e),
@@ -121,7 +121,7 @@ impl DataDir {
     /// Records which mode (`local`, `mqtt`, `iothub`) runs on this directory and returns what
     /// it found before: `None` on a new directory, else the mode of the last start. Events
     /// cached in one mode are sent by the next, whatever its mode, so a change is worth a word.
-    pub fn record_mode(&self, mode: &str) -> Result<Option<String>, DataDirError> {
+    pub(crate) fn record_mode(&self, mode: &str) -> Result<Option<String>, DataDirError> {
         let before = self
             .dir
             .read("mode", SMALL_FILE_BYTES)?
@@ -136,7 +136,7 @@ impl DataDir {
 
 /// Reads the AgentId of `dir` without taking the lock (one-shot commands), never following a
 /// link and never blocking on a FIFO.
-pub fn peek_agent_id(dir: &Path) -> Option<Uuid> {
+pub(crate) fn peek_agent_id(dir: &Path) -> Option<Uuid> {
     let bytes = safefile::lstat(&dir.join("agent-id"))
         .ok()
         .flatten()

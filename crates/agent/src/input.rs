@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::config::{read_document, Unreadable, MAX_DOCUMENT_BYTES};
-use crate::sys::safefile::{open_regular, read_limited, FileError};
+use twinguard_core::config::{read_document, Unreadable, MAX_DOCUMENT_BYTES};
+use twinguard_os::safefile::{open_regular, read_limited, FileError};
 
 /// Why a twin document could not be read. The messages do not name the file: callers put its
 /// name in front (`FILE: error: ...`).

@@ -4,10 +4,9 @@
 pub mod app;
 pub mod backoff;
 pub mod collect;
-pub mod config;
 pub mod datadir;
-pub mod event;
 pub mod input;
 pub mod pipeline;
+pub mod stamp;
 pub mod sys;
 pub mod transport;

@@ -8,19 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use twinguard::config::{json_schema, validate_document, Config, Severity, Validation};
 use twinguard::input::{display_name, read_twin};
+use twinguard_core::config::{json_schema, validate_document, Config, Severity, Validation};
 
 use cli::{Cli, CollectArgs, Command, ConfigCommand, RunArgs};
 use twinguard::app::doctor::{examine, DoctorOptions};
 use twinguard::app::{run_iothub, run_mqtt};
 use twinguard::app::{run_local, LocalOptions, RunError, Synthetic, EXIT_CONFIG};
 use twinguard::collect::snapshot_collector;
-use twinguard::event::{Event, EventName, MessageFrame};
-use twinguard::sys::safefile::read_regular;
 use twinguard::transport::local::DEFAULT_OUTBOX_ROTATE_BYTES;
 use twinguard::transport::settings::{ConnectionSettings, Mode};
 use twinguard::transport::settings::{DEFAULT_SETTINGS_FILE, MAX_SETTINGS_BYTES};
+use twinguard_core::event::{EventName, MessageFrame};
+use twinguard_os::safefile::read_regular;
 
 /// Exit code for a usage error or an unreadable document.
 const EXIT_USAGE: u8 = 2;
@@ -379,7 +379,7 @@ fn nearest_event(wanted: &str, known: &[&str]) -> String {
         .collect();
     match by_prefix.as_slice() {
         [one] => format!("; did you mean \"{one}\"?"),
-        _ => twinguard::config::did_you_mean(wanted, known.iter().map(|k| (*k).to_owned())),
+        _ => twinguard_core::config::did_you_mean(wanted, known.iter().map(|k| (*k).to_owned())),
     }
 }
 
@@ -439,7 +439,7 @@ fn collect(args: &CollectArgs) -> ExitCode {
                 continue;
             }
         };
-        let event = match Event::new(name, items, std::time::SystemTime::now()) {
+        let event = match twinguard::stamp::new_event(name, items, std::time::SystemTime::now()) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("twinguard collect: {name}: error: {e}");
@@ -447,7 +447,7 @@ fn collect(args: &CollectArgs) -> ExitCode {
                 continue;
             }
         };
-        let split = event.split_to_fit(max_event);
+        let split = event.split_to_fit(max_event, twinguard::stamp::new_id);
         for item in &split.too_large {
             eprintln!("twinguard collect: {name}: warning: one payload item is larger than a message and was dropped ({} bytes)", serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0));
         }

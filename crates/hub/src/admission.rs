@@ -25,11 +25,11 @@ use tracing::{info, warn};
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// How many CONNECT refusals (bad credentials and the like) are logged one by one per
 /// interval; the rest are counted into the interval's summary line.
-pub const REFUSALS_LOGGED_PER_INTERVAL: u64 = 10;
+pub(crate) const REFUSALS_LOGGED_PER_INTERVAL: u64 = 10;
 
 /// The sizes of the two pools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Authenticated sessions at once (`serve --max-connections`).
     pub sessions: usize,
     /// Connections not yet logged in, at once (`serve --max-pending`).
@@ -122,11 +122,11 @@ struct Counters {
 /// Why a new connection was not admitted: its source already holds its share of pending
 /// connections. (A full pool refuses no one: it evicts, see [`Admission::admit`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refused;
+pub(crate) struct Refused;
 
 /// Both pools and the refusal counters.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     limits: Limits,
     pending: Mutex<Pending>,
     sessions: AtomicUsize,
@@ -166,7 +166,11 @@ impl Admission {
     /// oldest pending connection of the busiest source is ended to make room (the
     /// newcomer's own oldest, if its source is among the busiest). The ticket leaves the pool when
     /// dropped or promoted.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr, socket: &TcpStream) -> Result<PendingTicket, Refused> {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        socket: &TcpStream,
+    ) -> Result<PendingTicket, Refused> {
         let source = Source::of(peer);
         let handle = socket.try_clone().map_err(|_| Refused)?;
         let mut pending = lock(&self.pending);
@@ -211,7 +215,7 @@ impl Admission {
 
     /// Whether a refused CONNECT (bad credentials and the like) may be logged on its own line:
     /// the first [`REFUSALS_LOGGED_PER_INTERVAL`] of each interval are; the rest are counted.
-    pub fn log_connect_refusal(&self) -> bool {
+    pub(crate) fn log_connect_refusal(&self) -> bool {
         let n = self
             .counters
             .connect_refusals_this_interval
@@ -226,7 +230,7 @@ impl Admission {
     }
 
     /// Pending connections now.
-    pub fn pending_count(&self) -> usize {
+    pub(crate) fn pending_count(&self) -> usize {
         lock(&self.pending).entries.len()
     }
 
@@ -273,14 +277,14 @@ pub struct PendingTicket {
 
 impl PendingTicket {
     /// See [`Admission::log_connect_refusal`].
-    pub fn log_connect_refusal(&self) -> bool {
+    pub(crate) fn log_connect_refusal(&self) -> bool {
         self.admission.log_connect_refusal()
     }
 
     /// Leaves the pending pool for a session slot, after the CONNECT was authenticated.
     /// `None` when every session slot is taken (the caller answers CONNACK 3, server
     /// unavailable).
-    pub fn promote(self) -> Option<SessionSlot> {
+    pub(crate) fn promote(self) -> Option<SessionSlot> {
         let a = self.admission.clone();
         drop(self);
         if a.sessions.fetch_add(1, Ordering::SeqCst) >= a.limits.sessions {
@@ -303,7 +307,7 @@ impl Drop for PendingTicket {
 
 /// An authenticated session's slot; freed when dropped.
 #[derive(Debug)]
-pub struct SessionSlot(Arc<Admission>);
+pub(crate) struct SessionSlot(Arc<Admission>);
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {

@@ -37,9 +37,10 @@ use tracing::{info, warn};
 
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
-use crate::identity::{connection_string, generate_key, IdentityId};
+use crate::keys::generate_key;
 use crate::store::{IdentityRecord, MessageQuery, RegistryRecord, StoreError, StoredMessage};
 use crate::twin::{DesiredChange, Twin};
+use twinguard_core::iothub::identity::{connection_string, IdentityId};
 
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
 pub const MAX_LONG_POLLS: usize = 32;
@@ -493,7 +494,7 @@ fn message_json(m: &StoredMessage) -> Value {
     for (name, value) in &msg.properties {
         properties.insert(name.clone(), value.as_deref().map_or(Value::Null, Value::from));
     }
-    let received = twinguard::event::Timestamp::from_parts(msg.received_ms, 0)
+    let received = twinguard_core::event::Timestamp::from_parts(msg.received_ms, 0)
         .map(|t| t.utc_rfc3339())
         .unwrap_or_default();
     let mut out = json!({

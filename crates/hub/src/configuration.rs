@@ -77,7 +77,7 @@ fn content_paths(
                 "content sets members below properties.desired (\"properties.desired.NAME\"), not the whole section",
             ));
         } else if let (None, Value::Object(inner)) = (module, value) {
-            crate::identity::validate_id("module", key)
+            twinguard_core::iothub::identity::validate_id("module", key)
                 .map_err(|e| invalid(format!("moduleContent key {key:?}: {e}")))?;
             out.extend(content_paths(inner, Some(key))?);
         } else {

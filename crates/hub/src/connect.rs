@@ -7,12 +7,12 @@
 use base64::Engine as _;
 use twinguard_mqtt::{decode, Connect, ConnectReturnCode, Decoded, Packet, ProtocolError};
 
-use crate::identity::IdentityId;
-use crate::sas::SasToken;
+use twinguard_core::iothub::identity::IdentityId;
+use twinguard_core::iothub::sas::SasToken;
 
 /// The largest CONNECT (client id, user name, SAS token and a last will): a connection that
 /// has not logged in buffers no more than this.
-pub const MAX_CONNECT_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_CONNECT_BYTES: usize = 32 * 1024;
 
 /// The first packet of a connection from the bytes received so far: a CONNECT of at most
 /// [`MAX_CONNECT_BYTES`] and the bytes it took, `None` while incomplete. Any other packet is
@@ -184,7 +184,7 @@ pub fn check_untrusted_bytes(data: &[u8]) {
 /// `text` with the value of every `sig=` parameter replaced by `(removed)`, for logging what
 /// a client sent where a SAS token may hide (a user name, a client id): a signature is a live
 /// credential until the token expires.
-pub fn redact_signature(text: &str) -> String {
+pub(crate) fn redact_signature(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = find_ignore_case(rest, "sig=") {
@@ -210,7 +210,7 @@ fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sas::sign;
+    use twinguard_core::iothub::sas::sign;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 

@@ -6,20 +6,20 @@
 //! opened with `O_NOFOLLOW`, so a symbolic link planted in the directory is refused, not
 //! followed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
-use twinguard::sys::safefile::{read_limited, write_file_atomically, FileError};
+use twinguard_os::safefile::{open_nofollow, read_limited, write_file_atomically, FileError};
 
 /// The API's bearer token, in the data directory.
-pub const TOKEN_FILE: &str = "api-token";
+pub(crate) const TOKEN_FILE: &str = "api-token";
 
 /// Files holding secrets (keys, the database of keys and its journal files, the API token):
 /// mode 0600 at every start.
-pub const PRIVATE_FILES: [&str; 6] = [
+pub(crate) const PRIVATE_FILES: [&str; 6] = [
     "hub.db",
     "hub.db-wal",
     "hub.db-shm",
@@ -109,7 +109,7 @@ pub fn prepare(dir: &Path) -> Result<(), DataDirError> {
             what: "is not a directory",
         });
     }
-    let me = twinguard::sys::euid();
+    let me = twinguard_os::euid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(DataDirError::Owner {
             path: dir.to_owned(),
@@ -134,7 +134,7 @@ pub fn prepare(dir: &Path) -> Result<(), DataDirError> {
 
 /// Sets every existing private file to 0600, logging each one that was looser; refuses a
 /// symbolic link or a file that is not regular at those names.
-pub fn tighten_private_files(dir: &Path) -> Result<(), DataDirError> {
+pub(crate) fn tighten_private_files(dir: &Path) -> Result<(), DataDirError> {
     for name in PRIVATE_FILES {
         let path = dir.join(name);
         let file = match open_nofollow(&path, OpenOptions::new().read(true)) {
@@ -160,14 +160,6 @@ pub fn tighten_private_files(dir: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
-/// Opens `path` without following a symbolic link at its last component and without
-/// blocking on a FIFO.
-pub fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
-    options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// A clear error for a failed no-follow open: `ELOOP` means a symbolic link.
 pub fn refusal(path: &Path, e: io::Error) -> DataDirError {
     if e.raw_os_error() == Some(libc::ELOOP) {
@@ -182,7 +174,7 @@ pub fn refusal(path: &Path, e: io::Error) -> DataDirError {
 
 /// Reads a small private file (at most `max` bytes; a larger one is refused, not cut):
 /// regular, not a link, read through the one bounded reader (`safefile::read_limited`).
-pub fn read_private(path: &Path, max: usize) -> Result<String, DataDirError> {
+pub(crate) fn read_private(path: &Path, max: usize) -> Result<String, DataDirError> {
     let file = open_nofollow(path, OpenOptions::new().read(true)).map_err(|e| refusal(path, e))?;
     let meta = file.metadata().map_err(io_error(path))?;
     if !meta.is_file() {
@@ -199,13 +191,13 @@ pub fn read_private(path: &Path, max: usize) -> Result<String, DataDirError> {
 /// Writes `text` to `path` (mode 0600) through a new temporary file beside it, renamed over
 /// the old one: never through a planted link, never half-written, durable once it returns
 /// (the one atomic write, `sys::safefile::write_file_atomically`).
-pub fn write_private(path: &Path, text: &str) -> Result<(), DataDirError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), DataDirError> {
     Ok(write_file_atomically(path, text.as_bytes(), 0o600)?)
 }
 
 /// Creates an empty private file (0600) if nothing is at `path`, so a file another program
 /// creates there later (SQLite) starts private.
-pub fn create_private_if_missing(path: &Path) -> Result<(), DataDirError> {
+pub(crate) fn create_private_if_missing(path: &Path) -> Result<(), DataDirError> {
     match open_nofollow(path, OpenOptions::new().write(true).create_new(true).mode(0o600)) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::query::{decoded_pairs, percent_decode};
+use twinguard_core::iothub::query::{decoded_pairs, percent_decode};
 
 /// Largest request or response head (request line / status line and headers).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;

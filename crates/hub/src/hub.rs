@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
-use crate::identity::IdentityId;
 use crate::store::{NewMessage, Store, StoreError, TwinRecord};
 use crate::twin::{DesiredChange, Twin};
+use twinguard_core::iothub::identity::IdentityId;
 
 /// What the hub hands a live connection besides the client's own requests.
 #[derive(Clone, Debug, PartialEq)]

@@ -19,12 +19,12 @@
 //! - `store`: SQLite - identities, twins with versions, messages with properties and flags;
 //!   `store::registry` the service side's: keys, etags, tags, policies, configurations, audit.
 //! - `tls`: local CA and server certificate, generated on first start.
-//! - Pure rules: `connect` (client id, user name, SAS check), `sas` (tokens), `topics`
-//!   (IoT Hub topic names and property bags), `twin` (sections, versions, merge patches,
-//!   limits), `security` (security-message marker and strict parse with the agent's model),
-//!   `identity` (ids, keys, connection strings), `query` (percent-encoding), `policy`
-//!   (shared access policies, service SAS check), `twin_query` (IoT Hub's query language
-//!   subset), `configuration` (automatic configurations: targeting, priority, content).
+//! - Pure rules: `connect` (client id, user name, SAS check), `twin` (sections, versions,
+//!   merge patches, limits), `security` (security-message marker and strict parse with the
+//!   agent's model), `policy` (shared access policies, service SAS check), `twin_query` (IoT
+//!   Hub's query language subset), `configuration` (automatic configurations: targeting,
+//!   priority, content). The IoT Hub rules the agent shares (SAS tokens, topics and property
+//!   bags, identities and connection strings, percent-encoding) are `twinguard_core::iothub`.
 //!
 //! Architecture Invariant: nothing a client sends can panic the hub or make it hold more than
 //! one bounded packet per connection; every thread, queue and wait is bounded.
@@ -36,12 +36,10 @@ pub mod connect;
 pub mod datadir;
 pub mod http;
 pub mod hub;
-pub mod identity;
+pub mod keys;
 pub mod link;
 pub mod policy;
-pub mod query;
 pub mod rollout;
-pub mod sas;
 pub mod security;
 pub mod server;
 pub mod service;
@@ -49,6 +47,5 @@ pub mod session;
 pub mod store;
 pub mod tls;
 pub mod token;
-pub mod topics;
 pub mod twin;
 pub mod twin_query;

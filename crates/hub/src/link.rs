@@ -10,7 +10,7 @@ use rustls::{ServerConfig, ServerConnection};
 
 /// What a receive found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Received {
+pub(crate) enum Received {
     /// This many bytes were placed at the front of the buffer.
     Data(usize),
     /// Nothing arrived within the socket's read timeout.
@@ -56,7 +56,7 @@ impl Link {
     }
 
     /// Receives application bytes into `buf`, waiting at most the socket's read timeout.
-    pub fn receive(&mut self, buf: &mut [u8]) -> io::Result<Received> {
+    pub(crate) fn receive(&mut self, buf: &mut [u8]) -> io::Result<Received> {
         match self {
             Link::Plain(socket) => match socket.read(buf) {
                 Ok(0) => Ok(Received::Closed),

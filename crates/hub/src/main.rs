@@ -14,18 +14,18 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
-use twinguard::sys::safefile::{read_limited, read_regular};
+use twinguard_core::iothub::query::percent_encode;
 use twinguard_hub::http::{call, HttpError};
-use twinguard_hub::query::percent_encode;
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
+use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
     AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, PolicyCommand, ServeArgs,
     TokenCommand, TwinCommand, DEFAULT_API,
 };
 
-/// Largest desired document read from a file or standard input.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Largest desired document read from a file or standard input: the agent's bound.
+use twinguard_core::config::MAX_DOCUMENT_BYTES;
 /// How long a `messages --follow` request waits on the hub before asking again.
 const FOLLOW_WAIT_MS: u64 = 25_000;
 
@@ -312,7 +312,7 @@ fn output_connection_string(identity: &Value, out: Option<&Path>) -> anyhow::Res
             );
         }
     }
-    let mut file = twinguard_hub::datadir::open_nofollow(
+    let mut file = twinguard_os::safefile::open_nofollow(
         path,
         std::fs::OpenOptions::new().write(true).create(true).mode(0o600),
     )
@@ -370,9 +370,9 @@ fn desired_section(doc: Value) -> Value {
     // A bare configuration object (as `twinguard run --twin` takes it) belongs under the
     // configuration key: the agent reads nothing else of the desired section.
     let bare = matches!(&section, Value::Object(m) if !m.is_empty()
-        && m.keys().all(|k| twinguard::config::Property::from_name(k).is_some()));
+        && m.keys().all(|k| twinguard_core::config::Property::from_name(k).is_some()));
     if bare {
-        section = json!({ twinguard::config::CONFIG_KEY: section });
+        section = json!({ twinguard_core::config::CONFIG_KEY: section });
     }
     section
 }

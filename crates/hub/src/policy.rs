@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 
-use crate::sas::{SasError, SasToken};
+use twinguard_core::iothub::sas::{SasError, SasToken};
 
 /// What a request needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub enum AuthError {
 
 /// New keys for a policy: two random 256-bit keys, base64.
 pub fn new_policy_keys() -> Result<(String, String), ring::error::Unspecified> {
-    Ok((crate::identity::generate_key()?, crate::identity::generate_key()?))
+    Ok((crate::keys::generate_key()?, crate::keys::generate_key()?))
 }
 
 /// Checks an `Authorization` value against the stored policies (name, primary, secondary),
@@ -118,7 +118,10 @@ pub fn sign(host: &str, name: &str, key: &str, expiry: u64) -> String {
     let key = base64::engine::general_purpose::STANDARD
         .decode(key)
         .unwrap_or_default();
-    format!("{}&skn={name}", crate::sas::sign(host, &key, expiry))
+    format!(
+        "{}&skn={name}",
+        twinguard_core::iothub::sas::sign(host, &key, expiry)
+    )
 }
 
 #[cfg(test)]
@@ -156,7 +159,7 @@ mod tests {
             authorize(Some(&unknown), &policies(), &hosts, 10),
             Err(AuthError::UnknownPolicy("iothubowner".into()))
         );
-        let device = crate::sas::sign("localhost/devices/d", &[1, 2], 1000);
+        let device = twinguard_core::iothub::sas::sign("localhost/devices/d", &[1, 2], 1000);
         assert_eq!(
             authorize(Some(&device), &policies(), &hosts, 10),
             Err(AuthError::DeviceToken)

@@ -9,10 +9,10 @@ use tracing::{info, warn};
 
 use crate::configuration::{winner, Configuration};
 use crate::hub::Hub;
-use crate::identity::IdentityId;
 use crate::store::{StoreError, TwinRecord};
 use crate::twin::DesiredChange;
 use crate::twin_query::Source;
+use twinguard_core::iothub::identity::IdentityId;
 
 /// The stored configurations, checked (a stored one that no longer checks is skipped).
 pub fn configurations(hub: &Hub) -> Result<Vec<Configuration>, StoreError> {

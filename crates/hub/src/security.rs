@@ -1,18 +1,18 @@
 //! Security messages: a device-to-cloud message is one when its property bag says
 //! `$.ifid=urn:azureiot:Security:SecurityAgent:1` (what the official SDKs'
 //! `set_as_security_message()` and the agent send), and it is *valid* when its body parses
-//! strictly as the security-message model shared with the agent (`twinguard::event`): exactly
+//! strictly as the security-message model shared with the agent (`twinguard_core::event`): exactly
 //! `AgentVersion`, `AgentId` (a GUID), `MessageSchemaVersion` "1.0" and a non-empty `Events`
 //! array of events that `Event::from_json` accepts. Pure.
 
 use serde_json::Value;
-use twinguard::event::{Event, MESSAGE_SCHEMA_VERSION};
+use twinguard_core::event::{Event, MESSAGE_SCHEMA_VERSION};
 
 /// The interface id that marks a security message.
-pub const SECURITY_INTERFACE_ID: &str = "urn:azureiot:Security:SecurityAgent:1";
+pub(crate) const SECURITY_INTERFACE_ID: &str = "urn:azureiot:Security:SecurityAgent:1";
 
 /// Whether a decoded property bag marks a security message.
-pub fn is_security_message(properties: &[(String, Option<String>)]) -> bool {
+pub(crate) fn is_security_message(properties: &[(String, Option<String>)]) -> bool {
     properties
         .iter()
         .any(|(name, value)| name == "$.ifid" && value.as_deref() == Some(SECURITY_INTERFACE_ID))
@@ -20,7 +20,7 @@ pub fn is_security_message(properties: &[(String, Option<String>)]) -> bool {
 
 /// Checks a body against the security-message model; `Err` says the first problem found.
 /// Returns the number of events.
-pub fn check_security_message(body: &[u8]) -> Result<usize, String> {
+pub(crate) fn check_security_message(body: &[u8]) -> Result<usize, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(members) = value else {
         return Err("not a JSON object".into());
@@ -74,11 +74,15 @@ fn is_guid(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
-    use twinguard::event::EventName;
+    use twinguard_core::event::{Timestamp, Uuid};
 
     fn event_json() -> String {
-        let event = Event::new(EventName::ListeningPorts, Vec::new(), SystemTime::now()).expect("event");
+        let event = Event::from_items(
+            Uuid::from_u128(0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e),
+            Vec::<twinguard_core::event::ListeningPorts>::new(),
+            Timestamp::from_parts(1_795_893_660_123, 0).expect("time"),
+        )
+        .expect("event");
         String::from_utf8(event.to_json()).expect("utf-8")
     }
 

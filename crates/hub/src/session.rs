@@ -26,32 +26,32 @@ use crate::connect::{
     authenticate_identity, claimed_identity, first_connect, redact_signature, FirstPacketError,
 };
 use crate::hub::{now_ms, Hub, Live, Outbound, OUTBOX_CAPACITY};
-use crate::identity::IdentityId;
 use crate::link::{Link, Received};
 use crate::security::{check_security_message, is_security_message};
 use crate::store::NewMessage;
-use crate::topics::{self, Inbound};
+use twinguard_core::iothub::identity::IdentityId;
+use twinguard_core::iothub::topics::{self, Inbound};
 
 /// How often a connection thread wakes up when the client is silent.
-pub const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// Time for the TLS handshake and the CONNECT packet, from the TCP accept. Short, because a
 /// connection holds a slot of the pending pool until then.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read at once before the login (small, as a flood may hold many such connections).
 const CONNECT_CHUNK: usize = 4 * 1024;
 /// Time a blocked write may take before the client is considered gone.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// IoT Hub's largest device-to-cloud message (payload bytes).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// IoT Hub's largest device-to-cloud message (payload bytes), the agent's bound too.
+pub use twinguard_core::iothub::MAX_MESSAGE_BYTES;
 /// The largest packet read: a maximal message plus the longest topic and the headers. Larger
 /// packets close the connection as soon as their header is read.
-pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 2 + 65_535 + 2 + 5;
+pub(crate) const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 2 + 65_535 + 2 + 5;
 /// IoT Hub's subscription limit per connection.
-pub const MAX_SUBSCRIPTIONS: usize = 5;
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 5;
 /// Token lifetimes beyond this (ten years) are treated as this.
 const MAX_TOKEN_SECS: u64 = 10 * 365 * 24 * 3600;
 /// IoT Hub's largest keep-alive; larger values (and 0, "no keep-alive") are treated as this.
-pub const MAX_KEEP_ALIVE_SECS: u64 = 1767;
+pub(crate) const MAX_KEEP_ALIVE_SECS: u64 = 1767;
 
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

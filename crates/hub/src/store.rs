@@ -23,8 +23,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{Map, Value};
 
-use crate::identity::IdentityId;
 use crate::twin::{DesiredChange, Twin, TwinError};
+use twinguard_core::iothub::identity::IdentityId;
 
 const SCHEMA_VERSION: i64 = 2;
 
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// Merges a reported patch; returns the new reported `$version`.
-    pub fn patch_reported(&mut self, id: &IdentityId, patch: &Value) -> Result<i64, StoreError> {
+    pub(crate) fn patch_reported(&mut self, id: &IdentityId, patch: &Value) -> Result<i64, StoreError> {
         let tx = self.conn.transaction()?;
         let mut twin = read_twin(&tx, id)?.ok_or_else(|| StoreError::NoSuchIdentity(id.to_string()))?;
         let version = twin.patch_reported(patch)?;
@@ -314,7 +314,7 @@ impl Store {
 
     /// Stores a message (deleting the oldest beyond the retention bound); returns its
     /// sequence number.
-    pub fn insert_message(&mut self, m: &NewMessage) -> Result<i64, StoreError> {
+    pub(crate) fn insert_message(&mut self, m: &NewMessage) -> Result<i64, StoreError> {
         let properties = Value::Array(
             m.properties
                 .iter()
@@ -414,7 +414,7 @@ impl Store {
     }
 
     /// The newest message's sequence number (0 when there is none).
-    pub fn last_message_seq(&self) -> Result<i64, StoreError> {
+    pub(crate) fn last_message_seq(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0))?)

@@ -18,17 +18,17 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use twinguard::sys::safefile::{write_file_atomically, FileError};
+use twinguard_os::safefile::{write_file_atomically, FileError};
 
 /// The CA certificate file clients are given.
-pub const CA_FILE: &str = "ca.pem";
+pub(crate) const CA_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
 const SERVER_FILE: &str = "server.pem";
 const SERVER_KEY_FILE: &str = "server-key.pem";
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// Reading or writing a file.
     #[error("{path}: {source}")]
     Io {
@@ -110,7 +110,7 @@ fn read_text(path: &Path) -> Result<String, TlsError> {
 
 /// Makes sure the CA and server certificate exist in `dir`, generating what is missing.
 /// Returns the path of the CA certificate.
-pub fn ensure_certificates(dir: &Path, host: &str) -> Result<PathBuf, TlsError> {
+pub(crate) fn ensure_certificates(dir: &Path, host: &str) -> Result<PathBuf, TlsError> {
     let ca_path = dir.join(CA_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
     let server_path = dir.join(SERVER_FILE);
@@ -142,7 +142,7 @@ pub fn ensure_certificates(dir: &Path, host: &str) -> Result<PathBuf, TlsError> 
 
 /// The rustls server configuration from the stored server certificate and key: TLS 1.2 and
 /// 1.3 (IoT Hub requires 1.2; the Python SDK asks for exactly 1.2), no client certificates.
-pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let server_path = dir.join(SERVER_FILE);
     let key_path = dir.join(SERVER_KEY_FILE);
     let pem_error = |path: &Path, e: rustls::pki_types::pem::Error| TlsError::Pem {

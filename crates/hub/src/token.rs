@@ -32,7 +32,7 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 /// A new random token.
-pub fn generate() -> Result<String, TokenError> {
+pub(crate) fn generate() -> Result<String, TokenError> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| TokenError::Random)?;
@@ -65,7 +65,7 @@ pub fn rotate(dir: &Path) -> Result<String, TokenError> {
 }
 
 /// The hub's token at start: the existing one, else a new one (first start).
-pub fn load_or_create(dir: &Path) -> Result<String, TokenError> {
+pub(crate) fn load_or_create(dir: &Path) -> Result<String, TokenError> {
     match read(dir) {
         Ok(token) => Ok(token),
         Err(TokenError::File(DataDirError::Io { source, .. }))

@@ -3,7 +3,7 @@
 //! by IoT Hub's limits (key syntax, nesting depth, 32 KB per section). Pure.
 
 use serde_json::{Map, Value};
-use twinguard::config::merge_patch;
+use twinguard_core::config::merge_patch;
 
 /// Largest section (desired or reported), counted as its compact JSON without `$version`.
 pub const MAX_SECTION_BYTES: usize = 32 * 1024;

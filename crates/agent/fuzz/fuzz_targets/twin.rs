@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    twinguard::config::check_untrusted_bytes(data);
+    twinguard_core::config::check_untrusted_bytes(data);
 });

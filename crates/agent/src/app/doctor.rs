@@ -23,11 +23,11 @@ pub use sources::{parse_cap_eff, Cap, Capabilities, SourceCheck, SourceState, CA
 pub use storage::{human_bytes, DataDirCheck};
 
 use crate::collect::user_names::UserNames;
-use crate::config::{validate_config_object, validate_document, Config, Severity, Validation};
-use crate::event::Priority;
 use crate::input::read_twin;
 use crate::transport::settings::{ConnectionSettings, Mode, DEFAULT_SETTINGS_FILE};
 use crate::transport::DesiredUpdate;
+use twinguard_core::config::{validate_document, Config, Severity, Validation};
+use twinguard_core::event::Priority;
 
 /// What `twinguard doctor` examines.
 #[derive(Clone, Debug, Default)]
@@ -125,7 +125,7 @@ impl Report {
 }
 
 fn current_user() -> String {
-    let uid = crate::sys::euid();
+    let uid = twinguard_os::euid();
     let name = UserNames::default()
         .name(uid)
         .unwrap_or_else(|| "an unnamed user".into());
@@ -208,26 +208,21 @@ fn remote_config(
             );
             Config::default()
         }
-        Some(DesiredUpdate::Cleared) => {
-            lines.push("desired configuration: none: the defaults are in force".into());
-            judge_validation(
-                validate_config_object(None, ""),
-                "desired",
-                consequence,
-                lines,
-                problems,
-            )
-            .unwrap_or_default()
-        }
-        Some(DesiredUpdate::Document { doc, .. }) => {
-            judge_validation(validate_document(doc), "desired", consequence, lines, problems)
-                .unwrap_or_default()
-        }
-        Some(DesiredUpdate::Unreadable(why)) => {
-            problems.push(format!(
-                "configuration: the desired document cannot be read ({why}): {consequence}"
-            ));
-            Config::default()
+        Some(update) => {
+            if *update == DesiredUpdate::Cleared {
+                lines.push("desired configuration: none: the defaults are in force".into());
+            }
+            match update.validate() {
+                Ok(validation) => {
+                    judge_validation(validation, "desired", consequence, lines, problems).unwrap_or_default()
+                }
+                Err(why) => {
+                    problems.push(format!(
+                        "configuration: the desired document cannot be read ({why}): {consequence}"
+                    ));
+                    Config::default()
+                }
+            }
         }
     }
 }

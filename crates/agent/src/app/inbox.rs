@@ -6,8 +6,8 @@
 use std::time::SystemTime;
 
 use crate::collect::{CollectError, EventBatch};
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName, PayloadItem};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{Event, EventName, PayloadItem};
 
 /// What reaches the run loop.
 #[derive(Debug)]

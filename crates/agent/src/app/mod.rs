@@ -20,7 +20,7 @@ pub fn default_data_dir() -> Result<PathBuf, NoDataDir> {
             let text = p.to_string_lossy();
             PathBuf::from(text.split(':').next().unwrap_or_default())
         }),
-        crate::sys::euid() == 0,
+        twinguard_os::euid() == 0,
         env("XDG_STATE_HOME"),
         env("HOME"),
     )
@@ -70,7 +70,7 @@ pub fn agent_id_for_display() -> Uuid {
 
 pub mod doctor;
 mod inbox;
-pub mod notify;
+pub(crate) mod notify;
 mod remote;
 mod run;
 mod signals;

@@ -16,26 +16,26 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 /// The environment variable naming the notification socket.
-pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
+pub(crate) const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 /// The environment variable holding the watchdog timeout in microseconds.
-pub const WATCHDOG_USEC_ENV: &str = "WATCHDOG_USEC";
+pub(crate) const WATCHDOG_USEC_ENV: &str = "WATCHDOG_USEC";
 /// The environment variable naming the process the watchdog is meant for.
-pub const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
+pub(crate) const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
 
 /// Tells the service manager the agent is up (data directory locked, cache open, transport
 /// started, first reported properties written).
-pub fn notify_ready() {
+pub(crate) fn notify_ready() {
     send_logged("READY=1");
 }
 
 /// Tells the service manager the agent is alive; call at least every
 /// [`watchdog_interval`] while the run loop turns.
-pub fn notify_watchdog() {
+pub(crate) fn notify_watchdog() {
     send_logged("WATCHDOG=1");
 }
 
 /// Tells the service manager the agent is stopping (a clean stop after SIGTERM/SIGINT).
-pub fn notify_stopping() {
+pub(crate) fn notify_stopping() {
     send_logged("STOPPING=1");
 }
 
@@ -43,7 +43,7 @@ pub fn notify_stopping() {
 /// `$WATCHDOG_USEC`, as systemd's documentation advises), or `None` when no watchdog is
 /// configured for this process (no `$NOTIFY_SOCKET`, no or an invalid `$WATCHDOG_USEC`, or
 /// `$WATCHDOG_PID` names another process).
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     std::env::var_os(NOTIFY_SOCKET_ENV)?;
     let usec = std::env::var(WATCHDOG_USEC_ENV).ok();
     let pid = std::env::var(WATCHDOG_PID_ENV).ok();
@@ -79,7 +79,7 @@ pub fn send(state: &str) -> io::Result<bool> {
 
 /// Sends `state` as one datagram to the socket `target` (a path, or `@name` for the abstract
 /// namespace).
-pub fn send_to(target: &str, state: &str) -> io::Result<()> {
+pub(crate) fn send_to(target: &str, state: &str) -> io::Result<()> {
     let addr = socket_addr(target)?;
     let sock = UnixDatagram::unbound()?;
     let sent = sock.send_to_addr(state.as_bytes(), &addr)?;

@@ -20,11 +20,11 @@ use tracing::{info, warn};
 
 use super::run::{run_agent, RunError, Synthetic};
 use super::signals::block_termination_signals;
-use crate::config::{validate_config_object, validate_document, Config, Problem};
 use crate::datadir::DataDir;
 use crate::transport::iothub::{IotHubOptions, IotHubTransport};
 use crate::transport::mqtt::{MqttOptions, MqttTransport};
 use crate::transport::DesiredUpdate;
+use twinguard_core::config::{Config, Problem};
 
 /// How long start-up waits for the broker or hub before starting with the defaults.
 pub(crate) const STARTUP_WAIT: Duration = Duration::from_secs(5);
@@ -39,24 +39,23 @@ fn initial_config(update: Option<&DesiredUpdate>) -> (Option<(Config, Vec<Proble
             );
             (Some((Config::default(), Vec::new())), false)
         }
-        Some(DesiredUpdate::Cleared) => {
-            info!("no desired configuration: the defaults apply");
-            let v = validate_config_object(None, "");
-            (v.config.map(|c| (c, v.problems)), true)
-        }
-        Some(DesiredUpdate::Document { doc, .. }) => {
-            let v = validate_document(doc);
-            match v.config {
-                Some(config) => (Some((config, v.problems)), true),
-                None => {
-                    warn!("the desired configuration is not valid: staying connected, collecting nothing until a valid one arrives");
+        Some(update) => {
+            if *update == DesiredUpdate::Cleared {
+                info!("no desired configuration: the defaults apply");
+            }
+            match update.validate() {
+                Ok(v) => match v.config {
+                    Some(config) => (Some((config, v.problems)), true),
+                    None => {
+                        warn!("the desired configuration is not valid: staying connected, collecting nothing until a valid one arrives");
+                        (None, false)
+                    }
+                },
+                Err(why) => {
+                    warn!("the desired configuration cannot be read ({why}): staying connected, collecting nothing until a valid one arrives");
                     (None, false)
                 }
             }
-        }
-        Some(DesiredUpdate::Unreadable(why)) => {
-            warn!("the desired configuration cannot be read ({why}): staying connected, collecting nothing until a valid one arrives");
-            (None, false)
         }
     }
 }

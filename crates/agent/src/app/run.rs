@@ -18,31 +18,31 @@ use super::signals::{block_termination_signals, Signals};
 use super::snapshots::SnapshotWorker;
 use super::streams::Streams;
 use crate::collect::{snapshot_collector, stream_collectors};
-use crate::config::{
-    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
-    Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
-};
 use crate::datadir::{DataDir, DataDirError};
-use crate::event::{
-    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, Event, EventName, MessageFrame,
-    PayloadItem, Priority, ProcessCreate,
-};
 use crate::pipeline::aggregate::{Aggregator, MAX_KEYS};
 use crate::pipeline::batch::{Pipeline, MIN_TIMER_MS};
 use crate::pipeline::cache::{Cache, CacheError};
-use crate::sys::safefile::FileError;
 use crate::transport::local::{LocalTransport, TwinChange, TwinFile, DEFAULT_OUTBOX_KEEP};
 use crate::transport::{DesiredUpdate, Transport, TransportError};
+use twinguard_core::config::{
+    read_document, reported_section, validate_document, CollectorStatus, Config, ConfigurationStatus,
+    Problem, ProblemKind, Property, Severity, TwinguardStatus, Validation,
+};
+use twinguard_core::event::{
+    ConfigurationError, ConfigurationErrorType, DiagnosticSeverity, EventName, MessageFrame, PayloadItem,
+    Priority, ProcessCreate,
+};
+use twinguard_os::safefile::FileError;
 
 /// Exit code for an invalid or unreadable configuration at start (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 /// Capacity of the input channel. When it is full, stream collectors count a loss (they never
 /// block the kernel side); the snapshot worker and the signal thread wait for room.
-pub const INPUT_CAPACITY: usize = 4096;
+pub(crate) const INPUT_CAPACITY: usize = 4096;
 /// Longest time between two fdatasyncs of the cache: what a power loss may lose at most.
-pub const SYNC_INTERVAL_MS: u64 = 2000;
+pub(crate) const SYNC_INTERVAL_MS: u64 = 2000;
 /// Collector status changes are reported at most this often.
-pub const REPORT_COALESCE_MS: u64 = 5000;
+pub(crate) const REPORT_COALESCE_MS: u64 = 5000;
 /// How often the twin file's metadata is checked.
 const TWIN_POLL_MS: u64 = 100;
 /// A twin file must be stable this long before it is read (editors write in several steps).
@@ -234,7 +234,7 @@ pub fn run_agent(
         Some(Synthetic {
             ack_log: Some(path), ..
         }) => Some(
-            crate::sys::safefile::Dir::open_parent_of(path).and_then(|(dir, name)| {
+            twinguard_os::safefile::Dir::open_parent_of(path).and_then(|(dir, name)| {
                 dir.open(
                     &name,
                     libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK,
@@ -462,7 +462,7 @@ impl Agent {
             } => {
                 let mut status = status;
                 match result {
-                    Ok(items) => match Event::new(name, items, wall) {
+                    Ok(items) => match crate::stamp::new_event(name, items, wall) {
                         Ok(event) => {
                             self.pipeline.submit(event, now);
                         }
@@ -592,15 +592,13 @@ impl Agent {
         let Some(update) = self.transport.poll_desired(now) else {
             return;
         };
-        let (validation, version) = match update {
-            DesiredUpdate::Cleared => {
-                info!("the desired document is gone: back to the defaults");
-                (crate::config::validate_config_object(None, ""), None)
-            }
-            DesiredUpdate::Unreadable(why) => return self.reject_document(why, now),
-            DesiredUpdate::Document { doc, version } => (validate_document(&doc), version),
-        };
-        self.apply(validation, version, now);
+        if update == DesiredUpdate::Cleared {
+            info!("the desired document is gone: back to the defaults");
+        }
+        match update.validate() {
+            Ok(validation) => self.apply(validation, update.version(), now),
+            Err(why) => self.reject_document(why.to_owned(), now),
+        }
     }
 
     fn apply(&mut self, validation: Validation, version: Option<i64>, now: u64) {
@@ -645,7 +643,7 @@ impl Agent {
         self.report();
         let used = Value::Object(self.pipeline.config().to_object()).to_string();
         let item = ConfigurationError::new("", ConfigurationErrorType::TypeMismatch, used, message);
-        if let Ok(event) = Event::new(
+        if let Ok(event) = crate::stamp::new_event(
             EventName::ConfigurationError,
             vec![item.into()],
             SystemTime::now(),
@@ -677,7 +675,7 @@ impl Agent {
         if items.is_empty() {
             return;
         }
-        if let Ok(event) = Event::new(EventName::ConfigurationError, items, SystemTime::now()) {
+        if let Ok(event) = crate::stamp::new_event(EventName::ConfigurationError, items, SystemTime::now()) {
             self.pipeline.submit(event, now);
         }
     }
@@ -723,7 +721,11 @@ fn spawn_synthetic(s: Synthetic, tx: SyncSender<RunInput>) -> std::io::Result<()
                         extra_details: Default::default(),
                     }
                     .with_extra("Synthetic", sent.to_string());
-                    match Event::new(EventName::ProcessCreate, vec![item.into()], SystemTime::now()) {
+                    match crate::stamp::new_event(
+                        EventName::ProcessCreate,
+                        vec![item.into()],
+                        SystemTime::now(),
+                    ) {
                         Ok(event) => {
                             if tx.send(RunInput::Synthetic(event)).is_err() {
                                 return;

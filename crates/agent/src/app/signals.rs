@@ -17,11 +17,11 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::inbox::RunInput;
-use crate::sys::signals::{block_termination, TerminationSignals};
+use twinguard_os::signals::{block_termination, TerminationSignals};
 
 /// How long the run loop has to stop cleanly after SIGINT/SIGTERM before the signal thread
 /// ends the process: below the 2 s the SPEC promises, with room for the exit itself.
-pub const STOP_GRACE: Duration = Duration::from_millis(1500);
+pub(crate) const STOP_GRACE: Duration = Duration::from_millis(1500);
 
 /// The blocked termination signals and the thread waiting for them.
 #[derive(Clone, Debug)]

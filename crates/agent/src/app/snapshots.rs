@@ -7,12 +7,12 @@ use std::time::SystemTime;
 
 use super::inbox::RunInput;
 use crate::collect::{snapshot_collector, SnapshotCollector};
-use crate::event::EventName;
+use twinguard_core::event::EventName;
 
 /// Asks the worker for snapshots; at most one request waits (a request while one is queued
 /// is merged away: the next run takes a fresh snapshot anyway).
 #[derive(Debug)]
-pub struct SnapshotWorker {
+pub(crate) struct SnapshotWorker {
     tx: SyncSender<Vec<EventName>>,
 }
 
@@ -27,7 +27,7 @@ impl SnapshotWorker {
     }
 
     /// Requests snapshots of `names`; returns false when a request is already waiting.
-    pub fn request(&self, names: Vec<EventName>) -> bool {
+    pub(crate) fn request(&self, names: Vec<EventName>) -> bool {
         match self.tx.try_send(names) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
@@ -67,15 +67,15 @@ impl SnapshotCollector for Missing {
         self.0
     }
 
-    fn collect(&mut self) -> Result<Vec<crate::event::PayloadItem>, crate::collect::CollectError> {
+    fn collect(&mut self) -> Result<Vec<twinguard_core::event::PayloadItem>, crate::collect::CollectError> {
         Err(crate::collect::CollectError::Unavailable {
             source_name: self.0.to_string(),
             why: "no collector in this build".into(),
         })
     }
 
-    fn status(&self) -> crate::config::CollectorStatus {
-        crate::config::CollectorStatus {
+    fn status(&self) -> twinguard_core::config::CollectorStatus {
+        twinguard_core::config::CollectorStatus {
             note: Some("no collector in this build".into()),
             ..Default::default()
         }

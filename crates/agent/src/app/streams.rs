@@ -9,16 +9,17 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::inbox::RunInput;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Jitter};
 use crate::collect::{CollectError, EventSink, StopSignal, StreamCollector};
-use crate::config::{CollectorStatus, Config};
-use crate::event::{EventName, Priority};
+use twinguard_core::config::{CollectorStatus, Config};
+use twinguard_core::event::{EventName, Priority};
 
 /// Retry delays after a collector failed: 1 s doubling to 5 min, each jittered down to as
 /// little as half.
 const RETRY: Backoff = Backoff {
     initial: Duration::from_secs(1),
     max: Duration::from_secs(300),
+    jitter: Jitter::UpperHalf,
 };
 
 struct Running {
@@ -37,7 +38,7 @@ struct Slot {
 }
 
 /// All stream collectors.
-pub struct Streams {
+pub(crate) struct Streams {
     slots: Vec<Slot>,
     tx: SyncSender<RunInput>,
 }
@@ -73,7 +74,7 @@ impl Streams {
     }
 
     /// Starts the collectors whose events are wanted and stops the others.
-    pub fn apply(&mut self, config: &Config) {
+    pub(crate) fn apply(&mut self, config: &Config) {
         for slot in &mut self.slots {
             slot.sink.set_wanted(|n| config.priority(n) != Priority::Off);
             let wanted = slot.names.iter().any(|n| config.priority(*n) != Priority::Off);
@@ -94,7 +95,7 @@ impl Streams {
 
     /// Events lost so far by each collector's sink (channel full, kernel overruns), keyed by
     /// the collector's first event name.
-    pub fn losses(&self) -> Vec<(EventName, u64)> {
+    pub(crate) fn losses(&self) -> Vec<(EventName, u64)> {
         self.slots
             .iter()
             .filter_map(|s| Some((*s.names.first()?, s.sink.losses())))
@@ -102,7 +103,7 @@ impl Streams {
     }
 
     /// Stops every collector and waits for them (each checks its stop signal every 250 ms).
-    pub fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         for slot in &mut self.slots {
             if let Some(running) = &slot.running {
                 running.stop.stop();

@@ -31,17 +31,17 @@ use crate::sys::audit::{
     self, AuditSocket, AuditStatus, Rule, NLGRP_READLOG, STATUS_BACKLOG_LIMIT, STATUS_ENABLED, STATUS_PID,
 };
 use crate::sys::netlink::{BatchReceived, Received, RecvBatch};
-use crate::sys::safefile::{self, Dir};
+use twinguard_os::safefile::{self, Dir};
 
 /// The key that tags every rule the agent adds (SPEC §3).
-pub const RULE_KEY: &str = "twinguard";
+pub(crate) const RULE_KEY: &str = "twinguard";
 /// Where the cross-process lock and the saved state live.
 const RUN_DIR: &str = "/run/twinguard";
 const LOCK_NAME: &str = "audit.lock";
 const STATE_NAME: &str = "audit.state";
 const STATE_FILE: &str = "/run/twinguard/audit.state";
 /// The backlog limit we want at least: the kernel's default of 64 overflows in a burst.
-pub const WANT_BACKLOG: u32 = 8192;
+pub(crate) const WANT_BACKLOG: u32 = 8192;
 /// Receive buffer of a member socket.
 const RECV_BUFFER: usize = 8 * 1024 * 1024;
 /// How often a member looks at the roles and rules.
@@ -55,7 +55,7 @@ const RULE_CHECK: Duration = Duration::from_secs(5);
 /// on it), and successful `socket` calls of the IPv4 and IPv6 families - their type and
 /// protocol arguments tell a TCP socket from a UDP one even when the socket is closed before
 /// its connect record is read.
-pub fn connection_rules() -> Vec<Rule> {
+pub(crate) fn connection_rules() -> Vec<Rule> {
     let mut ok = audit::connect_syscalls();
     ok.extend(audit::accept_syscalls());
     ok.extend(audit::listen_syscalls());
@@ -415,7 +415,7 @@ impl AuditMember {
     }
 
     /// Whether the connection rules are in place (ours, or another twinguard's).
-    pub fn rules_in_place(&self) -> bool {
+    pub(crate) fn rules_in_place(&self) -> bool {
         let s = shared();
         match &s.manager {
             Some(m) => m.rules_installed,
@@ -425,12 +425,12 @@ impl AuditMember {
     }
 
     /// The last problem of the session (for the collector's status), if any.
-    pub fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self) -> Option<String> {
         shared().last_error.clone()
     }
 
     /// A short description of the source, for `reported.twinguard`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.role {
             Role::Daemon => "audit netlink (as the audit daemon)".into(),
             Role::Multicast => "audit netlink (read-only multicast group)".into(),
@@ -444,14 +444,14 @@ impl AuditMember {
 
     /// Receives a burst of datagrams with one call (waits at most 200 ms for the first when
     /// `wait`).
-    pub fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+    pub(crate) fn recv_batch(&mut self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
         self.sock.recv_batch(batch, wait)
     }
 
     /// Call often: once a second it takes over roles others left and keeps the rules.
     /// Returns the records the kernel reports lost since the last call (manager only, and
     /// only to the member that needs rules, so they are counted once).
-    pub fn tick(&mut self) -> u64 {
+    pub(crate) fn tick(&mut self) -> u64 {
         if Instant::now() < self.next_tick {
             return 0;
         }
@@ -537,7 +537,7 @@ mod tests {
         std::fs::rename(&state, path.join("real")).unwrap();
         std::os::unix::fs::symlink(path.join("real"), &state).unwrap();
         assert_eq!(read_saved_in(&dir), None);
-        if crate::sys::euid() == 0 {
+        if twinguard_os::euid() == 0 {
             // Another user's file.
             std::fs::remove_file(&state).unwrap();
             std::fs::rename(path.join("real"), &state).unwrap();

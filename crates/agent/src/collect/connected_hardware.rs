@@ -11,11 +11,11 @@
 
 use std::collections::HashSet;
 
-use crate::config::CollectorStatus;
-use crate::event::{ConnectedHardware, EventName, ExtraDetails, PayloadItem};
 use crate::sys::fs::Root;
 use crate::sys::hwids::{self, IdNames};
 use crate::sys::sysfs::{self, BlockDevice, NetDevice, PciDevice, UsbDevice};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{ConnectedHardware, EventName, ExtraDetails, PayloadItem};
 
 use super::{CollectError, SnapshotCollector};
 
@@ -265,7 +265,7 @@ fn net_item(dev: &NetDevice, names: Option<&IdNames>) -> ConnectedHardware {
 
 /// What was found on the buses, before naming.
 #[derive(Clone, Debug, Default)]
-pub struct HardwareInventory {
+pub(crate) struct HardwareInventory {
     /// PCI functions.
     pub pci: Vec<PciDevice>,
     /// USB devices.
@@ -277,7 +277,7 @@ pub struct HardwareInventory {
 }
 
 /// Builds the items of `inv` with names from the databases given (pure).
-pub fn hardware_items(
+pub(crate) fn hardware_items(
     inv: &HardwareInventory,
     pci_names: Option<&IdNames>,
     usb_names: Option<&IdNames>,

@@ -32,8 +32,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info};
 
-use crate::config::CollectorStatus;
-use crate::event::{ConnectionCreate, Direction, Event, EventName, ExtraDetails, Protocol};
 use crate::sys::audit::{
     self, Assembler, AuditEvent, SockAddr, AUDIT_PROCTITLE, AUDIT_SOCKADDR, AUDIT_SYSCALL,
 };
@@ -41,15 +39,17 @@ use crate::sys::fs::Root;
 use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procfd;
 use crate::sys::procinfo::{self, ProcDir};
-use crate::sys::procnet::ProcNetSocket;
+use crate::sys::procnet::{ProcNetSocket, TcpState, TcpStates};
 use crate::sys::sockdiag;
-use crate::sys::tcpdiag::{self, TcpDiag};
+use crate::sys::sockdiag::SockDiag;
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{ConnectionCreate, Direction, EventName, ExtraDetails, Protocol};
 
 use super::audit::{AuditMember, RULE_KEY};
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
 
 /// How often TCP sockets are polled.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// How often audit is tried again while polling is the fallback.
 const AUDIT_RETRY: Duration = Duration::from_secs(60);
 /// Most sockets read in one poll.
@@ -94,7 +94,7 @@ pub struct AuditedConnection {
 
 /// A socket a `socket` call created: which process and descriptor, and whether it is TCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AuditedSocket {
+pub(crate) struct AuditedSocket {
     /// The process.
     pub pid: u32,
     /// The new descriptor.
@@ -105,7 +105,7 @@ pub struct AuditedSocket {
 
 /// What one of our audit events says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Audited {
+pub(crate) enum Audited {
     /// A connect or accept.
     Connection(AuditedConnection),
     /// An IPv4/IPv6 socket was created.
@@ -120,14 +120,14 @@ const PROCTITLE_MAX: usize = 128;
 /// Whether `socket(family, type, protocol)` arguments make a TCP socket: `SOCK_STREAM` (the
 /// low 4 bits of the type; `SOCK_NONBLOCK`/`SOCK_CLOEXEC` are flags above) with protocol 0,
 /// `IPPROTO_TCP` or `IPPROTO_MPTCP`. SCTP stream sockets (`IPPROTO_SCTP`) are not TCP.
-pub fn socket_args_are_tcp(kind: u64, protocol: u64) -> bool {
+pub(crate) fn socket_args_are_tcp(kind: u64, protocol: u64) -> bool {
     const IPPROTO_MPTCP: u64 = 262;
     kind & 0xf == libc::SOCK_STREAM as u64 && matches!(protocol, 0 | 6 | IPPROTO_MPTCP)
 }
 
 /// Reads a reassembled audit event of ours; `None` when the event is not one of ours or not
 /// an INET connection or socket (UNIX, netlink ... sockets).
-pub fn audited(event: &AuditEvent) -> Option<Audited> {
+pub(crate) fn audited(event: &AuditEvent) -> Option<Audited> {
     let sys = event.record(AUDIT_SYSCALL)?;
     let f = audit::fields(&sys.body);
     if audit::get(&f, "key").and_then(audit::untrusted).as_deref() != Some(RULE_KEY) {
@@ -208,7 +208,7 @@ pub fn audited_connection(event: &AuditEvent) -> Option<AuditedConnection> {
 /// (pid, fd) -> TCP or not, the latest call for a descriptor winning. Bounded: past
 /// [`SocketKinds::MAX`] descriptors the oldest are forgotten.
 #[derive(Debug, Default)]
-pub struct SocketKinds {
+pub(crate) struct SocketKinds {
     kinds: HashMap<(u32, u64), (bool, u64)>,
     order: std::collections::VecDeque<((u32, u64), u64)>,
     next: u64,
@@ -240,7 +240,7 @@ impl SocketKinds {
 
     /// Whether `pid`'s descriptor `fd` is TCP, as far as audited calls tell; a descriptor
     /// unknown for `pid` is looked up for its parent (a child inherits its parent's sockets).
-    pub fn is_tcp(&self, pid: u32, ppid: Option<u32>, fd: u64) -> Option<bool> {
+    pub(crate) fn is_tcp(&self, pid: u32, ppid: Option<u32>, fd: u64) -> Option<bool> {
         self.kinds
             .get(&(pid, fd))
             .or_else(|| ppid.and_then(|pp| self.kinds.get(&(pp, fd))))
@@ -249,7 +249,7 @@ impl SocketKinds {
 }
 
 /// Whether a socket protocol name (`system.sockprotoname`) is TCP.
-pub fn is_tcp_name(name: &[u8]) -> bool {
+pub(crate) fn is_tcp_name(name: &[u8]) -> bool {
     matches!(name, b"TCP" | b"TCPv6" | b"MPTCP" | b"MPTCPv6")
 }
 
@@ -265,7 +265,7 @@ fn canonical(ip: IpAddr) -> (IpAddr, bool) {
 }
 
 /// Which way a polled connection goes: In when a listening socket owns its local port.
-pub fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Direction {
+pub(crate) fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Direction {
     let (local, _) = canonical(socket.local_ip);
     let inbound = listening.iter().any(|l| {
         let (ip, _) = canonical(l.local_ip);
@@ -280,7 +280,7 @@ pub fn poll_direction(socket: &ProcNetSocket, listening: &[ProcNetSocket]) -> Di
 
 /// The state of connection polling: which sockets were seen, and which audit reported.
 #[derive(Debug, Default)]
-pub struct ConnectionPoller {
+pub(crate) struct ConnectionPoller {
     known: HashSet<u64>,
     /// Inodes audit reported, with the poll count when it did.
     audited: HashMap<u64, u64>,
@@ -292,14 +292,14 @@ impl ConnectionPoller {
     const MAX_AUDITED: usize = 65_536;
 
     /// Notes a socket audit reported, so polling does not report it again.
-    pub fn audited(&mut self, inode: u64) {
+    pub(crate) fn audited(&mut self, inode: u64) {
         if self.audited.len() < Self::MAX_AUDITED {
             self.audited.insert(inode, self.polls);
         }
     }
 
     /// Whether audit reported this socket since it was last seen in a dump.
-    pub fn was_audited(&self, inode: u64) -> bool {
+    pub(crate) fn was_audited(&self, inode: u64) -> bool {
         self.audited.contains_key(&inode)
     }
 
@@ -308,11 +308,10 @@ impl ConnectionPoller {
     /// progress (SYN_SENT) or a connection not yet accepted (SYN_RECV, no inode) is reported
     /// once it is established.
     pub fn poll(&mut self, connected: &[ProcNetSocket]) -> Vec<ProcNetSocket> {
-        const SYN_RECV: u8 = 3;
         let mut now = HashSet::with_capacity(connected.len());
         let mut new = Vec::new();
         for s in connected {
-            if s.inode == 0 || s.state == tcpdiag::SYN_SENT || s.state == SYN_RECV {
+            if s.inode == 0 || matches!(s.state, TcpState::SynSent | TcpState::SynRecv) {
                 continue;
             }
             now.insert(s.inode);
@@ -332,7 +331,7 @@ impl ConnectionPoller {
 
 /// The ConnectionCreate stream collector.
 #[derive(Debug)]
-pub struct ConnectionCollector {
+pub(crate) struct ConnectionCollector {
     status: CollectorStatus,
     /// Why audit could not be used (then polling is the source), until it is tried again.
     audit_failed: Option<(String, Instant)>,
@@ -366,7 +365,7 @@ fn event_time(ms: i64) -> SystemTime {
 }
 
 fn send(sink: &EventSink, item: ConnectionCreate, wall: SystemTime) {
-    match Event::new(EventName::ConnectionCreate, vec![item.into()], wall) {
+    match crate::stamp::new_event(EventName::ConnectionCreate, vec![item.into()], wall) {
         Ok(e) => {
             sink.send(e);
         }
@@ -478,12 +477,12 @@ impl ConnectionCollector {
 
     /// The local end of a listening socket (by inode), from a cache of the listening table
     /// that is read again when an inode is not in it.
-    fn listener_end(&mut self, diag: &mut TcpDiag, inode: u64) -> Option<(IpAddr, u16)> {
+    fn listener_end(&mut self, diag: &mut SockDiag, inode: u64) -> Option<(IpAddr, u16)> {
         if let Some(end) = self.listeners.get(&inode) {
             return Some(*end);
         }
         let mut listening = Vec::new();
-        let _ = diag.dump_all(tcpdiag::LISTENING, MAX_SOCKETS, &mut listening);
+        let _ = diag.dump_tcp_all(TcpStates::LISTENING, MAX_SOCKETS, &mut listening);
         self.listeners = listening
             .into_iter()
             .filter(|s| s.inode != 0)
@@ -494,7 +493,7 @@ impl ConnectionCollector {
 
     /// Reads and remembers the local end of `pid`'s listening socket `fd` (`None` when the
     /// process or the socket is gone, or it is not a TCP listener).
-    fn note_listener(&mut self, diag: &mut TcpDiag, pid: u32, fd: u64) -> Option<(IpAddr, u16)> {
+    fn note_listener(&mut self, diag: &mut SockDiag, pid: u32, fd: u64) -> Option<(IpAddr, u16)> {
         let inode = ProcDir::open(pid)
             .ok()?
             .read_link(&format!("fd/{fd}"))
@@ -514,7 +513,7 @@ impl ConnectionCollector {
     fn resolve(
         &mut self,
         c: AuditedConnection,
-        mut diag: Option<&mut TcpDiag>,
+        mut diag: Option<&mut SockDiag>,
         poller: &mut ConnectionPoller,
         audit_id: String,
     ) -> Option<ConnectionCreate> {
@@ -541,8 +540,8 @@ impl ConnectionCollector {
         // For accept, sockets already closed count too: the remote end of an accepted
         // connection (the client's address and port) names it among TIME_WAIT ones.
         let states = match c.direction {
-            Direction::Out => tcpdiag::CONNECTED,
-            Direction::In => tcpdiag::EVER_CONNECTED,
+            Direction::Out => TcpStates::CONNECTED,
+            Direction::In => TcpStates::EVER_CONNECTED,
         };
         let mut found: Option<ProcNetSocket> = None;
         let mut same_remote = Vec::new();
@@ -554,9 +553,11 @@ impl ConnectionCollector {
                     } else {
                         libc::AF_INET6
                     } as u8;
-                    diag.dump(family, states, Some((ip, port)), 1024, &mut same_remote)
+                    diag.dump_tcp(family, states, Some((ip, port)), 1024, &mut same_remote)
                 }
-                None if inode.is_some() => diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut same_remote),
+                None if inode.is_some() => {
+                    diag.dump_tcp_all(TcpStates::CONNECTED, MAX_SOCKETS, &mut same_remote)
+                }
                 None => Ok(0),
             };
             if let Some(inode) = inode {
@@ -668,7 +669,7 @@ impl ConnectionCollector {
     /// One poll. New connections are looked up at once (their owner is alive now) but reported
     /// at the next poll, and only if audit did not report them meanwhile: the audit record of a
     /// connection can trail the dump that first shows its socket.
-    fn poll(&mut self, diag: &mut TcpDiag, poller: &mut ConnectionPoller, sink: &EventSink) {
+    fn poll(&mut self, diag: &mut SockDiag, poller: &mut ConnectionPoller, sink: &EventSink) {
         let wall = SystemTime::now();
         for (inode, item) in std::mem::take(&mut self.candidates) {
             if !poller.was_audited(inode) {
@@ -676,7 +677,7 @@ impl ConnectionCollector {
             }
         }
         let mut connected = Vec::new();
-        if let Err(e) = diag.dump_all(tcpdiag::CONNECTED, MAX_SOCKETS, &mut connected) {
+        if let Err(e) = diag.dump_tcp_all(TcpStates::CONNECTED, MAX_SOCKETS, &mut connected) {
             debug!("connection poll failed: {e}");
             return;
         }
@@ -689,7 +690,7 @@ impl ConnectionCollector {
             new.truncate(MAX_NEW_PER_POLL);
         }
         let mut listening = Vec::new();
-        let _ = diag.dump_all(tcpdiag::LISTENING, MAX_SOCKETS, &mut listening);
+        let _ = diag.dump_tcp_all(TcpStates::LISTENING, MAX_SOCKETS, &mut listening);
         let wanted: HashSet<u64> = new.iter().map(|s| s.inode).collect();
         let owners = procfd::socket_owners(&Root::system(), &wanted).unwrap_or_default();
         for s in new {
@@ -716,7 +717,7 @@ impl StreamCollector for ConnectionCollector {
     }
 
     fn run(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
-        let mut diag = TcpDiag::open().ok();
+        let mut diag = SockDiag::open().ok();
         let retry_audit = self
             .audit_failed
             .as_ref()
@@ -838,8 +839,11 @@ impl StreamCollector for ConnectionCollector {
                     }
                     Some(Audited::Connection(c)) => {
                         if let Some(item) = self.resolve(c, diag.as_mut(), &mut poller, id) {
-                            match Event::new(EventName::ConnectionCreate, vec![item.into()], event_time(time))
-                            {
+                            match crate::stamp::new_event(
+                                EventName::ConnectionCreate,
+                                vec![item.into()],
+                                event_time(time),
+                            ) {
                                 Ok(e) => ready.push(e),
                                 Err(e) => debug!("connection event not built: {e}"),
                             }
@@ -1033,7 +1037,7 @@ mod tests {
         assert_eq!(conns[5].executable.as_deref(), Some("/tmp/tg dir/py\"thon"));
     }
 
-    fn sock(local: &str, lport: u16, remote: &str, rport: u16, state: u8, inode: u64) -> ProcNetSocket {
+    fn sock(local: &str, lport: u16, remote: &str, rport: u16, state: TcpState, inode: u64) -> ProcNetSocket {
         ProcNetSocket {
             local_ip: local.parse().unwrap(),
             local_port: lport,
@@ -1049,29 +1053,42 @@ mod tests {
     #[test]
     fn polling_reports_new_connections_once_and_not_the_baseline_or_audited_ones() {
         let mut p = ConnectionPoller::default();
-        let a = sock("10.0.0.2", 40000, "1.1.1.1", 443, 1, 100);
-        let syn = sock("10.0.0.2", 40001, "1.1.1.1", 443, tcpdiag::SYN_SENT, 101);
+        let a = sock("10.0.0.2", 40000, "1.1.1.1", 443, TcpState::Established, 100);
+        let syn = sock("10.0.0.2", 40001, "1.1.1.1", 443, TcpState::SynSent, 101);
         assert!(p.poll(&[a.clone(), syn.clone()]).is_empty(), "baseline");
-        let b = sock("10.0.0.2", 22, "10.0.0.9", 50000, 1, 102);
-        let c = sock("10.0.0.2", 40002, "8.8.8.8", 53, 1, 103);
+        let b = sock("10.0.0.2", 22, "10.0.0.9", 50000, TcpState::Established, 102);
+        let c = sock("10.0.0.2", 40002, "8.8.8.8", 53, TcpState::Established, 103);
         p.audited(103);
-        let established = sock("10.0.0.2", 40001, "1.1.1.1", 443, 1, 101);
+        let established = sock("10.0.0.2", 40001, "1.1.1.1", 443, TcpState::Established, 101);
         let new = p.poll(&[a.clone(), b.clone(), c.clone(), established.clone()]);
         assert_eq!(new.iter().map(|s| s.inode).collect::<Vec<_>>(), vec![102, 101]);
         assert!(p.poll(&[a, b, c, established]).is_empty(), "reported once");
-        let listening = [sock("0.0.0.0", 22, "0.0.0.0", 0, tcpdiag::LISTEN, 5)];
+        let listening = [sock("0.0.0.0", 22, "0.0.0.0", 0, TcpState::Listen, 5)];
         assert_eq!(
-            poll_direction(&sock("10.0.0.2", 22, "10.0.0.9", 50000, 1, 7), &listening),
+            poll_direction(
+                &sock("10.0.0.2", 22, "10.0.0.9", 50000, TcpState::Established, 7),
+                &listening
+            ),
             Direction::In
         );
         assert_eq!(
-            poll_direction(&sock("10.0.0.2", 40000, "10.0.0.9", 22, 1, 8), &listening),
+            poll_direction(
+                &sock("10.0.0.2", 40000, "10.0.0.9", 22, TcpState::Established, 8),
+                &listening
+            ),
             Direction::Out
         );
-        let v6_listener = [sock("::", 8080, "::", 0, tcpdiag::LISTEN, 5)];
+        let v6_listener = [sock("::", 8080, "::", 0, TcpState::Listen, 5)];
         assert_eq!(
             poll_direction(
-                &sock("::ffff:127.0.0.1", 8080, "::ffff:127.0.0.1", 5000, 1, 9),
+                &sock(
+                    "::ffff:127.0.0.1",
+                    8080,
+                    "::ffff:127.0.0.1",
+                    5000,
+                    TcpState::Established,
+                    9
+                ),
                 &v6_listener
             ),
             Direction::In

@@ -15,17 +15,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::CollectorStatus;
-use crate::event::{Direction, EventName, ExtraDetails, FirewallAction, FirewallConfiguration, PayloadItem};
 use crate::sys::firewall::{self, FirewallRule, Verdict};
 use crate::sys::fs::Root;
 use crate::sys::program;
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{
+    Direction, EventName, ExtraDetails, FirewallAction, FirewallConfiguration, PayloadItem,
+};
 
 use super::{CollectError, SnapshotCollector};
 
 /// Where the firewall tools are (fixed system paths; tests may point elsewhere).
 #[derive(Clone, Debug)]
-pub struct FirewallTools {
+pub(crate) struct FirewallTools {
     /// `nft`, if installed.
     pub nft: Option<PathBuf>,
     /// `iptables-legacy-save`, if installed.
@@ -154,7 +156,7 @@ impl FirewallConfigurationCollector {
     }
 
     /// A collector with the given tools, checking for legacy tables under `root`.
-    pub fn with_tools(root: Root, tools: FirewallTools) -> Self {
+    pub(crate) fn with_tools(root: Root, tools: FirewallTools) -> Self {
         FirewallConfigurationCollector {
             root,
             tools,

@@ -16,12 +16,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::config::CollectorStatus;
-use crate::event::{EventName, ExtraDetails, ListeningPorts, PayloadItem, Protocol};
 use crate::sys::fs::Root;
 use crate::sys::procfd;
 use crate::sys::procnet::{self, Family, ProcNetSocket, Table, Transport};
-use crate::sys::sockdiag::{self, DiagSocket};
+use crate::sys::sockdiag::{self, SockDiag};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, ListeningPorts, PayloadItem, Protocol};
 
 use super::{CollectError, SnapshotCollector};
 
@@ -78,7 +78,7 @@ impl ListeningPortsCollector {
         notes: &mut Vec<String>,
     ) -> Result<usize, CollectError> {
         let mut diag = match self.source {
-            SocketSource::SockDiag => match DiagSocket::open() {
+            SocketSource::SockDiag => match SockDiag::open() {
                 Ok(d) => Some(d),
                 Err(e) => {
                     notes.push(format!("{e}; using /proc/net"));
@@ -94,7 +94,7 @@ impl ListeningPortsCollector {
             let cap = MAX_SOCKETS.saturating_sub(sockets.len());
             if let Some(d) = diag.as_mut() {
                 let mut found = Vec::new();
-                match d.dump(table, cap, &mut found) {
+                match d.dump_listening(table, cap, &mut found) {
                     Ok((over, interrupted)) => {
                         over_cap += over;
                         if interrupted {
@@ -171,7 +171,7 @@ impl ListeningPortsCollector {
             }
         };
         if owners.unreadable > 0 {
-            let why = if crate::sys::euid() == 0 {
+            let why = if twinguard_os::euid() == 0 {
                 "permission denied to root: processes of another user namespace, or CAP_SYS_PTRACE missing"
             } else {
                 "not root: needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
@@ -199,7 +199,7 @@ impl ListeningPortsCollector {
 }
 
 /// The address as reported: an IPv4-mapped IPv6 address becomes IPv4 (`true` when mapped).
-pub fn report_address(ip: IpAddr) -> (IpAddr, bool) {
+pub(crate) fn report_address(ip: IpAddr) -> (IpAddr, bool) {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => (IpAddr::V4(v4), true),
@@ -316,7 +316,7 @@ mod tests {
             local_port: port,
             remote_ip: "::".parse().unwrap(),
             remote_port: 0,
-            state: procnet::STATE_LISTEN,
+            state: procnet::TcpState::Listen,
             uid: 0,
             inode,
             ifindex: 0,

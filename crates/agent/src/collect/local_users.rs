@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use crate::config::CollectorStatus;
-use crate::event::{EventName, ExtraDetails, LocalUsers, PayloadItem};
 use crate::sys::accounts::{self, GroupEntry, PasswdEntry};
 use crate::sys::fs::Root;
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, LocalUsers, PayloadItem};
 
 use super::{CollectError, SnapshotCollector};
 

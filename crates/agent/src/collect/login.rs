@@ -16,19 +16,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName, ExtraDetails, Login, LoginResult};
 use crate::sys::audit::{self, Assembler, AuditEvent, AUDIT_USER_AUTH, AUDIT_USER_LOGIN};
 use crate::sys::netlink::Received;
 use crate::sys::procinfo::ProcDir;
 use crate::sys::utmp::{self, Position, UtmpRecord};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, Login, LoginResult};
 
 use super::audit::AuditMember;
 use super::user_names::UserNames;
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
 
 /// How often wtmp and btmp are read.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// How often audit is tried again while the files are the fallback.
 const AUDIT_RETRY: Duration = Duration::from_secs(60);
 /// Most records read from one file per interval.
@@ -37,7 +37,7 @@ const SOURCE_AUDIT: &str = "audit netlink (USER_AUTH, USER_LOGIN)";
 const SOURCE_FILES: &str = "wtmp/btmp";
 
 /// The Login item of an audit event (`USER_AUTH` or `USER_LOGIN`); `None` for other records.
-pub fn audit_login(event: &AuditEvent, users: &mut UserNames) -> Option<Login> {
+pub(crate) fn audit_login(event: &AuditEvent, users: &mut UserNames) -> Option<Login> {
     let record = event.records.first()?;
     let operation = match record.kind {
         AUDIT_USER_AUTH => "authentication",
@@ -106,7 +106,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 
 /// Which file a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoginFile {
+pub(crate) enum LoginFile {
     /// `wtmp`: successful logins.
     Wtmp,
     /// `btmp`: failed attempts.
@@ -115,7 +115,7 @@ pub enum LoginFile {
 
 /// The Login item of a wtmp/btmp record; `None` for records that are not login attempts
 /// (logouts, boots, run-level changes). `executable` looks up the login process's program.
-pub fn utmp_login(
+pub(crate) fn utmp_login(
     record: &UtmpRecord,
     file: LoginFile,
     users: &mut UserNames,
@@ -205,8 +205,8 @@ impl Checkpoint {
             .map(|t| Checkpoint::parse(&t))
     }
 
-    fn save(&self, path: &Path) -> Result<(), crate::sys::safefile::FileError> {
-        crate::sys::safefile::write_file_atomically(path, self.to_text().as_bytes(), 0o600)
+    fn save(&self, path: &Path) -> Result<(), twinguard_os::safefile::FileError> {
+        twinguard_os::safefile::write_file_atomically(path, self.to_text().as_bytes(), 0o600)
     }
 }
 
@@ -229,7 +229,7 @@ impl Default for LoginCollector {
 }
 
 fn send(sink: &EventSink, item: Login, wall: SystemTime) -> bool {
-    match Event::new(EventName::Login, vec![item.into()], wall) {
+    match crate::stamp::new_event(EventName::Login, vec![item.into()], wall) {
         Ok(e) => sink.send(e),
         Err(e) => {
             debug!("login event not built: {e}");

@@ -13,12 +13,12 @@ pub mod os_baseline;
 pub mod process;
 mod stream;
 pub mod system_information;
-pub mod user_names;
+pub(crate) mod user_names;
 
 pub use stream::{EventBatch, EventSink, StopSignal, StreamCollector};
 
-use crate::config::CollectorStatus;
-use crate::event::{EventName, PayloadItem};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, PayloadItem};
 
 /// Why a collector could not produce its event. The event is then not sent at all (never
 /// `IsEmpty: true` for a failure); the failure goes to the log, `reported.twinguard` and a
@@ -99,7 +99,7 @@ pub fn snapshot_collector(name: EventName) -> Option<Box<dyn SnapshotCollector>>
 
 /// Every stream collector of this build (each runs only while one of its events is not Off).
 /// `data_dir`, when given, keeps the Login fallback's wtmp/btmp checkpoint across restarts.
-pub fn stream_collectors(data_dir: Option<&std::path::Path>) -> Vec<Box<dyn StreamCollector>> {
+pub(crate) fn stream_collectors(data_dir: Option<&std::path::Path>) -> Vec<Box<dyn StreamCollector>> {
     vec![
         Box::new(process::ProcessCollector::new()),
         Box::new(connection::ConnectionCollector::new()),

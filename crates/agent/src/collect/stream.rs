@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{Event, EventName};
 
 use super::CollectError;
 
@@ -48,7 +48,10 @@ impl EventSink {
 
     /// Adds a way to hand over several events at once (one channel message for a burst);
     /// `deliver` returns false when the batch could not be taken.
-    pub fn with_batches(mut self, deliver: impl Fn(EventBatch) -> bool + Send + Sync + 'static) -> EventSink {
+    pub(crate) fn with_batches(
+        mut self,
+        deliver: impl Fn(EventBatch) -> bool + Send + Sync + 'static,
+    ) -> EventSink {
         self.deliver_batch = Some(Arc::new(deliver));
         self
     }
@@ -56,7 +59,7 @@ impl EventSink {
     /// Hands events to the agent, at once when the sink takes batches (and fewer than
     /// [`MAX_IN_BATCHES`] events wait in batches: the memory bound), else one by one; the ones
     /// that could not be taken are counted as losses. Returns how many were taken.
-    pub fn send_all(&self, events: Vec<Event>) -> usize {
+    pub(crate) fn send_all(&self, events: Vec<Event>) -> usize {
         let n = events.len();
         match &self.deliver_batch {
             Some(deliver) if n > 1 && self.in_batches.load(Ordering::Relaxed) + n <= MAX_IN_BATCHES => {
@@ -86,13 +89,13 @@ impl EventSink {
 
     /// Whether `name` is wanted (not Off) in the configuration in force: a collector making
     /// several events skips the work of the ones nobody wants.
-    pub fn wants(&self, name: EventName) -> bool {
+    pub(crate) fn wants(&self, name: EventName) -> bool {
         let bit = EventName::ALL.iter().position(|n| *n == name).unwrap_or(63);
         self.wanted.load(Ordering::Relaxed) & (1 << bit) != 0
     }
 
     /// Tells the collectors behind this sink which events are wanted.
-    pub fn set_wanted(&self, wanted: impl Fn(EventName) -> bool) {
+    pub(crate) fn set_wanted(&self, wanted: impl Fn(EventName) -> bool) {
         let mut bits = 0u64;
         for (i, n) in EventName::ALL.iter().enumerate() {
             if wanted(*n) {
@@ -113,18 +116,18 @@ impl EventSink {
 
     /// Counts losses that happened before the sink (e.g. kernel socket overruns), so they are
     /// reported with the others.
-    pub fn count_losses(&self, n: u64) {
+    pub(crate) fn count_losses(&self, n: u64) {
         self.losses.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Events lost so far.
-    pub fn losses(&self) -> u64 {
+    pub(crate) fn losses(&self) -> u64 {
         self.losses.load(Ordering::Relaxed)
     }
 }
 
 /// Most events waiting in batches handed over by one sink (beside the channel's own bound).
-pub const MAX_IN_BATCHES: usize = 4096;
+pub(crate) const MAX_IN_BATCHES: usize = 4096;
 
 /// Events handed over at once; the sink's count of waiting events drops when it is dropped.
 #[derive(Debug)]
@@ -165,7 +168,7 @@ impl StopSignal {
     }
 
     /// Whether the collector should stop.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::CollectorStatus;
-use crate::event::{EventName, ExtraDetails, PayloadItem, SystemInformation};
 use crate::sys::fs::{read_text, read_value, Root};
 use crate::sys::osinfo::{self, Uname};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, PayloadItem, SystemInformation};
 
 use super::{CollectError, SnapshotCollector};
 

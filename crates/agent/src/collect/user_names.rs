@@ -9,11 +9,11 @@ use crate::sys::accounts;
 use crate::sys::fs::Root;
 
 /// How often the file's modification time is checked.
-pub const RECHECK: Duration = Duration::from_secs(2);
+pub(crate) const RECHECK: Duration = Duration::from_secs(2);
 
 /// A cache of `/etc/passwd`.
 #[derive(Debug)]
-pub struct UserNames {
+pub(crate) struct UserNames {
     root: Root,
     by_uid: HashMap<u32, String>,
     by_name: HashMap<String, u32>,

@@ -22,8 +22,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use crate::config::Config;
-use crate::event::{Direction, Event, EventName, PayloadItem, Timestamp};
+use twinguard_core::config::Config;
+use twinguard_core::event::{Direction, Event, EventName, PayloadItem, Timestamp};
 
 /// Most windows open at once, over all event types.
 pub const MAX_KEYS: usize = 1024;
@@ -239,7 +239,7 @@ impl Aggregator {
                 items.push(item);
             }
         }
-        group(items, Timestamp::local(wall))
+        group(items, crate::stamp::local_time(wall))
     }
 
     /// When the next window is due (monotonic ms), `None` when none is open.
@@ -251,7 +251,7 @@ impl Aggregator {
     pub fn flush_all(&mut self, wall: SystemTime) -> Vec<Event> {
         let keys: Vec<(EventName, String)> = self.by_age.values().cloned().collect();
         let items: Vec<PayloadItem> = keys.iter().filter_map(|k| self.close(k)).collect();
-        group(items, Timestamp::local(wall))
+        group(items, crate::stamp::local_time(wall))
     }
 }
 
@@ -297,7 +297,7 @@ fn group(items: Vec<PayloadItem>, time: Timestamp) -> Vec<Event> {
     }
     for (name, items) in by_name {
         // Items were taken from events of `name`, so this cannot fail; nothing is lost if it did.
-        if let Ok(e) = Event::at(name, items, time) {
+        if let Ok(e) = crate::stamp::event_at(name, items, time) {
             out.push(e);
         }
     }
@@ -308,10 +308,10 @@ fn group(items: Vec<PayloadItem>, time: Timestamp) -> Vec<Event> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::validate_config_object;
-    use crate::event::{ConnectionCreate, ExtraDetails, ProcessCreate, ProcessTerminate, Protocol};
     use chrono::FixedOffset;
     use std::time::{Duration, UNIX_EPOCH};
+    use twinguard_core::config::validate_config_object;
+    use twinguard_core::event::{ConnectionCreate, ExtraDetails, ProcessCreate, ProcessTerminate, Protocol};
 
     const T0: u64 = 1_800_000_000_000;
 
@@ -324,11 +324,10 @@ mod tests {
     }
 
     fn event(item: PayloadItem, wall_ms: u64) -> Event {
-        Event::with_offset(
+        crate::stamp::event_at(
             item.name(),
             vec![item],
-            at(wall_ms),
-            FixedOffset::east_opt(0).unwrap(),
+            Timestamp::with_offset(at(wall_ms), FixedOffset::east_opt(0).unwrap()),
         )
         .unwrap()
     }
@@ -431,7 +430,7 @@ mod tests {
         let out = a.offer(e, 0);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].id(), id);
-        let login = crate::event::Login {
+        let login = twinguard_core::event::Login {
             process_id: 1,
             user_id: None,
             user_name: "root".into(),
@@ -440,7 +439,7 @@ mod tests {
             remote_address: None,
             remote_port: None,
             local_port: None,
-            result: crate::event::LoginResult::Success,
+            result: twinguard_core::event::LoginResult::Success,
             extra_details: ExtraDetails::new(),
         };
         assert_eq!(

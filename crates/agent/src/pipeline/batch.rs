@@ -5,21 +5,25 @@
 //! drive it in milliseconds, deterministically.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::cache::{Cache, CacheCounters, CacheError, Carry, DropReason, EntryId, PushOutcome};
-use crate::config::Config;
-use crate::event::{
+use crate::backoff::{Backoff, Jitter};
+use twinguard_core::config::Config;
+use twinguard_core::event::{
     Diagnostic, DiagnosticSeverity, DroppedEventsStatistics, Event, EventName, MessageFrame,
     MessageStatistics, PayloadItem, Priority, Queue,
 };
 
 /// Timers run at most once per second, whatever the configuration says (SPEC §2).
 pub const MIN_TIMER_MS: u64 = 1000;
-/// First retry delay after a failed delivery; doubled per failure up to [`MAX_BACKOFF_MS`].
-pub const FIRST_BACKOFF_MS: u64 = 1000;
-/// Longest retry delay.
-pub const MAX_BACKOFF_MS: u64 = 60_000;
+/// Retry delays after failed deliveries: 1 s doubled per failure up to 60 s, each plus up to a
+/// quarter, so a fleet does not retry in lockstep after a broker outage.
+pub const RETRY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    jitter: Jitter::UpToAQuarterMore,
+};
 /// At most this many Diagnostic events per minute; the rest are counted and summarised.
 pub const DIAGNOSTICS_PER_MINUTE: u32 = 10;
 
@@ -113,7 +117,8 @@ pub struct Pipeline {
     config: Config,
     frame: MessageFrame,
     in_flight: Option<Vec<EntryId>>,
-    backoff_ms: u64,
+    /// Failed deliveries in a row (the attempt of [`RETRY_BACKOFF`]).
+    failures: u32,
     retry_at_ms: u64,
     /// The message counts of the current period (its collected/dropped fields are unused:
     /// those come from the cache's counters, see [`Pipeline::period`]).
@@ -159,7 +164,7 @@ impl Pipeline {
             config,
             frame,
             in_flight: None,
-            backoff_ms: 0,
+            failures: 0,
             retry_at_ms: 0,
             period: carried,
             reported,
@@ -275,7 +280,7 @@ impl Pipeline {
             return vec![event];
         }
         let name = event.name();
-        let outcome = event.split_to_fit(max_event);
+        let outcome = event.split_to_fit(max_event, crate::stamp::new_id);
         for item in &outcome.too_large {
             self.count_before_cache(priority, DropReason::TooLarge, 1, now_ms);
             out.dropped.push(DropReason::TooLarge);
@@ -468,7 +473,7 @@ impl Pipeline {
     /// The transport confirmed the message: its events leave the cache as sent.
     pub fn confirm(&mut self, out: &Outgoing) -> Result<(), CacheError> {
         self.in_flight = None;
-        self.backoff_ms = 0;
+        self.failures = 0;
         self.retry_at_ms = 0;
         self.period.messages_sent += 1;
         if out.body.len() < 4096 {
@@ -484,19 +489,19 @@ impl Pipeline {
         self.period.failed += 1;
         // Entries evicted here are counted by the cache (and so in the statistics).
         let _ = self.cache.unpin(&out.ids);
-        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
-        // xorshift: a cheap jitter of up to a quarter of the delay, so a fleet does not retry
-        // in lockstep after a broker outage.
+        // xorshift seeded with the AgentId: the backoff's random source, deterministic in tests.
         self.jitter_state ^= self.jitter_state << 13;
         self.jitter_state ^= self.jitter_state >> 7;
         self.jitter_state ^= self.jitter_state << 17;
-        let jitter = self.jitter_state % (self.backoff_ms / 4 + 1);
-        self.retry_at_ms = now_ms.saturating_add(self.backoff_ms + jitter);
+        let delay = RETRY_BACKOFF.delay_with(self.failures, self.jitter_state);
+        self.failures = self.failures.saturating_add(1);
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.retry_at_ms = now_ms.saturating_add(delay_ms);
     }
 
     /// Forgets the retry backoff: the transport reconnected, so the next send goes at once.
     pub fn reset_backoff(&mut self) {
-        self.backoff_ms = 0;
+        self.failures = 0;
         self.retry_at_ms = 0;
     }
 
@@ -572,7 +577,7 @@ impl Pipeline {
             return None;
         }
         let items: Vec<PayloadItem> = self.diagnostics.drain(..).map(PayloadItem::from).collect();
-        Event::new(EventName::Diagnostic, items, wall).ok()
+        crate::stamp::new_event(EventName::Diagnostic, items, wall).ok()
     }
 
     /// The DroppedEventsStatistics and MessageStatistics events for the period since the last
@@ -604,7 +609,7 @@ impl Pipeline {
         ]
         .into_iter()
         .filter(|(name, _)| self.config.priority(*name) != Priority::Off)
-        .filter_map(|(name, items)| Event::new(name, items, wall).ok())
+        .filter_map(|(name, items)| crate::stamp::new_event(name, items, wall).ok())
         .collect()
     }
 
@@ -687,7 +692,7 @@ fn event_name_of(event: &[u8]) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::event::ProcessCreate;
+    use twinguard_core::event::ProcessCreate;
 
     fn event(n: u64) -> Event {
         let item = ProcessCreate {
@@ -699,7 +704,7 @@ mod tests {
             command_line: format!("test {n}"),
             extra_details: Default::default(),
         };
-        Event::new(
+        crate::stamp::new_event(
             EventName::ProcessCreate,
             vec![item.into()],
             SystemTime::UNIX_EPOCH,
@@ -792,7 +797,7 @@ mod tests {
         p.cache.close().unwrap();
 
         let mut small = Config::default();
-        small.max_local_cache_size_in_bytes = crate::config::MIN_CACHE_BYTES;
+        small.max_local_cache_size_in_bytes = twinguard_core::config::MIN_CACHE_BYTES;
         let (cache, recovery) = Cache::open(&dir, small.max_local_cache_size_in_bytes).unwrap();
         let evicted = recovery.evicted.len() as u64;
         assert!(evicted >= 40, "the open evicts most of the 80 events: {evicted}");

@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use super::fs::{BoundedLines, Root};
-use super::safefile::FileError;
+use twinguard_os::safefile::FileError;
 
 /// The longest line accepted; longer lines are skipped and counted.
-pub const MAX_LINE: usize = 8192;
+pub(crate) const MAX_LINE: usize = 8192;
 /// The most lines read from one file.
-pub const MAX_LINES: usize = 1_000_000;
+pub(crate) const MAX_LINES: usize = 1_000_000;
 
 /// One `/etc/passwd` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +78,7 @@ impl PasswordState {
 
 /// One `/etc/shadow` entry (name and password state only).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShadowEntry {
+pub(crate) struct ShadowEntry {
     /// Login name.
     pub name: String,
     /// What the password field holds.
@@ -130,7 +130,7 @@ fn classify(line: &str) -> LineKind<'_> {
 }
 
 /// Parses one passwd line (`name:pw:uid:gid:gecos:home:shell`); `None` when malformed.
-pub fn parse_passwd_line(line: &str, number: usize) -> Option<PasswdEntry> {
+pub(crate) fn parse_passwd_line(line: &str, number: usize) -> Option<PasswdEntry> {
     let LineKind::Fields(f) = classify(line) else {
         return None;
     };
@@ -150,7 +150,7 @@ pub fn parse_passwd_line(line: &str, number: usize) -> Option<PasswdEntry> {
 }
 
 /// Parses one group line (`name:pw:gid:member,member`); `None` when malformed.
-pub fn parse_group_line(line: &str, number: usize) -> Option<GroupEntry> {
+pub(crate) fn parse_group_line(line: &str, number: usize) -> Option<GroupEntry> {
     let LineKind::Fields(f) = classify(line) else {
         return None;
     };
@@ -171,7 +171,7 @@ pub fn parse_group_line(line: &str, number: usize) -> Option<GroupEntry> {
 }
 
 /// Parses one shadow line (9 fields; only the first two are looked at).
-pub fn parse_shadow_line(line: &str, number: usize) -> Option<ShadowEntry> {
+pub(crate) fn parse_shadow_line(line: &str, number: usize) -> Option<ShadowEntry> {
     let LineKind::Fields(f) = classify(line) else {
         return None;
     };
@@ -186,7 +186,7 @@ pub fn parse_shadow_line(line: &str, number: usize) -> Option<ShadowEntry> {
 }
 
 /// Parses the lines of a file with `parse` (pure).
-pub fn parse_lines<T>(
+pub(crate) fn parse_lines<T>(
     lines: impl Iterator<Item = String>,
     parse: impl Fn(&str, usize) -> Option<T>,
 ) -> Parsed<T> {
@@ -205,7 +205,10 @@ pub fn parse_lines<T>(
 }
 
 /// Reads and parses `path` with bounded lines.
-pub fn read_file<T>(path: &Path, parse: impl Fn(&str, usize) -> Option<T>) -> Result<Parsed<T>, FileError> {
+pub(crate) fn read_file<T>(
+    path: &Path,
+    parse: impl Fn(&str, usize) -> Option<T>,
+) -> Result<Parsed<T>, FileError> {
     let mut lines = BoundedLines::open(path, MAX_LINE, MAX_LINES)?;
     let mut out = parse_lines(&mut lines, parse);
     out.malformed += lines.skipped();
@@ -220,17 +223,17 @@ pub fn read_file<T>(path: &Path, parse: impl Fn(&str, usize) -> Option<T>) -> Re
 }
 
 /// `/etc/passwd` under `root`.
-pub fn read_passwd(root: &Root) -> Result<Parsed<PasswdEntry>, FileError> {
+pub(crate) fn read_passwd(root: &Root) -> Result<Parsed<PasswdEntry>, FileError> {
     read_file(&root.path("/etc/passwd"), parse_passwd_line)
 }
 
 /// `/etc/group` under `root`.
-pub fn read_group(root: &Root) -> Result<Parsed<GroupEntry>, FileError> {
+pub(crate) fn read_group(root: &Root) -> Result<Parsed<GroupEntry>, FileError> {
     read_file(&root.path("/etc/group"), parse_group_line)
 }
 
 /// `/etc/shadow` under `root`.
-pub fn read_shadow(root: &Root) -> Result<Parsed<ShadowEntry>, FileError> {
+pub(crate) fn read_shadow(root: &Root) -> Result<Parsed<ShadowEntry>, FileError> {
     read_file(&root.path("/etc/shadow"), parse_shadow_line)
 }
 

@@ -36,11 +36,11 @@ const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
 /// Receive buffer asked for: room for tens of thousands of events during a burst while the
 /// collector thread is descheduled (each event is a 96-byte datagram plus skb overhead).
-pub const RECV_BUFFER: usize = 8 * 1024 * 1024;
+pub(crate) const RECV_BUFFER: usize = 8 * 1024 * 1024;
 
 /// One process event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProcEvent {
+pub(crate) enum ProcEvent {
     /// The kernel's answer to our subscription (`PROC_EVENT_NONE`), with its errno.
     Ack {
         /// 0 on success.
@@ -96,7 +96,7 @@ pub enum ProcEvent {
 
 /// One message of the process connector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcMessage {
+pub(crate) struct ProcMessage {
     /// The CPU the event was made on.
     pub cpu: u32,
     /// The per-CPU sequence number (`cn_msg.seq`).
@@ -136,7 +136,7 @@ pub fn exit_status(exit_code: u32) -> (i32, Option<u32>, bool) {
 }
 
 /// Parses one connector message body (after the `nlmsghdr`): `cn_msg` + `proc_event`.
-pub fn parse_cn_msg(b: &[u8]) -> Result<ProcMessage, ParseError> {
+pub(crate) fn parse_cn_msg(b: &[u8]) -> Result<ProcMessage, ParseError> {
     let field = |at| netlink::u32_at(b, at).ok_or(ParseError::Truncated(b.len()));
     if field(0)? != CN_IDX_PROC || field(4)? != CN_VAL_PROC {
         return Err(ParseError::Foreign);
@@ -188,7 +188,7 @@ pub fn parse_cn_msg(b: &[u8]) -> Result<ProcMessage, ParseError> {
 }
 
 /// Parses every message of one datagram.
-pub fn parse_datagram(datagram: &[u8]) -> Vec<Result<ProcMessage, ParseError>> {
+pub(crate) fn parse_datagram(datagram: &[u8]) -> Vec<Result<ProcMessage, ParseError>> {
     netlink::messages(datagram)
         .map(|m| match m {
             Ok(m) if m.kind == NLMSG_DONE => parse_cn_msg(m.payload),
@@ -200,7 +200,7 @@ pub fn parse_datagram(datagram: &[u8]) -> Vec<Result<ProcMessage, ParseError>> {
 
 /// Counts events lost in the kernel from the per-CPU sequence numbers.
 #[derive(Debug, Default)]
-pub struct LossCounter {
+pub(crate) struct LossCounter {
     last: HashMap<u32, u32>,
 }
 
@@ -209,7 +209,7 @@ impl LossCounter {
     const MAX_CPUS: usize = 4096;
 
     /// Records a message; returns how many events of its CPU were skipped since the last one.
-    pub fn observe(&mut self, msg: &ProcMessage) -> u64 {
+    pub(crate) fn observe(&mut self, msg: &ProcMessage) -> u64 {
         if matches!(msg.event, ProcEvent::Ack { .. }) {
             // Acks carry our request's sequence, not the CPU's event counter.
             return 0;
@@ -260,7 +260,7 @@ impl ProcConnector {
     /// Opens the socket, sizes its buffer, subscribes, and waits (up to 2 s) for the kernel's
     /// acknowledgement so that a refusal (no `CAP_NET_ADMIN`) is an error here, not silence.
     /// Events that arrive before the acknowledgement are returned to be processed.
-    pub fn subscribe(timeout: Duration) -> io::Result<(ProcConnector, Vec<ProcMessage>)> {
+    pub(crate) fn subscribe(timeout: Duration) -> io::Result<(ProcConnector, Vec<ProcMessage>)> {
         let sock = NetlinkSocket::open(NETLINK_CONNECTOR, libc::SOCK_DGRAM, CN_IDX_PROC)?;
         let recv_buffer = sock.set_recv_buffer(RECV_BUFFER)?;
         sock.set_recv_timeout(timeout)?;
@@ -305,7 +305,7 @@ impl ProcConnector {
     }
 
     /// Receives a burst of datagrams with one call (see [`NetlinkSocket::recv_batch`]).
-    pub fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+    pub(crate) fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
         self.sock.recv_batch(batch, wait)
     }
 

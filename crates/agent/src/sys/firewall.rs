@@ -11,16 +11,16 @@ use serde_json::Value;
 use super::fs::{read_text, Root};
 
 /// Where `nft` is installed, in order of preference (no `PATH` lookup with privilege).
-pub const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
+pub(crate) const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
 /// Where `iptables-legacy-save` is installed.
-pub const IPTABLES_LEGACY_SAVE_PATHS: [&str; 4] = [
+pub(crate) const IPTABLES_LEGACY_SAVE_PATHS: [&str; 4] = [
     "/usr/sbin/iptables-legacy-save",
     "/sbin/iptables-legacy-save",
     "/usr/bin/iptables-legacy-save",
     "/bin/iptables-legacy-save",
 ];
 /// Where `ip6tables-legacy-save` is installed.
-pub const IP6TABLES_LEGACY_SAVE_PATHS: [&str; 4] = [
+pub(crate) const IP6TABLES_LEGACY_SAVE_PATHS: [&str; 4] = [
     "/usr/sbin/ip6tables-legacy-save",
     "/sbin/ip6tables-legacy-save",
     "/usr/bin/ip6tables-legacy-save",
@@ -123,7 +123,7 @@ pub struct ParseError {
 /// Whether legacy iptables tables are loaded for IPv4 / IPv6 (`/proc/net/ip_tables_names`
 /// and `ip6_tables_names` list at least one table). Checking first means the save tools are
 /// never run where they would load kernel modules just to print nothing.
-pub fn legacy_tables_loaded(root: &Root) -> (bool, bool) {
+pub(crate) fn legacy_tables_loaded(root: &Root) -> (bool, bool) {
     let loaded = |p: &str| {
         read_text(&root.path(p), 4096)
             .map(|t| t.lines().any(|l| !l.trim().is_empty()))
@@ -140,7 +140,7 @@ pub fn legacy_tables_loaded(root: &Root) -> (bool, bool) {
 
 /// A scalar or structured nft JSON value as nft's own syntax (`10.0.0.0/8`, `{ 22, 80 }`,
 /// `8000-8080`, `@set`); unknown shapes as compact JSON.
-pub fn render_value(v: &Value) -> String {
+pub(crate) fn render_value(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -431,7 +431,7 @@ pub fn parse_nft_json(bytes: &[u8]) -> Result<Vec<FirewallRule>, ParseError> {
 // iptables-save text
 
 /// Splits an iptables-save rule line into words, honouring double quotes and `\"` inside them.
-pub fn split_words(line: &str) -> Vec<String> {
+pub(crate) fn split_words(line: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;

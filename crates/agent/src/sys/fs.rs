@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::safefile::{self, FileError};
+use twinguard_os::safefile::{self, FileError};
 
 /// Where the system's files are: `/` on a real machine, a fixture directory in tests. Every
 /// absolute system path (`/proc/net/tcp`, `/etc/passwd`) is looked up under it.
@@ -38,7 +38,7 @@ impl Root {
     }
 
     /// Whether this is the real system's root.
-    pub fn is_system(&self) -> bool {
+    pub(crate) fn is_system(&self) -> bool {
         self.0 == Path::new("/")
     }
 
@@ -62,18 +62,44 @@ pub(crate) fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, FileErr
 }
 
 /// Reads `path` as text (invalid UTF-8 replaced), failing past `limit` bytes.
-pub fn read_text(path: &Path, limit: usize) -> Result<String, FileError> {
+pub(crate) fn read_text(path: &Path, limit: usize) -> Result<String, FileError> {
     read_bounded(path, limit).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Reads a small one-value file (sysfs attribute, sysctl) and trims it; `None` when it cannot
 /// be read. Values above 4 KiB are refused.
-pub fn read_value(path: &Path) -> Option<String> {
+pub(crate) fn read_value(path: &Path) -> Option<String> {
     read_text(path, 4096).ok().map(|s| s.trim().to_owned())
 }
 
+/// The metadata of `path`, links followed (a mode, owner or sticky-bit check).
+pub fn metadata(path: &Path) -> io::Result<std::fs::Metadata> {
+    std::fs::metadata(path)
+}
+
+/// The metadata of `path` itself, a link not followed.
+pub fn symlink_metadata(path: &Path) -> io::Result<std::fs::Metadata> {
+    std::fs::symlink_metadata(path)
+}
+
+/// The entries of directory `path`, in the order the file system gives them (a bounded walk
+/// is the caller's: it counts what it visits).
+pub fn read_dir(path: &Path) -> io::Result<std::fs::ReadDir> {
+    std::fs::read_dir(path)
+}
+
+/// The names in directory `path` (lossily as text), sorted.
+pub(crate) fn dir_names(path: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// The target of the symbolic link `path`, lossily as text.
-pub fn read_link_text(path: &Path) -> Option<String> {
+pub(crate) fn read_link_text(path: &Path) -> Option<String> {
     std::fs::read_link(path)
         .ok()
         .map(|t| t.to_string_lossy().into_owned())
@@ -83,7 +109,7 @@ pub fn read_link_text(path: &Path) -> Option<String> {
 /// skipped whole (without buffering it) and counted in [`BoundedLines::skipped`]; at most
 /// `max_lines` lines are returned, the rest counted in [`BoundedLines::truncated`].
 #[derive(Debug)]
-pub struct BoundedLines<R> {
+pub(crate) struct BoundedLines<R> {
     reader: BufReader<R>,
     max_line: usize,
     max_lines: usize,
@@ -131,7 +157,7 @@ impl<R: Read> BoundedLines<R> {
     }
 
     /// The read error that ended the lines early, if one did.
-    pub fn take_error(&mut self) -> Option<io::Error> {
+    pub(crate) fn take_error(&mut self) -> Option<io::Error> {
         self.error.take()
     }
 

@@ -12,16 +12,16 @@ use std::path::PathBuf;
 use super::fs::{read_text, Root};
 
 /// The biggest database read (pci.ids is about 1.4 MB).
-pub const MAX_DB_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_DB_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where pci.ids is installed, in order of preference.
-pub const PCI_IDS_PATHS: [&str; 3] = [
+pub(crate) const PCI_IDS_PATHS: [&str; 3] = [
     "/usr/share/misc/pci.ids",
     "/usr/share/hwdata/pci.ids",
     "/usr/share/pci.ids",
 ];
 /// Where usb.ids is installed, in order of preference.
-pub const USB_IDS_PATHS: [&str; 4] = [
+pub(crate) const USB_IDS_PATHS: [&str; 4] = [
     "/usr/share/misc/usb.ids",
     "/usr/share/hwdata/usb.ids",
     "/var/lib/usbutils/usb.ids",
@@ -30,7 +30,7 @@ pub const USB_IDS_PATHS: [&str; 4] = [
 
 /// Names found in a database.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IdNames {
+pub(crate) struct IdNames {
     /// Vendor names of the vendors asked for.
     pub vendors: HashMap<u16, String>,
     /// Device names of the (vendor, device) pairs asked for.
@@ -45,7 +45,7 @@ pub struct IdNames {
 
 impl IdNames {
     /// `"Vendor Device"`, or what of it is known.
-    pub fn product(&self, vendor: u16, device: u16) -> Option<String> {
+    pub(crate) fn product(&self, vendor: u16, device: u16) -> Option<String> {
         match (self.vendors.get(&vendor), self.devices.get(&(vendor, device))) {
             (Some(v), Some(d)) => Some(format!("{v} {d}")),
             (None, Some(d)) => Some(d.clone()),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 /// Parses login.defs: upper-case keys and their value; the last definition wins (as shadow's
 /// `getdef` reads it).
-pub fn parse_login_defs(text: &str) -> BTreeMap<String, String> {
+pub(crate) fn parse_login_defs(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -24,7 +24,7 @@ pub fn parse_login_defs(text: &str) -> BTreeMap<String, String> {
 
 /// One `limits.conf` line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// Who (`*`, `root`, `@group`).
     pub domain: String,
     /// `soft`, `hard` or `-` (both).
@@ -38,7 +38,7 @@ pub struct Limit {
 }
 
 /// Parses a limits.conf file named `origin`.
-pub fn parse_limits(text: &str, origin: &str) -> Vec<Limit> {
+pub(crate) fn parse_limits(text: &str, origin: &str) -> Vec<Limit> {
     text.lines()
         .enumerate()
         .filter_map(|(n, line)| {

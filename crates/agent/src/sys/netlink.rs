@@ -11,19 +11,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Size of `struct nlmsghdr`.
-pub const NLMSG_HDR: usize = 16;
+pub(crate) const NLMSG_HDR: usize = 16;
 /// `NLMSG_NOOP`.
 pub const NLMSG_NOOP: u16 = 1;
 /// `NLMSG_ERROR`: an error or, with errno 0, an acknowledgement.
-pub const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 /// `NLMSG_DONE`: the end of a multipart answer (and the type of every connector message).
-pub const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_DONE: u16 = 3;
 /// `NLM_F_REQUEST`.
-pub const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 /// `NLM_F_ACK`.
-pub const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
 /// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
-pub const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// `SOL_NETLINK` (linux/socket.h).
 const SOL_NETLINK: libc::c_int = 270;
 /// `NETLINK_ADD_MEMBERSHIP`, `NETLINK_DROP_MEMBERSHIP` (linux/netlink.h).
@@ -64,21 +64,21 @@ impl NlMsg<'_> {
 }
 
 /// Reads a native-endian `u16` at `at`, `None` past the end.
-pub fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(
         b.get(at..at.checked_add(2)?)?.try_into().ok()?,
     ))
 }
 
 /// Reads a native-endian `u32` at `at`, `None` past the end.
-pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(
         b.get(at..at.checked_add(4)?)?.try_into().ok()?,
     ))
 }
 
 /// Reads a native-endian `u64` at `at`, `None` past the end.
-pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(
         b.get(at..at.checked_add(8)?)?.try_into().ok()?,
     ))
@@ -131,7 +131,7 @@ impl<'a> Iterator for Messages<'a> {
 }
 
 /// Builds one request: an `nlmsghdr` addressed to the kernel followed by `payload`.
-pub fn request(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn request(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDR + payload.len();
     let mut b = Vec::with_capacity((len + 3) & !3);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -242,7 +242,7 @@ impl NetlinkSocket {
     }
 
     /// Makes every receive return within `timeout` (at least 1 ms).
-    pub fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
+    pub(crate) fn set_recv_timeout(&self, timeout: Duration) -> io::Result<()> {
         let timeout = timeout.max(Duration::from_millis(1));
         // The field types are not named: libc deprecates `time_t`/`suseconds_t` on musl (their
         // width changed with musl 1.2), and they are 32 bits on armv7. Both widths take an i32.
@@ -261,7 +261,7 @@ impl NetlinkSocket {
 
     /// Asks for a receive buffer of `bytes`: beyond `net.core.rmem_max` when privileged
     /// (`SO_RCVBUFFORCE`), else as much as the limit allows. Returns the size in force.
-    pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
+    pub(crate) fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
         let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         if self
             .set_opt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &want)
@@ -285,17 +285,17 @@ impl NetlinkSocket {
     }
 
     /// Joins multicast group number `group` (1-based, as in `NETLINK_ADD_MEMBERSHIP`).
-    pub fn add_membership(&self, group: u32) -> io::Result<()> {
+    pub(crate) fn add_membership(&self, group: u32) -> io::Result<()> {
         self.set_opt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group)
     }
 
     /// Leaves multicast group number `group`.
-    pub fn drop_membership(&self, group: u32) -> io::Result<()> {
+    pub(crate) fn drop_membership(&self, group: u32) -> io::Result<()> {
         self.set_opt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, &group)
     }
 
     /// Sends one datagram to the kernel.
-    pub fn send_to_kernel(&self, datagram: &[u8]) -> io::Result<()> {
+    pub(crate) fn send_to_kernel(&self, datagram: &[u8]) -> io::Result<()> {
         // SAFETY: sockaddr_nl is plain data for which all-zero is valid (nl_pid 0 = the kernel).
         let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -372,7 +372,7 @@ impl NetlinkSocket {
 
 /// What one [`NetlinkSocket::recv_batch`] call got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchReceived {
+pub(crate) enum BatchReceived {
     /// This many datagrams are in the batch (at least one).
     Data(usize),
     /// Nothing came within the receive timeout (or nothing was queued, without waiting).
@@ -383,7 +383,7 @@ pub enum BatchReceived {
 
 /// Buffers for receiving several datagrams with one `recvmmsg` call.
 #[derive(Debug)]
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     /// Per slot: received length, whether it was cut, whether it came from the kernel.
     got: Vec<(usize, bool, bool)>,
@@ -416,13 +416,13 @@ impl RecvBatch {
     }
 
     /// Slots in the batch.
-    pub fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.bufs.len()
     }
 
     /// The datagrams of the last call that came from the kernel, each with whether it was cut
     /// to the buffer's size.
-    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], bool)> {
+    pub(crate) fn datagrams(&self) -> impl Iterator<Item = (&[u8], bool)> {
         self.bufs
             .iter()
             .zip(&self.got)
@@ -436,7 +436,7 @@ impl NetlinkSocket {
     /// Receives up to a batch of datagrams with one system call: waits (up to the receive
     /// timeout) for the first when `wait`, then takes what else is queued without waiting.
     /// One wake-up per burst instead of one per datagram.
-    pub fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
+    pub(crate) fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<BatchReceived> {
         let slots = batch.bufs.len();
         // SAFETY: sockaddr_nl is plain data for which all-zero is valid.
         let mut from: Vec<libc::sockaddr_nl> = vec![unsafe { std::mem::zeroed() }; slots];

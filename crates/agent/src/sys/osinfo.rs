@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 /// Parses an os-release file (`KEY=value`, values optionally quoted with `"` or `'`, shell
 /// escapes `\"`, `\\`, `` \` ``, `\$` in double quotes). Later keys win; malformed lines are
 /// ignored.
-pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+pub(crate) fn parse_os_release(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -55,7 +55,7 @@ fn unquote(value: &str) -> String {
 
 /// Parses `/proc/meminfo` into key -> kB (`MemTotal: 16384 kB`). Values without a unit are
 /// kept as they are (counts such as `HugePages_Total`).
-pub fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
+pub(crate) fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let Some((key, rest)) = line.split_once(':') else {
@@ -91,7 +91,7 @@ pub struct Mount {
 
 impl Mount {
     /// Whether the mount or its superblock has `option`.
-    pub fn has_option(&self, option: &str) -> bool {
+    pub(crate) fn has_option(&self, option: &str) -> bool {
         self.options
             .iter()
             .chain(&self.super_options)
@@ -126,7 +126,7 @@ fn unescape_octal(field: &str) -> String {
 
 /// Parses one mountinfo line:
 /// `id parent major:minor root mount-point options [optional...] - fstype source super-options`.
-pub fn parse_mountinfo_line(line: &str) -> Option<Mount> {
+pub(crate) fn parse_mountinfo_line(line: &str) -> Option<Mount> {
     let (left, right) = line.split_once(" - ")?;
     let left: Vec<&str> = left.split(' ').collect();
     if left.len() < 6 {
@@ -146,17 +146,17 @@ pub fn parse_mountinfo_line(line: &str) -> Option<Mount> {
 }
 
 /// Parses all of mountinfo; malformed lines are ignored.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_mountinfo_line).collect()
 }
 
 /// The mount in force at `mount_point` (the last one listed: later mounts hide earlier ones).
-pub fn mount_at<'a>(mounts: &'a [Mount], mount_point: &str) -> Option<&'a Mount> {
+pub(crate) fn mount_at<'a>(mounts: &'a [Mount], mount_point: &str) -> Option<&'a Mount> {
     mounts.iter().rev().find(|m| m.mount_point == mount_point)
 }
 
 /// The value of `root=` on a kernel command line.
-pub fn cmdline_root(cmdline: &str) -> Option<String> {
+pub(crate) fn cmdline_root(cmdline: &str) -> Option<String> {
     cmdline
         .split_ascii_whitespace()
         .take_while(|w| *w != "--")

@@ -13,7 +13,7 @@ use std::path::Path;
 use super::fs::Root;
 
 /// Most pids remembered per socket (a socket shared by a pre-forking server's workers).
-pub const MAX_PIDS_PER_SOCKET: usize = 16;
+pub(crate) const MAX_PIDS_PER_SOCKET: usize = 16;
 
 /// The owners found by [`socket_owners`].
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ pub struct SocketOwners {
 }
 
 /// The inode of a `socket:[N]` link target.
-pub fn socket_inode(link: &[u8]) -> Option<u64> {
+pub(crate) fn socket_inode(link: &[u8]) -> Option<u64> {
     let rest = link.strip_prefix(b"socket:[")?;
     let digits = rest.strip_suffix(b"]")?;
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Most bytes of a command line kept (the rest is cut and flagged): a message holds the event,
 /// and an argument list can be megabytes long.
-pub const MAX_CMDLINE: usize = 8192;
+pub(crate) const MAX_CMDLINE: usize = 8192;
 /// Most bytes read from `stat` or `status` (real ones are under 2 KiB).
 const MAX_SMALL_FILE: usize = 16 * 1024;
 
@@ -42,7 +42,7 @@ pub struct ProcessInfo {
 
 /// The fields of `/proc/<pid>/stat` we use.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stat {
+pub(crate) struct Stat {
     /// `comm`, between the parentheses.
     pub comm: String,
     /// `ppid`, field 4.
@@ -53,7 +53,7 @@ pub struct Stat {
 
 /// Parses `/proc/<pid>/stat`. The command name may hold spaces and parentheses, so the fields
 /// are counted from the *last* `)`.
-pub fn parse_stat(bytes: &[u8]) -> Option<Stat> {
+pub(crate) fn parse_stat(bytes: &[u8]) -> Option<Stat> {
     let open = bytes.iter().position(|&b| b == b'(')?;
     let close = bytes.iter().rposition(|&b| b == b')')?;
     if close <= open {
@@ -71,7 +71,7 @@ pub fn parse_stat(bytes: &[u8]) -> Option<Stat> {
 }
 
 /// The real and effective uid from `/proc/<pid>/status` (`Uid:\treal\teffective\tsaved\tfs`).
-pub fn parse_status_uids(text: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_status_uids(text: &str) -> Option<(u32, u32)> {
     let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     let mut ids = line.split_ascii_whitespace().map(|f| f.parse::<u32>().ok());
     Some((ids.next()??, ids.next()??))
@@ -79,7 +79,7 @@ pub fn parse_status_uids(text: &str) -> Option<(u32, u32)> {
 
 /// Joins a NUL-separated argument list with spaces (SPEC §3), lossily, at most `max` bytes;
 /// returns the text and whether it was cut. A trailing NUL is not an empty argument.
-pub fn join_cmdline(raw: &[u8], max: usize) -> (String, bool) {
+pub(crate) fn join_cmdline(raw: &[u8], max: usize) -> (String, bool) {
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
     let cut = raw.len() > max;
     let raw = &raw[..raw.len().min(max)];
@@ -101,7 +101,7 @@ impl ProcDir {
     }
 
     /// Opens a process directory at `path` (a fixture in tests).
-    pub fn open_path(path: &str) -> io::Result<ProcDir> {
+    pub(crate) fn open_path(path: &str) -> io::Result<ProcDir> {
         let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: `c` is a valid NUL-terminated path alive during the call; the result is
         // checked before use.
@@ -152,7 +152,7 @@ impl ProcDir {
 
     /// The value of extended attribute `attr` of the file `name` (following its link): used
     /// on `fd/N` for `system.sockprotoname`, the protocol name of a socket (`TCP`, `UDPv6`).
-    pub fn link_xattr(&self, name: &str, attr: &str) -> io::Result<Vec<u8>> {
+    pub(crate) fn link_xattr(&self, name: &str, attr: &str) -> io::Result<Vec<u8>> {
         // There is no getxattrat before Linux 6.13; the path through /proc/self/fd of our
         // directory descriptor names the same directory without a second lookup by pid.
         let path = format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd());
@@ -194,7 +194,7 @@ impl ProcDir {
 
     /// Adds what `stat` says (parent, start time, command name); it lasts until the process
     /// is reaped.
-    pub fn add_stat(&self, info: &mut ProcessInfo) {
+    pub(crate) fn add_stat(&self, info: &mut ProcessInfo) {
         if let Some(stat) = self
             .read("stat", MAX_SMALL_FILE)
             .ok()
@@ -208,7 +208,7 @@ impl ProcDir {
 
     /// Adds the real and effective uid from `status` (the costliest file to read: the kernel
     /// formats some fifty lines for it).
-    pub fn add_uids(&self, info: &mut ProcessInfo) {
+    pub(crate) fn add_uids(&self, info: &mut ProcessInfo) {
         if let Some((uid, euid)) = self
             .read("status", MAX_SMALL_FILE)
             .ok()
@@ -229,7 +229,7 @@ impl ProcDir {
 }
 
 /// The kernel thread id of the calling thread (Diagnostic's `ThreadId`).
-pub fn current_thread_id() -> u32 {
+pub(crate) fn current_thread_id() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     u32::try_from(tid).unwrap_or(0)
@@ -237,7 +237,7 @@ pub fn current_thread_id() -> u32 {
 
 /// Lowers the calling thread's nice value by `boost` (raises its priority); false when not
 /// allowed (without `CAP_SYS_NICE` a thread cannot go below its current value).
-pub fn raise_thread_priority(boost: i32) -> bool {
+pub(crate) fn raise_thread_priority(boost: i32) -> bool {
     let tid = current_thread_id();
     // SAFETY: getpriority/setpriority take no pointers; on Linux PRIO_PROCESS with a thread id
     // applies to that one thread. errno is not needed: the result is checked by reading back.
@@ -248,7 +248,7 @@ pub fn raise_thread_priority(boost: i32) -> bool {
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds (the clock of process connector timestamps).
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: timespec is plain data for which all-zero is valid.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `ts` is valid for writes; CLOCK_MONOTONIC always exists on Linux.
@@ -259,7 +259,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// The pids of all processes now (the numeric entries of `/proc`), at most `cap`.
-pub fn all_pids(cap: usize) -> io::Result<Vec<u32>> {
+pub(crate) fn all_pids(cap: usize) -> io::Result<Vec<u32>> {
     Ok(std::fs::read_dir("/proc")?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))

@@ -10,14 +10,129 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use super::fs::{BoundedLines, Root};
-use super::safefile::FileError;
+use twinguard_os::safefile::FileError;
 
-/// `TCP_ESTABLISHED`: a connected socket (TCP) or a connected UDP socket.
-pub const STATE_ESTABLISHED: u8 = 0x01;
-/// `TCP_CLOSE`: an unconnected UDP socket.
-pub const STATE_CLOSE: u8 = 0x07;
-/// `TCP_LISTEN`: a listening TCP socket.
-pub const STATE_LISTEN: u8 = 0x0A;
+/// A socket's state in the kernel's `TCP_*` numbering (include/net/tcp_states.h), which
+/// `/proc/net/*` and sock_diag both use, UDP sockets included (`Established`: connected,
+/// `Close`: not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    /// `TCP_ESTABLISHED` (1).
+    Established,
+    /// `TCP_SYN_SENT` (2): a connect in progress.
+    SynSent,
+    /// `TCP_SYN_RECV` (3): a connection not yet accepted.
+    SynRecv,
+    /// `TCP_FIN_WAIT1` (4).
+    FinWait1,
+    /// `TCP_FIN_WAIT2` (5).
+    FinWait2,
+    /// `TCP_TIME_WAIT` (6): closed by this end first; kept a while without an owner.
+    TimeWait,
+    /// `TCP_CLOSE` (7); for UDP, an unconnected socket.
+    Close,
+    /// `TCP_CLOSE_WAIT` (8).
+    CloseWait,
+    /// `TCP_LAST_ACK` (9).
+    LastAck,
+    /// `TCP_LISTEN` (10).
+    Listen,
+    /// `TCP_CLOSING` (11).
+    Closing,
+    /// `TCP_NEW_SYN_RECV` (12).
+    NewSynRecv,
+    /// `TCP_BOUND_INACTIVE` (13, Linux 6.5).
+    BoundInactive,
+    /// A number this list does not know (a newer kernel).
+    Other(u8),
+}
+
+impl TcpState {
+    /// The state of kernel number `n`.
+    pub const fn from_kernel(n: u8) -> TcpState {
+        match n {
+            1 => TcpState::Established,
+            2 => TcpState::SynSent,
+            3 => TcpState::SynRecv,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
+            8 => TcpState::CloseWait,
+            9 => TcpState::LastAck,
+            10 => TcpState::Listen,
+            11 => TcpState::Closing,
+            12 => TcpState::NewSynRecv,
+            13 => TcpState::BoundInactive,
+            n => TcpState::Other(n),
+        }
+    }
+
+    /// The kernel's number of the state.
+    pub const fn kernel(self) -> u8 {
+        match self {
+            TcpState::Established => 1,
+            TcpState::SynSent => 2,
+            TcpState::SynRecv => 3,
+            TcpState::FinWait1 => 4,
+            TcpState::FinWait2 => 5,
+            TcpState::TimeWait => 6,
+            TcpState::Close => 7,
+            TcpState::CloseWait => 8,
+            TcpState::LastAck => 9,
+            TcpState::Listen => 10,
+            TcpState::Closing => 11,
+            TcpState::NewSynRecv => 12,
+            TcpState::BoundInactive => 13,
+            TcpState::Other(n) => n,
+        }
+    }
+}
+
+/// A set of states, as sock_diag's `idiag_states` bit mask (bit n: kernel state n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TcpStates(u32);
+
+impl TcpStates {
+    /// Every state of a socket that is or was connected and still has an owner: ESTABLISHED,
+    /// SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING. TIME_WAIT
+    /// sockets have no inode (no owner any more) and are left out.
+    pub(crate) const CONNECTED: TcpStates = TcpStates::of(&[
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Closing,
+    ]);
+    /// [`TcpStates::CONNECTED`], TIME_WAIT and CLOSE: every state a connection can be in after
+    /// it was made.
+    pub(crate) const EVER_CONNECTED: TcpStates =
+        TcpStates(TcpStates::CONNECTED.0 | TcpStates::of(&[TcpState::TimeWait, TcpState::Close]).0);
+    /// LISTEN only.
+    pub(crate) const LISTENING: TcpStates = TcpStates::of(&[TcpState::Listen]);
+
+    /// The set of `states` (numbers above 31 cannot be asked for and are left out).
+    pub const fn of(states: &[TcpState]) -> TcpStates {
+        let mut bits = 0u32;
+        let mut i = 0;
+        while i < states.len() {
+            let n = states[i].kernel();
+            if n < 32 {
+                bits |= 1 << n;
+            }
+            i += 1;
+        }
+        TcpStates(bits)
+    }
+
+    /// The bit mask.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
 
 /// The longest line accepted; real lines are under 200 bytes.
 const MAX_LINE: usize = 1024;
@@ -66,7 +181,7 @@ impl Table {
     }
 
     /// Its path under `/proc`.
-    pub fn proc_path(self) -> &'static str {
+    pub(crate) fn proc_path(self) -> &'static str {
         match (self.transport, self.family) {
             (Transport::Tcp, Family::V4) => "/proc/net/tcp",
             (Transport::Tcp, Family::V6) => "/proc/net/tcp6",
@@ -88,7 +203,7 @@ pub struct ProcNetSocket {
     /// Remote port (0 when not connected).
     pub remote_port: u16,
     /// The kernel state (`TCP_*` numbering, also for UDP).
-    pub state: u8,
+    pub state: TcpState,
     /// The owner's uid.
     pub uid: u32,
     /// The socket's inode (0 for sockets being torn down).
@@ -103,9 +218,9 @@ impl ProcNetSocket {
     /// or a UDP socket bound to a port and not connected. Established connections never are.
     pub fn is_listening(&self, transport: Transport) -> bool {
         match transport {
-            Transport::Tcp => self.state == STATE_LISTEN,
+            Transport::Tcp => self.state == TcpState::Listen,
             Transport::Udp => {
-                self.state == STATE_CLOSE
+                self.state == TcpState::Close
                     && self.local_port != 0
                     && self.remote_port == 0
                     && self.remote_ip.is_unspecified()
@@ -116,7 +231,7 @@ impl ProcNetSocket {
 
 /// Decodes a `/proc/net` address: 8 hex digits (IPv4) or 32 (IPv6), each 8-digit group a
 /// native-endian `u32` holding 4 bytes of the address in network order.
-pub fn decode_address(hex: &str) -> Option<IpAddr> {
+pub(crate) fn decode_address(hex: &str) -> Option<IpAddr> {
     let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
     match hex.len() {
         8 => hex.get(..8).and_then(word).map(|b| IpAddr::V4(Ipv4Addr::from(b))),
@@ -141,7 +256,7 @@ fn decode_endpoint(text: &str) -> Option<(IpAddr, u16)> {
 }
 
 /// Parses one line of a socket table; `None` for the header and for malformed lines.
-pub fn parse_line(line: &str) -> Option<ProcNetSocket> {
+pub(crate) fn parse_line(line: &str) -> Option<ProcNetSocket> {
     let mut fields = line.split_ascii_whitespace();
     let slot = fields.next()?;
     if !slot.ends_with(':') {
@@ -153,7 +268,7 @@ pub fn parse_line(line: &str) -> Option<ProcNetSocket> {
     if state_text.len() > 2 {
         return None;
     }
-    let state = u8::from_str_radix(state_text, 16).ok()?;
+    let state = TcpState::from_kernel(u8::from_str_radix(state_text, 16).ok()?);
     // tx_queue:rx_queue, tr:tm->when, retrnsmt
     let _ = (fields.next()?, fields.next()?, fields.next()?);
     let uid = fields.next()?.parse().ok()?;
@@ -183,7 +298,7 @@ pub struct TableRead {
 }
 
 /// Streams the table `path` and keeps the sockets `keep` accepts, at most `cap` of them.
-pub fn read_table_at(
+pub(crate) fn read_table_at(
     path: &Path,
     cap: usize,
     keep: impl Fn(&ProcNetSocket) -> bool,
@@ -211,7 +326,7 @@ pub fn read_table(
 }
 
 /// Parses the lines of a table (pure; the first line is the header).
-pub fn scan_lines(
+pub(crate) fn scan_lines(
     lines: impl Iterator<Item = String>,
     cap: usize,
     keep: impl Fn(&ProcNetSocket) -> bool,
@@ -285,7 +400,7 @@ mod tests {
         let s = parse_line(line).unwrap();
         assert_eq!(s.local_ip.to_string(), "0.0.0.0");
         assert_eq!(s.local_port, 2024);
-        assert_eq!(s.state, STATE_LISTEN);
+        assert_eq!(s.state, TcpState::Listen);
         assert_eq!(s.inode, 503);
         assert!(s.is_listening(Transport::Tcp));
         assert!(!s.is_listening(Transport::Udp));
@@ -309,7 +424,7 @@ mod tests {
             local_port: 5000,
             remote_ip: "10.0.0.2".parse().unwrap(),
             remote_port: 53,
-            state: STATE_ESTABLISHED,
+            state: TcpState::Established,
             uid: 0,
             inode: 1,
             ifindex: 0,
@@ -318,7 +433,7 @@ mod tests {
         assert!(!s.is_listening(Transport::Tcp));
         let unbound = ProcNetSocket {
             local_port: 0,
-            state: STATE_CLOSE,
+            state: TcpState::Close,
             remote_ip: "0.0.0.0".parse().unwrap(),
             remote_port: 0,
             ..s

@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The default time a tool may take.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default cap on a tool's standard output.
-pub const DEFAULT_OUTPUT_CAP: usize = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_OUTPUT_CAP: usize = 8 * 1024 * 1024;
 /// How much of standard error is kept for error messages.
 const STDERR_CAP: usize = 4096;
 
@@ -63,7 +63,7 @@ pub enum RunError {
 
 /// The first of `candidates` that exists as a file (tools are looked up at fixed system paths,
 /// not through `PATH`, since the agent runs with privilege).
-pub fn find_tool(candidates: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_tool(candidates: &[&str]) -> Option<PathBuf> {
     candidates
         .iter()
         .map(Path::new)

@@ -1,33 +1,42 @@
-//! Socket listing through `NETLINK_SOCK_DIAG` (`inet_diag`), the kernel interface `ss` uses:
-//! the kernel filters by state (only LISTEN TCP sockets and unconnected UDP sockets cross to
-//! user space) and answers in binary, much faster than formatting `/proc/net/*` text. It also
-//! gives the socket's bound interface, which `/proc/net` does not (the scope of a link-local
-//! IPv6 address).
+//! Socket listing through `NETLINK_SOCK_DIAG` (`inet_diag`), the kernel interface `ss` uses,
+//! on the one netlink socket type (`netlink.rs`): the kernel filters by state (only LISTEN TCP
+//! sockets and unconnected UDP sockets cross to user space for ListeningPorts; connected TCP
+//! sockets, optionally only those with one remote end, for ConnectionCreate) and answers in
+//! binary, much faster than formatting `/proc/net/*` text. It also gives the socket's bound
+//! interface, which `/proc/net` does not (the scope of a link-local IPv6 address).
 //!
-//! The request is built and the answer parsed as plain bytes (pure functions, tested on
-//! captured answers); only the socket calls are `unsafe`.
+//! ConnectionCreate uses it to find the local end of a connection an audit record names (by
+//! remote address, then by the socket's inode), and to poll for connections of processes audit
+//! cannot see. The request (with its bytecode) is built and the answer parsed as plain bytes
+//! (pure functions, tested on captured answers).
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
-use super::procnet::{Family, ProcNetSocket, Table, Transport, STATE_CLOSE, STATE_LISTEN};
+use super::netlink::{
+    self, NetlinkSocket, Received, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use super::procnet::{Family, ProcNetSocket, Table, TcpState, TcpStates, Transport};
 
 /// `NETLINK_SOCK_DIAG` (linux/netlink.h).
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `NLM_F_REQUEST | NLM_F_DUMP` (linux/netlink.h).
-const DUMP_FLAGS: u16 = 0x1 | 0x300;
-/// `NLMSG_ERROR`, `NLMSG_DONE`.
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 /// `NLM_F_DUMP_INTR`: the dump was interrupted by a change and may be inconsistent.
 const NLM_F_DUMP_INTR: u16 = 0x10;
-/// Sizes of `struct nlmsghdr` and `struct inet_diag_msg`.
-const NLMSG_HDR: usize = 16;
+/// `INET_DIAG_REQ_BYTECODE` (the request attribute) and `INET_DIAG_BC_D_COND` (remote address
+/// and port condition).
+const REQ_BYTECODE: u16 = 1;
+const BC_D_COND: u8 = 8;
+/// Size of `struct inet_diag_msg`.
 const DIAG_MSG: usize = 72;
-/// The most bytes read for one dump (a bound on a hostile or runaway answer).
-const MAX_DUMP_BYTES: usize = 256 * 1024 * 1024;
+/// The most bytes read for one dump (a bound on a hostile or runaway answer): 64 MiB is some
+/// 500,000 sockets of one family.
+const MAX_DUMP_BYTES: usize = 64 * 1024 * 1024;
+/// The receive buffer. The kernel sizes dump datagrams after the buffer we read with, up to
+/// 32 KiB; a larger datagram (never seen) is an error, not a silent loss.
+const RECV_BUFFER: usize = 32 * 1024;
 
 /// Why a dump failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,41 +61,72 @@ pub enum DiagError {
 }
 
 /// The states asked for: TCP LISTEN, or UDP unconnected (`TCP_CLOSE`).
-fn wanted_states(transport: Transport) -> u32 {
+fn wanted_states(transport: Transport) -> TcpStates {
     match transport {
-        Transport::Tcp => 1 << STATE_LISTEN,
-        Transport::Udp => 1 << STATE_CLOSE,
+        Transport::Tcp => TcpStates::LISTENING,
+        Transport::Udp => TcpStates::of(&[TcpState::Close]),
     }
 }
 
-/// The request (`nlmsghdr` + `inet_diag_req_v2`) dumping `table`'s listening sockets.
-pub fn request(table: Table, seq: u32) -> [u8; NLMSG_HDR + 56] {
-    let mut b = [0u8; NLMSG_HDR + 56];
-    b[0..4].copy_from_slice(&((NLMSG_HDR + 56) as u32).to_ne_bytes());
-    b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b[6..8].copy_from_slice(&DUMP_FLAGS.to_ne_bytes());
-    b[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0: to the kernel.
-    b[16] = match table.family {
-        Family::V4 => libc::AF_INET as u8,
-        Family::V6 => libc::AF_INET6 as u8,
+/// The `inet_diag` bytecode accepting only sockets whose remote end is `ip` port `port`.
+pub(crate) fn remote_filter(ip: IpAddr, port: u16) -> Vec<u8> {
+    let (family, addr): (u8, Vec<u8>) = match ip {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
     };
-    b[17] = match table.transport {
-        Transport::Tcp => libc::IPPROTO_TCP as u8,
-        Transport::Udp => libc::IPPROTO_UDP as u8,
-    };
-    // idiag_ext 0, pad 0; idiag_states; the socket id (all zero: any).
-    b[20..24].copy_from_slice(&wanted_states(table.transport).to_ne_bytes());
+    let total = 4 + 8 + addr.len();
+    let mut b = Vec::with_capacity(total);
+    // struct inet_diag_bc_op: code, yes (jump to the end: accept), no (past the end: reject).
+    b.push(BC_D_COND);
+    b.push(total as u8);
+    b.extend_from_slice(&((total + 4) as u16).to_ne_bytes());
+    // struct inet_diag_hostcond: family, prefix_len, port (int), then the address.
+    b.push(family);
+    b.push((addr.len() * 8) as u8);
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&i32::from(port).to_ne_bytes());
+    b.extend_from_slice(&addr);
     b
 }
 
-fn u16_ne(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+/// The request (`nlmsghdr` + `inet_diag_req_v2`, then the bytecode attribute when given)
+/// dumping the sockets of `family` (`AF_INET` / `AF_INET6`) and `protocol` (`IPPROTO_TCP` /
+/// `IPPROTO_UDP`) in `states`.
+pub(crate) fn request(
+    family: u8,
+    protocol: u8,
+    states: TcpStates,
+    bytecode: Option<&[u8]>,
+    seq: u32,
+) -> Vec<u8> {
+    let mut req = vec![0u8; 56];
+    req[0] = family;
+    req[1] = protocol;
+    // idiag_ext 0, pad 0; idiag_states; the socket id (all zero: any).
+    req[4..8].copy_from_slice(&states.bits().to_ne_bytes());
+    if let Some(bc) = bytecode {
+        let attr_len = 4 + bc.len();
+        req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        req.extend_from_slice(&REQ_BYTECODE.to_ne_bytes());
+        req.extend_from_slice(bc);
+        while !req.len().is_multiple_of(4) {
+            req.push(0);
+        }
+    }
+    netlink::request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, &req)
 }
 
-fn u32_ne(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+/// The family and protocol bytes of a table.
+fn family_protocol(table: Table) -> (u8, u8) {
+    let family = match table.family {
+        Family::V4 => libc::AF_INET as u8,
+        Family::V6 => libc::AF_INET6 as u8,
+    };
+    let protocol = match table.transport {
+        Transport::Tcp => libc::IPPROTO_TCP as u8,
+        Transport::Udp => libc::IPPROTO_UDP as u8,
+    };
+    (family, protocol)
 }
 
 fn address(family: u8, raw: &[u8]) -> Option<IpAddr> {
@@ -102,12 +142,12 @@ fn address(family: u8, raw: &[u8]) -> Option<IpAddr> {
 }
 
 /// Parses one `inet_diag_msg`.
-pub fn parse_diag_msg(b: &[u8]) -> Option<ProcNetSocket> {
+pub(crate) fn parse_diag_msg(b: &[u8]) -> Option<ProcNetSocket> {
     if b.len() < DIAG_MSG {
         return None;
     }
     let family = b[0];
-    let state = b[1];
+    let state = TcpState::from_kernel(b[1]);
     // Ports are big-endian (network order) in the socket id.
     let local_port = u16::from_be_bytes([b[4], b[5]]);
     let remote_port = u16::from_be_bytes([b[6], b[7]]);
@@ -117,15 +157,15 @@ pub fn parse_diag_msg(b: &[u8]) -> Option<ProcNetSocket> {
         remote_ip: address(family, &b[24..40])?,
         remote_port,
         state,
-        uid: u32_ne(b, 64)?,
-        inode: u64::from(u32_ne(b, 68)?),
-        ifindex: u32_ne(b, 40)?,
+        uid: netlink::u32_at(b, 64)?,
+        inode: u64::from(netlink::u32_at(b, 68)?),
+        ifindex: netlink::u32_at(b, 40)?,
     })
 }
 
 /// What one received buffer held.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// Sockets, in order.
     pub sockets: Vec<ProcNetSocket>,
     /// Whether `NLMSG_DONE` was seen.
@@ -138,19 +178,19 @@ pub struct Batch {
 
 /// Parses the netlink messages of one received buffer (pure). An `NLMSG_ERROR` becomes
 /// `Err` with its errno.
-pub fn parse_batch(mut b: &[u8], seq: u32) -> Result<Batch, DiagError> {
+pub(crate) fn parse_batch(mut b: &[u8], seq: u32) -> Result<Batch, DiagError> {
     let mut out = Batch::default();
     while b.len() >= NLMSG_HDR {
-        let len = u32_ne(b, 0).unwrap_or(0) as usize;
+        let len = netlink::u32_at(b, 0).unwrap_or(0) as usize;
         if len < NLMSG_HDR || len > b.len() {
             return Err(DiagError::Malformed(format!(
                 "message length {len} of {} bytes left",
                 b.len()
             )));
         }
-        let kind = u16_ne(b, 4).unwrap_or(0);
-        let flags = u16_ne(b, 6).unwrap_or(0);
-        let msg_seq = u32_ne(b, 8).unwrap_or(0);
+        let kind = netlink::u16_at(b, 4).unwrap_or(0);
+        let flags = netlink::u16_at(b, 6).unwrap_or(0);
+        let msg_seq = netlink::u32_at(b, 8).unwrap_or(0);
         let body = &b[NLMSG_HDR..len];
         out.interrupted |= flags & NLM_F_DUMP_INTR != 0;
         if msg_seq == seq {
@@ -182,123 +222,82 @@ pub fn parse_batch(mut b: &[u8], seq: u32) -> Result<Batch, DiagError> {
     Ok(out)
 }
 
-/// An open `NETLINK_SOCK_DIAG` socket.
+/// An open `NETLINK_SOCK_DIAG` socket: the one sock_diag of the agent (listening ports,
+/// connections by remote end, the connection poll, `doctor`).
 #[derive(Debug)]
-pub struct DiagSocket {
-    fd: OwnedFd,
+pub struct SockDiag {
+    sock: NetlinkSocket,
     seq: u32,
+    buf: Vec<u8>,
 }
 
-impl DiagSocket {
-    /// Opens the socket (with a 2 s receive timeout, so a silent kernel cannot hang us).
-    pub fn open() -> Result<DiagSocket, DiagError> {
-        // SAFETY: socket() takes no pointers; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if raw < 0 {
-            return Err(DiagError::Io {
+impl SockDiag {
+    /// Opens the socket (answers must come within 2 s, so a silent kernel cannot hang us).
+    pub fn open() -> Result<SockDiag, DiagError> {
+        let sock =
+            NetlinkSocket::open(NETLINK_SOCK_DIAG, libc::SOCK_DGRAM, 0).map_err(|source| DiagError::Io {
                 what: "socket",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `raw` is a descriptor we just opened and own exclusively; OwnedFd closes it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: `timeout` is a valid timeval that outlives the call, and its size is given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(DiagError::Io {
+                source,
+            })?;
+        sock.set_recv_timeout(Duration::from_secs(2))
+            .map_err(|source| DiagError::Io {
                 what: "setsockopt(SO_RCVTIMEO)",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(DiagSocket { fd, seq: 0 })
+                source,
+            })?;
+        Ok(SockDiag {
+            sock,
+            seq: 0,
+            buf: vec![0u8; RECV_BUFFER],
+        })
     }
 
-    /// Dumps `table`'s listening sockets (TCP LISTEN, or UDP unconnected) into `out`, at most
-    /// `cap` of them; returns how many were beyond the cap and whether the kernel flagged the
-    /// dump as interrupted.
-    pub fn dump(
+    /// Sends `req` (built with sequence number `self.seq`) and reads the dump, keeping the
+    /// sockets `keep` accepts into `out`, at most `cap` of them; returns how many were beyond
+    /// the cap and whether the kernel flagged the dump as interrupted.
+    fn dump(
         &mut self,
-        table: Table,
+        req: &[u8],
         cap: usize,
         out: &mut Vec<ProcNetSocket>,
+        keep: impl Fn(&ProcNetSocket) -> bool,
     ) -> Result<(usize, bool), DiagError> {
-        self.seq = self.seq.wrapping_add(1);
-        let req = request(table, self.seq);
-        // SAFETY: sockaddr_nl is plain data for which all-zero is valid (nl_pid 0 = the kernel).
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `req` and `kernel` are valid for the lengths given and outlive the call.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(DiagError::Io {
-                what: "sendto",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let mut buf = vec![0u8; 64 * 1024];
+        self.sock.send_to_kernel(req).map_err(|source| DiagError::Io {
+            what: "sendto",
+            source,
+        })?;
         let mut total = 0usize;
         let mut over_cap = 0usize;
         let mut interrupted = false;
         loop {
-            // SAFETY: `buf` is valid and writable for its whole length during the call.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+            let len = match self.sock.recv(&mut self.buf) {
+                Ok(Received::Data { truncated: true, .. }) => {
+                    return Err(DiagError::Malformed(format!(
+                        "a dump datagram larger than {RECV_BUFFER} bytes"
+                    )));
                 }
-                return Err(DiagError::Io {
-                    what: "recv",
-                    source: e,
-                });
-            }
-            if n == 0 {
-                return Err(DiagError::Malformed(
-                    "the kernel closed the dump early".to_owned(),
-                ));
-            }
-            let n = usize::try_from(n).unwrap_or(0).min(buf.len());
-            total += n;
+                Ok(Received::Data { len, .. }) => len,
+                Ok(Received::Timeout) => {
+                    return Err(DiagError::Io {
+                        what: "recv",
+                        source: io::Error::from(io::ErrorKind::TimedOut),
+                    })
+                }
+                Ok(Received::Overrun) => {
+                    return Err(DiagError::Malformed("the dump overran our buffer".into()));
+                }
+                Err(source) => return Err(DiagError::Io { what: "recv", source }),
+            };
+            total += len;
             if total > MAX_DUMP_BYTES {
                 return Err(DiagError::TooLarge);
             }
-            let batch = parse_batch(&buf[..n], self.seq)?;
+            let batch = parse_batch(&self.buf[..len], self.seq)?;
             interrupted |= batch.interrupted;
-            for s in batch.sockets {
-                // The kernel filtered by state; UDP still needs "bound and not connected".
-                if s.is_listening(table.transport) {
-                    if out.len() < cap {
-                        out.push(s);
-                    } else {
-                        over_cap += 1;
-                    }
+            for s in batch.sockets.into_iter().filter(|s| keep(s)) {
+                if out.len() < cap {
+                    out.push(s);
+                } else {
+                    over_cap += 1;
                 }
             }
             if batch.done {
@@ -306,10 +305,67 @@ impl DiagSocket {
             }
         }
     }
+
+    /// Dumps `table`'s listening sockets (TCP LISTEN, or UDP unconnected) into `out`, at most
+    /// `cap` of them; returns how many were beyond the cap and whether the kernel flagged the
+    /// dump as interrupted.
+    pub fn dump_listening(
+        &mut self,
+        table: Table,
+        cap: usize,
+        out: &mut Vec<ProcNetSocket>,
+    ) -> Result<(usize, bool), DiagError> {
+        self.seq = self.seq.wrapping_add(1);
+        let (family, protocol) = family_protocol(table);
+        let req = request(family, protocol, wanted_states(table.transport), None, self.seq);
+        // The kernel filtered by state; UDP still needs "bound and not connected".
+        self.dump(&req, cap, out, |s| s.is_listening(table.transport))
+    }
+
+    /// Dumps TCP sockets of `family` (`AF_INET` / `AF_INET6`) in `states`, only those whose
+    /// remote end is `remote` when given (the kernel filters with an `inet_diag` bytecode
+    /// condition, so finding one connection among ten thousand costs one short answer), into
+    /// `out` (at most `cap`; the rest are counted in the returned number).
+    pub(crate) fn dump_tcp(
+        &mut self,
+        family: u8,
+        states: TcpStates,
+        remote: Option<(IpAddr, u16)>,
+        cap: usize,
+        out: &mut Vec<ProcNetSocket>,
+    ) -> Result<usize, DiagError> {
+        self.seq = self.seq.wrapping_add(1);
+        let bytecode = remote.map(|(ip, port)| remote_filter(ip, port));
+        let req = request(
+            family,
+            libc::IPPROTO_TCP as u8,
+            states,
+            bytecode.as_deref(),
+            self.seq,
+        );
+        Ok(self.dump(&req, cap, out, |_| true)?.0)
+    }
+
+    /// Every TCP socket of both families in `states` (the IPv6 dump is skipped when the
+    /// kernel has no IPv6).
+    pub(crate) fn dump_tcp_all(
+        &mut self,
+        states: TcpStates,
+        cap: usize,
+        out: &mut Vec<ProcNetSocket>,
+    ) -> Result<usize, DiagError> {
+        let mut over = self.dump_tcp(libc::AF_INET as u8, states, None, cap, out)?;
+        match self.dump_tcp(libc::AF_INET6 as u8, states, None, cap, out) {
+            Ok(n) => over += n,
+            Err(DiagError::Refused(_)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(over)
+    }
 }
 
 /// The name of interface `index` (`eth0`), `None` when there is none.
-pub fn interface_name(index: u32) -> Option<String> {
+pub(crate) fn interface_name(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires; it writes a
     // NUL-terminated name into it or returns NULL.
@@ -329,6 +385,7 @@ pub fn interface_name(index: u32) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream};
 
     fn msg(seq: u32, kind: u16, body: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
@@ -344,10 +401,10 @@ mod tests {
         m
     }
 
-    fn diag(family: u8, state: u8, sport: u16, src: &[u8], ifindex: u32, inode: u32) -> Vec<u8> {
+    fn diag(family: u8, state: TcpState, sport: u16, src: &[u8], ifindex: u32, inode: u32) -> Vec<u8> {
         let mut b = vec![0u8; DIAG_MSG];
         b[0] = family;
-        b[1] = state;
+        b[1] = state.kernel();
         b[4..6].copy_from_slice(&sport.to_be_bytes());
         b[8..8 + src.len()].copy_from_slice(src);
         b[40..44].copy_from_slice(&ifindex.to_ne_bytes());
@@ -362,15 +419,19 @@ mod tests {
         let mut buf = msg(
             7,
             SOCK_DIAG_BY_FAMILY,
-            &diag(libc::AF_INET as u8, STATE_LISTEN, 22, &[127, 0, 0, 1], 0, 42),
+            &diag(libc::AF_INET as u8, TcpState::Listen, 22, &[127, 0, 0, 1], 0, 42),
         );
         buf.extend(msg(
             7,
             SOCK_DIAG_BY_FAMILY,
-            &diag(libc::AF_INET6 as u8, STATE_LISTEN, 8080, &ll.octets(), 2, 43),
+            &diag(libc::AF_INET6 as u8, TcpState::Listen, 8080, &ll.octets(), 2, 43),
         ));
         buf.extend(msg(7, SOCK_DIAG_BY_FAMILY, &[1, 2, 3]));
-        buf.extend(msg(6, SOCK_DIAG_BY_FAMILY, &diag(2, 10, 1, &[1, 1, 1, 1], 0, 1)));
+        buf.extend(msg(
+            6,
+            SOCK_DIAG_BY_FAMILY,
+            &diag(2, TcpState::Listen, 1, &[1, 1, 1, 1], 0, 1),
+        ));
         buf.extend(msg(7, NLMSG_DONE, &0i32.to_ne_bytes()));
         let batch = parse_batch(&buf, 7).unwrap();
         assert!(batch.done);
@@ -387,38 +448,91 @@ mod tests {
 
     #[test]
     fn truncated_answers_are_errors_not_panics() {
-        let mut m = msg(1, SOCK_DIAG_BY_FAMILY, &diag(2, 10, 1, &[1, 1, 1, 1], 0, 1));
+        let mut m = msg(
+            1,
+            SOCK_DIAG_BY_FAMILY,
+            &diag(2, TcpState::Listen, 1, &[1, 1, 1, 1], 0, 1),
+        );
         m[0] = 0xff;
         assert!(parse_batch(&m, 1).is_err());
         assert_eq!(parse_batch(&[1, 2, 3], 1).unwrap(), Batch::default());
         assert_eq!(parse_diag_msg(&[0; 10]), None);
-        let mut bad_family = diag(99, 10, 1, &[1, 1, 1, 1], 0, 1);
+        let mut bad_family = diag(99, TcpState::Listen, 1, &[1, 1, 1, 1], 0, 1);
         bad_family[0] = 99;
         assert_eq!(parse_diag_msg(&bad_family), None);
     }
 
     #[test]
     fn requests_ask_for_listening_states() {
-        let r = request(Table::new(Transport::Udp, Family::V6), 9);
-        assert_eq!(u32_ne(&r, 0), Some(72));
+        let (family, protocol) = family_protocol(Table::new(Transport::Udp, Family::V6));
+        let r = request(family, protocol, wanted_states(Transport::Udp), None, 9);
+        assert_eq!(netlink::u32_at(&r, 0), Some(72));
         assert_eq!(r[16], libc::AF_INET6 as u8);
         assert_eq!(r[17], libc::IPPROTO_UDP as u8);
-        assert_eq!(u32_ne(&r, 20), Some(1 << STATE_CLOSE));
+        assert_eq!(netlink::u32_at(&r, 20), Some(1 << 7));
+    }
+
+    #[test]
+    fn the_remote_filter_is_one_condition_that_jumps_to_accept_or_past_the_end() {
+        let bc = remote_filter("10.0.0.1".parse().unwrap(), 443);
+        assert_eq!(bc.len(), 16);
+        assert_eq!((bc[0], bc[1]), (BC_D_COND, 16));
+        assert_eq!(netlink::u16_at(&bc, 2), Some(20));
+        assert_eq!((bc[4], bc[5]), (libc::AF_INET as u8, 32));
+        assert_eq!(netlink::u32_at(&bc, 8), Some(443));
+        assert_eq!(&bc[12..], &[10, 0, 0, 1]);
+        assert_eq!(remote_filter("::1".parse().unwrap(), 1).len(), 28);
+        let req = request(
+            libc::AF_INET as u8,
+            libc::IPPROTO_TCP as u8,
+            TcpStates::CONNECTED,
+            Some(&bc),
+            3,
+        );
+        assert_eq!(req.len(), 16 + 56 + 4 + 16);
+        assert_eq!(netlink::u32_at(&req, 0), Some(req.len() as u32));
+    }
+
+    #[test]
+    fn live_dump_finds_a_connection_by_its_remote_end() {
+        let Ok(mut diag) = SockDiag::open() else {
+            return;
+        };
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = TcpStream::connect(addr).unwrap();
+        let (_a, _) = l.accept().unwrap();
+        let mut out = Vec::new();
+        diag.dump_tcp(
+            libc::AF_INET as u8,
+            TcpStates::CONNECTED,
+            Some((addr.ip(), addr.port())),
+            100,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].local_port, c.local_addr().unwrap().port());
+        assert!(out[0].inode != 0);
+        let mut listening = Vec::new();
+        diag.dump_tcp_all(TcpStates::LISTENING, 100_000, &mut listening)
+            .unwrap();
+        assert!(listening.iter().any(|s| s.local_port == addr.port()));
     }
 
     #[test]
     fn live_dump_finds_a_listener() {
-        let Ok(mut sock) = DiagSocket::open() else {
+        let Ok(mut sock) = SockDiag::open() else {
             return;
         };
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let mut out = Vec::new();
-        sock.dump(Table::new(Transport::Tcp, Family::V4), 1_000_000, &mut out)
+        sock.dump_listening(Table::new(Transport::Tcp, Family::V4), 1_000_000, &mut out)
             .unwrap();
         assert!(out
             .iter()
-            .any(|s| s.local_port == port && s.state == STATE_LISTEN));
+            .any(|s| s.local_port == port && s.state == TcpState::Listen));
         assert!(interface_name(1).is_some());
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::fs::{read_text, Root};
 
 /// Where sshd's configuration is.
-pub const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
+pub(crate) const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
 /// The largest configuration file read.
 const MAX_FILE: usize = 1024 * 1024;
 /// Include nesting limit (sshd's own is 16).
@@ -18,11 +18,11 @@ const MAX_DEPTH: usize = 8;
 const MAX_FILES: usize = 64;
 
 /// The files an `Include` pattern names: (name, text or why it could not be read).
-pub type IncludedFiles = Vec<(String, Result<String, String>)>;
+pub(crate) type IncludedFiles = Vec<(String, Result<String, String>)>;
 
 /// A setting's value and where it was set.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SshdSetting {
+pub(crate) struct SshdSetting {
     /// The value as written (arguments joined by one space, quotes removed).
     pub value: String,
     /// `file:line`.
@@ -31,7 +31,7 @@ pub struct SshdSetting {
 
 /// The global settings of an sshd configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SshdConfig {
+pub(crate) struct SshdConfig {
     /// Lower-cased keyword -> its first value.
     pub settings: BTreeMap<String, SshdSetting>,
     /// Files read, in order.
@@ -48,7 +48,7 @@ impl SshdConfig {
 }
 
 /// Matches `name` against a glob pattern with `*` and `?` (linear-time backtracking).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -72,7 +72,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// Splits a configuration line into keyword and arguments (`Key value`, `Key=value`,
 /// `Key "quoted value"`). `None` for blank lines and comments.
-pub fn split_line(line: &str) -> Option<(String, Vec<String>)> {
+pub(crate) fn split_line(line: &str) -> Option<(String, Vec<String>)> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -116,7 +116,7 @@ pub fn split_line(line: &str) -> Option<(String, Vec<String>)> {
 
 /// Parses the configuration in `text` (named `origin`) into `out`. `open(pattern)` returns
 /// the files an `Include` pattern names, as (name, text) pairs in order.
-pub fn parse_into(
+pub(crate) fn parse_into(
     text: &str,
     origin: &str,
     out: &mut SshdConfig,
@@ -206,7 +206,7 @@ fn expand_include(root: &Root, pattern: &str) -> IncludedFiles {
 
 /// Reads sshd's configuration under `root`. `Ok(None)` when `sshd_config` does not exist
 /// (sshd not installed).
-pub fn read_sshd_config(root: &Root) -> Result<Option<SshdConfig>, super::safefile::FileError> {
+pub(crate) fn read_sshd_config(root: &Root) -> Result<Option<SshdConfig>, twinguard_os::safefile::FileError> {
     let text = match read_text(&root.path(SSHD_CONFIG), MAX_FILE) {
         Ok(t) => t,
         Err(e) if e.is_not_found() => return Ok(None),

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use super::fs::{read_link_text, read_value, Root};
 
 /// The most devices read of one kind.
-pub const MAX_DEVICES: usize = 4096;
+pub(crate) const MAX_DEVICES: usize = 4096;
 
 /// A PCI function (`/sys/bus/pci/devices/0000:00:02.0`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PciDevice {
+pub(crate) struct PciDevice {
     /// The bus address (`0000:00:02.0`).
     pub address: String,
     /// Vendor id.
@@ -27,7 +27,7 @@ pub struct PciDevice {
 /// A USB device (`/sys/bus/usb/devices/1-1`; interfaces and root hubs' interfaces are not
 /// devices).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UsbDevice {
+pub(crate) struct UsbDevice {
     /// The kernel's name for it (`1-1.4`, `usb1` for a root hub).
     pub name: String,
     /// `idVendor`.
@@ -49,7 +49,7 @@ pub struct UsbDevice {
 
 /// A block device with hardware behind it (not a partition, loop or RAM disk).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BlockDevice {
+pub(crate) struct BlockDevice {
     /// Kernel name (`sda`, `mmcblk0`, `vda`).
     pub name: String,
     /// Size in bytes (512-byte sectors times 512).
@@ -68,7 +68,7 @@ pub struct BlockDevice {
 
 /// A network interface with hardware behind it (not `lo`, bridges, tunnels...).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NetDevice {
+pub(crate) struct NetDevice {
     /// Interface name (`eth0`, `wlan0`).
     pub name: String,
     /// The ARP hardware type (`1` Ethernet, `280` CAN...).
@@ -86,7 +86,7 @@ pub struct NetDevice {
 }
 
 /// Parses a sysfs hex attribute (`0x8086`, `8086`).
-pub fn parse_hex(text: &str) -> Option<u32> {
+pub(crate) fn parse_hex(text: &str) -> Option<u32> {
     let t = text.trim();
     let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
     if t.is_empty() || t.len() > 8 {
@@ -143,7 +143,7 @@ fn sysfs_path(root: &Root, dir: &Path) -> Option<String> {
 }
 
 /// PCI functions under `root`.
-pub fn pci_devices(root: &Root) -> std::io::Result<Vec<PciDevice>> {
+pub(crate) fn pci_devices(root: &Root) -> std::io::Result<Vec<PciDevice>> {
     Ok(entries_or_empty(&root.path("/sys/bus/pci/devices"))?
         .into_iter()
         .map(|(name, dir)| PciDevice {
@@ -157,7 +157,7 @@ pub fn pci_devices(root: &Root) -> std::io::Result<Vec<PciDevice>> {
 }
 
 /// USB devices under `root` (root hubs included: they are the host controllers' ports).
-pub fn usb_devices(root: &Root) -> std::io::Result<Vec<UsbDevice>> {
+pub(crate) fn usb_devices(root: &Root) -> std::io::Result<Vec<UsbDevice>> {
     let entries = entries_or_empty(&root.path("/sys/bus/usb/devices"))?;
     let mut out = Vec::new();
     for (name, dir) in &entries {
@@ -192,7 +192,7 @@ pub fn usb_devices(root: &Root) -> std::io::Result<Vec<UsbDevice>> {
 }
 
 /// Block devices with hardware behind them under `root`.
-pub fn block_devices(root: &Root) -> std::io::Result<Vec<BlockDevice>> {
+pub(crate) fn block_devices(root: &Root) -> std::io::Result<Vec<BlockDevice>> {
     let mut out = Vec::new();
     for (name, dir) in entries_or_empty(&root.path("/sys/class/block"))? {
         // Partitions have a `partition` attribute; loop, ram and zram devices have no device.
@@ -216,7 +216,7 @@ pub fn block_devices(root: &Root) -> std::io::Result<Vec<BlockDevice>> {
 }
 
 /// Network interfaces with hardware behind them under `root`.
-pub fn net_devices(root: &Root) -> std::io::Result<Vec<NetDevice>> {
+pub(crate) fn net_devices(root: &Root) -> std::io::Result<Vec<NetDevice>> {
     let mut out = Vec::new();
     for (name, dir) in entries_or_empty(&root.path("/sys/class/net"))? {
         let device = dir.join("device");

@@ -11,17 +11,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Size of one record.
-pub const RECORD_SIZE: usize = 384;
+pub(crate) const RECORD_SIZE: usize = 384;
 /// `ut_type` values.
-pub const LOGIN_PROCESS: i16 = 6;
+pub(crate) const LOGIN_PROCESS: i16 = 6;
 /// A user logged in (wtmp); a failed attempt in btmp also uses it.
-pub const USER_PROCESS: i16 = 7;
+pub(crate) const USER_PROCESS: i16 = 7;
 /// A session ended (wtmp).
 pub const DEAD_PROCESS: i16 = 8;
 
 /// One record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UtmpRecord {
+pub(crate) struct UtmpRecord {
     /// `ut_type`.
     pub kind: i16,
     /// `ut_pid`: the login process.
@@ -50,7 +50,7 @@ fn i32_at(b: &[u8], at: usize) -> Option<i32> {
 }
 
 /// Parses one record (`None` when shorter than [`RECORD_SIZE`]).
-pub fn parse_record(b: &[u8]) -> Option<UtmpRecord> {
+pub(crate) fn parse_record(b: &[u8]) -> Option<UtmpRecord> {
     if b.len() < RECORD_SIZE {
         return None;
     }
@@ -101,7 +101,7 @@ pub struct Position {
 
 /// What a read of a followed file gave.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     /// Whole records, each with the position just after it.
     pub records: Vec<(UtmpRecord, Position)>,
     /// Where the read started (after rotation or truncation, at 0).
@@ -112,7 +112,7 @@ pub struct Chunk {
 /// inode (rotated) or a smaller size (truncated) restarts at 0; with no previous position,
 /// reading starts at the end (history before the agent started is not news). A partial record
 /// at the end is left for the next read.
-pub fn read_after(path: &Path, from: Option<Position>, max: usize) -> io::Result<Chunk> {
+pub(crate) fn read_after(path: &Path, from: Option<Position>, max: usize) -> io::Result<Chunk> {
     let mut file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     let (dev, ino, size) = (meta.dev(), meta.ino(), meta.len());

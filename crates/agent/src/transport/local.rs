@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{DesiredUpdate, Transport, TransportError};
-use crate::sys::safefile::{fstat, Dir, FileError, FileKind};
+use twinguard_os::safefile::{fstat, Dir, FileError, FileKind};
 
 /// Size at which the outbox is rotated by default.
 pub const DEFAULT_OUTBOX_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 /// Rotated files kept by default (`outbox.1` .. `outbox.N`).
-pub const DEFAULT_OUTBOX_KEEP: usize = 3;
+pub(crate) const DEFAULT_OUTBOX_KEEP: usize = 3;
 
 /// The outbox file and the reported file.
 ///
@@ -25,7 +25,7 @@ pub const DEFAULT_OUTBOX_KEEP: usize = 3;
 /// `allow_special` (`--allow-special-files`) either may instead be (or link to) a FIFO or a
 /// character device, which is written in place: never cut, rotated or replaced.
 #[derive(Debug)]
-pub struct LocalTransport {
+pub(crate) struct LocalTransport {
     outbox_path: PathBuf,
     outbox_dir: Dir,
     outbox_name: String,
@@ -110,11 +110,11 @@ fn fstat_kind(m: &fs::Metadata) -> FileKind {
 /// A regular output file must be ours (or root's) and have one name: a hard link could name
 /// another user's file.
 fn check_our_regular(path: &Path, uid: u32, nlink: u64) -> Result<(), FileError> {
-    if uid != 0 && uid != crate::sys::euid() {
+    if uid != 0 && uid != twinguard_os::euid() {
         return Err(FileError::ForeignOwner {
             path: path.to_owned(),
             uid,
-            me: crate::sys::euid(),
+            me: twinguard_os::euid(),
             hint: "the agent writes only files of its own user; remove it or choose another path".into(),
         });
     }
@@ -141,7 +141,7 @@ fn open_outbox(dir: &Dir, name: &str, allow_special: bool) -> Result<(File, bool
                 path: path.clone(),
                 source,
             })?;
-            crate::sys::safefile::expect_regular(&path, &st)?;
+            twinguard_os::safefile::expect_regular(&path, &st)?;
             check_our_regular(&path, st.uid, st.nlink)?;
             Ok((file, false))
         }
@@ -315,7 +315,7 @@ impl Transport for LocalTransport {
         Some(match twin.poll(now_ms)? {
             TwinChange::Deleted => DesiredUpdate::Cleared,
             TwinChange::Content(Err(e)) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
-            TwinChange::Content(Ok(bytes)) => match crate::config::read_document(&bytes) {
+            TwinChange::Content(Ok(bytes)) => match twinguard_core::config::read_document(&bytes) {
                 Ok(doc) => DesiredUpdate::Document { doc, version: None },
                 Err(e) => DesiredUpdate::Unreadable(format!("{name}: {e}")),
             },
@@ -347,7 +347,7 @@ struct Fingerprint {
 
 /// A change of the twin file, after debouncing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TwinChange {
+pub(crate) enum TwinChange {
     /// The file has new content (read with the 1 MiB bound), or why it could not be read
     /// (`cannot read: ...`, or the document is over the limit).
     Content(Result<Vec<u8>, String>),
@@ -370,7 +370,7 @@ const RACY_WINDOW_NS: i128 = 2_000_000_000;
 /// what was read (a checksum of at most 1 MiB, for at most two seconds after a change): the
 /// newest version is always the one applied after a burst.
 #[derive(Debug)]
-pub struct TwinFile {
+pub(crate) struct TwinFile {
     path: PathBuf,
     applied: Option<Option<Fingerprint>>,
     candidate: Option<(Option<Fingerprint>, u64)>,
@@ -425,7 +425,7 @@ impl TwinFile {
     }
 
     /// Reads the file now, without debouncing (at start-up).
-    pub fn read_now(&mut self) -> TwinChange {
+    pub(crate) fn read_now(&mut self) -> TwinChange {
         let fp = self.fingerprint();
         self.applied = Some(fp);
         self.candidate = None;

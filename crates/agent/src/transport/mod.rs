@@ -10,6 +10,7 @@ pub mod settings;
 pub mod tls;
 
 use serde_json::Value;
+use twinguard_core::config::{validate_config_object, validate_document, Validation};
 
 /// Why a delivery or a report failed; the pipeline retries with backoff and never counts a
 /// failed attempt as a drop.
@@ -69,4 +70,25 @@ pub enum DesiredUpdate {
     Cleared,
     /// Something arrived that is not a JSON document (why, for the ConfigurationError).
     Unreadable(String),
+}
+
+impl DesiredUpdate {
+    /// The one place a desired update becomes a configuration (the run loop, remote start-up
+    /// and `doctor` all ask here): a document is validated whole, a cleared one is the
+    /// defaults. `Err` holds why an unreadable update could not be read.
+    pub fn validate(&self) -> Result<Validation, &str> {
+        match self {
+            DesiredUpdate::Document { doc, .. } => Ok(validate_document(doc)),
+            DesiredUpdate::Cleared => Ok(validate_config_object(None, "")),
+            DesiredUpdate::Unreadable(why) => Err(why),
+        }
+    }
+
+    /// The document's `$version`, when the transport has versions.
+    pub fn version(&self) -> Option<i64> {
+        match self {
+            DesiredUpdate::Document { version, .. } => *version,
+            DesiredUpdate::Cleared | DesiredUpdate::Unreadable(_) => None,
+        }
+    }
 }

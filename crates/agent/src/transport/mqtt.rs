@@ -22,26 +22,27 @@ use twinguard_mqtt::{topic, LastWill, QoS};
 use super::mqtt_client::{ClientOptions, Credentials, Message, MqttClient, Secret, StaticLogin};
 use super::tls::{client_config, TlsOptions};
 use super::{DesiredUpdate, Transport, TransportError};
-use crate::backoff::Backoff;
-use crate::config::MAX_DOCUMENT_BYTES;
-use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
+use crate::backoff::{Backoff, Jitter};
+use twinguard_core::config::MAX_DOCUMENT_BYTES;
+use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// Keep-alive: a dead broker is noticed within about this plus the ping timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a message or report waits for its PUBACK.
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of one connection attempt (TCP, TLS, CONNACK, SUBACK).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnect delays: 0.5 s doubling to 30 s, with jitter.
-pub const BACKOFF: Backoff = Backoff {
+pub(crate) const BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(500),
     max: Duration::from_secs(30),
+    jitter: Jitter::UpperHalf,
 };
 /// Largest packet taken from the broker: a desired document (1 MiB) plus topic and headers.
-pub const MAX_INCOMING_PACKET: usize = MAX_DOCUMENT_BYTES + 64 * 1024;
+pub(crate) const MAX_INCOMING_PACKET: usize = MAX_DOCUMENT_BYTES + 64 * 1024;
 /// After a (re)connection, a retained desired document arrives right after the SUBACK; when
 /// none came within this grace, the topic has none (= defaults).
-pub const RETAINED_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const RETAINED_GRACE: Duration = Duration::from_secs(2);
 /// Incoming publishes waiting for the run loop (only the desired topic is subscribed).
 const INCOMING_CAPACITY: usize = 32;
 
@@ -57,36 +58,101 @@ pub struct BrokerUrl {
     pub tls: bool,
 }
 
+/// Why a broker URL, device id or topic prefix cannot be used; each message is one line
+/// naming the flag.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MqttOptionsError {
+    /// Not `mqtt://` or `mqtts://`.
+    #[error("--mqtt {url:?}: expected mqtt://host[:port] or mqtts://host[:port]")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+    },
+    /// `user:password@` in the URL.
+    #[error("--mqtt {url:?}: credentials in the URL are not accepted; use --mqtt-username and --mqtt-password-file")]
+    Credentials {
+        /// The URL as given.
+        url: String,
+    },
+    /// A path or query after the host.
+    #[error("--mqtt {url:?}: a broker URL has no path or query")]
+    PathOrQuery {
+        /// The URL as given.
+        url: String,
+    },
+    /// `[` without `]`.
+    #[error("--mqtt {url:?}: unclosed [ in an IPv6 address")]
+    UnclosedBracket {
+        /// The URL as given.
+        url: String,
+    },
+    /// Something after `[address]` other than `:port`.
+    #[error("--mqtt {url:?}: unexpected {after:?} after the address")]
+    AfterAddress {
+        /// The URL as given.
+        url: String,
+        /// What follows the `]`.
+        after: String,
+    },
+    /// No host.
+    #[error("--mqtt {url:?}: no host")]
+    NoHost {
+        /// The URL as given.
+        url: String,
+    },
+    /// The port is not 1 to 65535.
+    #[error("--mqtt {url:?}: {port:?} is not a port")]
+    Port {
+        /// The URL as given.
+        url: String,
+        /// The port text.
+        port: String,
+    },
+    /// A device id that cannot name topics.
+    #[error("--device-id {0:?}: 1 to 128 characters, without / + # or control characters")]
+    DeviceId(String),
+    /// A prefix that is not a topic name.
+    #[error("--mqtt-prefix {prefix:?}: {source}")]
+    Prefix {
+        /// The prefix (without a trailing `/`).
+        prefix: String,
+        /// Why it is not a topic name.
+        #[source]
+        source: twinguard_mqtt::topic::TopicError,
+    },
+}
+
 impl BrokerUrl {
-    /// Parses a broker URL; the error is a one-line explanation.
-    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+    /// Parses a broker URL.
+    pub fn parse(url: &str) -> Result<BrokerUrl, MqttOptionsError> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!(
-                "--mqtt {url:?}: expected mqtt://host[:port] or mqtts://host[:port]"
-            ));
+            return Err(MqttOptionsError::Scheme { url: url.to_owned() });
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('@') {
-            return Err(format!(
-                "--mqtt {url:?}: credentials in the URL are not accepted; use --mqtt-username and --mqtt-password-file"
-            ));
+            return Err(MqttOptionsError::Credentials { url: url.to_owned() });
         }
         if rest.contains('/') || rest.contains('?') {
-            return Err(format!("--mqtt {url:?}: a broker URL has no path or query"));
+            return Err(MqttOptionsError::PathOrQuery { url: url.to_owned() });
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("--mqtt {url:?}: unclosed [ in an IPv6 address"))?;
+                .ok_or_else(|| MqttOptionsError::UnclosedBracket { url: url.to_owned() })?;
             match after.strip_prefix(':') {
                 Some(p) => (host, Some(p)),
                 None if after.is_empty() => (host, None),
-                None => return Err(format!("--mqtt {url:?}: unexpected {after:?} after the address")),
+                None => {
+                    return Err(MqttOptionsError::AfterAddress {
+                        url: url.to_owned(),
+                        after: after.to_owned(),
+                    })
+                }
             }
         } else {
             match rest.split_once(':') {
@@ -95,7 +161,7 @@ impl BrokerUrl {
             }
         };
         if host.is_empty() {
-            return Err(format!("--mqtt {url:?}: no host"));
+            return Err(MqttOptionsError::NoHost { url: url.to_owned() });
         }
         let port = match port {
             None => default_port,
@@ -103,7 +169,10 @@ impl BrokerUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("--mqtt {url:?}: {p:?} is not a port"))?,
+                .ok_or_else(|| MqttOptionsError::Port {
+                    url: url.to_owned(),
+                    port: p.to_owned(),
+                })?,
         };
         Ok(BrokerUrl {
             host: host.to_owned(),
@@ -150,19 +219,19 @@ impl MqttOptions {
         tls: TlsOptions,
         username: Option<String>,
         password_file: Option<PathBuf>,
-    ) -> Result<MqttOptions, String> {
+    ) -> Result<MqttOptions, MqttOptionsError> {
         if device_id.is_empty()
             || device_id.len() > 128
             || device_id.contains(['/', '+', '#', '\0'])
             || device_id.chars().any(char::is_control)
         {
-            return Err(format!(
-                "--device-id {device_id:?}: 1 to 128 characters, without / + # or control characters"
-            ));
+            return Err(MqttOptionsError::DeviceId(device_id));
         }
         let prefix = prefix.unwrap_or_else(|| format!("twinguard/{device_id}"));
         let prefix = prefix.strip_suffix('/').unwrap_or(&prefix).to_owned();
-        topic::validate_name(&prefix).map_err(|e| format!("--mqtt-prefix {prefix:?}: {e}"))?;
+        if let Err(source) = topic::validate_name(&prefix) {
+            return Err(MqttOptionsError::Prefix { prefix, source });
+        }
         Ok(MqttOptions {
             broker,
             device_id,
@@ -300,7 +369,7 @@ impl MqttTransport {
     /// retained desired document (or its absence) is known; `None` if the broker could not be
     /// reached in time. The answer is not marked as handed over: call
     /// [`MqttTransport::mark_handed`] when the caller applied it itself.
-    pub fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
+    pub(crate) fn startup(&mut self, timeout: Duration) -> Option<DesiredUpdate> {
         let deadline = Instant::now() + timeout;
         loop {
             self.take_incoming();
@@ -321,7 +390,7 @@ impl MqttTransport {
     }
 
     /// Records that the run loop already has the current desired document (applied at start).
-    pub fn mark_handed(&mut self) {
+    pub(crate) fn mark_handed(&mut self) {
         self.handed = Some(self.received.take().unwrap_or_default());
     }
 
@@ -381,7 +450,7 @@ fn desired_update(payload: &[u8]) -> DesiredUpdate {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return DesiredUpdate::Cleared;
     }
-    match crate::config::read_document(payload) {
+    match twinguard_core::config::read_document(payload) {
         Ok(doc) => DesiredUpdate::Document { doc, version: None },
         Err(e) => DesiredUpdate::Unreadable(format!("the desired document on the broker: {e}")),
     }

@@ -319,13 +319,13 @@ impl MqttClient {
 
     /// Sets the messages published (QoS 1) right after every future connection is up - the
     /// retained state the broker must hold even after a restart that lost it.
-    pub fn set_birth(&self, messages: Vec<Message>) {
+    pub(crate) fn set_birth(&self, messages: Vec<Message>) {
         *lock(&self.shared.birth) = messages;
     }
 
     /// Subscribes again to every subscription: a broker then re-sends the retained messages
     /// (MQTT-3.8.4-3). Used after incoming publishes were dropped.
-    pub fn resubscribe(&self) {
+    pub(crate) fn resubscribe(&self) {
         self.shared.resubscribe.store(true, Ordering::SeqCst);
         self.wake.wake();
     }
@@ -356,7 +356,7 @@ impl MqttClient {
     }
 
     /// Whether incoming publishes were dropped since the last call.
-    pub fn take_overflow(&self) -> bool {
+    pub(crate) fn take_overflow(&self) -> bool {
         self.shared.overflow.swap(false, Ordering::SeqCst)
     }
 

@@ -23,7 +23,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// One connection to a broker.
 #[derive(Debug)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Plain TCP (`mqtt://`), with the bytes the socket has not taken yet.
     Plain {
         /// The socket.
@@ -42,7 +42,7 @@ pub enum Stream {
 
 /// What a read found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadStatus {
+pub(crate) enum ReadStatus {
     /// This many plaintext bytes were appended (0 when only part of a TLS record came).
     Data(usize),
     /// Nothing more to read now.
@@ -158,7 +158,7 @@ impl Stream {
     }
 
     /// Whether bytes wait to be written.
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         match self {
             Stream::Plain { out, .. } => !out.is_empty(),
             Stream::Tls { tls, .. } => tls.wants_write(),
@@ -326,14 +326,14 @@ impl Waker {
     }
 
     /// A second handle on the sending end, for another thread.
-    pub fn sender(&self) -> io::Result<WakeSender> {
+    pub(crate) fn sender(&self) -> io::Result<WakeSender> {
         Ok(WakeSender(self.tx.try_clone()?))
     }
 }
 
 /// The sending end of a [`Waker`], held by the threads that give the IO thread work.
 #[derive(Debug)]
-pub struct WakeSender(UnixStream);
+pub(crate) struct WakeSender(UnixStream);
 
 impl WakeSender {
     /// Signals the IO thread.

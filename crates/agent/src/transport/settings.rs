@@ -30,9 +30,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::iothub::IotHubOptions;
-use super::mqtt::{BrokerUrl, MqttOptions};
+use super::mqtt::{BrokerUrl, MqttOptions, MqttOptionsError};
 use super::tls::TlsOptions;
-use crate::sys::safefile::{self, FileError};
+use twinguard_os::safefile::{self, FileError};
 
 /// The settings file read when `--settings` is not given, if it exists.
 pub const DEFAULT_SETTINGS_FILE: &str = "/etc/twinguard/agent.toml";
@@ -57,6 +57,9 @@ pub enum SettingsError {
     /// A value or a combination that cannot work.
     #[error("{0}")]
     Invalid(String),
+    /// The broker URL, device id or topic prefix cannot be used.
+    #[error(transparent)]
+    Mqtt(#[from] MqttOptionsError),
 }
 
 /// The connection settings as given: every field optional, from flags or from the file.
@@ -204,7 +207,7 @@ impl ConnectionSettings {
                 if self.iothub_ca.is_some() {
                     return invalid("--iothub-ca is an IoT Hub setting; for a broker's CA use --mqtt-ca");
                 }
-                let broker = BrokerUrl::parse(url).map_err(SettingsError::Invalid)?;
+                let broker = BrokerUrl::parse(url)?;
                 let Some(device_id) = self.device_id.clone() else {
                     return invalid("MQTT mode needs --device-id ID");
                 };
@@ -237,8 +240,7 @@ impl ConnectionSettings {
                     },
                     self.mqtt_username.clone(),
                     self.mqtt_password_file.clone(),
-                )
-                .map_err(SettingsError::Invalid)?;
+                )?;
                 Ok(Mode::Mqtt(options))
             }
         }

@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::sys::safefile::{read_regular, read_secret, FileError, MAX_SECRET_BYTES};
+use twinguard_os::safefile::{read_regular, read_secret, FileError, MAX_SECRET_BYTES};
 
 /// Where Linux distributions keep the system's CA bundle, most common first (Debian/Ubuntu/
 /// Alpine/Yocto, Fedora/RHEL, openSUSE, older RHEL, Arch/macOS-style).

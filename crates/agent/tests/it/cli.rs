@@ -2,7 +2,7 @@
 
 use assert_cmd::Command;
 use serde_json::Value;
-use twinguard::config::{Property, CONFIG_KEY};
+use twinguard_core::config::{Property, CONFIG_KEY};
 
 use crate::support::TempDir;
 

@@ -16,9 +16,9 @@ use twinguard::collect::local_users::LocalUsersCollector;
 use twinguard::collect::os_baseline::{OsBaselineCollector, CHECKS};
 use twinguard::collect::system_information::SystemInformationCollector;
 use twinguard::collect::{snapshot_collector, SnapshotCollector};
-use twinguard::event::{Event, EventName, MessageFrame, PayloadItem};
 use twinguard::sys::firewall::{parse_iptables_save, parse_nft_json};
 use twinguard::sys::fs::Root;
+use twinguard_core::event::{EventName, MessageFrame, PayloadItem};
 
 use crate::conformance::validate_messages;
 use crate::support::{skip, TempDir};
@@ -30,8 +30,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 fn tool(candidates: &[&str]) -> Option<PathBuf> {
@@ -40,9 +39,9 @@ fn tool(candidates: &[&str]) -> Option<PathBuf> {
 
 /// Builds the message(s) of one snapshot and checks them against the official schema.
 fn assert_conforms(name: EventName, items: Vec<PayloadItem>) {
-    let event = Event::new(name, items, std::time::SystemTime::now()).unwrap();
+    let event = twinguard::stamp::new_event(name, items, std::time::SystemTime::now()).unwrap();
     let frame = MessageFrame::new("0.1.0", uuid::Uuid::new_v4());
-    let split = event.split_to_fit(frame.max_event_bytes(256 * 1024));
+    let split = event.split_to_fit(frame.max_event_bytes(256 * 1024), twinguard::stamp::new_id);
     assert!(
         split.too_large.is_empty(),
         "{name}: an item larger than a message"

@@ -5,7 +5,7 @@
 use fancy_regex::Regex;
 use proptest::prelude::*;
 use serde_json::Value;
-use twinguard::config::{
+use twinguard_core::config::{
     is_grammatical, json_schema, read_document, validate_document, IsoDuration, CONFIG_KEY,
 };
 
@@ -128,7 +128,7 @@ fn generated_schema_agrees_with_validate_on_every_case() {
     let validator = jsonschema::draft7::new(&schema).unwrap();
     for (name, text, _) in cases() {
         let doc = read_document(text.as_bytes()).unwrap();
-        let located = twinguard::config::locate(&doc);
+        let located = twinguard_core::config::locate(&doc);
         if !located.shape_errors.is_empty() {
             continue; // The schema describes the configuration object, not the wrappers.
         }
@@ -259,7 +259,7 @@ proptest! {
 }
 
 fn arbitrary_json() -> impl Strategy<Value = Value> {
-    let names: Vec<String> = twinguard::config::Property::all()
+    let names: Vec<String> = twinguard_core::config::Property::all()
         .iter()
         .map(|p| p.name())
         .collect();

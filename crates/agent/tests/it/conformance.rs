@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonschema::{Draft, Validator};
 use serde_json::{json, Value};
-use twinguard::event::{
+use twinguard_core::event::{
     BaselineResult, BaselineSeverity, ConfigurationError, ConfigurationErrorType, ConnectedHardware,
     ConnectionCreate, Diagnostic, DiagnosticSeverity, Direction, DroppedEventsStatistics, Event, EventName,
     ExtraDetails, FirewallAction, FirewallConfiguration, ListeningPorts, LocalUsers, Login, LoginResult,
@@ -392,7 +392,7 @@ pub fn sample_items(name: EventName) -> Vec<PayloadItem> {
 pub fn one_event_of_every_name() -> Vec<Event> {
     EventName::ALL
         .into_iter()
-        .map(|n| Event::new(n, sample_items(n), wall()).unwrap())
+        .map(|n| twinguard::stamp::new_event(n, sample_items(n), wall()).unwrap())
         .collect()
 }
 
@@ -432,7 +432,7 @@ fn empty_periodic_snapshots_validate() {
     let bodies: Vec<Vec<u8>> = EventName::ALL
         .into_iter()
         .filter(|n| n.is_snapshot())
-        .map(|n| f.assemble(&[Event::new(n, vec![], wall()).unwrap().to_json()]))
+        .map(|n| f.assemble(&[twinguard::stamp::new_event(n, vec![], wall()).unwrap().to_json()]))
         .collect();
     assert_eq!(bodies.len(), 8);
     validate_messages(&bodies).unwrap();
@@ -471,8 +471,8 @@ fn events_split_to_fit_make_valid_messages_within_the_size_bound() {
             .into()
         })
         .collect();
-    let event = Event::new(EventName::ProcessCreate, items, wall()).unwrap();
-    let out = event.split_to_fit(f.max_event_bytes(max_message));
+    let event = twinguard::stamp::new_event(EventName::ProcessCreate, items, wall()).unwrap();
+    let out = event.split_to_fit(f.max_event_bytes(max_message), twinguard::stamp::new_id);
     assert!(out.too_large.is_empty());
     assert!(out.events.len() > 1);
     let bodies: Vec<Vec<u8>> = out.events.iter().map(|e| f.assemble(&[e.to_json()])).collect();

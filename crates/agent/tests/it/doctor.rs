@@ -46,8 +46,7 @@ fn live_twin() -> String {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 fn doctor(args: &[&str]) -> (Option<i32>, String) {

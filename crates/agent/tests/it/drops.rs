@@ -31,8 +31,7 @@ fn agent_command(dir: &TempDir, twin: &Path, data: &Path) -> std::process::Comma
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 /// A small file system mounted for one test (root only), unmounted when dropped.
@@ -189,7 +188,7 @@ fn a_burst_of_twin_versions_ends_on_the_newest() {
     let reported = dir.path("reported.json");
     let frequency = || {
         read_json(&reported).and_then(|r| {
-            r[twinguard::config::CONFIG_KEY]["snapshotFrequency"]["value"]
+            r[twinguard_core::config::CONFIG_KEY]["snapshotFrequency"]["value"]
                 .as_str()
                 .map(str::to_owned)
         })
@@ -512,7 +511,7 @@ fn a_twin_flooded_with_unknown_properties_is_refused_quickly_in_bounded_memory()
     wait_for("the valid twin", Duration::from_secs(5), || {
         read_json(&reported).is_some_and(|r| r["twinguard"]["configurationStatus"] == "applied")
     });
-    let before = read_json(&reported).unwrap()[twinguard::config::CONFIG_KEY].clone();
+    let before = read_json(&reported).unwrap()[twinguard_core::config::CONFIG_KEY].clone();
     // The flood, with a valid change among its first members.
     let flood = doc.replacen('{', r#"{"highPriorityMessageFrequency": {"value": "PT9S"},"#, 1);
     let tmp = dir.path("twin.json.tmp");
@@ -523,7 +522,7 @@ fn a_twin_flooded_with_unknown_properties_is_refused_quickly_in_bounded_memory()
     });
     let after = read_json(&reported).unwrap();
     assert_eq!(
-        after[twinguard::config::CONFIG_KEY],
+        after[twinguard_core::config::CONFIG_KEY],
         before,
         "the configuration in force stays"
     );

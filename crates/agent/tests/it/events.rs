@@ -33,8 +33,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 /// A running `twinguard run` in local mode.
@@ -1036,7 +1035,7 @@ fn login_fallback_follows_real_wtmp_and_btmp_records_with_a_checkpoint() {
     use std::sync::{Arc, Mutex};
     use twinguard::collect::login::LoginCollector;
     use twinguard::collect::{EventSink, StopSignal, StreamCollector};
-    use twinguard::event::{Event, MessageFrame};
+    use twinguard_core::event::{Event, MessageFrame};
 
     let dir = TempDir::new("ev-utmp");
     let wtmp_fixture = std::fs::read(fixture("utmp/wtmp")).unwrap();

@@ -9,7 +9,7 @@ fn twin_corpus_replays_without_panic() {
     let mut replayed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        twinguard::config::check_untrusted_bytes(&bytes);
+        twinguard_core::config::check_untrusted_bytes(&bytes);
         replayed += 1;
     }
     assert!(

@@ -26,8 +26,7 @@ fn twinguard() -> Command {
 
 /// Whether the test can act as root and as `nobody`; prints the skip otherwise.
 fn root_and_setpriv(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if twinguard_os::euid() != 0 {
         skip(test, "needs root (files of root and of another user)");
         return false;
     }

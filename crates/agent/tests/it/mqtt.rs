@@ -17,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use twinguard::backoff::Backoff;
-use twinguard::config::CONFIG_KEY;
+use twinguard::backoff::{Backoff, Jitter};
 use twinguard::transport::mqtt_client::{ClientOptions, Credentials, MqttClient, Secret, StaticLogin};
 use twinguard::transport::tls::{client_config, TlsOptions};
+use twinguard_core::config::CONFIG_KEY;
 use twinguard_mqtt::{Publish, QoS};
 
 use crate::conformance::validate_messages;
@@ -48,8 +48,7 @@ fn free_port() -> u16 {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    twinguard_os::euid() == 0
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -301,6 +300,7 @@ impl Observer {
             backoff: Backoff {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(300),
+                jitter: Jitter::UpperHalf,
             },
             incoming_capacity: 200_000,
         })
@@ -942,7 +942,7 @@ impl HubHarness {
             } else if p.topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
                 self.patches += 1;
                 let patch: Value = serde_json::from_slice(&p.payload).unwrap();
-                twinguard::config::merge_patch(&mut self.reported, &patch);
+                twinguard_core::config::merge_patch(&mut self.reported, &patch);
                 self.reported_version += 1;
                 self.obs.publish(
                     &format!(
@@ -970,7 +970,7 @@ impl HubHarness {
     /// Sends a desired-properties notification and merges it into the harness's twin.
     fn patch_desired(&mut self, patch: Value) {
         let version = patch["$version"].as_i64().unwrap();
-        twinguard::config::merge_patch(&mut self.desired, &patch);
+        twinguard_core::config::merge_patch(&mut self.desired, &patch);
         self.obs.publish(
             &format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
             patch.to_string().as_bytes(),
@@ -1175,6 +1175,7 @@ fn mqtt_client_survives_garbage_from_the_network() {
         backoff: Backoff {
             initial: Duration::from_millis(5),
             max: Duration::from_millis(20),
+            jitter: Jitter::UpperHalf,
         },
         incoming_capacity: 8,
     })

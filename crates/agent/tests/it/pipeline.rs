@@ -4,12 +4,12 @@
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
-use twinguard::config::{validate_document, Config};
-use twinguard::event::{
-    ConfigurationError, ConfigurationErrorType, Event, EventName, MessageFrame, PayloadItem, ProcessCreate,
-};
 use twinguard::pipeline::batch::{Outgoing, Pipeline};
 use twinguard::pipeline::cache::{Cache, DropReason};
+use twinguard_core::config::{validate_document, Config};
+use twinguard_core::event::{
+    ConfigurationError, ConfigurationErrorType, Event, EventName, MessageFrame, PayloadItem, ProcessCreate,
+};
 use uuid::Uuid;
 
 use crate::conformance::validate_messages;
@@ -39,7 +39,7 @@ fn process(n: usize, command_len: usize) -> PayloadItem {
 }
 
 fn event(name: EventName, items: Vec<PayloadItem>) -> Event {
-    Event::new(name, items, SystemTime::now()).unwrap()
+    twinguard::stamp::new_event(name, items, SystemTime::now()).unwrap()
 }
 
 /// A Login-priority (High by default) event: ConfigurationError set to High in the configs below.

@@ -161,7 +161,7 @@ fn high_events_reach_the_outbox_within_their_frequency_and_messages_conform() {
 
 /// Milliseconds since the epoch of an RFC 3339 UTC timestamp like 2026-11-28T21:10:58.950Z.
 fn chrono_millis(text: &str) -> i64 {
-    twinguard::event::Timestamp::parse_rfc3339(text)
+    twinguard_core::event::Timestamp::parse_rfc3339(text)
         .unwrap()
         .millis_since_epoch()
 }
@@ -270,7 +270,7 @@ fn invalid_twin_at_runtime_keeps_the_configuration_and_reports_it() {
         reported(&dir)["twinguard"]["configurationStatus"] == "rejected"
     });
     let after = reported(&dir);
-    let key = twinguard::config::CONFIG_KEY;
+    let key = twinguard_core::config::CONFIG_KEY;
     assert_eq!(
         after[key], before[key],
         "the reported configuration object must not change"

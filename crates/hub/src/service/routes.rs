@@ -15,13 +15,14 @@ use tracing::{debug, warn};
 use super::ServiceState;
 use crate::configuration::Configuration;
 use crate::hub::now_ms;
-use crate::identity::{generate_key, IdentityId};
+use crate::keys::generate_key;
 use crate::policy::{self, Permission};
-use crate::query::{decoded_pairs, percent_decode};
 use crate::rollout;
 use crate::store::{etag_of, RegistryRecord, StoreError, TwinRecord};
 use crate::twin::{patched, DesiredChange};
 use crate::twin_query::{Query, Source};
+use twinguard_core::iothub::identity::IdentityId;
+use twinguard_core::iothub::query::{decoded_pairs, percent_decode};
 
 /// Default and largest page of a query.
 const DEFAULT_PAGE: usize = 100;

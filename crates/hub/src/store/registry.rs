@@ -7,8 +7,8 @@ use rusqlite::{params, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::{identity_from_cols, module_col, parse_object, read_twin, write_twin, Store, StoreError};
-use crate::identity::IdentityId;
 use crate::twin::{check_tags, DesiredChange, Twin};
+use twinguard_core::iothub::identity::IdentityId;
 
 /// An identity as the registry shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

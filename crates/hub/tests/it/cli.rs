@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use twinguard_hub::sas::sign;
+use twinguard_core::iothub::sas::sign;
 use twinguard_mqtt::{ConnectReturnCode, Packet, QoS};
 
 use crate::client::{unix_now, Client, Next};

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use twinguard_hub::sas::sign;
+use twinguard_core::iothub::sas::sign;
 use twinguard_mqtt::{ConnectReturnCode, Packet, QoS};
 
 use crate::client::{tcp_from, unix_now, Client, Next};
@@ -443,7 +443,7 @@ fn data_directory_modes_are_tightened_and_foreign_owners_refused() {
     std::fs::remove_file(data.join("hub.db")).expect("unlink");
     std::fs::rename(&elsewhere, data.join("hub.db")).expect("move back");
     // Owned by another user: refused (needs root to give it away).
-    if twinguard::sys::euid() != 0 {
+    if twinguard_os::euid() != 0 {
         skip("not root: cannot give the data directory to another user");
         return;
     }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use twinguard_hub::sas::sign;
+use twinguard_core::iothub::sas::sign;
 use twinguard_mqtt::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
 
 use crate::client::{unix_now, Client, Next};

@@ -8,10 +8,9 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use serde_json::{json, Value};
-use twinguard::event::{Event, EventName};
+use twinguard_core::event::{Event, Timestamp, Uuid};
 
 use crate::python::venv_python;
 use crate::support::{scratch, skip, Hub, CONFIG_KEY, MODULE};
@@ -21,7 +20,12 @@ pub static PORT_8883: Mutex<()> = Mutex::new(());
 
 /// A valid security message (one empty periodic event), as the agent's model writes it.
 pub fn security_message() -> String {
-    let event = Event::new(EventName::ListeningPorts, Vec::new(), SystemTime::now()).expect("event");
+    let event = Event::from_items(
+        Uuid::from_u128(0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e),
+        Vec::<twinguard_core::event::ListeningPorts>::new(),
+        Timestamp::from_parts(1_795_893_660_123, 0).expect("time"),
+    )
+    .expect("event");
     format!(
         r#"{{"AgentVersion":"0.1.0","AgentId":"9b2d4c1e-8f3a-4e6b-9c7d-1a2b3c4d5e6f","MessageSchemaVersion":"1.0","Events":[{}]}}"#,
         String::from_utf8(event.to_json()).expect("utf-8")

@@ -14,7 +14,7 @@ use twinguard_hub::http::call;
 /// The module the agent uses.
 pub const MODULE: &str = "azureiotsecurity";
 /// The configuration object's key in the twin.
-pub const CONFIG_KEY: &str = "ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration";
+pub use twinguard_core::config::CONFIG_KEY;
 
 /// Whether this run is CI's (where nothing may be skipped).
 pub fn ci() -> bool {

@@ -16,22 +16,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::ClientConfig;
 use serde_json::Value;
+use twinguard_core::iothub::identity::ConnectionString;
+use twinguard_core::iothub::topics::{self, parse_response_topic};
 use twinguard_mqtt::{
     Connect, ConnectReturnCode, Packet, PacketBuffer, Publish, QoS, Subscribe, SubscribeReturnCode,
 };
 
-use crate::config::read_document;
-use crate::sys::safefile::{read_secret, MAX_SECRET_BYTES};
-use crate::transport::iothub::{
-    desired_for_agent, parse_response_topic, topics, ConnectionString, IotHubOptions, IOTHUB_PORT,
-    RESPONSE_TIMEOUT,
-};
+use crate::transport::iothub::{desired_for_agent, IotHubOptions, IOTHUB_PORT, RESPONSE_TIMEOUT};
 use crate::transport::mqtt::{
     MqttOptions, Topics, CONNECT_TIMEOUT, KEEP_ALIVE, MAX_INCOMING_PACKET, RETAINED_GRACE,
 };
 use crate::transport::net::{wait_fd, ReadStatus, Stream};
 use crate::transport::tls::{client_config, TlsOptions};
 use crate::transport::DesiredUpdate;
+use twinguard_core::config::read_document;
+use twinguard_os::safefile::{read_secret, MAX_SECRET_BYTES};
 
 /// How long a SAS token signed for the test lives.
 const TEST_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -218,7 +217,7 @@ fn desired_from_payload(payload: &[u8]) -> DesiredUpdate {
 }
 
 /// Tests the MQTT mode; `agent_running` is the pid of an agent using this identity.
-pub fn test_mqtt(options: &MqttOptions, agent_running: Option<&str>) -> ConnectionCheck {
+pub(crate) fn test_mqtt(options: &MqttOptions, agent_running: Option<&str>) -> ConnectionCheck {
     let mut check = ConnectionCheck {
         endpoint: format!("{}", options.broker),
         ..ConnectionCheck::default()
@@ -329,7 +328,7 @@ fn identity(check: &mut ConnectionCheck, options: &IotHubOptions) -> Option<Conn
 }
 
 /// Tests the IoT Hub mode; `agent_running` is the pid of an agent using this identity.
-pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> ConnectionCheck {
+pub(crate) fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> ConnectionCheck {
     let mut check = ConnectionCheck {
         endpoint: format!("(the hub of {})", options.connection_string_file.display()),
         ..ConnectionCheck::default()
@@ -382,7 +381,7 @@ pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> Conn
         return check;
     }
     check.ok(format!("IoT Hub login as {} (SAS token)", identity.client_id()));
-    if let Err(e) = probe.subscribe(topics::RESPONSES, 1) {
+    if let Err(e) = probe.subscribe(topics::TWIN_RESPONSES, 1) {
         check.fail(e);
         probe.close();
         return check;
@@ -391,7 +390,7 @@ pub fn test_iothub(options: &IotHubOptions, agent_running: Option<&str>) -> Conn
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: topics::get(1),
+        topic: topics::twin_get(1),
         packet_id: Some(2),
         payload: Vec::new(),
     });

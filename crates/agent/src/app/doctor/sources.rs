@@ -13,12 +13,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::collect::{audit::RULE_KEY, process, snapshot_collector};
-use crate::event::{EventName, Priority};
 use crate::sys::audit::{self as sys_audit, AuditSocket, AuditStatus};
 use crate::sys::cnproc::ProcConnector;
 use crate::sys::firewall::legacy_tables_loaded;
 use crate::sys::fs::{read_text, Root};
-use crate::sys::tcpdiag::{self, TcpDiag};
+use crate::sys::procnet::TcpStates;
+use crate::sys::sockdiag::SockDiag;
+use twinguard_core::event::{EventName, Priority};
 
 /// The audit manager's lock of the running agents (see `collect::audit`).
 const AUDIT_LOCK: &str = "/run/twinguard/audit.lock";
@@ -40,7 +41,7 @@ pub struct Cap {
 }
 
 /// `CAP_DAC_READ_SEARCH`.
-pub const CAP_DAC_READ_SEARCH: Cap = Cap {
+pub(crate) const CAP_DAC_READ_SEARCH: Cap = Cap {
     bit: 2,
     name: "CAP_DAC_READ_SEARCH",
     used_for: "/proc/<pid>/fd of other users' processes (socket owners), btmp, restricted files",
@@ -52,13 +53,13 @@ pub const CAP_NET_ADMIN: Cap = Cap {
     used_for: "netlink process connector, nft list ruleset, large netlink receive buffers",
 };
 /// `CAP_NET_RAW` (not in the service's set: legacy iptables only).
-pub const CAP_NET_RAW: Cap = Cap {
+pub(crate) const CAP_NET_RAW: Cap = Cap {
     bit: 13,
     name: "CAP_NET_RAW",
     used_for: "iptables-legacy-save (legacy iptables tables only; not granted by twinguard.service)",
 };
 /// `CAP_SYS_PTRACE`.
-pub const CAP_SYS_PTRACE: Cap = Cap {
+pub(crate) const CAP_SYS_PTRACE: Cap = Cap {
     bit: 19,
     name: "CAP_SYS_PTRACE",
     used_for: "/proc/<pid>/exe and /proc/<pid>/fd of other users' processes",
@@ -70,7 +71,7 @@ pub const CAP_AUDIT_CONTROL: Cap = Cap {
     used_for: "audit status, enabling audit, the ConnectionCreate rules",
 };
 /// `CAP_AUDIT_READ`.
-pub const CAP_AUDIT_READ: Cap = Cap {
+pub(crate) const CAP_AUDIT_READ: Cap = Cap {
     bit: 37,
     name: "CAP_AUDIT_READ",
     used_for: "reading audit records (multicast group)",
@@ -190,7 +191,7 @@ struct AuditProbe {
 /// `/proc/locks`, not by trying the lock: a try would make an agent starting at that moment
 /// believe another one manages audit.
 fn audit_managed_elsewhere() -> bool {
-    let Ok(meta) = std::fs::metadata(AUDIT_LOCK) else {
+    let Ok(meta) = crate::sys::fs::metadata(Path::new(AUDIT_LOCK)) else {
         return false;
     };
     read_text(Path::new("/proc/locks"), 1024 * 1024)
@@ -200,7 +201,7 @@ fn audit_managed_elsewhere() -> bool {
 
 /// The pids holding a `flock` lock on the file with inode `inode`, from `/proc/locks` text
 /// (`1: FLOCK  ADVISORY  WRITE 1234 fe:00:5366328 0 EOF`; pure).
-pub fn flock_holders(locks: &str, inode: u64) -> impl Iterator<Item = u32> + '_ {
+pub(crate) fn flock_holders(locks: &str, inode: u64) -> impl Iterator<Item = u32> + '_ {
     locks.lines().filter_map(move |line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // Blocked waiters are listed as `1: -> FLOCK ...`: they hold nothing.
@@ -309,9 +310,9 @@ fn probe_process(caps: Capabilities) -> (SourceState, String, String) {
 }
 
 fn probe_sock_diag() -> Result<(), String> {
-    let mut diag = TcpDiag::open().map_err(|e| format!("sock_diag: {e}"))?;
+    let mut diag = SockDiag::open().map_err(|e| format!("sock_diag: {e}"))?;
     let mut sockets = Vec::new();
-    diag.dump_all(tcpdiag::LISTENING, 1, &mut sockets)
+    diag.dump_tcp_all(TcpStates::LISTENING, 1, &mut sockets)
         .map(drop)
         .map_err(|e| format!("sock_diag: {e}"))
 }
@@ -453,7 +454,10 @@ fn probe_snapshot(name: EventName, caps: Capabilities) -> (SourceState, String, 
 }
 
 /// Probes every source, in the order of the table.
-pub fn examine_sources(priority: impl Fn(EventName) -> Priority, caps: Capabilities) -> Vec<SourceCheck> {
+pub(crate) fn examine_sources(
+    priority: impl Fn(EventName) -> Priority,
+    caps: Capabilities,
+) -> Vec<SourceCheck> {
     let mut rows = Vec::new();
     let mut push = |event: EventName, (state, via, why): (SourceState, String, String)| {
         rows.push(SourceCheck {

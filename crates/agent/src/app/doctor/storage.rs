@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::pipeline::cache::{disk_bound, Cache, QueueCounters, CACHE_DIR_NAME};
 use crate::sys::disk::{free_bytes, may_write_into};
 use crate::sys::fs::read_text;
-use crate::sys::safefile::{self, user_name, Dir, FileKind};
+use twinguard_os::safefile::{self, user_name, Dir, FileKind};
 
 use super::sources::flock_holders;
 
@@ -72,7 +72,7 @@ fn queue_line(name: &str, q: &QueueCounters) -> String {
 /// Examines `path` for an agent whose cache may hold `max_cache_bytes`. Read-only: nothing
 /// in the directory is created, locked or changed, no link in it is followed, and a FIFO
 /// planted there is not waited on.
-pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
+pub(crate) fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
     let mut check = DataDirCheck {
         path: path.to_owned(),
         ..DataDirCheck::default()
@@ -131,7 +131,7 @@ pub fn examine_data_dir(path: &Path, max_cache_bytes: u64) -> DataDirCheck {
         "mode {mode:04o}, owner {owner} (uid {}){mode_note}",
         meta.uid
     ));
-    let me = crate::sys::euid();
+    let me = twinguard_os::euid();
     let ours = meta.uid == me || meta.uid == 0;
     if !ours && me == 0 {
         check.line(format!(
@@ -363,7 +363,7 @@ fn free_space(check: &mut DataDirCheck, path: &Path, bound: u64, used: u64) {
 mod tests {
     use super::*;
     use crate::datadir::DataDir;
-    use crate::event::Priority;
+    use twinguard_core::event::Priority;
 
     fn temp(label: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("twinguard-doctor-{label}-{}", std::process::id()));

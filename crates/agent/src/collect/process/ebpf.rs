@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, warn};
 
-use crate::event::{Event, EventName, PayloadItem};
 use crate::sys::ebpf::{self, ProcessProbes, Record};
 use crate::sys::procinfo::{self, join_cmdline, ProcessInfo, MAX_CMDLINE};
+use twinguard_core::event::{EventName, PayloadItem};
 
 use super::super::user_names::UserNames;
 use super::super::{EventSink, StopSignal};
@@ -236,7 +236,7 @@ fn hand_over(sink: &EventSink, batch: &mut Vec<(PayloadItem, SystemTime)>) {
     }
     let mut events = Vec::with_capacity(batch.len());
     for (item, wall) in batch.drain(..) {
-        match Event::new(item.name(), vec![item], wall) {
+        match crate::stamp::new_event(item.name(), vec![item], wall) {
             Ok(event) => events.push(event),
             Err(e) => debug!("process event not built: {e}"),
         }

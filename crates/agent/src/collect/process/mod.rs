@@ -26,29 +26,29 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, warn};
 
-use crate::config::CollectorStatus;
-use crate::event::{Event, EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
 use crate::sys::cnproc::{self, LossCounter, ProcConnector, ProcEvent, ProcMessage};
 use crate::sys::ebpf::ProcessProbes;
 use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procinfo::{self, ProcDir, ProcessInfo};
+use twinguard_core::config::CollectorStatus;
+use twinguard_core::event::{EventName, ExtraDetails, PayloadItem, ProcessCreate, ProcessTerminate};
 
 use super::user_names::UserNames;
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
 
-pub mod ebpf;
+pub(crate) mod ebpf;
 
 /// Most processes remembered in the pid -> executable table (about 100 bytes each).
-pub const MAX_TRACKED: usize = 32_768;
+pub(crate) const MAX_TRACKED: usize = 32_768;
 /// How long a receive waits before the stop signal is checked again.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 /// The process connector source's name in `reported.twinguard`.
-pub const SOURCE: &str = "netlink proc connector";
+pub(crate) const SOURCE: &str = "netlink proc connector";
 /// The eBPF source's name in `reported.twinguard`.
-pub const SOURCE_EBPF: &str =
+pub(crate) const SOURCE_EBPF: &str =
     "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
 /// The environment variable that forces the fallback sources (value `fallback`).
-pub const SOURCES_VARIABLE: &str = "TWINGUARD_SOURCES";
+pub(crate) const SOURCES_VARIABLE: &str = "TWINGUARD_SOURCES";
 /// How much the collector thread's nice value is lowered (its scheduling priority raised).
 pub(crate) const PRIORITY_BOOST: i32 = 5;
 
@@ -107,7 +107,7 @@ impl ProcessTracker {
     }
 
     /// Events of this message's CPU lost since the previous one.
-    pub fn count_losses(&mut self, msg: &ProcMessage) -> u64 {
+    pub(crate) fn count_losses(&mut self, msg: &ProcMessage) -> u64 {
         self.losses.observe(msg)
     }
 
@@ -155,7 +155,7 @@ impl ProcessTracker {
 
     /// A fork: a new process (not a thread) runs its parent's executable, as its parent's
     /// user, until it execs or changes ids.
-    pub fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, alive: &dyn Fn(u32) -> bool) {
+    pub(crate) fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, alive: &dyn Fn(u32) -> bool) {
         let from = self.table.get(&parent_tgid);
         let entry = Tracked {
             executable: from.and_then(|t| t.executable.clone()),
@@ -166,7 +166,7 @@ impl ProcessTracker {
     }
 
     /// A uid change (setuid, or the exec of a setuid program).
-    pub fn on_uid(&mut self, tgid: u32, ruid: u32, euid: u32) {
+    pub(crate) fn on_uid(&mut self, tgid: u32, ruid: u32, euid: u32) {
         if let Some(t) = self.table.get_mut(&tgid) {
             t.uid = Some((ruid, euid));
         }
@@ -174,7 +174,7 @@ impl ProcessTracker {
 
     /// An exec: the ProcessCreate item from what `/proc` gave (`None`: the process was gone),
     /// completed with what the table knows (parent, uids).
-    pub fn on_exec(
+    pub(crate) fn on_exec(
         &mut self,
         pid: u32,
         info: Option<ProcessInfo>,
@@ -237,7 +237,7 @@ impl ProcessTracker {
     }
 
     /// A process exit (the caller has checked it is the thread-group leader): the item.
-    pub fn on_exit(&mut self, pid: u32, exit_code: u32) -> ProcessTerminate {
+    pub(crate) fn on_exit(&mut self, pid: u32, exit_code: u32) -> ProcessTerminate {
         let tracked = self.table.remove(&pid);
         let executable = tracked.and_then(|t| t.executable);
         let (exit_status, signal, core) = cnproc::exit_status(exit_code);
@@ -261,7 +261,7 @@ impl ProcessTracker {
 
     /// Applies one message; returns the item it makes, if any. `read` reads `/proc/<pid>`:
     /// always the image, and what [`Needs`] says.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         msg: &ProcMessage,
         read: &mut dyn FnMut(u32, Needs) -> Option<ProcessInfo>,
@@ -295,7 +295,7 @@ impl ProcessTracker {
 }
 
 /// Converts a `CLOCK_MONOTONIC` event time into wall-clock time, given both clocks now.
-pub fn wall_time(event_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> SystemTime {
+pub(crate) fn wall_time(event_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> SystemTime {
     let ago = Duration::from_nanos(mono_now_ns.saturating_sub(event_ns));
     // An event is never from the future, and never more than a minute old here: a larger
     // difference is a clock oddity, and "now" is then the better answer.
@@ -306,7 +306,7 @@ pub fn wall_time(event_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> Syste
 }
 
 /// Whether `TWINGUARD_SOURCES=fallback` asks for the fallback sources.
-pub fn fallback_forced() -> bool {
+pub(crate) fn fallback_forced() -> bool {
     std::env::var(SOURCES_VARIABLE).is_ok_and(|v| v.trim() == "fallback")
 }
 
@@ -322,10 +322,10 @@ enum Plan {
 
 /// A hidden setting for tests: the eBPF ring buffer's size in bytes (a power of two, at least
 /// 4096), so that a test can make it overflow. Anything else is ignored.
-pub const RING_BYTES_VARIABLE: &str = "TWINGUARD_EBPF_RING_BYTES";
+pub(crate) const RING_BYTES_VARIABLE: &str = "TWINGUARD_EBPF_RING_BYTES";
 
 /// Which source this machine allows now: the eBPF programs (loaded and attached) or why not.
-pub fn choose_source() -> Result<ProcessProbes, String> {
+pub(crate) fn choose_source() -> Result<ProcessProbes, String> {
     if fallback_forced() {
         return Err(format!("eBPF not tried: {SOURCES_VARIABLE}=fallback"));
     }
@@ -338,7 +338,7 @@ pub fn choose_source() -> Result<ProcessProbes, String> {
 }
 
 /// The ProcessCreate / ProcessTerminate stream collector.
-pub struct ProcessCollector {
+pub(crate) struct ProcessCollector {
     status: CollectorStatus,
     plan: Plan,
 }
@@ -544,7 +544,7 @@ impl ProcessCollector {
         let hand_over = |batch: &mut Vec<(PayloadItem, SystemTime)>| {
             let mut events = Vec::with_capacity(batch.len());
             for (item, wall) in batch.drain(..) {
-                match Event::new(item.name(), vec![item], wall) {
+                match crate::stamp::new_event(item.name(), vec![item], wall) {
                     Ok(event) => events.push(event),
                     Err(e) => debug!("process event not built: {e}"),
                 }

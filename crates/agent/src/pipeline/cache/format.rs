@@ -19,7 +19,7 @@
 //! starts a version 2 segment.
 
 use super::types::{DropCounts, DropReason};
-use crate::event::Priority;
+use twinguard_core::event::Priority;
 
 /// The first 8 bytes of every segment file.
 pub(super) const MAGIC: [u8; 8] = *b"TWGCACHE";

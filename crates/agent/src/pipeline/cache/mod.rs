@@ -95,7 +95,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use crate::event::Priority;
+use twinguard_core::event::Priority;
 
 use format::{Checkpoint, Queue, Record, Removal, Totals, CHECKPOINT_BYTES, HEADER_BYTES};
 use log::{Location, SegmentLog};
@@ -348,28 +348,11 @@ impl Cache {
         let mut buf = Vec::with_capacity(PUT_OVERHEAD as usize + event.len());
         format::encode_put(&mut buf, seq, queue, event);
         match self.append(&buf) {
-            Ok(at) => {
-                let entry = Entry {
-                    // len <= MAX_EVENT_BYTES, checked above.
-                    len: u32::try_from(len).unwrap_or(u32::MAX),
-                    pinned: false,
-                    enqueued_ms: now_ms,
-                    at,
-                };
-                if let Some(meta) = self.log.meta_mut(at.segment) {
-                    meta.live += entry.record_bytes();
-                    meta.puts += entry.record_bytes();
-                }
-                let q = &mut self.queues[queue.index()];
-                q.entries.insert(seq, entry);
-                q.used += len;
-                bump(&mut q.totals.collected);
-                PushOutcome::Stored {
-                    id: EntryId(seq),
-                    evicted,
-                    error: self.side_error.take(),
-                }
-            }
+            Ok(at) => PushOutcome::Stored {
+                id: self.take_in(queue, seq, len, at, now_ms),
+                evicted,
+                error: self.side_error.take(),
+            },
             Err(e) => {
                 let reason = e.drop_reason();
                 self.count_unwritten_drop(queue, reason);
@@ -452,31 +435,37 @@ impl Cache {
         self.next_seq = seq;
         let mut outcomes = Vec::with_capacity(placed.len());
         for (queue, seq, offset, len) in placed {
-            let entry = Entry {
-                // len <= MAX_EVENT_BYTES, checked by batchable_run.
-                len: u32::try_from(len).unwrap_or(u32::MAX),
-                pinned: false,
-                enqueued_ms: now_ms,
-                at: Location {
-                    segment: at.segment,
-                    offset: at.offset + offset,
-                },
+            let at = Location {
+                segment: at.segment,
+                offset: at.offset + offset,
             };
-            if let Some(meta) = self.log.meta_mut(at.segment) {
-                meta.live += entry.record_bytes();
-                meta.puts += entry.record_bytes();
-            }
-            let q = &mut self.queues[queue.index()];
-            q.entries.insert(seq, entry);
-            q.used += len;
-            bump(&mut q.totals.collected);
             outcomes.push(PushOutcome::Stored {
-                id: EntryId(seq),
+                id: self.take_in(queue, seq, len, at, now_ms),
                 evicted: Vec::new(),
                 error: self.side_error.take(),
             });
         }
         Some(outcomes)
+    }
+
+    /// Takes a written Put of `len` event bytes at `at` into its queue and its segment's
+    /// accounting. `len <= MAX_EVENT_BYTES`: the callers checked it.
+    fn take_in(&mut self, queue: Queue, seq: u64, len: u64, at: Location, now_ms: u64) -> EntryId {
+        let entry = Entry {
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            pinned: false,
+            enqueued_ms: now_ms,
+            at,
+        };
+        if let Some(meta) = self.log.meta_mut(at.segment) {
+            meta.live += entry.record_bytes();
+            meta.puts += entry.record_bytes();
+        }
+        let q = &mut self.queues[queue.index()];
+        q.entries.insert(seq, entry);
+        q.used += len;
+        bump(&mut q.totals.collected);
+        EntryId(seq)
     }
 
     /// Counts `n` events of a queue that were dropped before they reached the cache (lost by

@@ -12,7 +12,7 @@ use proptest::sample::Index;
 
 use super::tests::{event, TempDir};
 use super::*;
-use crate::event::Priority::{self, High, Low};
+use twinguard_core::event::Priority::{self, High, Low};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ModelEntry {

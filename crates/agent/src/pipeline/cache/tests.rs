@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use super::format::{self, HEADER_BYTES};
 use super::log::segment_name;
 use super::*;
-use crate::event::Priority::{High, Low, Off};
+use twinguard_core::event::Priority::{High, Low, Off};
 
 /// A fresh directory under the system temp dir, removed on drop (no tempfile crate here).
 pub(super) struct TempDir(PathBuf);
@@ -72,11 +72,11 @@ fn stored(outcome: PushOutcome) -> (EntryId, Vec<Eviction>) {
     }
 }
 
-fn push(cache: &mut Cache, p: crate::event::Priority, len: usize, tag: u64) -> EntryId {
+fn push(cache: &mut Cache, p: twinguard_core::event::Priority, len: usize, tag: u64) -> EntryId {
     stored(cache.push(p, event(len, tag), tag)).0
 }
 
-fn ids(cache: &Cache, p: crate::event::Priority) -> Vec<EntryId> {
+fn ids(cache: &Cache, p: twinguard_core::event::Priority) -> Vec<EntryId> {
     cache.entries(p).map(|e| e.id).collect()
 }
 
@@ -680,7 +680,7 @@ fn workload_step(c: &mut Cache, i: u64, known: &mut BTreeMap<EntryId, (usize, u6
         }
         4 | 5 => {
             // A burst, as the run loop hands it over: up to four events in one call.
-            let events: Vec<(crate::event::Priority, usize, u64)> = (0..1 + r % 4)
+            let events: Vec<(twinguard_core::event::Priority, usize, u64)> = (0..1 + r % 4)
                 .map(|k| {
                     let len = 1 + ((r >> (4 * k)) % 1500) as usize;
                     let p = if (r >> k) & 1 == 0 { High } else { Low };

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::event::Priority;
+use twinguard_core::event::Priority;
 
 /// Identifies one cached event while it is cached, and across restarts: it is the event's
 /// sequence number in the log, allocated in push order and never reused.

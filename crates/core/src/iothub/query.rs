@@ -1,5 +1,10 @@
 //! Percent-encoding and `name=value&...` query strings, as IoT Hub uses them in SAS tokens,
 //! MQTT user names and topic property bags, and as the operator API uses them in paths. Pure.
+//!
+//! Encoding is the `percent-encoding` crate's; decoding is ours because it must refuse a
+//! malformed `%` escape, which the crate passes through.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Why a percent-encoded string cannot be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -35,17 +40,17 @@ pub fn percent_decode(text: &str) -> Result<String, DecodeError> {
     String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters, with upper-case hex.
+/// Every byte but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, with upper-case hex (a SAS
+/// signature depends on the exact bytes, as the SPEC §6 vector shows).
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
 
 /// The raw (still encoded) `name=value` pairs of a query string; a member without `=` has no
@@ -81,6 +86,13 @@ mod tests {
         assert_eq!(percent_decode("%"), Err(DecodeError::BadEscape(0)));
         assert_eq!(percent_decode("a%zz"), Err(DecodeError::BadEscape(1)));
         assert_eq!(percent_decode("%ff"), Err(DecodeError::NotUtf8));
+    }
+
+    #[test]
+    fn encodes_all_but_unreserved_with_upper_case_hex() {
+        assert_eq!(percent_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(percent_encode("a/b c+é$"), "a%2Fb%20c%2B%C3%A9%24");
+        assert_eq!(percent_encode("="), "%3D");
     }
 
     #[test]

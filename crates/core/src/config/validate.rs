@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::document::{escape_pointer, locate};
+use super::document::{describe, escape_pointer, locate};
 use super::duration::{DurationError, IsoDuration, MAX_EFFECTIVE};
 use super::property::{Kind, Property};
 use super::{Config, Typed};
@@ -454,21 +454,6 @@ fn check_value(kind: Kind, value: &Value) -> Result<Typed, String> {
             Value::Bool(b) => Ok(Typed::Boolean(*b)),
             other => Err(format!("expected true or false, found {}", describe(other))),
         },
-    }
-}
-
-/// A short description of a JSON value for messages: strings and scalars as JSON text (long
-/// strings shortened), containers by their kind.
-pub(crate) fn describe(value: &Value) -> String {
-    const LIMIT: usize = 60;
-    match value {
-        Value::String(s) if s.chars().count() > LIMIT => {
-            let head: String = s.chars().take(LIMIT).collect();
-            format!("{}... ({} characters)", Value::String(head), s.chars().count())
-        }
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
-        other => other.to_string(),
     }
 }
 

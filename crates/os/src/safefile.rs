@@ -323,7 +323,7 @@ pub fn lstat(path: &Path) -> io::Result<Option<Stat>> {
 
 /// Whether `uid` may own what the running user trusts: itself or root.
 fn trusted_owner(uid: u32) -> bool {
-    uid == 0 || uid == super::euid()
+    uid == 0 || uid == crate::euid()
 }
 
 /// Checks every ancestor of `path` (from its parent up to `/`, after resolving links) the way
@@ -363,7 +363,7 @@ pub fn check_ancestors(path: &Path) -> Result<(), FileError> {
 
 /// What to tell a user whose directory is owned by someone else.
 fn foreign_dir_hint(uid: u32) -> String {
-    if super::euid() == 0 {
+    if crate::euid() == 0 {
         let name = user_name(uid);
         format!(
             "root does not use another user's directory: run the agent as its owner (`runuser -u {name} -- twinguard run ...`, or the systemd unit), or choose another --data-dir"
@@ -392,7 +392,7 @@ impl Dir {
         }
         let dir = Dir::open_trusted(path)?;
         let st = fstat(&dir.fd).map_err(io_at(path))?;
-        if st.uid == super::euid() && st.mode & 0o7777 != 0o700 {
+        if st.uid == crate::euid() && st.mode & 0o7777 != 0o700 {
             // SAFETY: fchmod on a descriptor we own; no memory is involved.
             if unsafe { libc::fchmod(dir.fd.as_raw_fd(), 0o700) } != 0 {
                 return Err(io_at(path)(io::Error::last_os_error()));
@@ -467,7 +467,7 @@ impl Dir {
         check_ancestors(path)?;
         let dir = Dir::open_for_reading(path)?;
         let st = fstat(&dir.fd).map_err(io_at(path))?;
-        if super::euid() == 0 && st.kind == FileKind::Directory && st.mode & 0o022 == 0 {
+        if crate::euid() == 0 && st.kind == FileKind::Directory && st.mode & 0o022 == 0 {
             return Ok(dir);
         }
         check_trusted_dir(path, &st)?;
@@ -672,7 +672,7 @@ impl Dir {
 
 /// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when another open
 /// file description holds it. The lock lasts as long as the descriptor (every duplicate of it).
-pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+pub fn try_lock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a descriptor we own (borrowed for the call); no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);
@@ -705,7 +705,7 @@ fn check_trusted_dir(path: &Path, st: &Stat) -> Result<(), FileError> {
         return Err(FileError::ForeignOwner {
             path: path.to_owned(),
             uid: st.uid,
-            me: super::euid(),
+            me: crate::euid(),
             hint: foreign_dir_hint(st.uid),
         });
     }
@@ -762,6 +762,16 @@ pub fn expect_regular(path: &Path, st: &Stat) -> Result<(), FileError> {
     }
 }
 
+/// Opens `path` with `options` without following a symbolic link at its last component
+/// (`ELOOP` then) and without blocking on a FIFO (`O_NONBLOCK`): for files in a directory this
+/// process owns, whose ancestors were checked when it was created.
+pub fn open_nofollow(path: &Path, options: &mut std::fs::OpenOptions) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Reads at most `limit` bytes of `reader`; more is [`FileError::TooLarge`]. The one bounded
 /// read under every reader of user-named files.
 pub fn read_limited(path: &Path, reader: impl Read, limit: usize) -> Result<Vec<u8>, FileError> {
@@ -798,7 +808,7 @@ pub fn read_regular(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
 
 /// Secrets (a password, a connection string, a private key) are small; anything larger is
 /// refused unread.
-pub(crate) const MAX_SECRET_BYTES: usize = 64 * 1024;
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// The environment variable systemd sets for `LoadCredential=`.
 pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
@@ -833,10 +843,10 @@ pub fn read_secret(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
         return Err(FileError::ForeignOwner {
             path: path.to_owned(),
             uid: st.uid,
-            me: super::euid(),
+            me: crate::euid(),
             hint: format!(
                 "a secret must belong to the agent's user or root (`chown {} {}`)",
-                user_name(super::euid()),
+                user_name(crate::euid()),
                 path.display()
             ),
         });

@@ -1,6 +1,6 @@
-//! The event model and the security message (SPEC §3, §4). Pure: no IO. (One exception:
-//! `Event::new` / `Timestamp::local` ask the system time zone, through `chrono::Local`, for the
-//! local offset; `Event::with_offset` does not.)
+//! The event model and the security message (SPEC §3, §4). Pure: no IO, no clock, no random
+//! ids: an event's `Id` and time are parameters (the agent's `stamp` module draws v4 ids and
+//! asks the system time zone for the local offset).
 //!
 //! - `name`: the fourteen event names and their fixed attributes.
 //! - `payload`: one struct per per-event schema, and `PayloadItem` over them.
@@ -24,3 +24,5 @@ pub use payload::{
     SystemInformation,
 };
 pub use timestamp::Timestamp;
+/// Event ids (`Id`), so users of the model need no `uuid` dependency of their own.
+pub use uuid::Uuid;

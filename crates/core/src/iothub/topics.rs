@@ -1,9 +1,11 @@
 //! IoT Hub's MQTT topics for one connected identity: what a client may publish to (device-to-
 //! cloud messages with their property bag, twin GET, reported PATCH, direct method answers),
-//! what it may subscribe to, and the topics the hub publishes on. Pure.
+//! what it may subscribe to, and the topics the hub publishes on. Both sides use them: the
+//! agent builds what it publishes and parses twin answers here, the hub classifies what it
+//! receives. Pure.
 
-use crate::identity::IdentityId;
-use crate::query::{decoded_pairs, raw_pairs};
+use super::identity::IdentityId;
+use super::query::{decoded_pairs, percent_encode, raw_pairs};
 
 /// Twin responses (`$iothub/twin/res/{status}/?$rid=...`).
 pub const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
@@ -11,6 +13,79 @@ pub const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
 pub const TWIN_DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
 /// Direct method requests.
 pub const METHODS: &str = "$iothub/methods/POST/#";
+/// The start of a twin response topic.
+pub const TWIN_RESPONSE_PREFIX: &str = "$iothub/twin/res/";
+/// The start of a desired-property notification topic.
+pub const TWIN_DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
+/// The security-message property bag (SPEC §6), before `$.mid`.
+pub const PROPERTY_BAG: &str =
+    "%24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.ct=application%2Fjson&%24.ce=utf-8";
+
+/// The device-to-cloud topic of one security message, with its property bag and message id.
+pub fn message_topic(device_id: &str, module_id: &str, message_id: &str) -> String {
+    format!(
+        "devices/{device_id}/modules/{module_id}/messages/events/{PROPERTY_BAG}&%24.mid={}",
+        percent_encode(message_id)
+    )
+}
+
+/// GET the full twin.
+pub fn twin_get(rid: u64) -> String {
+    format!("$iothub/twin/GET/?$rid={rid}")
+}
+
+/// PATCH the reported properties.
+pub fn twin_patch_reported(rid: u64) -> String {
+    format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+}
+
+/// A parsed `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]` topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwinResponse {
+    /// HTTP-like status: 200 (GET), 204 (PATCH), 429 (throttled), 4xx/5xx.
+    pub status: u16,
+    /// The request id it answers.
+    pub rid: Option<u64>,
+    /// The twin's new reported `$version` (PATCH answers).
+    pub version: Option<i64>,
+}
+
+/// The `name=value` pairs of a query string (members without `=` skipped).
+fn valued_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    raw_pairs(query).filter_map(|(name, value)| Some((name, value?)))
+}
+
+/// Parses a twin response topic; `None` if the topic is not one.
+pub fn parse_response_topic(topic: &str) -> Option<TwinResponse> {
+    let rest = topic.strip_prefix(TWIN_RESPONSE_PREFIX)?;
+    let (status, query) = rest.split_once("/?").unwrap_or((rest.trim_end_matches('/'), ""));
+    let status = status.parse().ok()?;
+    let mut response = TwinResponse {
+        status,
+        rid: None,
+        version: None,
+    };
+    for (name, value) in valued_pairs(query) {
+        match name {
+            "$rid" => response.rid = value.parse().ok(),
+            "$version" => response.version = value.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(response)
+}
+
+/// The `$version` of a desired-properties notification topic (`Some(None)`: such a topic
+/// without a version); `None` if the topic is not one.
+pub fn parse_desired_topic(topic: &str) -> Option<Option<i64>> {
+    let rest = topic.strip_prefix(TWIN_DESIRED_PREFIX)?;
+    let query = rest.strip_prefix('?').unwrap_or(rest);
+    Some(
+        valued_pairs(query)
+            .find(|(n, _)| *n == "$version")
+            .and_then(|(_, v)| v.parse().ok()),
+    )
+}
 
 /// What a client's PUBLISH asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,5 +315,69 @@ mod tests {
         }
         let d = IdentityId::new("d1", None).expect("valid");
         assert!(subscription_allowed("devices/d1/messages/devicebound/#", &d));
+    }
+
+    #[test]
+    fn message_topic_has_the_exact_property_bag() {
+        assert_eq!(
+            message_topic("dev1", "azureiotsecurity", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+            "devices/dev1/modules/azureiotsecurity/messages/events/\
+             %24.ifid=urn%3Aazureiot%3ASecurity%3ASecurityAgent%3A1&%24.ct=application%2Fjson&%24.ce=utf-8\
+             &%24.mid=0f8fad5b-d9cb-469f-a165-70867728950e"
+        );
+        let Inbound::Telemetry { properties } =
+            classify_publish(&message_topic("d1", "azureiotsecurity", "m 1"), &module())
+        else {
+            panic!("not telemetry");
+        };
+        assert_eq!(
+            properties.last(),
+            Some(&("$.mid".to_owned(), Some("m 1".to_owned())))
+        );
+    }
+
+    #[test]
+    fn twin_topics_parse() {
+        assert_eq!(twin_get(3), "$iothub/twin/GET/?$rid=3");
+        assert_eq!(
+            twin_patch_reported(4),
+            "$iothub/twin/PATCH/properties/reported/?$rid=4"
+        );
+        assert_eq!(
+            classify_publish(&twin_get(3), &module()),
+            Inbound::TwinGet { rid: "3".into() }
+        );
+        assert_eq!(
+            parse_response_topic(&twin_response(204, "4", Some(12))),
+            Some(TwinResponse {
+                status: 204,
+                rid: Some(4),
+                version: Some(12)
+            })
+        );
+        assert_eq!(
+            parse_response_topic("$iothub/twin/res/200/?$rid=3"),
+            Some(TwinResponse {
+                status: 200,
+                rid: Some(3),
+                version: None
+            })
+        );
+        assert_eq!(
+            parse_response_topic("$iothub/twin/res/429/?$rid=x"),
+            Some(TwinResponse {
+                status: 429,
+                rid: None,
+                version: None
+            })
+        );
+        assert_eq!(parse_response_topic("$iothub/twin/res/abc/?$rid=1"), None);
+        assert_eq!(parse_response_topic("$iothub/twin/PATCH/x"), None);
+        assert_eq!(parse_desired_topic(&desired_notification(7)), Some(Some(7)));
+        assert_eq!(
+            parse_desired_topic("$iothub/twin/PATCH/properties/desired/"),
+            Some(None)
+        );
+        assert_eq!(parse_desired_topic("$iothub/twin/res/200/?$rid=1"), None);
     }
 }

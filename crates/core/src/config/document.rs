@@ -223,9 +223,7 @@ pub fn locate(doc: &Value) -> Located<'_> {
         shape_errors: Vec::new(),
     };
     let Value::Object(top) = doc else {
-        located
-            .shape_errors
-            .push((String::new(), super::validate::describe(doc)));
+        located.shape_errors.push((String::new(), describe(doc)));
         return located;
     };
     let (desired, base) = if let Some(properties) = top.get("properties") {
@@ -233,9 +231,7 @@ pub fn locate(doc: &Value) -> Located<'_> {
             Value::Object(p) => (p.get("desired"), "/properties/desired".to_owned()),
             Value::Null => (None, String::new()),
             other => {
-                located
-                    .shape_errors
-                    .push(("/properties".into(), super::validate::describe(other)));
+                located.shape_errors.push(("/properties".into(), describe(other)));
                 return located;
             }
         }
@@ -257,11 +253,24 @@ pub fn locate(doc: &Value) -> Located<'_> {
                 located.pointer = format!("{base}/{}", escape_pointer(CONFIG_KEY));
             }
         },
-        Some(other) => located
-            .shape_errors
-            .push((base, super::validate::describe(other))),
+        Some(other) => located.shape_errors.push((base, describe(other))),
     }
     located
+}
+
+/// A short description of a JSON value for messages: strings and scalars as JSON text (long
+/// strings shortened), containers by their kind.
+pub(crate) fn describe(value: &Value) -> String {
+    const LIMIT: usize = 60;
+    match value {
+        Value::String(s) if s.chars().count() > LIMIT => {
+            let head: String = s.chars().take(LIMIT).collect();
+            format!("{}... ({} characters)", Value::String(head), s.chars().count())
+        }
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Escapes one JSON pointer token (RFC 6901).

@@ -6,7 +6,7 @@ use std::io;
 
 /// A termination signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Termination {
+pub enum Termination {
     /// SIGINT.
     Interrupt,
     /// SIGTERM.
@@ -15,7 +15,7 @@ pub(crate) enum Termination {
 
 impl Termination {
     /// The signal's name (`SIGINT`, `SIGTERM`).
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Termination::Interrupt => "SIGINT",
             Termination::Terminate => "SIGTERM",
@@ -25,7 +25,7 @@ impl Termination {
 
 /// The blocked set {SIGINT, SIGTERM}, to wait on.
 #[derive(Clone, Copy)]
-pub(crate) struct TerminationSignals(libc::sigset_t);
+pub struct TerminationSignals(libc::sigset_t);
 
 impl std::fmt::Debug for TerminationSignals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,7 +36,7 @@ impl std::fmt::Debug for TerminationSignals {
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later).
 /// Call it before spawning any other thread, or a signal may go to a thread that does not
 /// block it.
-pub(crate) fn block_termination() -> io::Result<TerminationSignals> {
+pub fn block_termination() -> io::Result<TerminationSignals> {
     // SAFETY: sigset_t is a plain C struct for which all-zero is a valid (empty) value, and
     // sigemptyset/sigaddset only write into the set we own.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -56,7 +56,7 @@ pub(crate) fn block_termination() -> io::Result<TerminationSignals> {
 
 impl TerminationSignals {
     /// Waits for the next SIGINT or SIGTERM (blocked by [`block_termination`]).
-    pub(crate) fn wait(&self) -> Termination {
+    pub fn wait(&self) -> Termination {
         loop {
             let mut signal: libc::c_int = 0;
             // SAFETY: `self.0` is an initialised sigset_t; `signal` is a valid out-pointer.

@@ -7,7 +7,7 @@
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Datelike, FixedOffset, Local, Offset, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, Timelike, Utc};
 
 /// The earliest instant we write: 0001-01-02T00:00:00Z. One day after year 1 begins, so that
 /// the local time (at most a day away) still has a four-digit, positive year, as RFC 3339 needs.
@@ -29,14 +29,6 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
-    /// The instant `wall` shown with the machine's local offset at that instant (from the
-    /// system time zone through `chrono::Local`).
-    pub fn local(wall: SystemTime) -> Timestamp {
-        let utc = Timestamp::with_offset(wall, utc_offset());
-        let offset = Local.offset_from_utc_datetime(&utc.utc().naive_utc()).fix();
-        Timestamp::with_offset(wall, offset)
-    }
-
     /// The instant `wall` shown with a given offset (deterministic; for tests and for callers
     /// that know the offset).
     ///
@@ -143,11 +135,6 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A zero offset, spelled so that it needs no `unwrap`.
-fn utc_offset() -> FixedOffset {
-    Utc.fix()
-}
-
 /// `YYYY-MM-DDTHH:MM:SS.mmm` of a UTC-based date-time (the caller has already shifted it to
 /// local time where needed).
 fn write_date_time(out: &mut String, t: &DateTime<Utc>) {
@@ -182,6 +169,12 @@ fn write_date_time(out: &mut String, t: &DateTime<Utc>) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A zero offset, spelled so that it needs no `unwrap`.
+    fn utc_offset() -> FixedOffset {
+        use chrono::Offset;
+        Utc.fix()
+    }
     use std::time::Duration;
 
     fn at(millis: u64) -> SystemTime {
@@ -235,12 +228,5 @@ mod tests {
         let lmt = FixedOffset::east_opt(561).unwrap(); // Paris mean time, +00:09:21
         let t = Timestamp::with_offset(at(0), lmt);
         assert_eq!(t.local_rfc3339(), "1970-01-01T00:09:00.000+00:09");
-    }
-
-    #[test]
-    fn local_uses_a_whole_minute_offset() {
-        let t = Timestamp::local(at(1_795_893_660_123));
-        assert_eq!(t.offset_secs() % 60, 0);
-        assert_eq!(t.utc_rfc3339(), "2026-11-28T19:21:00.123Z");
     }
 }

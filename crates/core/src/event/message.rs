@@ -6,12 +6,9 @@
 //! has at least one item. `IsEmpty`, `Category` and `EventType` are derived from the name and the
 //! payload, never stored, so they cannot disagree with them.
 
-use std::io;
-use std::time::SystemTime;
-
-use chrono::FixedOffset;
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
+use std::io;
 use uuid::Uuid;
 
 use super::name::{Category, EventName, EventType};
@@ -74,41 +71,22 @@ pub struct SplitOutcome {
 }
 
 impl Event {
-    /// An event of `name` holding `items`, stamped with the wall-clock time `wall_now` in the
-    /// machine's local offset, with a fresh v4 `Id`.
+    /// An event of the items' own name (`T::NAME`) with a given `Id` and time. Cannot mix
+    /// names; fails only for a Triggered name with no items.
+    pub fn from_items<T: EventPayload>(
+        id: Uuid,
+        items: impl IntoIterator<Item = T>,
+        time: Timestamp,
+    ) -> Result<Event, EventError> {
+        Event::with_id(id, T::NAME, items.into_iter().map(Into::into).collect(), time)
+    }
+
+    /// An event of `name` holding `items`, with the given `Id` and time (the core reads no
+    /// clock and draws no random ids: the agent's `stamp` module gives fresh v4 ids and the
+    /// local time).
     ///
     /// A Periodic event with no items is an empty snapshot (`IsEmpty: true`, `Payload: []`);
     /// a Triggered one is an error, as is an item of another name.
-    pub fn new(name: EventName, items: Vec<PayloadItem>, wall_now: SystemTime) -> Result<Event, EventError> {
-        Event::at(name, items, Timestamp::local(wall_now))
-    }
-
-    /// An event of the items' own name (`T::NAME`), stamped like [`Event::new`]. Cannot mix
-    /// names; fails only for a Triggered name with no items.
-    pub fn from_items<T: EventPayload>(
-        items: impl IntoIterator<Item = T>,
-        wall_now: SystemTime,
-    ) -> Result<Event, EventError> {
-        Event::new(T::NAME, items.into_iter().map(Into::into).collect(), wall_now)
-    }
-
-    /// Like [`Event::new`] with a given local offset (deterministic in tests).
-    pub fn with_offset(
-        name: EventName,
-        items: Vec<PayloadItem>,
-        wall_now: SystemTime,
-        offset: FixedOffset,
-    ) -> Result<Event, EventError> {
-        Event::at(name, items, Timestamp::with_offset(wall_now, offset))
-    }
-
-    /// Like [`Event::new`] at an already computed timestamp.
-    pub fn at(name: EventName, items: Vec<PayloadItem>, time: Timestamp) -> Result<Event, EventError> {
-        Event::with_id(Uuid::new_v4(), name, items, time)
-    }
-
-    /// Like [`Event::at`] with a given `Id` (for re-reading and tests; new events want a fresh
-    /// v4 id).
     pub fn with_id(
         id: Uuid,
         name: EventName,
@@ -248,10 +226,10 @@ impl Event {
     ///
     /// An event that fits comes back unchanged. Otherwise its items are distributed, in order,
     /// greedily into as few events of the same name as a first-fit pass gives, each with a
-    /// fresh `Id` and the original timestamps; an item that does not fit even alone goes to
+    /// fresh `Id` from `new_id` and the original timestamps; an item that does not fit even alone goes to
     /// `too_large`. If even an event with no items exceeds the bound (impossible with the
     /// configuration's minimum message size of 8192), nothing comes back.
-    pub fn split_to_fit(self, max_event_bytes: usize) -> SplitOutcome {
+    pub fn split_to_fit(self, max_event_bytes: usize, mut new_id: impl FnMut() -> Uuid) -> SplitOutcome {
         if self.json_len() <= max_event_bytes {
             return SplitOutcome {
                 events: vec![self],
@@ -286,7 +264,7 @@ impl Event {
             let mut added = item_len + usize::from(!part.is_empty());
             if part_len + added > max_event_bytes {
                 events.push(Event {
-                    id: Uuid::new_v4(),
+                    id: new_id(),
                     name,
                     time,
                     payload: std::mem::take(&mut part),
@@ -299,7 +277,7 @@ impl Event {
         }
         if !part.is_empty() {
             events.push(Event {
-                id: Uuid::new_v4(),
+                id: new_id(),
                 name,
                 time,
                 payload: part,
@@ -383,8 +361,20 @@ mod tests {
         ConfigurationError, ConfigurationErrorType, DroppedEventsStatistics, ExtraDetails, LocalUsers,
         ProcessCreate, Queue,
     };
+    use chrono::FixedOffset;
     use proptest::prelude::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// A fresh id per call (tests need distinct ids, not random ones).
+    fn next_id() -> Uuid {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Uuid::from_u128(u128::from(NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn at_wall(name: EventName, items: Vec<PayloadItem>) -> Result<Event, EventError> {
+        Event::with_id(next_id(), name, items, Timestamp::with_offset(wall(), plus_one()))
+    }
 
     fn wall() -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(1_795_893_660_123)
@@ -424,13 +414,13 @@ mod tests {
 
     #[test]
     fn an_empty_snapshot_is_flagged_empty_and_a_triggered_event_cannot_be_empty() {
-        let snap = Event::with_offset(EventName::LocalUsers, vec![], wall(), plus_one()).unwrap();
+        let snap = at_wall(EventName::LocalUsers, vec![]).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
         assert_eq!(v["IsEmpty"], true);
         assert_eq!(v["Category"], "Periodic");
         assert_eq!(v["Payload"], serde_json::json!([]));
         assert!(matches!(
-            Event::new(EventName::Login, vec![], wall()),
+            at_wall(EventName::Login, vec![]),
             Err(EventError::EmptyTriggered {
                 name: EventName::Login
             })
@@ -443,12 +433,17 @@ mod tests {
             DroppedEventsStatistics::new(Queue::High, 5, 0),
             DroppedEventsStatistics::new(Queue::Low, 9, 2),
         ];
-        let event = Event::from_items(stats, wall()).unwrap();
+        let event = Event::from_items(next_id(), stats, Timestamp::with_offset(wall(), plus_one())).unwrap();
         assert_eq!(event.name(), EventName::DroppedEventsStatistics);
         assert_eq!(event.category(), Category::Periodic);
         assert_eq!(event.event_type(), EventType::Operational);
         assert_eq!(event.payload().len(), 2);
-        assert!(Event::from_items(Vec::<ConfigurationError>::new(), wall()).is_err());
+        assert!(Event::from_items(
+            next_id(),
+            Vec::<ConfigurationError>::new(),
+            Timestamp::with_offset(wall(), plus_one())
+        )
+        .is_err());
     }
 
     #[test]
@@ -461,7 +456,7 @@ mod tests {
             extra_details: ExtraDetails::new(),
         }
         .into();
-        let err = Event::new(EventName::ProcessCreate, vec![process(1, 0), user], wall());
+        let err = at_wall(EventName::ProcessCreate, vec![process(1, 0), user]);
         assert!(matches!(
             err,
             Err(EventError::ForeignItem {
@@ -474,8 +469,7 @@ mod tests {
 
     #[test]
     fn from_json_checks_the_envelope() {
-        let event =
-            Event::with_offset(EventName::ProcessCreate, vec![process(5, 3)], wall(), plus_one()).unwrap();
+        let event = at_wall(EventName::ProcessCreate, vec![process(5, 3)]).unwrap();
         let good: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
         let broken = |member: &str, value: serde_json::Value| {
             let mut v = good.clone();
@@ -495,9 +489,9 @@ mod tests {
 
     #[test]
     fn an_event_that_fits_comes_back_unchanged() {
-        let event = Event::new(EventName::ProcessCreate, vec![process(1, 10)], wall()).unwrap();
+        let event = at_wall(EventName::ProcessCreate, vec![process(1, 10)]).unwrap();
         let len = event.json_len();
-        let out = event.clone().split_to_fit(len);
+        let out = event.clone().split_to_fit(len, next_id);
         assert_eq!(out.events, vec![event]);
         assert!(out.too_large.is_empty());
     }
@@ -510,18 +504,13 @@ mod tests {
             process(3, 5000),
             process(4, 100),
         ];
-        let event = Event::with_offset(EventName::ProcessCreate, items, wall(), plus_one()).unwrap();
+        let event = at_wall(EventName::ProcessCreate, items).unwrap();
         let original_id = event.id();
-        let single = Event::with_offset(
-            EventName::ProcessCreate,
-            vec![process(1, 100)],
-            wall(),
-            plus_one(),
-        )
-        .unwrap()
-        .json_len();
+        let single = at_wall(EventName::ProcessCreate, vec![process(1, 100)])
+            .unwrap()
+            .json_len();
         // Room for one 100-byte item per event, not two.
-        let out = event.split_to_fit(single + 50);
+        let out = event.split_to_fit(single + 50, next_id);
         let pids: Vec<Vec<u32>> = out
             .events
             .iter()
@@ -555,8 +544,8 @@ mod tests {
             extra_details: ExtraDetails::new(),
         }
         .into();
-        let event = Event::new(EventName::LocalUsers, vec![user], wall()).unwrap();
-        let out = event.split_to_fit(600);
+        let event = at_wall(EventName::LocalUsers, vec![user]).unwrap();
+        let out = event.split_to_fit(600, next_id);
         assert!(out.events.is_empty());
         assert_eq!(out.too_large.len(), 1);
     }
@@ -569,15 +558,15 @@ mod tests {
         ) {
             let items: Vec<PayloadItem> =
                 sizes.iter().enumerate().map(|(i, &n)| process(i as u32, n)).collect();
-            let event = Event::with_offset(EventName::ProcessCreate, items.clone(), wall(), plus_one())
+            let event = at_wall(EventName::ProcessCreate, items.clone())
                 .unwrap();
             let whole = event.json_len();
             let bare_len = {
-                let e = Event::with_offset(EventName::ProcessCreate, vec![process(0, 0)], wall(), plus_one())
+                let e = at_wall(EventName::ProcessCreate, vec![process(0, 0)])
                     .unwrap();
                 e.json_len() - json_len(&process(0, 0))
             };
-            let out = event.split_to_fit(max);
+            let out = event.split_to_fit(max, next_id);
             if whole <= max {
                 prop_assert_eq!(out.events.len(), 1);
             }

@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 
-use crate::query::{percent_decode, raw_pairs};
+use super::query::{percent_decode, percent_encode, raw_pairs};
 
 /// The furthest expiry a token may have, counted from the time of the check: 365 days. IoT
 /// Hub's SDKs sign tokens for an hour (the agent too); a token valid for longer is a
@@ -131,21 +131,45 @@ impl SasToken {
         })
     }
 
+    /// [`SasToken::verify_with`] with `ring`'s HMAC.
+    #[cfg(any(feature = "ring", test))]
+    pub fn verify(&self, expected_resource: &str, key: &[u8], now: u64) -> Result<(), SasError> {
+        self.verify_with(&Ring, expected_resource, key, now)
+    }
+
     /// Checks the token for an identity whose resource is `expected_resource` and whose key
     /// is `key` (decoded), at `now` (Unix seconds). The resource is compared without case and
     /// without a trailing `/`, as IoT Hub host names are case-insensitive; the signature is
-    /// checked over the exact text the token carries, in constant time.
-    pub fn verify(&self, expected_resource: &str, key: &[u8], now: u64) -> Result<(), SasError> {
+    /// checked by `mac` over the exact text the token carries, in constant time.
+    pub fn verify_with(
+        &self,
+        mac: &impl HmacSha256,
+        expected_resource: &str,
+        key: &[u8],
+        now: u64,
+    ) -> Result<(), SasError> {
         if self.key_name.is_some() {
             return Err(SasError::PolicyToken);
         }
-        self.verify_signed(expected_resource, key, now)
+        self.verify_signed_with(mac, expected_resource, key, now)
     }
 
-    /// Checks a token's resource, signature and expiry, whoever signed it: the device side
-    /// refuses policy tokens first ([`SasToken::verify`]); the service side requires one and
-    /// picks the policy's key by `skn` before calling this.
+    /// [`SasToken::verify_signed_with`] with `ring`'s HMAC.
+    #[cfg(any(feature = "ring", test))]
     pub fn verify_signed(&self, expected_resource: &str, key: &[u8], now: u64) -> Result<(), SasError> {
+        self.verify_signed_with(&Ring, expected_resource, key, now)
+    }
+
+    /// Checks a token's resource, signature (by `mac`) and expiry, whoever signed it: the
+    /// device side refuses policy tokens first ([`SasToken::verify_with`]); the service side
+    /// requires one and picks the policy's key by `skn` before calling this.
+    pub fn verify_signed_with(
+        &self,
+        mac: &impl HmacSha256,
+        expected_resource: &str,
+        key: &[u8],
+        now: u64,
+    ) -> Result<(), SasError> {
         if !self
             .resource
             .trim_end_matches('/')
@@ -157,8 +181,9 @@ impl SasToken {
             });
         }
         let signed = format!("{}\n{}", self.resource_encoded, self.expiry_text);
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-        ring::hmac::verify(&key, signed.as_bytes(), &self.signature).map_err(|_| SasError::BadSignature)?;
+        if !mac.verify(key, signed.as_bytes(), &self.signature) {
+            return Err(SasError::BadSignature);
+        }
         // Expiry last, so a forged token learns nothing from the error.
         if self.expiry <= now {
             return Err(SasError::Expired {
@@ -176,17 +201,47 @@ impl SasToken {
     }
 }
 
-/// A token for `resource`, signed with `key` (decoded), expiring at `expiry`: what a client
-/// sends. Used by tests and by nothing that serves.
+/// HMAC-SHA256, the MAC of SAS tokens. The core has no cryptographic code and no dependency
+/// that can reach the OS of its own: the caller passes the MAC. With the `ring` feature (the
+/// agent and the hub enable it), [`Ring`] is one, and [`sign`] / [`SasToken::verify`] use it.
+pub trait HmacSha256 {
+    /// The tag of `data` under `key`.
+    fn sign(&self, key: &[u8], data: &[u8]) -> Vec<u8>;
+    /// Whether `tag` is the tag of `data` under `key`, compared in constant time.
+    fn verify(&self, key: &[u8], data: &[u8], tag: &[u8]) -> bool;
+}
+
+/// `ring::hmac` (HMAC only: `clippy.toml` forbids ring's random source here).
+#[cfg(any(feature = "ring", test))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ring;
+
+#[cfg(any(feature = "ring", test))]
+impl HmacSha256 for Ring {
+    fn sign(&self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::sign(&key, data).as_ref().to_vec()
+    }
+
+    fn verify(&self, key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::verify(&key, data, tag).is_ok()
+    }
+}
+
+/// [`sign_with`] with `ring`'s HMAC.
+#[cfg(any(feature = "ring", test))]
 pub fn sign(resource: &str, key: &[u8], expiry: u64) -> String {
-    let encoded = crate::query::percent_encode(resource);
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let tag = ring::hmac::sign(&key, format!("{encoded}\n{expiry}").as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    format!(
-        "{PREFIX}sr={encoded}&sig={}&se={expiry}",
-        crate::query::percent_encode(&sig)
-    )
+    sign_with(&Ring, resource, key, expiry)
+}
+
+/// A token for `resource`, signed by `mac` with `key` (decoded), expiring at `expiry`: what a
+/// client sends (the agent signs with it; the hub only checks).
+pub fn sign_with(mac: &impl HmacSha256, resource: &str, key: &[u8], expiry: u64) -> String {
+    let encoded = percent_encode(resource);
+    let tag = mac.sign(key, format!("{encoded}\n{expiry}").as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(tag);
+    format!("{PREFIX}sr={encoded}&sig={}&se={expiry}", percent_encode(&sig))
 }
 
 #[cfg(test)]
