@@ -1,7 +1,9 @@
 //! Process-event capture figures (SPEC §10): the real agent in local mode, ProcessCreate High,
 //! aggregation off, a cache large enough that nothing is evicted, under N short processes
-//! launched at 1,000/s and at the fastest rate this machine manages. Then the same load with
-//! `auditd` (Debian's package) and an execve audit rule, in the same run.
+//! launched at 1,000/s and at the fastest rate this machine manages: ours with its eBPF source
+//! (`twinguard eBPF`), ours with the fallback forced (`TWINGUARD_SOURCES=fallback`: the netlink
+//! process connector, `twinguard fallback`), then the same load with `auditd` (Debian's
+//! package) and an execve audit rule, in the same run.
 //!
 //! Printed per run: events generated, events found, capture %, how many of those were fully
 //! enriched (executable and command line read before the process exited), drops (the run's
@@ -27,6 +29,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const TRUE: &str = "/bin/true";
+/// The rows of our agent with its eBPF source, and with the fallback forced.
+const OURS_EBPF: &str = "twinguard eBPF";
+const OURS_FALLBACK: &str = "twinguard fallback";
 
 /// Whole-system busy CPU time so far, in seconds (all CPUs: user, nice, system, irq, softirq,
 /// steal; not idle or iowait).
@@ -209,7 +214,7 @@ struct Row {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "{:<10} {:>7} {:>8} {:>9} {:>6} {:>8} {:>7} {:>11} {:>12} {:>11} {:>10}",
+        "{:<18} {:>7} {:>8} {:>9} {:>6} {:>8} {:>7} {:>11} {:>12} {:>11} {:>10}",
         "collector",
         "rate",
         "achieved",
@@ -225,7 +230,7 @@ fn print_rows(rows: &[Row]) {
     for r in rows {
         let capture = 100.0 * r.found as f64 / r.generated.max(1) as f64;
         println!(
-            "{:<10} {:>7} {:>8.0} {:>9} {:>6} {:>7.2}% {:>7} {:>11.2} {:>12.2} {:>11.2} {:>6} KiB",
+            "{:<18} {:>7} {:>8.0} {:>9} {:>6} {:>7.2}% {:>7} {:>11.2} {:>12.2} {:>11.2} {:>6} KiB",
             r.who,
             r.rate_label,
             r.achieved_rate,
@@ -240,7 +245,7 @@ fn print_rows(rows: &[Row]) {
         );
         if let Some(e) = r.enriched {
             println!(
-                "{:<10} {:>10} with the whole command line (and, ours, the executable): {} ({:.1}%); \
+                "{:<18} {:>10} with the whole command line (and, ours, the executable): {} ({:.1}%); \
                  idle RSS before the load {} KiB",
                 "",
                 "",
@@ -274,7 +279,7 @@ struct Agent {
     dir: PathBuf,
 }
 
-fn start_agent(dir: &Path) -> Agent {
+fn start_agent(dir: &Path, fallback: bool) -> Agent {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let twin = r#"{
@@ -295,7 +300,13 @@ fn start_agent(dir: &Path) -> Agent {
         "eventPriorityOSBaseline": {"value": "Off"}
     }"#;
     std::fs::write(dir.join("twin.json"), twin).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_twinguard"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_twinguard"));
+    if fallback {
+        command.env("TWINGUARD_SOURCES", "fallback");
+    } else {
+        command.env_remove("TWINGUARD_SOURCES");
+    }
+    let child = command
         .arg("run")
         .arg("--twin")
         .arg(dir.join("twin.json"))
@@ -392,14 +403,20 @@ fn settle(mut count: impl FnMut() -> usize, quiet: Duration, max: Duration) -> u
     last
 }
 
-fn ours(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> Row {
-    let dir = work.join(format!("agent-{label}"));
-    let agent = start_agent(&dir);
+fn ours(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path, fallback: bool) -> Row {
+    let who = if fallback { OURS_FALLBACK } else { OURS_EBPF };
+    let dir = work.join(format!("agent-{label}-{fallback}").replace('/', "-"));
+    let agent = start_agent(&dir, fallback);
     let pid = agent.child.id();
     // Let it start: snapshots off, statistics only.
     std::thread::sleep(Duration::from_secs(3));
     let idle_rss = memory_kib(pid, "VmRSS:");
-    let marker = format!("tgbench-ours-{label}-{}", std::process::id());
+    let marker = format!(
+        "tgbench-ours-{}-{}-{}",
+        label.replace('/', "-"),
+        fallback,
+        std::process::id()
+    );
     let (load, cpu) = measured(n, rate, &marker, Duration::from_secs(2), Some(pid));
     let peak = memory_kib(pid, "VmHWM:");
     // High events are sent within 2 s; wait until the outbox stops growing.
@@ -415,7 +432,7 @@ fn ours(n: usize, rate: u64, label: &str, baseline: &Cpu, work: &Path) -> Row {
     let (found, enriched, dropped) = outbox_figures(&agent.dir, &load.pids, &marker);
     let extra = cpu.system - baseline.system * (cpu.window / baseline.window);
     Row {
-        who: "twinguard",
+        who,
         rate_label: label.to_owned(),
         generated: load.pids.len(),
         found,
@@ -641,7 +658,9 @@ fn main() {
         // median of the pairs damps what else the machine was doing.
         for _ in 0..reps {
             let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
-            rows.push(ours(n, rate, label, &base, &work));
+            rows.push(ours(n, rate, label, &base, &work, false));
+            let (_, base) = measured(n, rate, "tgbench-base", Duration::from_secs(2), None);
+            rows.push(ours(n, rate, label, &base, &work, true));
             if auditd_why.is_none() {
                 if let Some(why) = auditd_unavailable() {
                     notes.push(format!("auditd {label}: skipped: {why}"));
@@ -658,7 +677,7 @@ fn main() {
     print_rows(&rows);
     println!();
     println!("medians over {reps} paired runs:");
-    for who in ["twinguard", "auditd"] {
+    for who in [OURS_EBPF, OURS_FALLBACK, "auditd"] {
         for label in ["1000/s", "max"] {
             let runs: Vec<&Row> = rows
                 .iter()
@@ -680,7 +699,7 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ");
             println!(
-                "{who:<10} {label:>7}: capture >= {min_capture:.2}%, caused CPU {:.2} %/1k/s (own {:.2}), \
+                "{who:<18} {label:>7}: capture >= {min_capture:.2}%, caused CPU {:.2} %/1k/s (own {:.2}), \
                  whole-system difference {:.2} %/1k/s (runs: {listed})",
                 median(&mut caused),
                 median(&mut own),

@@ -13,6 +13,8 @@
 //! - `fs`: bounded reads, bounded line iteration, the `Root`.
 //! - `procnet`: `/proc/net/{tcp,udp}{,6}`.
 //! - `sockdiag`: the same sockets through `NETLINK_SOCK_DIAG`, filtered by the kernel.
+//! - `ebpf`: the eBPF process programs (`bpf/process.bpf.o`): loaded and attached with aya,
+//!   their ring buffer drained, their per-CPU record counts read; records parsed (pure).
 //! - `procfd`: socket inode -> owning processes; `/proc/<pid>/exe`.
 //! - `accounts`: `/etc/passwd`, `/etc/group`, `/etc/shadow` (no NSS).
 //! - `names`: host name lookups pinned to `/etc/hosts` + DNS in static glibc builds.
@@ -26,6 +28,7 @@ pub mod accounts;
 pub mod audit;
 pub mod cnproc;
 pub(crate) mod disk;
+pub mod ebpf;
 pub mod firewall;
 pub mod fs;
 pub(crate) mod hwids;

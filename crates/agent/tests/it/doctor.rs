@@ -50,15 +50,19 @@ fn is_root() -> bool {
 }
 
 fn doctor(args: &[&str]) -> (Option<i32>, String) {
+    doctor_with(args, |_| {})
+}
+
+/// `doctor` with `adjust` applied to its command (e.g. its environment).
+fn doctor_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> (Option<i32>, String) {
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin("twinguard"));
+    command.arg("doctor").args(args);
+    adjust(&mut command);
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new(assert_cmd::cargo::cargo_bin("twinguard"))
-        .arg("doctor")
-        .args(args)
-        .output()
-        .unwrap();
+    } = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     assert!(
         stderr.is_empty(),
@@ -227,6 +231,43 @@ fn doctor_verdicts_match_what_the_agent_then_does() {
     assert!(after.contains("cache: High queue: "), "{after}");
     assert!(!after.contains("PROBLEM"), "{after}");
     assert!(after.contains("mode 0700"), "{after}");
+}
+
+/// On this machine (kernel BTF, raw tracepoints allowed, root) doctor names the eBPF process
+/// source; with the fallback forced it names the process connector as a fallback, and why.
+#[test]
+fn doctor_names_the_ebpf_process_source_and_why_the_fallback_runs() {
+    let test = "doctor_names_the_ebpf_process_source_and_why_the_fallback_runs";
+    if !is_root() {
+        skip(test, "needs root (loading eBPF programs)");
+        return;
+    }
+    let dir = TempDir::new("doctor-ebpf");
+    std::fs::write(dir.path("twin.json"), live_twin()).unwrap();
+    let (twin, data) = (dir.path("twin.json"), dir.path("data"));
+    let args = ["--twin", path_arg(&twin), "--data-dir", path_arg(&data)];
+    let (_, report) = doctor_with(&args, |c| {
+        c.env_remove("TWINGUARD_SOURCES");
+    });
+    let rows = table(&report);
+    for event in ["ProcessCreate", "ProcessTerminate"] {
+        assert_eq!(rows[event].1, "available", "{report}");
+        assert_eq!(
+            rows[event].2,
+            "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)",
+            "{report}"
+        );
+    }
+    let (_, report) = doctor_with(&args, |c| {
+        c.env("TWINGUARD_SOURCES", "fallback");
+    });
+    let rows = table(&report);
+    assert_eq!(rows["ProcessCreate"].1, "fallback", "{report}");
+    assert_eq!(rows["ProcessCreate"].2, "netlink proc connector", "{report}");
+    assert!(
+        report.contains("eBPF not tried: TWINGUARD_SOURCES=fallback"),
+        "{report}"
+    );
 }
 
 #[test]

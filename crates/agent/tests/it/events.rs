@@ -18,6 +18,11 @@ use serde_json::Value;
 use crate::conformance::validate_messages;
 use crate::support::{local_agent_command, skip, TempDir};
 
+/// The variable that forces the fallback sources.
+const SOURCES: &str = "TWINGUARD_SOURCES";
+/// The eBPF process source's name in `reported.twinguard`.
+const EBPF_SOURCE: &str = "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
+
 /// Live tests take this lock: two agents would share the machine's audit state.
 static LIVE: Mutex<()> = Mutex::new(());
 
@@ -53,9 +58,25 @@ const LIVE_TWIN: &str = r#"{
 
 impl LiveAgent {
     fn start(label: &str, twin: &str) -> LiveAgent {
+        Self::start_sources(label, twin, None)
+    }
+
+    /// Starts with `TWINGUARD_SOURCES` set to `Some(value)`, or unset with `Some("")`; `None`
+    /// inherits the test's environment (so the whole suite can run with the fallback forced).
+    fn start_sources(label: &str, twin: &str, sources: Option<&str>) -> LiveAgent {
         let dir = TempDir::new(label);
         std::fs::write(dir.path("twin.json"), twin).unwrap();
-        let child = local_agent_command(&dir).spawn().unwrap();
+        let mut command = local_agent_command(&dir);
+        match sources {
+            Some("") => {
+                command.env_remove(SOURCES);
+            }
+            Some(value) => {
+                command.env(SOURCES, value);
+            }
+            None => {}
+        }
+        let child = command.spawn().unwrap();
         LiveAgent {
             child: Some(child),
             dir,
@@ -186,11 +207,30 @@ fn process_create_and_terminate_reach_the_outbox_live() {
     let Some(_guard) = live_lock("process_create_and_terminate_reach_the_outbox_live") else {
         return;
     };
-    let agent = LiveAgent::start("ev-process", LIVE_TWIN);
+    let agent = LiveAgent::start_sources("ev-process", LIVE_TWIN, Some(""));
     let status = agent.wait_running("ProcessCreate");
-    assert_eq!(status["source"], "netlink proc connector");
+    assert_eq!(status["source"], EBPF_SOURCE, "{status}");
     assert_eq!(status["fallback"], false);
+    process_events_live(agent);
+}
 
+#[test]
+fn process_create_and_terminate_reach_the_outbox_live_with_the_fallback_forced() {
+    let Some(_guard) =
+        live_lock("process_create_and_terminate_reach_the_outbox_live_with_the_fallback_forced")
+    else {
+        return;
+    };
+    let agent = LiveAgent::start_sources("ev-process-fallback", LIVE_TWIN, Some("fallback"));
+    let status = agent.wait_running("ProcessCreate");
+    assert_eq!(status["source"], "netlink proc connector", "{status}");
+    assert_eq!(status["fallback"], true);
+    assert_eq!(status["note"], "eBPF not tried: TWINGUARD_SOURCES=fallback");
+    process_events_live(agent);
+}
+
+/// The process events a running agent must report, whichever source it uses.
+fn process_events_live(agent: LiveAgent) {
     let tag = unique();
     // Exit code: a shell that lives long enough to be read, then exits 7, with a child.
     let mut sh = Command::new("/bin/sh")
@@ -339,8 +379,258 @@ fn process_create_and_terminate_reach_the_outbox_live() {
             .any(|v| pid_of(v) == u64::from(unseen.id())),
         "an event while Off"
     );
+    // Its own self-test is not reported (other agents' self-tests, of tests running beside this
+    // one, are processes like any other).
+    let own_marker = format!("twinguard-self-test-{agent_pid}-");
+    assert!(
+        !agent
+            .items("ProcessCreate")
+            .iter()
+            .any(|v| v["CommandLine"].as_str().unwrap_or("").contains(&own_marker)),
+        "the eBPF self-test's own exec is not reported"
+    );
     let stderr = agent.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// 2,000 `/bin/true` with unique arguments, from 8 shells in parallel, as fast as the machine
+/// runs them: with the eBPF source every one is reported whole (executable as `/proc` shows
+/// it, the whole command line, the shell as parent, the user), and each exit with its status.
+#[test]
+fn ebpf_reports_every_exec_of_a_storm_whole() {
+    let Some(_guard) = live_lock("ebpf_reports_every_exec_of_a_storm_whole") else {
+        return;
+    };
+    let agent = LiveAgent::start_sources("ev-storm", LIVE_TWIN, Some(""));
+    let status = agent.wait_running("ProcessCreate");
+    assert_eq!(status["source"], EBPF_SOURCE, "{status}");
+    let tag = unique();
+    let (shells, per_shell) = (8usize, 250usize);
+    let started = Instant::now();
+    let children: Vec<Child> = (0..shells)
+        .map(|s| {
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!(
+                    "i=0; while [ $i -lt {per_shell} ]; do /bin/true tg-storm-{tag}-{s}-$i; i=$((i+1)); done"
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let shell_pids: Vec<u64> = children.iter().map(|c| u64::from(c.id())).collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let took = started.elapsed();
+    let total = shells * per_shell;
+    eprintln!(
+        "storm: {total} execs in {:.2} s ({:.0}/s)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    let prefix = format!("/bin/true tg-storm-{tag}-");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (creates, terminates) = loop {
+        let creates: Vec<Value> = agent
+            .items("ProcessCreate")
+            .into_iter()
+            .filter(|v| v["CommandLine"].as_str().is_some_and(|c| c.starts_with(&prefix)))
+            .collect();
+        let pids: std::collections::HashSet<u64> = creates.iter().map(pid_of).collect();
+        let terminates: Vec<Value> = agent
+            .items("ProcessTerminate")
+            .into_iter()
+            .filter(|v| pids.contains(&pid_of(v)))
+            .collect();
+        if (creates.len() >= total && terminates.len() >= total) || Instant::now() > deadline {
+            break (creates, terminates);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let status = agent.reported()["twinguard"]["collectors"]["ProcessCreate"].clone();
+    assert_eq!(
+        creates.len(),
+        total,
+        "ProcessCreate of the storm; status {status}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for c in &creates {
+        let line = c["CommandLine"].as_str().unwrap();
+        let (shell, _) = line[prefix.len()..].split_once('-').unwrap();
+        let shell: usize = shell.parse().unwrap();
+        assert!(seen.insert(line.to_owned()), "twice: {c}");
+        assert_eq!(c["Executable"], "/usr/bin/true", "{c}");
+        assert_eq!(c["ParentProcessId"].as_u64(), Some(shell_pids[shell]), "{c}");
+        assert_eq!(
+            (c["UserId"].as_str(), c["UserName"].as_str()),
+            (Some("0"), Some("root"))
+        );
+        assert!(c.get("ExtraDetails").is_none(), "{c}");
+    }
+    assert_eq!(terminates.len(), total, "ProcessTerminate of the storm");
+    for t in &terminates {
+        assert_eq!(t["ExitStatus"], 0, "{t}");
+        assert_eq!(t["Executable"], "/usr/bin/true", "{t}");
+    }
+    let status = agent.reported()["twinguard"]["collectors"]["ProcessCreate"].clone();
+    assert_eq!(status["losses"], 0, "{status}");
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A ring buffer forced to overflow (one page, not drained while 300 processes run): every
+/// record the kernel programs offered was either delivered or counted as dropped, exactly.
+#[test]
+fn ebpf_ring_overflow_is_counted_exactly() {
+    let Some(_guard) = live_lock("ebpf_ring_overflow_is_counted_exactly") else {
+        return;
+    };
+    let mut probes =
+        twinguard::sys::ebpf::ProcessProbes::load_with_ring(4096).unwrap_or_else(|e| panic!("{}", e.chain()));
+    for i in 0..300 {
+        Command::new("/bin/true")
+            .arg(format!("tg-overflow-{i}"))
+            .status()
+            .unwrap();
+    }
+    let mut delivered = 0u64;
+    // The machine is shared: settle on a moment when nothing arrived between two readings.
+    for _ in 0..100 {
+        delivered += probes.drain(usize::MAX, &mut |_| {}) as u64;
+        let before = probes.counts().unwrap();
+        let late = probes.drain(usize::MAX, &mut |_| {}) as u64;
+        delivered += late;
+        let after = probes.counts().unwrap();
+        if late == 0 && before == after {
+            assert!(after.dropped > 0, "a 4 KiB ring did not overflow: {after:?}");
+            assert_eq!(
+                after.offered,
+                delivered + after.dropped,
+                "offered = delivered + dropped: {after:?}, delivered {delivered}"
+            );
+            eprintln!("overflow: {after:?}, delivered {delivered}");
+            return;
+        }
+    }
+    panic!("the machine never went quiet long enough to compare the counts");
+}
+
+/// The agent with a one-page ring buffer (the hidden `TWINGUARD_EBPF_RING_BYTES`) under a storm:
+/// what the kernel could not deliver is in the collector's losses, so the events captured plus
+/// the losses cover every process launched.
+#[test]
+fn ebpf_losses_reach_the_collector_status() {
+    let Some(_guard) = live_lock("ebpf_losses_reach_the_collector_status") else {
+        return;
+    };
+    let dir_label = "ev-ebpf-losses";
+    let agent = {
+        let dir = TempDir::new(dir_label);
+        std::fs::write(dir.path("twin.json"), LIVE_TWIN).unwrap();
+        let mut command = local_agent_command(&dir);
+        command
+            .env_remove(SOURCES)
+            .env("TWINGUARD_EBPF_RING_BYTES", "4096");
+        LiveAgent {
+            child: Some(command.spawn().unwrap()),
+            dir,
+        }
+    };
+    let status = agent.wait_running("ProcessCreate");
+    assert_eq!(status["source"], EBPF_SOURCE, "{status}");
+    let tag = unique();
+    let total = 1000usize;
+    let children: Vec<Child> = (0..4)
+        .map(|s| {
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!(
+                    "i=0; while [ $i -lt {} ]; do /bin/true tg-lossy-{tag}-{s}-$i; i=$((i+1)); done",
+                    total / 4
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        c.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    // The status (with the losses) is reported when the collector starts: stop and start it.
+    let off = LIVE_TWIN
+        .replace(
+            r#""eventPriorityProcessCreate": {"value": "High"}"#,
+            r#""eventPriorityProcessCreate": {"value": "Off"}"#,
+        )
+        .replace(
+            r#""eventPriorityProcessTerminate": {"value": "High"}"#,
+            r#""eventPriorityProcessTerminate": {"value": "Off"}"#,
+        );
+    agent.write_twin(&off);
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.write_twin(LIVE_TWIN);
+    let t = Instant::now();
+    let losses = loop {
+        let status = agent.reported()["twinguard"]["collectors"]["ProcessCreate"].clone();
+        let losses = status["losses"].as_u64().unwrap_or(0);
+        if losses > 0 || t.elapsed() > Duration::from_secs(10) {
+            break losses;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let prefix = format!("/bin/true tg-lossy-{tag}-");
+    let captured = agent
+        .items("ProcessCreate")
+        .iter()
+        .filter(|v| v["CommandLine"].as_str().is_some_and(|c| c.starts_with(&prefix)))
+        .count();
+    eprintln!("one-page ring: {captured} of {total} captured, {losses} records lost (counted)");
+    assert!(losses > 0, "a one-page ring lost nothing?");
+    assert!(
+        captured as u64 + losses >= total as u64,
+        "captured {captured} + lost {losses} < {total}"
+    );
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A 100 KB argument list: the command line is cut at 8 KiB and marked, by either source.
+#[test]
+fn a_long_argument_list_is_cut_at_8_kib_and_marked() {
+    let Some(_guard) = live_lock("a_long_argument_list_is_cut_at_8_kib_and_marked") else {
+        return;
+    };
+    for sources in ["", "fallback"] {
+        let agent = LiveAgent::start_sources("ev-long-args", LIVE_TWIN, Some(sources));
+        agent.wait_running("ProcessCreate");
+        let tag = unique();
+        let args: Vec<String> = (0..1000)
+            .map(|i| format!("tg-long-{tag}-{i:04}-{}", "x".repeat(80)))
+            .collect();
+        // The shell lives long enough for the fallback to read it too.
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("sleep 0.3")
+            .args(&args)
+            .spawn()
+            .unwrap();
+        child.wait().unwrap();
+        let pid = u64::from(child.id());
+        let c = agent.find("ProcessCreate", "for the long argument list", |v| {
+            pid_of(v) == pid
+        });
+        let line = c["CommandLine"].as_str().unwrap();
+        assert_eq!(line.len(), 8192, "{sources}: {}", &line[..100]);
+        assert!(
+            line.starts_with(&format!("/bin/sh -c sleep 0.3 tg-long-{tag}-0000-")),
+            "{line}"
+        );
+        assert_eq!(c["ExtraDetails"]["Truncated"], "CommandLine", "{sources}: {c}");
+        assert!(c["Executable"].as_str().unwrap().ends_with("/dash"), "{c}");
+        let stderr = agent.stop();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 fn tool(path: &str) -> Option<PathBuf> {

@@ -77,13 +77,28 @@ pub(crate) const CAP_AUDIT_READ: Cap = Cap {
     used_for: "reading audit records (multicast group)",
 };
 
+/// `CAP_PERFMON`.
+pub const CAP_PERFMON: Cap = Cap {
+    bit: 38,
+    name: "CAP_PERFMON",
+    used_for: "eBPF process source (reading kernel memory from tracing programs)",
+};
+/// `CAP_BPF`.
+pub const CAP_BPF: Cap = Cap {
+    bit: 39,
+    name: "CAP_BPF",
+    used_for: "eBPF process source (loading programs, creating maps)",
+};
+
 /// The capabilities of SPEC §9 (what `twinguard.service` grants), then `CAP_NET_RAW`.
-pub const CAPS: [Cap; 6] = [
+pub const CAPS: [Cap; 8] = [
     CAP_NET_ADMIN,
     CAP_AUDIT_READ,
     CAP_AUDIT_CONTROL,
     CAP_DAC_READ_SEARCH,
     CAP_SYS_PTRACE,
+    CAP_BPF,
+    CAP_PERFMON,
     CAP_NET_RAW,
 ];
 
@@ -271,13 +286,25 @@ fn probe_audit(caps: Capabilities) -> AuditProbe {
     }
 }
 
+/// The process source the collector would choose: the eBPF programs are loaded, attached and
+/// released (nothing stays behind), else the process connector is subscribed and released.
 fn probe_process(caps: Capabilities) -> (SourceState, String, String) {
+    let why_not_ebpf = match process::choose_source() {
+        Ok(_probes) => return (SourceState::Available, process::SOURCE_EBPF.into(), String::new()),
+        Err(why) if why.contains("Operation not permitted") && !caps.has(CAP_BPF) => {
+            format!("{why} (missing {}, {})", CAP_BPF.name, CAP_PERFMON.name)
+        }
+        Err(why) => why,
+    };
     match ProcConnector::subscribe(Duration::from_millis(250)) {
-        Ok(_subscription) => (SourceState::Available, process::SOURCE.into(), String::new()),
+        Ok(_subscription) => (SourceState::Fallback, process::SOURCE.into(), why_not_ebpf),
         Err(e) => (
             SourceState::Unavailable,
             process::SOURCE.into(),
-            format!("netlink proc connector: {e}{}", caps.hint(&e, CAP_NET_ADMIN)),
+            format!(
+                "{why_not_ebpf}; netlink proc connector: {e}{}",
+                caps.hint(&e, CAP_NET_ADMIN)
+            ),
         ),
     }
 }

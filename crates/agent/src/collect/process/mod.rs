@@ -1,4 +1,11 @@
-//! ProcessCreate and ProcessTerminate from the netlink process connector (SPEC §3).
+//! ProcessCreate and ProcessTerminate (SPEC §3), from the best source this machine allows,
+//! chosen each time the collector starts: the eBPF programs ([`ebpf`]; every fact taken in the
+//! kernel at the exec), else the netlink process connector described below (facts read from
+//! `/proc/<pid>` after the exec, which a process that lives only microseconds can win). Why the
+//! better source is not in use (no BTF, EPERM, a failed self-test, or `TWINGUARD_SOURCES=fallback`)
+//! is the collector's status note, shown by `reported.twinguard` and `doctor`.
+//!
+//! The process connector source:
 //!
 //! - exec -> ProcessCreate: Executable, CommandLine (arguments joined with spaces), UserId and
 //!   UserName read from `/proc/<pid>` the moment the event arrives, through one directory
@@ -20,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, warn};
 
 use crate::sys::cnproc::{self, LossCounter, ProcConnector, ProcEvent, ProcMessage};
+use crate::sys::ebpf::ProcessProbes;
 use crate::sys::netlink::{BatchReceived, RecvBatch};
 use crate::sys::procinfo::{self, ProcDir, ProcessInfo};
 use twinguard_core::config::CollectorStatus;
@@ -28,14 +36,21 @@ use twinguard_core::event::{EventName, ExtraDetails, PayloadItem, ProcessCreate,
 use super::user_names::UserNames;
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
 
+pub(crate) mod ebpf;
+
 /// Most processes remembered in the pid -> executable table (about 100 bytes each).
 pub(crate) const MAX_TRACKED: usize = 32_768;
 /// How long a receive waits before the stop signal is checked again.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
-/// The source's name in `reported.twinguard`.
+/// The process connector source's name in `reported.twinguard`.
 pub(crate) const SOURCE: &str = "netlink proc connector";
+/// The eBPF source's name in `reported.twinguard`.
+pub(crate) const SOURCE_EBPF: &str =
+    "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
+/// The environment variable that forces the fallback sources (value `fallback`).
+pub(crate) const SOURCES_VARIABLE: &str = "TWINGUARD_SOURCES";
 /// How much the collector thread's nice value is lowered (its scheduling priority raised).
-const PRIORITY_BOOST: i32 = 5;
+pub(crate) const PRIORITY_BOOST: i32 = 5;
 
 /// What the table remembers of a live process.
 #[derive(Clone, Debug, Default)]
@@ -290,10 +305,50 @@ pub(crate) fn wall_time(event_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -
     wall_now.checked_sub(ago).unwrap_or(wall_now)
 }
 
+/// Whether `TWINGUARD_SOURCES=fallback` asks for the fallback sources.
+pub(crate) fn fallback_forced() -> bool {
+    std::env::var(SOURCES_VARIABLE).is_ok_and(|v| v.trim() == "fallback")
+}
+
+/// The source the next run uses.
+enum Plan {
+    /// Not chosen yet: the next run chooses, reports and restarts at once.
+    Choose,
+    /// The eBPF programs, loaded and attached.
+    Ebpf(Box<ProcessProbes>),
+    /// The process connector, because of the reason in the status note.
+    Connector,
+}
+
+/// A hidden setting for tests: the eBPF ring buffer's size in bytes (a power of two, at least
+/// 4096), so that a test can make it overflow. Anything else is ignored.
+pub(crate) const RING_BYTES_VARIABLE: &str = "TWINGUARD_EBPF_RING_BYTES";
+
+/// Which source this machine allows now: the eBPF programs (loaded and attached) or why not.
+pub(crate) fn choose_source() -> Result<ProcessProbes, String> {
+    if fallback_forced() {
+        return Err(format!("eBPF not tried: {SOURCES_VARIABLE}=fallback"));
+    }
+    let ring = std::env::var(RING_BYTES_VARIABLE)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| n.is_power_of_two() && *n >= 4096)
+        .unwrap_or(crate::sys::ebpf::RING_BYTES);
+    ProcessProbes::load_with_ring(ring).map_err(|e| format!("eBPF unavailable: {}", e.chain()))
+}
+
 /// The ProcessCreate / ProcessTerminate stream collector.
-#[derive(Debug)]
 pub(crate) struct ProcessCollector {
     status: CollectorStatus,
+    plan: Plan,
+}
+
+impl std::fmt::Debug for ProcessCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessCollector")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ProcessCollector {
@@ -303,16 +358,40 @@ impl Default for ProcessCollector {
 }
 
 impl ProcessCollector {
-    /// A collector of this machine's process events.
+    /// A collector of this machine's process events. Its source is chosen when it first runs
+    /// (until then the status names none).
     pub fn new() -> ProcessCollector {
-        // The supervisor reports the status before each run, so it says up front which source
-        // the run will use; a failed run reports its error beside it.
         ProcessCollector {
-            status: CollectorStatus {
-                source: SOURCE.into(),
-                ..CollectorStatus::default()
-            },
+            status: CollectorStatus::default(),
+            plan: Plan::Choose,
         }
+    }
+
+    /// Chooses the source and sets the status the supervisor reports before the next run.
+    fn choose(&mut self) -> Plan {
+        match choose_source() {
+            Ok(probes) => {
+                self.status = CollectorStatus {
+                    source: SOURCE_EBPF.into(),
+                    ..CollectorStatus::default()
+                };
+                Plan::Ebpf(Box::new(probes))
+            }
+            Err(why) => {
+                self.fall_back(why);
+                Plan::Connector
+            }
+        }
+    }
+
+    fn fall_back(&mut self, why: String) {
+        warn!("process events from the {SOURCE}: {why}");
+        self.status = CollectorStatus {
+            source: SOURCE.into(),
+            fallback: true,
+            note: Some(why),
+            ..CollectorStatus::default()
+        };
     }
 }
 
@@ -332,7 +411,7 @@ fn read_process(pid: u32, needs: Needs) -> Option<ProcessInfo> {
 }
 
 /// Reads only the executable of `pid` (what ProcessTerminate needs of an exec).
-fn read_executable(pid: u32) -> Option<ProcessInfo> {
+pub(crate) fn read_executable(pid: u32) -> Option<ProcessInfo> {
     let dir = ProcDir::open(pid).ok()?;
     Some(ProcessInfo {
         executable: dir
@@ -343,13 +422,13 @@ fn read_executable(pid: u32) -> Option<ProcessInfo> {
     })
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Fills the table with the processes that exist now, so their exits have an executable and
 /// their children a user.
-fn seed(tracker: &mut ProcessTracker) {
+pub(crate) fn seed(tracker: &mut ProcessTracker) {
     let Ok(pids) = procinfo::all_pids(MAX_TRACKED) else {
         return;
     };
@@ -381,18 +460,51 @@ impl StreamCollector for ProcessCollector {
     }
 
     fn run(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
+        // A run uses the plan once: the next start (after Off, or a failure) chooses again.
+        match std::mem::replace(&mut self.plan, Plan::Choose) {
+            Plan::Choose => {
+                self.plan = self.choose();
+                Err(CollectError::SourceChanged {
+                    source_name: "(choosing)".into(),
+                    why: format!("starting on {}", self.status.source),
+                })
+            }
+            Plan::Ebpf(probes) => match ebpf::run(*probes, sink, stop) {
+                Ok(()) => Ok(()),
+                Err(e @ ebpf::EbpfStopped::SelfTestFailed { .. }) => {
+                    self.fall_back(format!("eBPF failed its {e}"));
+                    self.plan = Plan::Connector;
+                    Err(CollectError::SourceChanged {
+                        source_name: SOURCE_EBPF.into(),
+                        why: e.to_string(),
+                    })
+                }
+                Err(e) => Err(CollectError::Failed {
+                    source_name: SOURCE_EBPF.into(),
+                    why: e.to_string(),
+                }),
+            },
+            Plan::Connector => self.run_connector(sink, stop),
+        }
+    }
+
+    fn status(&self) -> CollectorStatus {
+        self.status.clone()
+    }
+}
+
+impl ProcessCollector {
+    /// The process connector source, until stopped or failed.
+    fn run_connector(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
         let unavailable = |why: String| CollectError::Unavailable {
             source_name: SOURCE.into(),
             why,
         };
         let (conn, early) = ProcConnector::subscribe(RECV_TIMEOUT).map_err(|e| unavailable(e.to_string()))?;
-        self.status = CollectorStatus {
-            source: SOURCE.into(),
-            fallback: false,
-            last_error: None,
-            losses: 0,
-            note: Some(format!("receive buffer {} KiB", conn.recv_buffer / 1024)),
-        };
+        debug!(
+            "process connector: receive buffer {} KiB",
+            conn.recv_buffer / 1024
+        );
         // A short-lived process is gone within a millisecond of its exec; waking this thread
         // ahead of ordinary work is what lets its executable and arguments be read. Failing to
         // (no CAP_SYS_NICE) only costs enrichment.
@@ -518,10 +630,6 @@ impl StreamCollector for ProcessCollector {
         }
         hand_over(&mut batch);
         Ok(())
-    }
-
-    fn status(&self) -> CollectorStatus {
-        self.status.clone()
     }
 }
 

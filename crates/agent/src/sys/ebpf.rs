@@ -1,0 +1,429 @@
+//! The kernel side of the eBPF process source: loads `bpf/process.bpf.o` (compiled from
+//! `bpf/process.bpf.c` by `scripts/build-bpf`, committed beside it) with the pure-Rust loader
+//! `aya`, attaches its three raw tracepoints (`sched_process_exec`, `sched_process_fork`,
+//! `sched_process_exit`), and reads the records they put in one ring buffer, in batches.
+//!
+//! Loading needs the kernel's BTF (`/sys/kernel/btf/vmlinux`, for the CO-RE relocations),
+//! `bpf(2)` with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and a kernel of 5.8 or later
+//! (ring buffer). Each failure is a [`LoadError`] that names the step, so the collector can say
+//! why it runs its fallback. The parsing of records is pure and tested on bytes.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::RawTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+/// The compiled programs (see `scripts/build-bpf`).
+static PROCESS_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/process.bpf.o");
+
+/// Where the kernel publishes its own BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The program and the tracepoint it attaches to.
+const PROGRAMS: [(&str, &str); 3] = [
+    ("process_fork", "sched_process_fork"),
+    ("process_exit", "sched_process_exit"),
+    ("process_exec", "sched_process_exec"),
+];
+
+/// The ring buffer's size: about a second of records at 2,000 execs/s (exec, fork and exit),
+/// mapped whole into the agent (it counts in its RSS).
+pub const RING_BYTES: u32 = 256 * 1024;
+/// Indexes of the `counts` map (`bpf/process.bpf.c`).
+const COUNT_OFFERED: u32 = 0;
+const COUNT_DROPPED: u32 = 1;
+
+/// Argument bytes the kernel program copies: one more than the command-line cap
+/// (`procinfo::MAX_CMDLINE`), so that a cut is seen exactly as a `/proc` read sees it.
+pub const ARGV_READ: usize = 8193;
+
+/// Why the eBPF source could not start. `Display` is what the operator sees in
+/// `reported.twinguard` and `doctor`.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel publishes no BTF, so CO-RE relocations cannot be resolved.
+    #[error("no kernel BTF ({KERNEL_BTF} is missing: CONFIG_DEBUG_INFO_BTF is not set)")]
+    NoBtf,
+    /// The kernel's BTF could not be parsed.
+    #[error("kernel BTF unreadable")]
+    Btf(#[source] aya::BtfError),
+    /// Loading the object or creating its maps failed (EPERM: missing CAP_BPF/CAP_PERFMON or
+    /// locked down; an old kernel without ring buffers).
+    #[error("loading the eBPF object failed")]
+    Object(#[source] Box<aya::EbpfError>),
+    /// The verifier refused a program, or attaching it failed.
+    #[error("eBPF program {program} ({step}) failed")]
+    Program {
+        /// The program's name.
+        program: &'static str,
+        /// `load` or `attach`.
+        step: &'static str,
+        /// The loader's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A map of the object is missing or of another type (a build mistake).
+    #[error("eBPF map {0} missing or of the wrong type")]
+    Map(&'static str),
+}
+
+impl LoadError {
+    /// The whole cause chain in one line (the loader's errors nest the errno deep inside).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}
+
+/// The loaded and attached process programs with their maps. Dropping it detaches the
+/// programs and frees the maps.
+pub struct ProcessProbes {
+    /// Owns the programs and their links; dropped last.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counts: PerCpuArray<MapData, u64>,
+}
+
+/// The kernel programs' record counts since loading, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records the programs offered to the ring buffer.
+    pub offered: u64,
+    /// Of those, the ones that found it full (lost).
+    pub dropped: u64,
+}
+
+impl std::fmt::Debug for ProcessProbes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessProbes").finish_non_exhaustive()
+    }
+}
+
+impl ProcessProbes {
+    /// Loads the object, attaches its programs and maps its ring buffer ([`RING_BYTES`]). The
+    /// kernel's BTF is read for the relocations and freed before this returns.
+    pub fn load() -> Result<ProcessProbes, LoadError> {
+        Self::load_with_ring(RING_BYTES)
+    }
+
+    /// As [`ProcessProbes::load`] with a ring buffer of `ring_bytes` (a power of two, at least
+    /// a page): tests force overflows with a small one.
+    pub fn load_with_ring(ring_bytes: u32) -> Result<ProcessProbes, LoadError> {
+        if !Path::new(KERNEL_BTF).exists() {
+            return Err(LoadError::NoBtf);
+        }
+        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries("events", ring_bytes)
+            .load(PROCESS_OBJECT)
+            .map_err(|e| LoadError::Object(Box::new(e)))?;
+        drop(btf);
+        for (program, tracepoint) in PROGRAMS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::Map(program))?;
+            prog.load().map_err(|e| LoadError::Program {
+                program,
+                step: "load",
+                source: Box::new(e),
+            })?;
+            prog.attach(tracepoint).map_err(|e| LoadError::Program {
+                program,
+                step: "attach",
+                source: Box::new(e),
+            })?;
+        }
+        let ring = ebpf
+            .take_map("events")
+            .and_then(|m| RingBuf::try_from(m).ok())
+            .ok_or(LoadError::Map("events"))?;
+        let counts = ebpf
+            .take_map("counts")
+            .and_then(|m| PerCpuArray::try_from(m).ok())
+            .ok_or(LoadError::Map("counts"))?;
+        release_free_heap();
+        Ok(ProcessProbes {
+            _ebpf: ebpf,
+            ring,
+            counts,
+        })
+    }
+
+    /// Waits up to `timeout` for the kernel to signal data (it does so only once a batch of
+    /// bytes waits; the caller drains after every wait anyway).
+    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
+        let fd: RawFd = self.ring.as_raw_fd();
+        super::poll::poll(Some((fd, false)), None, timeout).map(drop)
+    }
+
+    /// Hands every record waiting in the ring buffer to `take`, at most `max`; returns how
+    /// many were taken.
+    pub fn drain(&mut self, max: usize, take: &mut dyn FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.ring.next() else { break };
+            take(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// What the kernel programs offered and dropped since loading.
+    pub fn counts(&self) -> io::Result<RecordCounts> {
+        let sum = |index: u32| -> io::Result<u64> {
+            let values = self
+                .counts
+                .get(&index, 0)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            Ok(values.iter().fold(0u64, |sum, v| sum.saturating_add(*v)))
+        };
+        Ok(RecordCounts {
+            offered: sum(COUNT_OFFERED)?,
+            dropped: sum(COUNT_DROPPED)?,
+        })
+    }
+}
+
+/// Runs this program's own binary (`/proc/self/exe --version MARKER`, output discarded; it may
+/// well refuse the extra argument) and waits for it: the exec the eBPF source's self-test must
+/// see, recognised by `marker` in its arguments. Returns the child's pid in this process's pid
+/// namespace.
+pub fn run_marker(marker: &str) -> io::Result<u32> {
+    let mut child = std::process::Command::new("/proc/self/exe")
+        .arg("--version")
+        .arg(marker)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    Ok(pid)
+}
+
+/// Gives the heap freed after loading back to the system: parsing the kernel's BTF takes some
+/// 20 MiB in many small allocations, which glibc's allocator would otherwise keep (in the
+/// loading thread's arena) for the agent's whole life. musl's allocator returns them itself.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it has no
+    // preconditions and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A record of the kernel programs (layout: `bpf/process.bpf.c`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A successful exec.
+    Exec(ExecRecord),
+    /// A new process (not a thread).
+    Fork {
+        /// Its pid.
+        tgid: u32,
+        /// Its parent's pid.
+        ppid: u32,
+        /// `CLOCK_MONOTONIC` ns.
+        ktime_ns: u64,
+    },
+    /// The exit of a process (its thread-group leader).
+    Exit {
+        /// Its pid.
+        tgid: u32,
+        /// The wait status (`exit code << 8 | signal | 0x80 if core dumped`).
+        exit_code: u32,
+        /// `CLOCK_MONOTONIC` ns.
+        ktime_ns: u64,
+    },
+}
+
+/// What the kernel saw of an exec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// The process (thread-group) id.
+    pub tgid: u32,
+    /// The parent process's id at the time of the exec.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Effective user id (after a setuid exec).
+    pub euid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// The process's cgroup (v2) id.
+    pub cgroup_id: u64,
+    /// `CLOCK_MONOTONIC` ns.
+    pub ktime_ns: u64,
+    /// The executable's path as `/proc/<pid>/exe` shows it; `None` when the kernel could not
+    /// walk it whole (deeper than the program's bound).
+    pub executable: Option<String>,
+    /// The argument bytes (NUL-separated), at most [`ARGV_READ`].
+    pub argv: Vec<u8>,
+}
+
+const KIND_EXEC: u32 = 1;
+const KIND_FORK: u32 = 2;
+const KIND_EXIT: u32 = 3;
+const FLAG_PATH_CUT: u32 = 1;
+const FLAG_NO_MM: u32 = 2;
+/// Bytes before an exec record's data.
+const EXEC_HEADER: usize = 48;
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Parses one record; `None` for a record too short for its kind or of an unknown kind.
+pub fn parse_record(b: &[u8]) -> Option<Record> {
+    let (kind, tgid, ktime_ns) = (u32_at(b, 0)?, u32_at(b, 4)?, u64_at(b, 8)?);
+    match kind {
+        KIND_FORK => Some(Record::Fork {
+            tgid,
+            ppid: u32_at(b, 16)?,
+            ktime_ns,
+        }),
+        KIND_EXIT => Some(Record::Exit {
+            tgid,
+            exit_code: u32_at(b, 16)?,
+            ktime_ns,
+        }),
+        KIND_EXEC => {
+            let path_len = usize::from(u16_at(b, 40)?);
+            let argv_len = usize::from(u16_at(b, 42)?);
+            let flags = u32_at(b, 44)?;
+            let path = b.get(EXEC_HEADER..EXEC_HEADER + path_len)?;
+            let argv = b.get(EXEC_HEADER + path_len..EXEC_HEADER + path_len + argv_len)?;
+            let whole = flags & (FLAG_PATH_CUT | FLAG_NO_MM) == 0;
+            Some(Record::Exec(ExecRecord {
+                tgid,
+                ppid: u32_at(b, 16)?,
+                uid: u32_at(b, 20)?,
+                euid: u32_at(b, 24)?,
+                gid: u32_at(b, 28)?,
+                cgroup_id: u64_at(b, 32)?,
+                ktime_ns,
+                executable: whole.then(|| join_path(path)),
+                argv: argv.to_vec(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// The path from the components the kernel walked leaf first, each followed by a NUL:
+/// `true\0bin\0usr\0` is `/usr/bin/true`. Invalid UTF-8 is kept lossily, as `/proc` reads are.
+pub fn join_path(components: &[u8]) -> String {
+    let parts: Vec<&[u8]> = components.split(|&b| b == 0).filter(|c| !c.is_empty()).collect();
+    if parts.is_empty() {
+        return "/".into();
+    }
+    let mut path = Vec::with_capacity(components.len() + 1);
+    for part in parts.iter().rev() {
+        path.push(b'/');
+        path.extend_from_slice(part);
+    }
+    String::from_utf8_lossy(&path).into_owned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn header(kind: u32, tgid: u32, t: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&tgid.to_ne_bytes());
+        b.extend_from_slice(&t.to_ne_bytes());
+        b
+    }
+
+    fn exec(path: &[u8], argv: &[u8], flags: u32) -> Vec<u8> {
+        let mut b = header(KIND_EXEC, 42, 7);
+        for v in [1u32, 1000, 0, 100] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&99u64.to_ne_bytes());
+        b.extend_from_slice(&(path.len() as u16).to_ne_bytes());
+        b.extend_from_slice(&(argv.len() as u16).to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        assert_eq!(b.len(), EXEC_HEADER);
+        b.extend_from_slice(path);
+        b.extend_from_slice(argv);
+        b
+    }
+
+    #[test]
+    fn exec_records_carry_ids_path_and_arguments() {
+        let b = exec(b"true\0bin\0usr\0", b"/bin/true\0a b\0", 0);
+        let Some(Record::Exec(r)) = parse_record(&b) else {
+            panic!()
+        };
+        assert_eq!((r.tgid, r.ppid, r.uid, r.euid, r.gid), (42, 1, 1000, 0, 100));
+        assert_eq!((r.cgroup_id, r.ktime_ns), (99, 7));
+        assert_eq!(r.executable.as_deref(), Some("/usr/bin/true"));
+        assert_eq!(r.argv, b"/bin/true\0a b\0");
+        let cut = exec(b"x\0", b"", FLAG_PATH_CUT);
+        let Some(Record::Exec(r)) = parse_record(&cut) else {
+            panic!()
+        };
+        assert_eq!(r.executable, None, "a path walked only in part is not reported");
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_refused_not_panicked_on() {
+        let b = exec(b"true\0", b"/bin/true\0", 0);
+        for n in 0..b.len() {
+            assert_eq!(parse_record(&b[..n]), None, "{n} bytes");
+        }
+        assert_eq!(parse_record(&header(9, 1, 1)), None);
+        let mut fork = header(KIND_FORK, 5, 3);
+        fork.extend_from_slice(&4u32.to_ne_bytes());
+        assert_eq!(
+            parse_record(&fork),
+            Some(Record::Fork {
+                tgid: 5,
+                ppid: 4,
+                ktime_ns: 3
+            })
+        );
+        let mut exit = header(KIND_EXIT, 5, 3);
+        exit.extend_from_slice(&(9u32 << 8).to_ne_bytes());
+        assert_eq!(
+            parse_record(&exit),
+            Some(Record::Exit {
+                tgid: 5,
+                exit_code: 9 << 8,
+                ktime_ns: 3
+            })
+        );
+    }
+
+    #[test]
+    fn paths_are_rebuilt_root_first() {
+        assert_eq!(join_path(b"true\0bin\0usr\0"), "/usr/bin/true");
+        assert_eq!(join_path(b""), "/");
+        assert_eq!(join_path(b"a b\0\xff\0"), "/\u{fffd}/a b");
+    }
+}
