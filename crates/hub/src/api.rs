@@ -20,6 +20,13 @@
 //! | POST | `/v1/token` | replaces the API token (returns the new one; the old one stops working) |
 //! | GET | `/v1/policies[/{name}]` | the shared access policies; one with its service connection string |
 //! | GET | `/v1/audit?after=&limit=` | the audit trail after a sequence number |
+//! | GET | `/v1/alerts?device=&severity=&state=&changedSince=&limit=` | the console's alerts (default: open and acknowledged, newest change first; with `changedSince` (Unix ms), oldest change first) |
+//! | GET | `/v1/alerts/{id}` | one alert |
+//! | POST | `/v1/alerts/{id}/ack`, `/v1/alerts/{id}/close` | changes its state (409 if it is closed) |
+//! | GET | `/v1/recommendations?device=` | the recommendations from the latest snapshots |
+//!
+//! Any path outside `/v1/` is the web console ([`crate::web`]), which logs in with
+//! the token once and then uses a session cookie and CSRF tokens instead of the header.
 //!
 //! The transport (hyper, and the pools that keep slow clients from blocking everyone) is
 //! [`crate::api_server`]; this module is what a request meets once it is read: [`exchange`].
@@ -35,11 +42,17 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 
+use crate::console::model::utc_text;
+use crate::console::rules::{Rule, Severity};
 use crate::http::Request;
 use crate::hub::{now_ms, Hub};
 use crate::keys::generate_key;
-use crate::store::{IdentityRecord, MessageQuery, RegistryRecord, StoreError, StoredMessage};
+use crate::store::{
+    AlertAction, AlertQuery, AlertRecord, IdentityRecord, MessageQuery, RecommendationRecord, RegistryRecord,
+    StoreError, StoredMessage,
+};
 use crate::twin::{DesiredChange, Twin};
+use crate::web::{Login, Sessions, WebReply};
 use twinguard_core::iothub::identity::{connection_string, IdentityId};
 
 /// `messages` requests waiting for a new message at once; a newer one ends the oldest wait.
@@ -61,6 +74,8 @@ fn store_error(e: StoreError) -> Answer {
         StoreError::IdentityExists(_) => error(409, e),
         StoreError::NoSuchIdentity(_) => error(404, e),
         StoreError::Twin(_) => error(400, e),
+        StoreError::NoSuchAlert(_) => error(404, e),
+        StoreError::AlertState { .. } => error(409, e),
         other => {
             warn!("API: {other}");
             error(500, other)
@@ -77,6 +92,8 @@ pub struct Access {
     /// The address the API is bound to (its literal is accepted as `Host` too).
     bound: IpAddr,
     data_dir: PathBuf,
+    /// The web console's sessions (ended when the token is rotated).
+    sessions: Sessions,
 }
 
 impl Access {
@@ -88,6 +105,7 @@ impl Access {
             hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             bound,
             data_dir,
+            sessions: Sessions::default(),
         }
     }
 
@@ -126,6 +144,16 @@ impl Access {
     }
 }
 
+impl Login for Access {
+    fn token_matches(&self, token: &str) -> bool {
+        Access::token_matches(self, token)
+    }
+
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+}
+
 fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
@@ -133,6 +161,12 @@ fn is_port(s: &str) -> bool {
 /// The checks every request passes before its route: `Host`, the bearer token, and the
 /// content type of a body. `Err` is the answer.
 fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
+    check_host(access, req)?;
+    check_token(access, req)
+}
+
+/// The `Host` check, which the web console passes too.
+fn check_host(access: &Access, req: &Request) -> Result<(), Answer> {
     match req.header("host") {
         Some(host) if access.host_allowed(host) => {}
         Some(host) => {
@@ -143,6 +177,11 @@ fn check_access(access: &Access, req: &Request) -> Result<(), Answer> {
         }
         None => return Err(error(400, "exactly one Host header is required")),
     }
+    Ok(())
+}
+
+/// The bearer token and the content type of a body.
+fn check_token(access: &Access, req: &Request) -> Result<(), Answer> {
     let token = req
         .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
@@ -223,8 +262,18 @@ impl Drop for LongPoll<'_> {
     }
 }
 
+/// What the API answers: JSON under `/v1/`, a web page elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The JSON API's answer.
+    Json(Answer),
+    /// The web console's.
+    Web(WebReply),
+}
+
 /// Answers a request that has been read whole: the access checks, then a long-poll in its own
-/// budget, or a route while `answer_slot` gives a slot of the answering pool (else 503).
+/// budget, or a route (or a web page) while `answer_slot` gives a slot of the answering pool
+/// (else 503).
 pub fn exchange<Slot>(
     hub: &Hub,
     request: &Request,
@@ -232,8 +281,17 @@ pub fn exchange<Slot>(
     access: &Access,
     polls: &LongPolls,
     answer_slot: impl FnOnce() -> Option<Slot>,
-) -> Answer {
-    match check_access(access, request) {
+) -> Reply {
+    if request.segments.first().is_none_or(|s| s != "v1") {
+        return match check_host(access, request) {
+            Err(answer) => Reply::Json(answer),
+            Ok(()) => match answer_slot() {
+                Some(_slot) => Reply::Web(crate::web::serve(hub, request, access)),
+                None => Reply::Json(error(503, "busy: too many API requests at once")),
+            },
+        };
+    }
+    Reply::Json(match check_access(access, request) {
         Err(answer) => answer,
         Ok(()) if is_long_poll(request) => {
             let poll = polls.enter(hub);
@@ -243,7 +301,7 @@ pub fn exchange<Slot>(
             Some(_slot) => route(hub, request, status, access),
             None => error(503, "busy: too many API requests at once"),
         },
-    }
+    })
 }
 
 fn is_long_poll(req: &Request) -> bool {
@@ -303,6 +361,35 @@ fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) ->
         ("GET", ["v1", "policies"]) => policies(hub, status, None),
         ("GET", ["v1", "policies", name]) => policies(hub, status, Some(name)),
         ("GET", ["v1", "audit"]) => audit(hub, req),
+        ("GET", ["v1", "alerts"]) => alerts(hub, req),
+        ("GET", ["v1", "alerts", id]) => alert_number(id).and_then(|id| {
+            hub.store()
+                .alert(id)
+                .map_err(store_error)?
+                .map(|a| (200, alert_json(&a)))
+                .ok_or_else(|| store_error(StoreError::NoSuchAlert(id)))
+        }),
+        ("POST", ["v1", "alerts", id, action]) => {
+            let action = match *action {
+                "ack" => AlertAction::Acknowledge,
+                "close" => AlertAction::Close,
+                _ => return error(404, "no such route (ack or close)"),
+            };
+            alert_number(id).and_then(|id| {
+                let alert = hub
+                    .store()
+                    .change_alert(id, action, now_ms())
+                    .map_err(store_error)?;
+                Ok((200, alert_json(&alert)))
+            })
+        }
+        ("GET", ["v1", "recommendations"]) => {
+            let list = hub
+                .store()
+                .recommendations(req.param("device"))
+                .map_err(store_error);
+            list.map(|l| (200, Value::Array(l.iter().map(recommendation_json).collect())))
+        }
         (_, ["v1", ..]) => Err(error(
             405,
             format!("{method} /{} is not a route", segments.join("/")),
@@ -310,6 +397,93 @@ fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) ->
         _ => Err(error(404, "no such route")),
     };
     result.unwrap_or_else(|answer| answer)
+}
+
+fn alert_number(text: &str) -> Result<i64, Answer> {
+    text.parse::<i64>()
+        .map_err(|_| error(400, "an alert id is a whole number"))
+}
+
+/// An alert as the API and the CLI show it.
+pub fn alert_json(a: &AlertRecord) -> Value {
+    let rule = Rule::parse(&a.rule);
+    json!({
+        "id": a.id,
+        "rule": a.rule,
+        "title": rule.map_or("", Rule::title),
+        "severity": a.severity,
+        "deviceId": a.identity.device(),
+        "moduleId": a.identity.module(),
+        "key": a.key,
+        "state": a.state,
+        "count": a.count,
+        "firstSeen": utc_text(a.first_ms),
+        "lastSeen": utc_text(a.last_ms),
+        "changedMs": a.changed_ms,
+        "evidence": a.evidence,
+        "remediation": rule.map_or("", Rule::remediation),
+    })
+}
+
+fn recommendation_json(r: &RecommendationRecord) -> Value {
+    json!({
+        "deviceId": r.identity.device(),
+        "moduleId": r.identity.module(),
+        "kind": r.kind,
+        "key": r.key,
+        "severity": r.severity,
+        "title": r.title,
+        "remediation": r.remediation,
+        "source": r.source,
+        "updated": utc_text(r.updated_ms),
+    })
+}
+
+/// Most alerts in one answer.
+pub const MAX_ALERTS: usize = 1000;
+
+fn alerts(hub: &Hub, req: &Request) -> Result<Answer, Answer> {
+    let severity = match req.param("severity") {
+        None => None,
+        Some(s) => Some(
+            Severity::parse(s)
+                .ok_or_else(|| error(400, "severity is high, medium, low or informational"))?
+                .as_str()
+                .to_owned(),
+        ),
+    };
+    let state = match req.param("state") {
+        None => None,
+        Some(s @ ("open" | "acknowledged" | "closed" | "all")) => Some(s.to_owned()),
+        Some(_) => return Err(error(400, "state is open, acknowledged, closed or all")),
+    };
+    let changed_since_ms = req
+        .param("changedSince")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| error(400, "changedSince is Unix milliseconds"))
+        })
+        .transpose()?;
+    let limit = req
+        .param("limit")
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| error(400, "limit must be a whole number"))
+        })
+        .transpose()?
+        .unwrap_or(MAX_ALERTS)
+        .clamp(1, MAX_ALERTS);
+    let list = hub
+        .store()
+        .alerts(&AlertQuery {
+            device: req.param("device").map(str::to_owned),
+            severity,
+            state,
+            changed_since_ms,
+            limit,
+        })
+        .map_err(store_error)?;
+    Ok((200, Value::Array(list.iter().map(alert_json).collect())))
 }
 
 fn identity_json(hub: &Hub, r: &IdentityRecord) -> Value {
@@ -494,9 +668,7 @@ fn message_json(m: &StoredMessage) -> Value {
     for (name, value) in &msg.properties {
         properties.insert(name.clone(), value.as_deref().map_or(Value::Null, Value::from));
     }
-    let received = twinguard_core::event::Timestamp::from_parts(msg.received_ms, 0)
-        .map(|t| t.utc_rfc3339())
-        .unwrap_or_default();
+    let received = utc_text(msg.received_ms);
     let mut out = json!({
         "seq": m.seq,
         "deviceId": msg.id.device(),
@@ -610,7 +782,8 @@ fn rotate_token(access: &Access) -> Result<Answer, Answer> {
         error(500, message)
     })?;
     *token = new.clone();
-    info!("API token rotated: the previous token no longer works");
+    access.sessions.clear();
+    info!("API token rotated: the previous token and every web session no longer work");
     Ok((200, json!({ "token": new })))
 }
 

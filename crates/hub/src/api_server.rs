@@ -29,9 +29,10 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tracing::{debug, warn};
 
-use crate::api::{Access, Answer, LongPolls};
+use crate::api::{Access, Answer, LongPolls, Reply};
 use crate::http::{request_from, HttpError, MAX_REQUEST_BODY};
 use crate::hub::Hub;
+use crate::web::{WebReply, SECURITY_HEADERS};
 
 /// Requests answered at once (after they were read); more get 503.
 pub const MAX_API_REQUESTS: usize = 16;
@@ -229,6 +230,35 @@ async fn connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: So
     }
 }
 
+fn reply_into_response(reply: Reply) -> hyper::Response<Full<Bytes>> {
+    match reply {
+        Reply::Json(answer) => into_response(answer),
+        Reply::Web(web) => web_response(web),
+    }
+}
+
+fn web_response(web: WebReply) -> hyper::Response<Full<Bytes>> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let mut response = hyper::Response::new(Full::new(Bytes::from(web.body)));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(web.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static(web.content_type),
+    );
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    for (name, value) in web.headers {
+        // Our own values (a path, a cookie of base64url): always valid header text.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
 fn into_response((status, body): Answer) -> hyper::Response<Full<Bytes>> {
     let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() =
@@ -319,7 +349,7 @@ async fn respond(
     .await
     .unwrap_or_else(|e| {
         warn!("API: a request handler failed: {e}");
-        error(500, "the request failed")
+        Reply::Json(error(500, "the request failed"))
     });
-    into_response(answer)
+    reply_into_response(answer)
 }

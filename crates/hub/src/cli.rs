@@ -49,6 +49,55 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Print the audit trail: every state-changing request, who made it and when.
     Audit(AuditArgs),
+    /// Print the console's alerts, one JSON object per line (open and acknowledged by
+    /// default), or change one's state (alerts ack ID, alerts close ID).
+    Alerts(AlertsArgs),
+    /// Print the recommendations from the devices' latest snapshots, one JSON object per line.
+    Recommendations(RecommendationsArgs),
+}
+
+/// `alerts` options.
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// Change an alert's state instead of listing.
+    #[command(subcommand)]
+    pub action: Option<AlertsAction>,
+    /// Keep printing alerts as they are raised or change (count, state).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only this device's alerts.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Only alerts of this severity: high, medium, low, informational.
+    #[arg(long, value_name = "SEVERITY")]
+    pub severity: Option<String>,
+    /// Only alerts in this state: open, acknowledged, closed, all (default: open and
+    /// acknowledged).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+}
+
+/// `alerts` state changes.
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// Acknowledge an open alert (someone is on it).
+    Ack {
+        /// The alert's id.
+        id: i64,
+    },
+    /// Close an alert (dealt with; a new finding opens a new alert).
+    Close {
+        /// The alert's id.
+        id: i64,
+    },
+}
+
+/// `recommendations` options.
+#[derive(Debug, Args)]
+pub struct RecommendationsArgs {
+    /// Only this device's recommendations.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }
 
 /// `policy` subcommands.
@@ -121,6 +170,19 @@ pub struct ServeArgs {
     /// Messages kept in the database (the oldest are deleted beyond).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_messages: u64,
+    /// Typed event rows the console keeps (the oldest beyond are deleted).
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub max_events: u64,
+    /// Days the console keeps events and messages, and closed alerts after closing.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub retention_days: u64,
+    /// Least silence, in seconds, after which a device that sent security messages and is not
+    /// connected is alerted as silent (longer when twice its highPriorityMessageFrequency is).
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    pub silent_after_secs: u64,
+    /// Seconds between the console's silence checks and retention runs (tests shorten it).
+    #[arg(long, value_name = "SECS", default_value_t = 30, hide = true)]
+    pub console_check_secs: u64,
     /// Log at debug level.
     #[arg(short, long)]
     pub verbose: bool,

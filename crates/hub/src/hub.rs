@@ -1,6 +1,7 @@
 //! The state shared by every connection and API request: the store, the live connection of
 //! each identity (one per identity: a new one closes the old), and a signal for readers
-//! waiting for new messages (`messages --follow`).
+//! waiting for new messages (`messages --follow`), and the console's rule engine, run on each
+//! stored security message and reported-properties change.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -12,7 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
-use crate::store::{NewMessage, Store, StoreError, TwinRecord};
+use crate::console::ingest::{parse_message, summary};
+use crate::console::recommend::from_snapshot;
+use crate::console::rules::RuleEngine;
+use crate::store::{EventRow, Ingest, NewMessage, Store, StoreError, TwinRecord};
 use crate::twin::{DesiredChange, Twin};
 use twinguard_core::iothub::identity::IdentityId;
 
@@ -63,6 +67,8 @@ pub struct Hub {
     /// The newest stored message's sequence number; waiters are woken on each new one.
     last_message: Mutex<i64>,
     new_message: Condvar,
+    /// The console's rules; locked before the store when both are.
+    engine: Mutex<RuleEngine>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data behind these locks is
@@ -82,6 +88,11 @@ pub fn now_ms() -> i64 {
 impl Hub {
     /// A hub over `store`, answering as `hostname`.
     pub fn new(hostname: String, store: Store) -> Result<Hub, StoreError> {
+        Hub::with_rules(hostname, store, RuleEngine::default())
+    }
+
+    /// A hub over `store` whose console runs `engine`.
+    pub fn with_rules(hostname: String, store: Store, engine: RuleEngine) -> Result<Hub, StoreError> {
         let last = store.last_message_seq()?;
         Ok(Hub {
             hostname,
@@ -90,6 +101,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             last_message: Mutex::new(last),
             new_message: Condvar::new(),
+            engine: Mutex::new(engine),
         })
     }
 
@@ -199,10 +211,88 @@ impl Hub {
     /// Stores a message and wakes the readers waiting for one.
     pub fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
         let seq = self.store().insert_message(message)?;
+        if message.is_security && message.schema_valid {
+            // The message is stored (and will be acknowledged) whatever the console makes
+            // of it; a console failure is logged, not the device's problem.
+            if let Err(e) = self.ingest(seq, message) {
+                warn!(identity = %message.id, seq, "console ingest: {e}");
+            }
+        }
         let mut last = lock(&self.last_message);
         *last = (*last).max(seq);
         self.new_message.notify_all();
         Ok(seq)
+    }
+
+    /// Parses a stored security message once into typed rows, runs the rules and the
+    /// recommendations over its events, and stores all of it in one transaction.
+    fn ingest(&self, seq: i64, message: &NewMessage) -> Result<(), StoreError> {
+        let Some(parsed) = parse_message(&message.body) else {
+            return Ok(());
+        };
+        let device = message.id.to_string();
+        let mut engine = lock(&self.engine);
+        let mut ingest = Ingest {
+            agent_version: parsed.agent_version,
+            ..Ingest::default()
+        };
+        for event in &parsed.events {
+            ingest.events.push(EventRow {
+                event_id: event.id().to_string(),
+                name: event.name().as_str().to_owned(),
+                time_ms: event.time().millis_since_epoch(),
+                items: event.payload().len(),
+                summary: summary(event),
+            });
+            ingest.findings.extend(engine.observe(&device, event));
+            if let Some(advice) = from_snapshot(event) {
+                ingest.recommendations.push(advice);
+            }
+        }
+        let settings = *engine.settings();
+        let changed = self
+            .store()
+            .ingest(seq, &message.id, message.received_ms, &ingest, &settings)?;
+        if !changed.is_empty() {
+            info!(identity = %message.id, alerts = ?changed, "console: alerts raised");
+        }
+        Ok(())
+    }
+
+    /// Stores a reported-properties patch, then runs the rules over the reported section.
+    pub fn patch_reported(&self, id: &IdentityId, patch: &Value) -> Result<i64, StoreError> {
+        let engine = lock(&self.engine);
+        let mut store = self.store();
+        let version = store.patch_reported(id, patch)?;
+        if let Some(twin) = store.twin(id)? {
+            let findings = engine.observe_reported(&Value::Object(twin.reported), now_ms());
+            let settings = *engine.settings();
+            if let Err(e) = store.raise(id, &findings, &settings, now_ms()) {
+                warn!(identity = %id, "console: reported status: {e}");
+            }
+        }
+        Ok(version)
+    }
+
+    /// Raises a device-silent alert for each identity that sent security messages, has no
+    /// live connection, and has been quiet for longer than its expected frequency allows.
+    pub fn check_silence(&self, now: i64) -> Result<(), StoreError> {
+        let engine = lock(&self.engine);
+        let settings = *engine.settings();
+        let agents = self.store().agents()?;
+        for agent in agents {
+            if self.is_connected(&agent.identity) {
+                continue;
+            }
+            let frequency = self
+                .store()
+                .twin(&agent.identity)?
+                .and_then(|t| high_frequency_ms(&t.reported));
+            if let Some(finding) = engine.silent(agent.last_message_ms, frequency, now) {
+                self.store().raise(&agent.identity, &[finding], &settings, now)?;
+            }
+        }
+        Ok(())
     }
 
     /// The newest stored message's sequence number.
@@ -227,4 +317,16 @@ impl Hub {
         let _last = lock(&self.last_message);
         self.new_message.notify_all();
     }
+}
+
+/// The reported highPriorityMessageFrequency of an agent, in milliseconds (read with the
+/// agent's own duration grammar), when it reports one.
+fn high_frequency_ms(reported: &Map<String, Value>) -> Option<i64> {
+    let text = reported
+        .get(crate::console::model::CONFIG_KEY)?
+        .get("highPriorityMessageFrequency")?
+        .get("value")?
+        .as_str()?;
+    let duration = crate::console::model::IsoDuration::parse(text).ok()?.duration();
+    i64::try_from(duration.as_millis()).ok()
 }

@@ -16,6 +16,9 @@
 //!   routes; `rollout` applies automatic configurations to twins through `hub`.
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
 //!   without following links; the API's bearer token.
+//! - `console`: the fleet console's pure part - typed ingest, the rule engine,
+//!   recommendations; `store::console` keeps its rows, alerts and recommendations; `web` serves
+//!   its pages (sessions, CSRF) on the API's address outside `/v1/`.
 //! - `store`: SQLite - identities, twins with versions, messages with properties and flags;
 //!   `store::registry` the service side's: keys, etags, tags, policies, configurations, audit.
 //! - `tls`: local CA and server certificate, generated on first start.
@@ -33,6 +36,7 @@ pub mod api;
 pub mod api_server;
 pub mod configuration;
 pub mod connect;
+pub mod console;
 pub mod datadir;
 pub mod http;
 pub mod hub;
@@ -49,3 +53,4 @@ pub mod tls;
 pub mod token;
 pub mod twin;
 pub mod twin_query;
+pub mod web;

@@ -15,13 +15,15 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
 use twinguard_core::iothub::query::percent_encode;
+use twinguard_hub::console::rules::RuleSettings;
 use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
+use twinguard_hub::store::Retention;
 use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
-    AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs, PolicyCommand, ServeArgs,
-    TokenCommand, TwinCommand, DEFAULT_API,
+    AlertsAction, AlertsArgs, AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs,
+    PolicyCommand, RecommendationsArgs, ServeArgs, TokenCommand, TwinCommand, DEFAULT_API,
 };
 
 /// Largest desired document read from a file or standard input: the agent's bound.
@@ -84,6 +86,16 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         api_hosts: args.api_host.clone(),
         max_messages: args.max_messages.max(1),
         service: (!args.no_service).then_some(args.service),
+        retention: Retention {
+            max_events: args.max_events.max(1),
+            max_age_ms: days_ms(args.retention_days),
+            closed_alert_age_ms: days_ms(args.retention_days),
+        },
+        rules: RuleSettings {
+            silent_floor_ms: i64::try_from(args.silent_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            ..RuleSettings::default()
+        },
+        console_every: Duration::from_secs(args.console_check_secs.max(1)),
     })?;
     println!(
         "twinguard-hub {} for host name {}",
@@ -105,6 +117,11 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     );
     running.wait();
     Ok(())
+}
+
+/// `days` in milliseconds, saturating.
+fn days_ms(days: u64) -> i64 {
+    i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
 }
 
 fn default_api() -> SocketAddr {
@@ -228,6 +245,8 @@ fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(args) => audit(api, args),
+        Command::Alerts(args) => alerts(api, args),
+        Command::Recommendations(args) => recommendations(api, args),
         Command::Status => {
             let mut status = request(api, "GET", "/v1/status", None, timeout)?;
             status["connections"] = request(api, "GET", "/v1/connections", None, timeout)?;
@@ -493,6 +512,79 @@ fn audit(api: SocketAddr, args: &AuditArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// Lists alerts (JSON lines, oldest change first), following changes every second with
+/// `--follow`; or acknowledges or closes one and prints it.
+fn alerts(api: SocketAddr, args: &AlertsArgs) -> anyhow::Result<()> {
+    if let Some(action) = &args.action {
+        let (id, verb) = match action {
+            AlertsAction::Ack { id } => (id, "ack"),
+            AlertsAction::Close { id } => (id, "close"),
+        };
+        let alert = request(
+            api,
+            "POST",
+            &format!("/v1/alerts/{id}/{verb}"),
+            None,
+            Duration::from_secs(30),
+        )?;
+        println!("{alert}");
+        return Ok(());
+    }
+    let mut filter = String::new();
+    for (name, value) in [
+        ("device", &args.device),
+        ("severity", &args.severity),
+        ("state", &args.state),
+    ] {
+        if let Some(v) = value {
+            filter.push_str(&format!("&{name}={}", percent_encode(v)));
+        }
+    }
+    // Alerts changed at or after `since`; those already printed at exactly `since` (same
+    // millisecond) are remembered so they are not printed twice.
+    let mut since = 0i64;
+    let mut printed_at_since: Vec<(i64, i64, i64)> = Vec::new();
+    loop {
+        let list = request(
+            api,
+            "GET",
+            &format!("/v1/alerts?changedSince={since}{filter}"),
+            None,
+            Duration::from_secs(30),
+        )?;
+        for alert in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let changed = alert.get("changedMs").and_then(Value::as_i64).unwrap_or(since);
+            let id = alert.get("id").and_then(Value::as_i64).unwrap_or(0);
+            let count = alert.get("count").and_then(Value::as_i64).unwrap_or(0);
+            if printed_at_since.contains(&(id, changed, count)) {
+                continue;
+            }
+            if changed > since {
+                since = changed;
+                printed_at_since.clear();
+            }
+            printed_at_since.push((id, changed, count));
+            println!("{alert}");
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn recommendations(api: SocketAddr, args: &RecommendationsArgs) -> anyhow::Result<()> {
+    let mut target = "/v1/recommendations".to_owned();
+    if let Some(d) = &args.device {
+        target.push_str(&format!("?device={}", percent_encode(d)));
+    }
+    let list = request(api, "GET", &target, None, Duration::from_secs(30))?;
+    for r in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        println!("{r}");
+    }
+    Ok(())
 }
 
 fn messages(api: SocketAddr, args: &MessagesArgs) -> anyhow::Result<()> {

@@ -17,9 +17,10 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Limits, PendingTicket};
 use crate::api::Access;
+use crate::console::rules::{RuleEngine, RuleSettings};
 use crate::hub::Hub;
 use crate::link::Link;
-use crate::store::Store;
+use crate::store::{Retention, Store};
 
 /// The file in the data directory naming the addresses a running hub listens on.
 pub const LISTEN_FILE: &str = "listen.json";
@@ -52,6 +53,12 @@ pub struct ServeOptions {
     pub max_messages: u64,
     /// IoT Hub's service REST API over HTTPS (`None`: off, `serve --no-service`).
     pub service: Option<SocketAddr>,
+    /// The console's retention limits.
+    pub retention: Retention,
+    /// The console's rule settings.
+    pub rules: RuleSettings,
+    /// How often the console checks for silent devices and prunes by age.
+    pub console_every: Duration,
 }
 
 /// A started hub.
@@ -96,8 +103,13 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     crate::datadir::tighten_private_files(&opts.data_dir)?;
     let token = crate::token::load_or_create(&opts.data_dir)?;
     let mut store = store;
+    store.set_retention(opts.retention);
     ensure_policies(&mut store)?;
-    let hub = Arc::new(Hub::new(opts.hostname.clone(), store)?);
+    let hub = Arc::new(Hub::with_rules(
+        opts.hostname.clone(),
+        store,
+        RuleEngine::new(opts.rules),
+    )?);
     let ca_file = crate::tls::ensure_certificates(&opts.data_dir, &opts.hostname)?;
     let tls = crate::tls::server_config(&opts.data_dir)?;
 
@@ -163,6 +175,25 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
             Box::new(move || loop {
                 std::thread::sleep(admission.limits().report_every);
                 admission.report();
+            }),
+        )?);
+    }
+    {
+        let hub = hub.clone();
+        let every = opts.console_every.max(Duration::from_millis(100));
+        threads.push(spawn(
+            "console",
+            Box::new(move || loop {
+                std::thread::sleep(every);
+                let now = crate::hub::now_ms();
+                if let Err(e) = hub.check_silence(now) {
+                    warn!("console: silence check: {e}");
+                }
+                match hub.store().prune(now) {
+                    Ok(0) => {}
+                    Ok(n) => debug!(rows = n, "console: retention pruned rows"),
+                    Err(e) => warn!("console: retention: {e}"),
+                }
             }),
         )?);
     }

@@ -448,7 +448,6 @@ impl Session<'_> {
                     .map_err(|e| format!("not JSON: {e}"))
                     .and_then(|patch| {
                         self.hub
-                            .store()
                             .patch_reported(&self.id, &patch)
                             .map_err(|e| e.to_string())
                     });

@@ -3,7 +3,7 @@
 //! the hub acknowledges anything (PUBACK, a 204, an API answer), so killing the hub loses
 //! nothing it confirmed.
 //!
-//! Schema (version 2, in `PRAGMA user_version`; a version 1 database gains the new columns
+//! Schema (version 3, in `PRAGMA user_version`; a version 1 database gains the new columns
 //! and tables at open):
 //!
 //! ```sql
@@ -16,7 +16,17 @@
 //! policies(name, primary_key, secondary_key)              shared access policies
 //! configurations(id, body (JSON), etag_n, created_ms)     automatic device management
 //! audit(id, at_ms, who, action, target, status)          every state-changing request
+//! events(id, message_seq, device_id, module_id, event_id, name, time_ms, received_ms, items,
+//!        summary)                                        typed rows of security messages
+//! agents(device_id, module_id, agent_version, last_message_ms)
+//! alerts(id, rule, severity, device_id, module_id, key, state, first_ms, last_ms, count,
+//!        evidence (JSON), changed_ms)
+//! recommendations(device_id, module_id, source, kind, key, severity, title, remediation,
+//!                 updated_ms)
 //! ```
+//!
+//! Version 3 added the last four (the console's, `store::console`); older databases gain
+//! them at open, empty: messages stored before are not ingested again.
 
 use std::path::Path;
 
@@ -26,8 +36,13 @@ use serde_json::{Map, Value};
 use crate::twin::{DesiredChange, Twin, TwinError};
 use twinguard_core::iothub::identity::IdentityId;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
+mod console;
+pub use console::{
+    AgentRecord, AlertAction, AlertQuery, AlertRecord, EventRecord, EventRow, Ingest, RecommendationRecord,
+    Retention,
+};
 mod registry;
 pub use registry::{etag_matches, etag_of, AuditRecord, ConfigurationRecord, RegistryRecord, TwinRecord};
 
@@ -127,6 +142,17 @@ pub enum StoreError {
     /// A twin change refused by IoT Hub's rules.
     #[error(transparent)]
     Twin(#[from] TwinError),
+    /// No alert of that number.
+    #[error("no alert {0}")]
+    NoSuchAlert(i64),
+    /// A state change that does not apply to the alert's state.
+    #[error("alert {alert} is {state}")]
+    AlertState {
+        /// Which alert.
+        alert: i64,
+        /// Its state.
+        state: String,
+    },
     /// `If-Match` named another etag than the current one.
     #[error("the etag {given} is not the current one of {what}")]
     StaleEtag {
@@ -197,6 +223,8 @@ pub struct Store {
     conn: Connection,
     /// Oldest messages beyond this many are deleted, so the database stays bounded.
     max_messages: i64,
+    /// The console's retention.
+    retention: Retention,
 }
 
 fn module_col(id: &IdentityId) -> &str {
@@ -231,11 +259,18 @@ impl Store {
             conn.execute_batch(MIGRATE_FROM_1)?;
         }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(console::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Store {
             conn,
             max_messages: i64::try_from(max_messages).unwrap_or(i64::MAX).max(1),
+            retention: Retention::default(),
         })
+    }
+
+    /// Sets the console's retention limits.
+    pub fn set_retention(&mut self, retention: Retention) {
+        self.retention = retention;
     }
 
     /// One identity.

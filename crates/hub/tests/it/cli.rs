@@ -15,7 +15,7 @@ use twinguard_mqtt::{ConnectReturnCode, Packet, QoS};
 use crate::client::{unix_now, Client, Next};
 use crate::support::{key_of, scratch, Hub, MODULE};
 
-fn hub_cli(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+pub fn hub_cli(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twinguard-hub"))
         .arg("--data-dir")
         .arg(data)
@@ -37,7 +37,7 @@ fn hub_cli(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("ends")
 }
 
-fn ok_stdout(out: &Output) -> String {
+pub fn ok_stdout(out: &Output) -> String {
     assert!(
         out.status.success(),
         "{}: {}",

@@ -26,7 +26,7 @@ fn loopback(n: u32) -> IpAddr {
 }
 
 /// One HTTP exchange with raw bytes; the status and the whole answer.
-fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+pub fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");

@@ -6,6 +6,7 @@
 mod agent;
 mod cli;
 mod client;
+mod console;
 mod fuzz_corpus;
 mod hardening;
 mod protocol;

@@ -1,7 +1,8 @@
 //! The Python environment for the tests that use outside clients and checkers: a virtual
 //! environment under `target/hub-sdk-venv` with Microsoft's `azure-iot-device` SDK, its
 //! service SDK `azure-iot-hub` (which needs `six` without declaring it), and the schema
-//! checker's packages (`jsonschema`, `rfc3339-validator`). Created once per run (a
+//! checker's packages (`jsonschema`, `rfc3339-validator`), and `selenium` for the web console's
+//! browser test (it drives Debian's `chromium` through `chromium-driver`). Created once per run (a
 //! fresh Debian's system pip refuses installs, hence the venv; Debian needs `python3-venv`).
 
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use crate::support::target_dir;
 pub const SDK: &str = "azure-iot-device==2.14.0";
 /// The pinned service SDK version.
 pub const SERVICE_SDK: &str = "azure-iot-hub==2.7.0";
+/// The pinned Selenium version the browser test was written against.
+pub const SELENIUM: &str = "selenium==4.27.1";
 
 /// The venv's python with the packages installed, or why there is none.
 pub fn venv_python() -> Result<PathBuf, String> {
@@ -50,7 +53,7 @@ fn create() -> Result<PathBuf, String> {
     let ready = Command::new(&python)
         .args([
             "-c",
-            "import azure.iot.device, azure.iot.hub, six, jsonschema, rfc3339_validator",
+            "import azure.iot.device, azure.iot.hub, six, jsonschema, rfc3339_validator, selenium",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -70,8 +73,9 @@ fn create() -> Result<PathBuf, String> {
             "six",
             "jsonschema",
             "rfc3339-validator",
+            SELENIUM,
         ]))
-        .map_err(|e| format!("cannot install {SDK} and {SERVICE_SDK} from PyPI: {e}"))?;
+        .map_err(|e| format!("cannot install {SDK}, {SERVICE_SDK} and {SELENIUM} from PyPI: {e}"))?;
     }
     Ok(python)
 }
