@@ -5,7 +5,13 @@
  * - raw_tracepoint/sched_process_exec: pid (tgid), parent tgid, real uid, effective uid, gid,
  *   cgroup id, the executable's path (mm->exe_file, walked dentry by dentry across mounts, leaf
  *   first, components separated by NUL; user space reverses them) and the argument bytes
- *   mm->arg_start..arg_end, at most ARGV_READ bytes.
+ *   mm->arg_start..arg_end, at most ARGV_READ bytes; and the facts detections need, read after
+ *   the exec replaced the image (close-on-exec descriptors are closed by then): the mode and
+ *   device of descriptors 0-2, whether the executable is unlinked or a pseudo file (memfd),
+ *   whether its directory is writable by others, and the names of the task's cgroup and two
+ *   ancestors (the default hierarchy's; on a cgroup v1 system the first v1 cgroup whose name is
+ *   long enough to hold a container id), so user space finds a container id without a /proc
+ *   race.
  * - raw_tracepoint/sched_process_fork: a new process (not a thread) and its parent, so user space
  *   knows which executable a forked child that never execs runs.
  * - raw_tracepoint/sched_process_exit: the exit of a thread-group leader, with its wait status.
@@ -35,6 +41,90 @@
 
 #define FLAG_PATH_CUT 1
 #define FLAG_NO_MM 2
+/* The executable is a pseudo file (its dentry its own parent, not a mount's root): a memfd. */
+#define FLAG_PSEUDO 4
+/* The executable was unlinked (its dentry is unhashed). */
+#define FLAG_DELETED 8
+/* The executable's directory is writable by others (S_IWOTH). */
+#define FLAG_DIR_WRITABLE 16
+/* The cgroup names are from a cgroup v1 hierarchy. */
+#define FLAG_CGROUP_V1 32
+
+/* Cgroup names kept: the task's cgroup and its parents, each at most CG_NAME - 1 bytes (a
+ * container's is at most 85: `cri-containerd-<64 hex>.scope`). */
+#define CG_LEVELS 3
+#define CG_NAME 96
+/* A cgroup name shorter than this (with its NUL) cannot hold a 64-hex container id. */
+#define CG_ID_NAME 65
+/* Most v1 hierarchies looked at. */
+#define CG_SUBSYS 16
+
+/* CO-RE field-info kinds (clang's __builtin_preserve_field_info). */
+#define FIELD_BYTE_OFFSET 0
+#define FIELD_BYTE_SIZE 1
+#define FIELD_EXISTS 2
+
+/*
+ * Kernel types only this program reads, as CO-RE "flavors": the loader ignores the `___tg`
+ * suffix when it matches them to the running kernel's types by name, so these need not agree
+ * with kernel.h's (which the other programs share) beyond the fields named here.
+ */
+struct hlist_bl_node___tg {
+	struct hlist_bl_node___tg **pprev;
+} CORE;
+
+struct inode___tg {
+	__u16 i_mode;
+	__u32 i_rdev;
+} CORE;
+
+struct dentry___tg {
+	struct hlist_bl_node___tg d_hash;
+	struct dentry___tg *d_parent;
+	struct inode___tg *d_inode;
+} CORE;
+
+struct file___tg {
+	struct inode___tg *f_inode;
+} CORE;
+
+struct fdtable___tg {
+	unsigned int max_fds;
+	struct file___tg **fd;
+} CORE;
+
+struct files_struct___tg {
+	struct fdtable___tg *fdt;
+} CORE;
+
+/* Linux 6.15 renamed kernfs_node's `parent` to `__parent`: both are tried (FIELD_EXISTS). */
+struct kernfs_node___tg {
+	const char *name;
+	struct kernfs_node___tg *__parent;
+} CORE;
+
+struct kernfs_node___old {
+	const char *name;
+	struct kernfs_node___old *parent;
+} CORE;
+
+struct cgroup___tg {
+	struct kernfs_node___tg *kn;
+} CORE;
+
+struct cgroup_subsys_state___tg {
+	struct cgroup___tg *cgroup;
+} CORE;
+
+struct css_set___tg {
+	struct cgroup_subsys_state___tg *subsys[CG_SUBSYS];
+	struct cgroup___tg *dfl_cgrp;
+} CORE;
+
+struct task_struct___tg {
+	struct files_struct___tg *files;
+	struct css_set___tg *cgroups;
+} CORE;
 
 struct header {
 	__u32 kind;
@@ -52,6 +142,13 @@ struct exec_record {
 	__u16 path_len;
 	__u16 argv_len;
 	__u32 flags;
+	/* Descriptors 0-2: the inode's mode (0: not open) and device (kernel dev_t). */
+	__u16 fd_mode[3];
+	__u16 pad;
+	__u32 fd_rdev[3];
+	__u32 pad2;
+	/* Cgroup names, the task's first, each NUL-terminated ("" past the root). */
+	char cgroup[CG_LEVELS][CG_NAME];
 	/* path_len bytes of path components, then argv_len bytes of arguments. */
 	char data[2 * PATH_BYTES + ARGV_BYTES];
 };
@@ -141,6 +238,19 @@ static void path_of(struct file *file, struct exec_record *r)
 		READ_KERNEL(root, vfsmnt->mnt_root);
 		READ_KERNEL(parent, dentry->d_parent);
 		if (dentry == root || dentry == parent) {
+			if (dentry != root) {
+				/* Its own parent but no mount's root: a pseudo file (a memfd), which
+				 * has a name and no path. */
+				if (*len == 0) {
+					const unsigned char *name = 0;
+					READ_KERNEL(name, dentry->d_name.name);
+					long n = bpf_probe_read_kernel_str(r->data, NAME_BYTES, name);
+					if (n > 0)
+						*len = (__u16)n;
+					r->flags |= FLAG_PSEUDO;
+				}
+				return;
+			}
 			struct mount *up = 0;
 			READ_KERNEL(up, mnt->mnt_parent);
 			if (dentry != root || up == mnt || up == 0)
@@ -167,6 +277,123 @@ static void path_of(struct file *file, struct exec_record *r)
 		dentry = parent;
 	}
 	r->flags |= FLAG_PATH_CUT;
+}
+
+/* Whether the executable is unlinked and whether its directory is writable by others. */
+static __attribute__((always_inline)) void exe_facts(struct file *exe, struct exec_record *r)
+{
+	struct dentry___tg *dentry = 0, *parent = 0;
+	struct hlist_bl_node___tg **pprev = 0;
+	READ_KERNEL(dentry, exe->f_path.dentry);
+	if (!dentry)
+		return;
+	READ_KERNEL(parent, dentry->d_parent);
+	READ_KERNEL(pprev, dentry->d_hash.pprev);
+	if (!pprev && parent != dentry)
+		r->flags |= FLAG_DELETED;
+	if (!parent || parent == dentry)
+		return;
+	struct inode___tg *dir = 0;
+	__u16 mode = 0;
+	READ_KERNEL(dir, parent->d_inode);
+	if (dir)
+		READ_KERNEL(mode, dir->i_mode);
+	if (mode & 0002)
+		r->flags |= FLAG_DIR_WRITABLE;
+}
+
+/* The mode and device of descriptors 0-2 of `task`. */
+static __attribute__((always_inline)) void std_fds(struct task_struct___tg *task, struct exec_record *r)
+{
+	struct files_struct___tg *files = 0;
+	struct fdtable___tg *fdt = 0;
+	struct file___tg **fd = 0;
+	unsigned int max = 0;
+	READ_KERNEL(files, task->files);
+	if (files)
+		READ_KERNEL(fdt, files->fdt);
+	if (fdt) {
+		READ_KERNEL(fd, fdt->fd);
+		READ_KERNEL(max, fdt->max_fds);
+	}
+	for (__u32 i = 0; i < 3; i++) {
+		r->fd_mode[i] = 0;
+		r->fd_rdev[i] = 0;
+		if (!fd || i >= max)
+			continue;
+		struct file___tg *f = 0;
+		struct inode___tg *inode = 0;
+		bpf_probe_read_kernel(&f, sizeof(f), &fd[i]);
+		if (f)
+			READ_KERNEL(inode, f->f_inode);
+		if (!inode)
+			continue;
+		READ_KERNEL(r->fd_mode[i], inode->i_mode);
+		READ_KERNEL(r->fd_rdev[i], inode->i_rdev);
+	}
+}
+
+static __attribute__((always_inline)) struct kernfs_node___tg *kn_parent(struct kernfs_node___tg *kn)
+{
+	struct kernfs_node___tg *parent = 0;
+	if (__builtin_preserve_field_info(kn->__parent, FIELD_EXISTS))
+		READ_KERNEL(parent, kn->__parent);
+	else
+		READ_KERNEL(parent, ((struct kernfs_node___old *)kn)->parent);
+	return parent;
+}
+
+/* The names of `cgroup` and its parents into r->cgroup, the root left out; returns the
+ * longest name's length with its NUL (0: the root). */
+static __attribute__((always_inline)) long cgroup_names(struct cgroup___tg *cgroup, struct exec_record *r)
+{
+	struct kernfs_node___tg *kn = 0;
+	long longest = 0;
+	for (int i = 0; i < CG_LEVELS; i++)
+		r->cgroup[i][0] = 0;
+	if (cgroup)
+		READ_KERNEL(kn, cgroup->kn);
+	for (int i = 0; i < CG_LEVELS && kn; i++) {
+		struct kernfs_node___tg *parent = kn_parent(kn);
+		if (!parent)
+			break; /* the root has no name */
+		const char *name = 0;
+		READ_KERNEL(name, kn->name);
+		long n = bpf_probe_read_kernel_str(r->cgroup[i], CG_NAME, name);
+		if (n > longest)
+			longest = n;
+		kn = parent;
+	}
+	return longest;
+}
+
+/* The cgroup names: the default (v2) hierarchy's, else the first v1 cgroup whose name can hold
+ * a container id (docker's cgroupfs driver: /docker/<64 hex> in every v1 hierarchy). */
+static __attribute__((always_inline)) void cgroups_of(struct task_struct___tg *task, struct exec_record *r)
+{
+	struct css_set___tg *cset = 0;
+	struct cgroup___tg *dfl = 0;
+	READ_KERNEL(cset, task->cgroups);
+	if (!cset)
+		return;
+	READ_KERNEL(dfl, cset->dfl_cgrp);
+	if (cgroup_names(dfl, r) >= CG_ID_NAME)
+		return;
+	__u32 offset = __builtin_preserve_field_info(cset->subsys, FIELD_BYTE_OFFSET);
+	__u32 size = __builtin_preserve_field_info(cset->subsys, FIELD_BYTE_SIZE);
+	for (__u32 i = 0; i < CG_SUBSYS && (i + 1) * sizeof(void *) <= size; i++) {
+		struct cgroup_subsys_state___tg *css = 0;
+		struct cgroup___tg *cgroup = 0;
+		bpf_probe_read_kernel(&css, sizeof(css), (char *)cset + offset + i * sizeof(void *));
+		if (css)
+			READ_KERNEL(cgroup, css->cgroup);
+		if (cgroup && cgroup_names(cgroup, r) >= CG_ID_NAME) {
+			r->flags |= FLAG_CGROUP_V1;
+			return;
+		}
+	}
+	for (int i = 0; i < CG_LEVELS; i++)
+		r->cgroup[i][0] = 0;
 }
 
 SEC("raw_tracepoint/sched_process_exec")
@@ -196,6 +423,10 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 	r->flags = 0;
 	r->path_len = 0;
 	r->argv_len = 0;
+	r->pad = 0;
+	r->pad2 = 0;
+	std_fds((struct task_struct___tg *)task, r);
+	cgroups_of((struct task_struct___tg *)task, r);
 	READ_KERNEL(mm, task->mm);
 	if (!mm) {
 		r->flags |= FLAG_NO_MM;
@@ -204,8 +435,10 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 	}
 	struct file *exe = 0;
 	READ_KERNEL(exe, mm->exe_file);
-	if (exe)
+	if (exe) {
 		path_of(exe, r);
+		exe_facts(exe, r);
+	}
 	__u32 path_len = *(volatile __u16 *)&r->path_len;
 	if (path_len > PATH_BYTES)
 		path_len = PATH_BYTES;

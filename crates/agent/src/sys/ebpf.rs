@@ -17,6 +17,8 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::RawTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
+use super::execfacts::{self, ExecFacts};
+
 /// The compiled programs (see `scripts/build-bpf`).
 static PROCESS_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/process.bpf.o");
 
@@ -272,6 +274,9 @@ pub struct ExecRecord {
     pub executable: Option<String>,
     /// The argument bytes (NUL-separated), at most [`ARGV_READ`].
     pub argv: Vec<u8>,
+    /// Descriptors 0-2, the executable's state (deleted, memfd, directory writable by
+    /// others) and the container named by the cgroup.
+    pub facts: ExecFacts,
 }
 
 const KIND_EXEC: u32 = 1;
@@ -279,8 +284,18 @@ const KIND_FORK: u32 = 2;
 const KIND_EXIT: u32 = 3;
 const FLAG_PATH_CUT: u32 = 1;
 const FLAG_NO_MM: u32 = 2;
+const FLAG_PSEUDO: u32 = 4;
+const FLAG_DELETED: u32 = 8;
+const FLAG_DIR_WRITABLE: u32 = 16;
+/// Where an exec record's descriptor modes (3 x u16) and devices (3 x u32) are.
+const FD_MODES: usize = 48;
+const FD_RDEVS: usize = 56;
+/// Where its cgroup names are: `CG_LEVELS` of `CG_NAME` bytes, each NUL-terminated.
+const CGROUP_NAMES: usize = 72;
+const CG_LEVELS: usize = 3;
+const CG_NAME: usize = 96;
 /// Bytes before an exec record's data.
-const EXEC_HEADER: usize = 48;
+const EXEC_HEADER: usize = CGROUP_NAMES + CG_LEVELS * CG_NAME;
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -315,6 +330,32 @@ pub fn parse_record(b: &[u8]) -> Option<Record> {
             let path = b.get(EXEC_HEADER..EXEC_HEADER + path_len)?;
             let argv = b.get(EXEC_HEADER + path_len..EXEC_HEADER + path_len + argv_len)?;
             let whole = flags & (FLAG_PATH_CUT | FLAG_NO_MM) == 0;
+            let pseudo = flags & FLAG_PSEUDO != 0;
+            let mut facts = ExecFacts::default();
+            for (i, slot) in facts.std_fds.iter_mut().enumerate() {
+                let mode = u16_at(b, FD_MODES + 2 * i)?;
+                // The kernel's dev_t: the major number above 20 bits of minor.
+                let major = u32_at(b, FD_RDEVS + 4 * i)? >> 20;
+                *slot = execfacts::fd_kind(u32::from(mode), major);
+            }
+            let names = b.get(CGROUP_NAMES..EXEC_HEADER)?;
+            let names: Vec<&str> = names
+                .chunks(CG_NAME)
+                .map(|n| n.split(|&c| c == 0).next().unwrap_or_default())
+                .take_while(|n| !n.is_empty())
+                .filter_map(|n| std::str::from_utf8(n).ok())
+                .collect();
+            facts.container_id = execfacts::container_id(&names).map(str::to_owned);
+            let mut executable = whole.then(|| join_path(path));
+            if let Some(exe) = executable.as_mut() {
+                // As `/proc/<pid>/exe` shows them: a memfd is `/memfd:NAME (deleted)`.
+                if pseudo || flags & FLAG_DELETED != 0 {
+                    exe.push_str(execfacts::DELETED);
+                }
+                facts.executable_memfd = pseudo && exe.starts_with("/memfd:");
+                facts.executable_deleted = !pseudo && flags & FLAG_DELETED != 0;
+            }
+            facts.writable_directory = !pseudo && flags & FLAG_DIR_WRITABLE != 0;
             Some(Record::Exec(ExecRecord {
                 tgid,
                 ppid: u32_at(b, 16)?,
@@ -323,8 +364,9 @@ pub fn parse_record(b: &[u8]) -> Option<Record> {
                 gid: u32_at(b, 28)?,
                 cgroup_id: u64_at(b, 32)?,
                 ktime_ns,
-                executable: whole.then(|| join_path(path)),
+                executable,
                 argv: argv.to_vec(),
+                facts,
             }))
         }
         _ => None,
@@ -368,6 +410,18 @@ mod tests {
         b.extend_from_slice(&(path.len() as u16).to_ne_bytes());
         b.extend_from_slice(&(argv.len() as u16).to_ne_bytes());
         b.extend_from_slice(&flags.to_ne_bytes());
+        // Descriptors: a socket, not open, a pseudo-terminal (136, 3).
+        for mode in [0o140_777u16, 0, 0o020_620, 0] {
+            b.extend_from_slice(&mode.to_ne_bytes());
+        }
+        for rdev in [0u32, 0, (136 << 20) | 3, 0] {
+            b.extend_from_slice(&rdev.to_ne_bytes());
+        }
+        for name in [&b"init.scope"[..], b"x", b""] {
+            let mut n = name.to_vec();
+            n.resize(CG_NAME, 0);
+            b.extend_from_slice(&n);
+        }
         assert_eq!(b.len(), EXEC_HEADER);
         b.extend_from_slice(path);
         b.extend_from_slice(argv);
@@ -384,6 +438,28 @@ mod tests {
         assert_eq!((r.cgroup_id, r.ktime_ns), (99, 7));
         assert_eq!(r.executable.as_deref(), Some("/usr/bin/true"));
         assert_eq!(r.argv, b"/bin/true\0a b\0");
+        assert_eq!(
+            r.facts.std_fds,
+            [
+                Some(execfacts::FdKind::Socket),
+                None,
+                Some(execfacts::FdKind::Tty)
+            ]
+        );
+        assert_eq!(r.facts.container_id, None);
+        assert!(!r.facts.executable_deleted && !r.facts.writable_directory);
+        let deleted = exec(b"evil\0x\0tmp\0", b"", FLAG_DELETED | FLAG_DIR_WRITABLE);
+        let Some(Record::Exec(r)) = parse_record(&deleted) else {
+            panic!()
+        };
+        assert_eq!(r.executable.as_deref(), Some("/tmp/x/evil (deleted)"));
+        assert!(r.facts.executable_deleted && r.facts.writable_directory);
+        let memfd = exec(b"memfd:payload\0", b"", FLAG_PSEUDO | FLAG_DELETED);
+        let Some(Record::Exec(r)) = parse_record(&memfd) else {
+            panic!()
+        };
+        assert_eq!(r.executable.as_deref(), Some("/memfd:payload (deleted)"));
+        assert!(r.facts.executable_memfd && !r.facts.executable_deleted);
         let cut = exec(b"x\0", b"", FLAG_PATH_CUT);
         let Some(Record::Exec(r)) = parse_record(&cut) else {
             panic!()

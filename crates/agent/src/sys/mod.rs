@@ -15,6 +15,8 @@
 //! - `sockdiag`: the same sockets through `NETLINK_SOCK_DIAG`, filtered by the kernel.
 //! - `ebpf`: the eBPF process programs (`bpf/process.bpf.o`): loaded and attached with aya,
 //!   their ring buffer drained, their per-CPU record counts read; records parsed (pure).
+//! - `execfacts`: the exec facts both process sources report (Argv, descriptors 0-2, deleted or
+//!   memfd executable, writable directory, container id), pure.
 //! - `procfd`: socket inode -> owning processes; `/proc/<pid>/exe`.
 //! - `accounts`: `/etc/passwd`, `/etc/group`, `/etc/shadow` (no NSS).
 //! - `names`: host name lookups pinned to `/etc/hosts` + DNS in static glibc builds.
@@ -29,6 +31,7 @@ pub mod audit;
 pub mod cnproc;
 pub(crate) mod disk;
 pub mod ebpf;
+pub mod execfacts;
 pub mod firewall;
 pub mod fs;
 pub(crate) mod hwids;

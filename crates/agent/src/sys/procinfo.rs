@@ -11,6 +11,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::execfacts::{self, ExecFacts};
+
 /// Most bytes of a command line kept (the rest is cut and flagged): a message holds the event,
 /// and an argument list can be megabytes long.
 pub(crate) const MAX_CMDLINE: usize = 8192;
@@ -38,6 +40,12 @@ pub struct ProcessInfo {
     pub start_time: Option<u64>,
     /// The kernel's 15-character command name, from `stat`.
     pub comm: Option<String>,
+    /// `ExtraDetails.Argv` when the command line is ambiguous (`execfacts::argv_detail`).
+    pub argv: Option<String>,
+    /// Whether `argv` was cut.
+    pub argv_truncated: bool,
+    /// Descriptors 0-2, the executable's state, the container.
+    pub facts: ExecFacts,
 }
 
 /// The fields of `/proc/<pid>/stat` we use.
@@ -187,9 +195,56 @@ impl ProcDir {
                 let (text, cut) = join_cmdline(&raw, MAX_CMDLINE);
                 info.command_line = Some(text);
                 info.command_line_truncated = cut;
+                if let Some((argv, cut)) = execfacts::argv_detail(&raw) {
+                    info.argv = Some(argv);
+                    info.argv_truncated = cut;
+                }
             }
         }
         info
+    }
+
+    /// `stat` of `name` relative to this directory, following links (`fd/0` gives the
+    /// descriptor's inode: a socket's, a pipe's, a terminal's).
+    fn stat_at(&self, name: &str) -> io::Result<libc::stat> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: stat is plain data for which all-zero is valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the directory descriptor is open, `c` is NUL-terminated and `st` is valid
+        // for writes.
+        let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+
+    /// Adds the exec facts `/proc` gives after the exec (best effort: the process may have
+    /// moved on): descriptors 0-2 (`fd/N`), the executable's state (`exe`'s ` (deleted)` and
+    /// `/memfd:`), whether its directory is writable by others (through `root/`, so in the
+    /// process's mount namespace) and the container (`cgroup`).
+    pub(crate) fn add_facts(&self, info: &mut ProcessInfo) {
+        let mut facts = ExecFacts::default();
+        for (n, slot) in facts.std_fds.iter_mut().enumerate() {
+            if let Ok(st) = self.stat_at(&format!("fd/{n}")) {
+                *slot = execfacts::fd_kind(st.st_mode, libc::major(st.st_rdev));
+            }
+        }
+        if let Some(exe) = &info.executable {
+            let (deleted, memfd) = execfacts::executable_state(exe);
+            facts.executable_deleted = deleted;
+            facts.executable_memfd = memfd;
+            let path = exe.strip_suffix(execfacts::DELETED).unwrap_or(exe);
+            if let Some((dir, _)) = path.rsplit_once('/').filter(|_| !memfd && path.starts_with('/')) {
+                if let Ok(st) = self.stat_at(&format!("root{dir}/")) {
+                    facts.writable_directory = st.st_mode & 0o002 != 0;
+                }
+            }
+        }
+        if let Ok(raw) = self.read("cgroup", MAX_SMALL_FILE) {
+            facts.container_id = execfacts::container_id_from_proc_cgroup(&String::from_utf8_lossy(&raw));
+        }
+        info.facts = facts;
     }
 
     /// Adds what `stat` says (parent, start time, command name); it lasts until the process

@@ -19,9 +19,10 @@ use crate::conformance::validate_messages;
 use crate::support::{local_agent_command, skip, TempDir};
 
 /// The variable that forces the fallback sources.
-const SOURCES: &str = "TWINGUARD_SOURCES";
+pub(crate) const SOURCES: &str = "TWINGUARD_SOURCES";
 /// The eBPF process source's name in `reported.twinguard`.
-const EBPF_SOURCE: &str = "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
+pub(crate) const EBPF_SOURCE: &str =
+    "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
 
 /// Live tests take this lock: two agents would share the machine's audit state.
 static LIVE: Mutex<()> = Mutex::new(());
@@ -37,13 +38,13 @@ fn is_root() -> bool {
 }
 
 /// A running `twinguard run` in local mode.
-struct LiveAgent {
-    child: Option<Child>,
-    dir: TempDir,
+pub(crate) struct LiveAgent {
+    pub(crate) child: Option<Child>,
+    pub(crate) dir: TempDir,
 }
 
 /// A twin with every triggered event High, sent every second, aggregation off.
-const LIVE_TWIN: &str = r#"{
+pub(crate) const LIVE_TWIN: &str = r#"{
     "highPriorityMessageFrequency": {"value": "PT1S"},
     "maxLocalCacheSizeInBytes": {"value": 20000000},
     "eventPriorityProcessCreate": {"value": "High"},
@@ -63,7 +64,7 @@ impl LiveAgent {
 
     /// Starts with `TWINGUARD_SOURCES` set to `Some(value)`, or unset with `Some("")`; `None`
     /// inherits the test's environment (so the whole suite can run with the fallback forced).
-    fn start_sources(label: &str, twin: &str, sources: Option<&str>) -> LiveAgent {
+    pub(crate) fn start_sources(label: &str, twin: &str, sources: Option<&str>) -> LiveAgent {
         let dir = TempDir::new(label);
         std::fs::write(dir.path("twin.json"), twin).unwrap();
         let mut command = local_agent_command(&dir);
@@ -84,13 +85,13 @@ impl LiveAgent {
     }
 
     /// Replaces the twin file (by rename, as editors do).
-    fn write_twin(&self, doc: &str) {
+    pub(crate) fn write_twin(&self, doc: &str) {
         let tmp = self.dir.path("twin.json.tmp");
         std::fs::write(&tmp, doc).unwrap();
         std::fs::rename(&tmp, self.dir.path("twin.json")).unwrap();
     }
 
-    fn reported(&self) -> Value {
+    pub(crate) fn reported(&self) -> Value {
         std::fs::read(self.dir.path("reported.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -98,7 +99,7 @@ impl LiveAgent {
     }
 
     /// Waits until the collector of `name` reports its source (it is running).
-    fn wait_running(&self, name: &str) -> Value {
+    pub(crate) fn wait_running(&self, name: &str) -> Value {
         let t = Instant::now();
         loop {
             let status = self.reported()["twinguard"]["collectors"][name].clone();
@@ -122,7 +123,7 @@ impl LiveAgent {
     }
 
     /// The payload items of every event of `name` in the outbox.
-    fn items(&self, name: &str) -> Vec<Value> {
+    pub(crate) fn items(&self, name: &str) -> Vec<Value> {
         self.lines()
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -133,7 +134,7 @@ impl LiveAgent {
     }
 
     /// Waits (up to 10 s) for an item of `name` that `want` accepts.
-    fn find(&self, name: &str, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn find(&self, name: &str, what: &str, want: impl Fn(&Value) -> bool) -> Value {
         let t = Instant::now();
         loop {
             if let Some(v) = self.items(name).into_iter().find(|v| want(v)) {
@@ -149,7 +150,7 @@ impl LiveAgent {
     }
 
     /// Stops the agent (SIGTERM), checks the clean exit and that every message conforms.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -182,7 +183,7 @@ impl Drop for LiveAgent {
     }
 }
 
-fn live_lock(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+pub(crate) fn live_lock(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     if !is_root() {
         skip(test, "needs root (netlink proc connector, audit)");
         return None;
@@ -190,7 +191,7 @@ fn live_lock(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     Some(LIVE.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -198,7 +199,24 @@ fn unique() -> String {
     format!("{}{:06}", std::process::id(), n % 1_000_000)
 }
 
-fn pid_of(v: &Value) -> u64 {
+/// A whole ProcessCreate's ExtraDetails: nothing Missing, Truncated or otherwise remarkable,
+/// only the kinds of its descriptors 0-2 (`Stdin`, `Stdout`, `Stderr`).
+fn only_fd_kinds(v: &Value) -> Result<(), String> {
+    let Some(extra) = v.get("ExtraDetails") else {
+        return Ok(());
+    };
+    let keys: Vec<&String> = extra.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    if keys
+        .iter()
+        .all(|k| ["Stdin", "Stdout", "Stderr"].contains(&k.as_str()))
+    {
+        Ok(())
+    } else {
+        Err(format!("{v}"))
+    }
+}
+
+pub(crate) fn pid_of(v: &Value) -> u64 {
     v["ProcessId"].as_u64().unwrap_or(0)
 }
 
@@ -257,7 +275,7 @@ fn process_events_live(agent: LiveAgent) {
     assert_eq!(create["ParentProcessId"].as_u64(), Some(me), "{create}");
     assert_eq!(create["UserId"], "0");
     assert_eq!(create["UserName"], "root");
-    assert!(create.get("ExtraDetails").is_none(), "{create}");
+    assert_eq!(only_fd_kinds(&create), Ok(()));
 
     let sh_create = agent.find("ProcessCreate", "for the shell", |v| pid_of(v) == sh_pid);
     assert!(
@@ -466,7 +484,7 @@ fn ebpf_reports_every_exec_of_a_storm_whole() {
             (c["UserId"].as_str(), c["UserName"].as_str()),
             (Some("0"), Some("root"))
         );
-        assert!(c.get("ExtraDetails").is_none(), "{c}");
+        assert_eq!(only_fd_kinds(&c), Ok(()));
     }
     assert_eq!(terminates.len(), total, "ProcessTerminate of the storm");
     for t in &terminates {
@@ -626,7 +644,18 @@ fn a_long_argument_list_is_cut_at_8_kib_and_marked() {
             line.starts_with(&format!("/bin/sh -c sleep 0.3 tg-long-{tag}-0000-")),
             "{line}"
         );
-        assert_eq!(c["ExtraDetails"]["Truncated"], "CommandLine", "{sources}: {c}");
+        // `sleep 0.3` holds a space, so Argv is there too, cut at the same bytes.
+        assert_eq!(
+            c["ExtraDetails"]["Truncated"], "CommandLine;Argv",
+            "{sources}: {c}"
+        );
+        let argv: Vec<String> = serde_json::from_str(c["ExtraDetails"]["Argv"].as_str().unwrap()).unwrap();
+        assert_eq!(argv[..3], ["/bin/sh", "-c", "sleep 0.3"], "{sources}");
+        assert!(
+            argv.len() < 1003 && argv[3] == args[0],
+            "{sources}: {}",
+            argv.len()
+        );
         assert!(c["Executable"].as_str().unwrap().ends_with("/dash"), "{c}");
         let stderr = agent.stop();
         assert!(!stderr.contains("panicked"), "{stderr}");

@@ -13,5 +13,6 @@ mod fuzz_corpus;
 mod hardening;
 mod mqtt;
 mod pipeline;
+mod process_facts;
 mod run;
 mod support;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, warn};
 
 use crate::sys::ebpf::{self, ProcessProbes, Record};
+use crate::sys::execfacts;
 use crate::sys::procinfo::{self, join_cmdline, ProcessInfo, MAX_CMDLINE};
 use twinguard_core::event::{EventName, PayloadItem};
 
@@ -96,10 +97,17 @@ pub fn exec_info(record: &ebpf::ExecRecord, proc: bool) -> ProcessInfo {
         let (text, cut) = join_cmdline(&record.argv, MAX_CMDLINE);
         (Some(text), cut)
     };
+    let (argv, argv_truncated) = match execfacts::argv_detail(&record.argv) {
+        Some((text, cut)) if !record.argv.is_empty() => (Some(text), cut),
+        _ => (None, false),
+    };
     ProcessInfo {
         executable,
         command_line,
         command_line_truncated,
+        argv,
+        argv_truncated,
+        facts: record.facts.clone(),
         uid: Some(record.uid),
         euid: Some(record.euid),
         ppid: Some(record.ppid),

@@ -10,7 +10,9 @@
 //! - exec -> ProcessCreate: Executable, CommandLine (arguments joined with spaces), UserId and
 //!   UserName read from `/proc/<pid>` the moment the event arrives, through one directory
 //!   descriptor so that a reused pid cannot mix two processes; ParentProcessId from the fork
-//!   event (the parent at fork time, not the reaper a `/proc` read would show later).
+//!   event (the parent at fork time, not the reaper a `/proc` read would show later); then the
+//!   exec facts (`sys::execfacts`: Argv, descriptors 0-2, deleted/memfd executable, writable
+//!   directory, ContainerId) from `fd/0-2`, `exe`, `root/` and `cgroup`, best effort.
 //! - exit of a thread-group leader -> ProcessTerminate: ExitStatus = exit code, or 128 + the
 //!   signal; Executable from a bounded pid -> executable table fed by exec events, by fork
 //!   events (a forked child runs its parent's executable until it execs) and by a scan of
@@ -199,9 +201,20 @@ impl ProcessTracker {
         if info.command_line.is_none() {
             missing.push("CommandLine");
         }
+        let mut truncated: Vec<&str> = Vec::new();
         if info.command_line_truncated {
-            extra.insert("Truncated".into(), "CommandLine".into());
+            truncated.push("CommandLine");
         }
+        if let Some(argv) = info.argv.take() {
+            extra.insert("Argv".into(), argv);
+            if info.argv_truncated {
+                truncated.push("Argv");
+            }
+        }
+        if !truncated.is_empty() {
+            extra.insert("Truncated".into(), truncated.join(";"));
+        }
+        info.facts.add_to(&mut extra);
         let user_name_text = info.uid.and_then(&mut *user_name);
         match (info.uid, info.euid) {
             (None, _) => missing.push("UserId"),
@@ -407,6 +420,7 @@ fn read_process(pid: u32, needs: Needs) -> Option<ProcessInfo> {
     if needs.uid {
         dir.add_uids(&mut info);
     }
+    dir.add_facts(&mut info);
     Some(info)
 }
 
@@ -658,6 +672,7 @@ mod tests {
             ppid: Some(ppid),
             start_time: Some(1),
             comm: Some("x".into()),
+            ..ProcessInfo::default()
         }
     }
 
