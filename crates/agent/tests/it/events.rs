@@ -484,7 +484,7 @@ fn ebpf_reports_every_exec_of_a_storm_whole() {
             (c["UserId"].as_str(), c["UserName"].as_str()),
             (Some("0"), Some("root"))
         );
-        assert_eq!(only_fd_kinds(&c), Ok(()));
+        assert_eq!(only_fd_kinds(c), Ok(()));
     }
     assert_eq!(terminates.len(), total, "ProcessTerminate of the storm");
     for t in &terminates {
