@@ -31,6 +31,8 @@ pub(crate) enum RunInput {
     },
     /// A stream collector's status changed.
     Status(EventName, CollectorStatus),
+    /// A problem of the agent's own, for a Diagnostic event (a collector's source degraded).
+    Diagnostic(String),
     /// Stop (the signal's name).
     Shutdown(&'static str),
 }

@@ -43,6 +43,8 @@ pub(crate) const INPUT_CAPACITY: usize = 4096;
 pub(crate) const SYNC_INTERVAL_MS: u64 = 2000;
 /// Collector status changes are reported at most this often.
 pub(crate) const REPORT_COALESCE_MS: u64 = 5000;
+/// The shortest time between two reports made only because a collector's losses grew.
+pub(crate) const LOSS_REPORT_MS: u64 = 10_000;
 /// How often the twin file's metadata is checked.
 const TWIN_POLL_MS: u64 = 100;
 /// A twin file must be stable this long before it is read (editors write in several steps).
@@ -478,6 +480,9 @@ impl Agent {
                 self.collector_status(name, status, now);
             }
             RunInput::Status(name, status) => self.collector_status(name, status, now),
+            RunInput::Diagnostic(message) => {
+                self.pipeline.diagnose(DiagnosticSeverity::Error, message, now);
+            }
             RunInput::Shutdown(_) => {}
         }
     }
@@ -504,9 +509,13 @@ impl Agent {
         }
     }
 
-    /// Adds new stream-collector losses to the period's DroppedEventsStatistics.
+    /// Adds new stream-collector losses to the period's DroppedEventsStatistics, and to the
+    /// collectors' status in `reported.twinguard` as they grow (reported at most every
+    /// [`LOSS_REPORT_MS`]: losses can grow steadily, and twin updates are throttled).
     fn account_losses(&mut self) {
-        for (name, total) in self.streams.losses() {
+        let mut grown = false;
+        for (names, total) in self.streams.losses() {
+            let Some(&name) = names.first() else { continue };
             let seen = self.losses_seen.entry(name).or_insert(0);
             if total > *seen {
                 let delta = total - *seen;
@@ -514,6 +523,18 @@ impl Agent {
                 let priority = self.pipeline.config().priority(name);
                 self.pipeline.count_lost(priority, delta);
             }
+            for n in names {
+                if let Some(status) = self.collectors.get_mut(n.as_str()) {
+                    if status.losses < total {
+                        status.losses = total;
+                        grown = true;
+                    }
+                }
+            }
+        }
+        if grown && self.report_due_ms.is_none() {
+            let now = self.now_ms();
+            self.report_due_ms = Some(now.max(self.last_report_ms.saturating_add(LOSS_REPORT_MS)));
         }
     }
 

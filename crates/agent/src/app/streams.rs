@@ -93,12 +93,13 @@ impl Streams {
         }
     }
 
-    /// Events lost so far by each collector's sink (channel full, kernel overruns), keyed by
-    /// the collector's first event name.
-    pub(crate) fn losses(&self) -> Vec<(EventName, u64)> {
+    /// Events lost so far by each collector's sink (channel full, kernel overruns), with the
+    /// collector's event names (the first one's priority counts them).
+    pub(crate) fn losses(&self) -> Vec<(&[EventName], u64)> {
         self.slots
             .iter()
-            .filter_map(|s| Some((*s.names.first()?, s.sink.losses())))
+            .filter(|s| !s.names.is_empty())
+            .map(|s| (s.names.as_slice(), s.sink.losses()))
             .collect()
     }
 
@@ -162,6 +163,14 @@ fn supervise(
                 // Not a failure: the collector ended to start again at once on a better
                 // source; the status reported at the top of the loop says which.
                 info!("collector leaves {source_name}: {why}");
+                failures = 0;
+            }
+            Err(CollectError::Degraded { source_name, why }) => {
+                // The collector switched to its fallback; the status reported at the top of
+                // the loop says which and why; the operator also gets a Diagnostic.
+                warn!("collector leaves {source_name}: {why}");
+                let name = names.first().map(|n| n.as_str()).unwrap_or("stream");
+                let _ = tx.send(RunInput::Diagnostic(format!("{name}: {source_name}: {why}")));
                 failures = 0;
             }
             Err(e) => {

@@ -51,6 +51,16 @@ pub enum CollectError {
         /// Why.
         why: String,
     },
+    /// A source stopped working while in use (an eBPF program detached or failing its check):
+    /// the collector has switched to its fallback and starts again at once on it. The
+    /// supervisor reports a Diagnostic and the new status, and records no error.
+    #[error("{source_name}: {why}")]
+    Degraded {
+        /// The source being left.
+        source_name: String,
+        /// What happened.
+        why: String,
+    },
 }
 
 /// A snapshot collector: called at start and every `snapshotFrequency`; returns the items of

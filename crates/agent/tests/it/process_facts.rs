@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::events::{live_lock, pid_of, unique, LiveAgent, EBPF_SOURCE, LIVE_TWIN};
+use crate::support::{local_agent_command, TempDir};
 
 /// Both sources: eBPF (the variable unset) and the process connector.
 const SOURCES: [&str; 2] = ["", "fallback"];
@@ -406,4 +407,62 @@ fn a_process_in_a_containers_cgroup_carries_its_container_id() {
         let stderr = agent.stop();
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// The periodic check of the attached programs, every 0.5 s here (hidden
+/// `TWINGUARD_EBPF_CHECK_MS`): passes while they are attached; once the exec program is
+/// detached - for real, its link closed, by the hidden `TWINGUARD_EBPF_TEST_DETACH_MS`: this
+/// kernel refuses `bpftool link detach` on raw tracepoint links (EOPNOTSUPP) - the status says
+/// the fallback runs and why, a Diagnostic says so, and processes are still reported.
+#[test]
+fn a_detached_ebpf_program_is_caught_by_the_periodic_check_and_the_fallback_takes_over() {
+    let Some(_guard) =
+        live_lock("a_detached_ebpf_program_is_caught_by_the_periodic_check_and_the_fallback_takes_over")
+    else {
+        return;
+    };
+    let dir = TempDir::new("ev-tamper");
+    std::fs::write(dir.path("twin.json"), LIVE_TWIN).unwrap();
+    let mut command = local_agent_command(&dir);
+    command
+        .env_remove("TWINGUARD_SOURCES")
+        .env("TWINGUARD_EBPF_CHECK_MS", "500")
+        .env("TWINGUARD_EBPF_TEST_DETACH_MS", "4000");
+    let agent = LiveAgent {
+        child: Some(command.spawn().unwrap()),
+        dir,
+    };
+    let status = agent.wait_running("ProcessCreate");
+    assert_eq!(status["source"], EBPF_SOURCE, "{status}");
+    // Several checks pass while the programs are attached.
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = agent.reported()["twinguard"]["collectors"]["ProcessCreate"].clone();
+    assert_eq!(
+        status["source"], EBPF_SOURCE,
+        "checks passed while attached: {status}"
+    );
+    let t = Instant::now();
+    let status = loop {
+        let status = agent.reported()["twinguard"]["collectors"]["ProcessCreate"].clone();
+        if status["fallback"] == true || t.elapsed() > Duration::from_secs(15) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["source"], "netlink proc connector", "{status}");
+    let note = status["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("tamper check") && note.contains("process_exec"),
+        "{status}"
+    );
+    let d = agent.find("Diagnostic", "about the detached program", |v| {
+        v["Message"].as_str().is_some_and(|m| m.contains("tamper check"))
+    });
+    assert_eq!(d["Severity"], "Error", "{d}");
+    let tag = unique();
+    let line = format!("/bin/sleep 0.3 {}", mark(1, &tag));
+    run(Command::new("/bin/sleep").args(["0.3", &mark(1, &tag)]));
+    create_by_line(&agent, "fallback", &line);
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -9,9 +9,13 @@
 //! thread drains the ring buffer every [`DRAIN_EVERY`] in any case. Records the kernel could not
 //! put in the full ring buffer are counted per CPU in the kernel and added to the sink's losses.
 //!
-//! Self-test: at start the agent runs its own binary (`--version`); if the exec of that child
-//! is not seen within [`SELF_TEST_WAIT`], the programs are attached but not working and the
-//! collector gives way to the process connector.
+//! Self-test and tamper check: at start, and every [`CHECK_EVERY`] after, the agent runs its
+//! own binary (`--version <marker>`); the fork, the exec (recognised by the marker) and the exit
+//! of that child must all come through the programs within [`SELF_TEST_WAIT`], and every
+//! program's link must still hold it (asked of the kernel). A program detached or not working
+//! stops this source: the collector gives way to the process connector, with the reason in its
+//! status and a Diagnostic. A check that overlaps counted ring-buffer losses is retried, not
+//! failed (the child's records may be among the lost).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,32 +41,62 @@ const MAX_DRAIN: usize = 4096;
 /// Why the eBPF source stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfStopped {
-    /// The programs are attached but the self-test exec was not seen.
-    #[error(
-        "self-test: the exec of the agent's own binary (pid {pid}) was not seen within {SELF_TEST_WAIT:?}"
-    )]
+    /// The programs are attached but the self-test at start did not come through.
+    #[error("self-test: {why}")]
     SelfTestFailed {
-        /// The self-test child, in the agent's pid namespace.
-        pid: u32,
+        /// What was not seen.
+        why: String,
+    },
+    /// A periodic check found a program detached or not working.
+    #[error("tamper check: {why}")]
+    CheckFailed {
+        /// What was found.
+        why: String,
     },
     /// Waiting on the ring buffer failed.
     #[error("waiting on the ring buffer")]
     Wait(#[source] std::io::Error),
 }
 
+/// How often the attached programs are checked (hidden `TWINGUARD_EBPF_CHECK_MS` for tests).
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Hidden test settings: the check interval, and a time after which the agent detaches its own
+/// exec program (closing its link, for real), so a test sees the check catch it.
+const CHECK_MS_VARIABLE: &str = "TWINGUARD_EBPF_CHECK_MS";
+const DETACH_MS_VARIABLE: &str = "TWINGUARD_EBPF_TEST_DETACH_MS";
+/// Most fork records remembered while a self-test child is awaited.
+const MAX_FORKS_AWAITED: usize = 4096;
+
+fn env_ms(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
 /// The self-test's state.
 enum SelfTest {
     /// Waiting until the deadline for the exec whose arguments carry the marker (matched by
     /// marker, not pid: the kernel's pids are the initial pid namespace's, the child's `pid` is
-    /// the agent's, and they differ when the agent runs in a container).
+    /// the agent's, and they differ when the agent runs in a container); the new processes
+    /// seen meanwhile, so the child's fork can be checked.
     Pending {
         marker: Vec<u8>,
         pid: u32,
         deadline: Instant,
+        forks: Vec<u32>,
+        periodic: bool,
+        dropped: u64,
     },
-    /// Seen (with the child's kernel pid until its exit), or not possible: its child's events
-    /// are not reported.
-    Done { pid: Option<u32> },
+    /// The child's exec was seen (`tgid` in the kernel's pids): waiting for its exit.
+    Exiting {
+        tgid: u32,
+        deadline: Instant,
+        periodic: bool,
+        dropped: u64,
+    },
+    /// Nothing awaited.
+    Idle,
 }
 
 impl SelfTest {
@@ -72,13 +106,45 @@ impl SelfTest {
             SelfTest::Pending { marker, .. } => {
                 exec.argv.windows(marker.len()).any(|w| w == marker.as_slice())
             }
-            SelfTest::Done { .. } => false,
+            _ => false,
         }
     }
 
     /// Whether `tgid` is the self-test child seen earlier.
     fn is_child(&self, tgid: u32) -> bool {
-        matches!(self, SelfTest::Done { pid: Some(pid) } if *pid == tgid)
+        matches!(self, SelfTest::Exiting { tgid: t, .. } if *t == tgid)
+    }
+
+    /// Starts a self-test: runs the marked child.
+    fn start(periodic: bool, dropped: u64) -> SelfTest {
+        let marker = format!(
+            "twinguard-self-test-{}-{}",
+            std::process::id(),
+            procinfo::monotonic_ns()
+        );
+        match ebpf::run_marker(&marker) {
+            Ok(pid) => SelfTest::Pending {
+                marker: marker.into_bytes(),
+                pid,
+                deadline: Instant::now() + SELF_TEST_WAIT,
+                forks: Vec::new(),
+                periodic,
+                dropped,
+            },
+            Err(e) => {
+                warn!("eBPF process source: the self-test could not run its child ({e}); trusting the attached programs");
+                SelfTest::Idle
+            }
+        }
+    }
+}
+
+/// A failed self-test: at start or periodic.
+fn failed(periodic: bool, why: String) -> EbpfStopped {
+    if periodic {
+        EbpfStopped::CheckFailed { why }
+    } else {
+        EbpfStopped::SelfTestFailed { why }
     }
 }
 
@@ -121,26 +187,16 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
     let mut tracker = ProcessTracker::new(MAX_TRACKED);
     seed(&mut tracker);
     let mut users = UserNames::default();
-    let marker = format!(
-        "twinguard-self-test-{}-{}",
-        std::process::id(),
-        procinfo::monotonic_ns()
-    );
-    let mut self_test = match ebpf::run_marker(&marker) {
-        Ok(pid) => SelfTest::Pending {
-            marker: marker.into_bytes(),
-            pid,
-            deadline: Instant::now() + SELF_TEST_WAIT,
-        },
-        Err(e) => {
-            warn!("eBPF process source: the self-test could not run its child ({e}); trusting the attached programs");
-            SelfTest::Done { pid: None }
-        }
-    };
+    let check_every = env_ms(CHECK_MS_VARIABLE).unwrap_or(CHECK_EVERY);
+    let mut detach_at = env_ms(DETACH_MS_VARIABLE).map(|d| Instant::now() + d);
+    let mut next_check = Instant::now() + check_every;
+    let mut self_test = SelfTest::start(false, 0);
     // Whether `/proc` shows the kernel's pids; false once the self-test finds the agent in a
     // pid namespace of its own (then the table seeded from `/proc` is of other pids).
     let mut proc_pids = true;
     let mut foreign_pids = false;
+    // Set when the self-test child's exec arrives without its fork before it.
+    let mut fork_unseen = false;
     let mut dropped_before: u64 = 0;
     let mut batch: Vec<(PayloadItem, SystemTime)> = Vec::with_capacity(256);
     while !stop.is_stopped() {
@@ -160,14 +216,34 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
                 // The self-test child's events are the agent's own: not reported.
                 let own = match &record {
                     Record::Exec(exec) if self_test.is_marker(exec) => {
-                        if let SelfTest::Pending { pid, .. } = self_test {
-                            foreign_pids = pid != exec.tgid;
+                        if let SelfTest::Pending {
+                            pid,
+                            forks,
+                            periodic,
+                            dropped,
+                            ..
+                        } = &self_test
+                        {
+                            foreign_pids = *pid != exec.tgid;
+                            fork_unseen = !forks.contains(&exec.tgid);
+                            self_test = SelfTest::Exiting {
+                                tgid: exec.tgid,
+                                deadline: Instant::now() + SELF_TEST_WAIT,
+                                periodic: *periodic,
+                                dropped: *dropped,
+                            };
                         }
-                        self_test = SelfTest::Done { pid: Some(exec.tgid) };
                         true
                     }
                     _ => self_test.is_child(tgid),
                 };
+                if let (Record::Fork { tgid, .. }, SelfTest::Pending { forks, .. }) =
+                    (&record, &mut self_test)
+                {
+                    if forks.len() < MAX_FORKS_AWAITED {
+                        forks.push(*tgid);
+                    }
+                }
                 let item: Option<(PayloadItem, u64)> = match record {
                     Record::Fork { tgid, ppid, .. } => {
                         tracker.on_fork(ppid, tgid, &alive);
@@ -192,7 +268,7 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
                     } => {
                         if own {
                             // Its pid may be reused by another process from now on.
-                            self_test = SelfTest::Done { pid: None };
+                            self_test = SelfTest::Idle;
                         }
                         Some((tracker.on_exit(tgid, exit_code).into(), ktime_ns))
                     }
@@ -229,10 +305,73 @@ pub fn run(mut probes: ProcessProbes, sink: &EventSink, stop: &StopSignal) -> Re
             Ok(_) => {}
             Err(e) => debug!("eBPF drop counter unreadable: {e}"),
         }
-        if let SelfTest::Pending { pid, deadline, .. } = self_test {
-            if Instant::now() >= deadline {
-                return Err(EbpfStopped::SelfTestFailed { pid });
+        let now = Instant::now();
+        // Records of the child may have been among those lost: check again, do not fail.
+        let lossy = |dropped: u64| dropped_before > dropped;
+        match &self_test {
+            SelfTest::Pending {
+                pid,
+                deadline,
+                periodic,
+                dropped,
+                ..
+            } if now >= *deadline => {
+                if !lossy(*dropped) {
+                    return Err(failed(
+                        *periodic,
+                        format!(
+                            "the exec of the agent's own binary (pid {pid}) was not seen within {SELF_TEST_WAIT:?} \
+                             (program process_exec detached or not working)"
+                        ),
+                    ));
+                }
+                self_test = SelfTest::Idle;
+                next_check = now;
             }
+            SelfTest::Exiting {
+                periodic, dropped, ..
+            } if fork_unseen && !lossy(*dropped) => {
+                return Err(failed(
+                    *periodic,
+                    "the fork of the agent's self-test child was not seen (program process_fork detached or not working)"
+                        .into(),
+                ));
+            }
+            SelfTest::Exiting {
+                deadline,
+                periodic,
+                dropped,
+                ..
+            } if now >= *deadline => {
+                if !lossy(*dropped) {
+                    return Err(failed(
+                        *periodic,
+                        format!(
+                            "the exit of the agent's self-test child was not seen within {SELF_TEST_WAIT:?} \
+                             (program process_exit detached or not working)"
+                        ),
+                    ));
+                }
+                self_test = SelfTest::Idle;
+                next_check = now;
+            }
+            _ => {}
+        }
+        fork_unseen = false;
+        if detach_at.is_some_and(|t| now >= t) {
+            detach_at = None;
+            if probes.detach("process_exec") {
+                warn!(
+                    "eBPF process source: program process_exec detached ({DETACH_MS_VARIABLE}, a test hook)"
+                );
+            }
+        }
+        if matches!(self_test, SelfTest::Idle) && now >= next_check {
+            next_check = now + check_every;
+            probes
+                .check_links()
+                .map_err(|why| EbpfStopped::CheckFailed { why })?;
+            self_test = SelfTest::start(true, dropped_before);
         }
     }
     Ok(())

@@ -485,12 +485,14 @@ impl StreamCollector for ProcessCollector {
             }
             Plan::Ebpf(probes) => match ebpf::run(*probes, sink, stop) {
                 Ok(()) => Ok(()),
-                Err(e @ ebpf::EbpfStopped::SelfTestFailed { .. }) => {
-                    self.fall_back(format!("eBPF failed its {e}"));
+                Err(
+                    e @ (ebpf::EbpfStopped::SelfTestFailed { .. } | ebpf::EbpfStopped::CheckFailed { .. }),
+                ) => {
+                    self.fall_back(format!("eBPF stopped, {e}"));
                     self.plan = Plan::Connector;
-                    Err(CollectError::SourceChanged {
+                    Err(CollectError::Degraded {
                         source_name: SOURCE_EBPF.into(),
-                        why: e.to_string(),
+                        why: format!("{e}; the {SOURCE} takes over"),
                     })
                 }
                 Err(e) => Err(CollectError::Failed {
