@@ -9,7 +9,11 @@
 //! events it emits); the hits' own times come from their events.
 //!
 //! Identity (the key) per event type:
-//! - ProcessCreate: Executable, CommandLine, UserId.
+//! - ProcessCreate: Executable, CommandLine, UserId, and the exec facts of its `ExtraDetails`
+//!   ([`PROCESS_FACT_KEYS`]: Argv, the kinds of descriptors 0-2, deleted/memfd executable,
+//!   writable directory, container), so that an item standing for several execs of one command
+//!   never hides one that differs in what detections look at (the same shell with a socket as
+//!   stdin, the same command in a container). This refines SPEC §3's key: it only splits.
 //! - ProcessTerminate: Executable, ExitStatus.
 //! - ConnectionCreate: Direction, Protocol, Executable, RemoteAddress, and the service port:
 //!   RemotePort for Out, LocalPort for In. The other port (the client's ephemeral one) becomes
@@ -30,6 +34,18 @@ pub const MAX_KEYS: usize = 1024;
 
 /// `ExtraDetails` keys that describe one event only, dropped from an item standing for several.
 const PER_EVENT_KEYS: [&str; 2] = ["AuditEventId", "Inode"];
+
+/// ProcessCreate `ExtraDetails` keys that are part of its aggregation key (see above).
+const PROCESS_FACT_KEYS: [&str; 8] = [
+    "Argv",
+    "Stdin",
+    "Stdout",
+    "Stderr",
+    "ExecutableDeleted",
+    "ExecutableMemfd",
+    "WritableDirectory",
+    "ContainerId",
+];
 
 /// The aggregated event types.
 const AGGREGATED: [EventName; 3] = [
@@ -78,7 +94,16 @@ fn key_of(item: &PayloadItem) -> Option<String> {
     // Fields are joined with NUL, which none of them can contain unescaped in JSON terms of
     // meaning; two different tuples cannot give the same key.
     let k = match item {
-        PayloadItem::ProcessCreate(p) => format!("{}\0{}\0{}", p.executable, p.command_line, p.user_id),
+        PayloadItem::ProcessCreate(p) => {
+            let mut k = format!("{}\0{}\0{}", p.executable, p.command_line, p.user_id);
+            for key in PROCESS_FACT_KEYS {
+                k.push('\0');
+                if let Some(v) = p.extra_details.get(key) {
+                    k.push_str(v);
+                }
+            }
+            k
+        }
         PayloadItem::ProcessTerminate(p) => format!("{}\0{}", p.executable, p.exit_status),
         PayloadItem::ConnectionCreate(c) => {
             let service = match c.direction {
@@ -373,6 +398,45 @@ mod tests {
             "aggregationIntervalConnectionCreate": {"value": "PT1M"},
             "aggregationEnabledProcessTerminate": {"value": false}
         }))
+    }
+
+    #[test]
+    fn execs_that_differ_in_their_exec_facts_are_not_folded_together() {
+        let mut a = Aggregator::default();
+        a.apply_config(&minute_config());
+        let with = |pid: u32, key: &str, value: &str| match create(pid, "x") {
+            PayloadItem::ProcessCreate(p) => PayloadItem::from(p.with_extra(key, value)),
+            other => other,
+        };
+        a.offer(event(with(10, "Stdin", "tty"), T0), 1000);
+        a.offer(event(with(11, "Stdin", "tty"), T0 + 1_000), 2000);
+        a.offer(event(with(12, "Stdin", "socket"), T0 + 2_000), 3000);
+        a.offer(event(with(13, "ContainerId", "c"), T0 + 3_000), 4000);
+        let out = a.flush_all(at(T0 + 60_000));
+        let items: Vec<serde_json::Value> = out
+            .iter()
+            .flat_map(|e| json(e)["Payload"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let mut hits: Vec<(String, String)> = items
+            .iter()
+            .map(|item| {
+                let extra = &item["ExtraDetails"];
+                let fact = ["Stdin", "ContainerId"]
+                    .iter()
+                    .find_map(|k| extra[*k].as_str().map(|v| format!("{k}={v}")))
+                    .unwrap();
+                (fact, extra["HitCount"].as_str().unwrap_or("1").to_owned())
+            })
+            .collect();
+        hits.sort();
+        assert_eq!(
+            hits,
+            [
+                ("ContainerId=c".to_owned(), "1".to_owned()),
+                ("Stdin=socket".to_owned(), "1".to_owned()),
+                ("Stdin=tty".to_owned(), "2".to_owned())
+            ]
+        );
     }
 
     #[test]
