@@ -29,6 +29,7 @@ pub mod audit;
 pub mod cnproc;
 pub(crate) mod disk;
 pub mod ebpf;
+pub mod ebpf_connection;
 pub mod firewall;
 pub mod fs;
 pub(crate) mod hwids;
