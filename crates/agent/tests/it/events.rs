@@ -23,6 +23,9 @@ const SOURCES: &str = "TWINGUARD_SOURCES";
 /// The eBPF process source's name in `reported.twinguard`.
 const EBPF_SOURCE: &str = "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
 
+/// The eBPF connection source's name in `reported.twinguard`.
+const CONNECTION_EBPF_SOURCE: &str = "eBPF raw tracepoints (inet_sock_set_state, sys_enter, sys_exit)";
+
 /// Live tests take this lock: two agents would share the machine's audit state.
 static LIVE: Mutex<()> = Mutex::new(());
 
@@ -786,7 +789,8 @@ fn connection_create_live_in_and_out_ipv4_ipv6_blocking_non_blocking_and_pre_exi
     };
     let excluded = exclude("-A");
 
-    let agent = LiveAgent::start("ev-connection", LIVE_TWIN);
+    // This test is of the audit source (the fallback of the eBPF one).
+    let agent = LiveAgent::start_sources("ev-connection", LIVE_TWIN, Some("fallback"));
     let status = agent.wait_running("ConnectionCreate");
     // Ready when the rules are in place (or, without auditctl to look, after a while).
     let t = Instant::now();
@@ -908,7 +912,7 @@ fn connection_create_live_in_and_out_ipv4_ipv6_blocking_non_blocking_and_pre_exi
         }
         assert!(!twinguard::collect::audit::state_file_exists());
     }
-    assert_eq!(status["fallback"], false);
+    assert_eq!(status["source"], "audit netlink + sock_diag polling", "{status}");
 }
 
 /// Sends a user-space audit message (as sshd's libaudit does) from this process.
@@ -1224,15 +1228,22 @@ for family, host, port in ((socket.AF_INET, "127.0.0.1", p4), (socket.AF_INET6, 
         s.close()
 "#;
 
-/// Starts an agent with `twin`, waits for its audit rules, runs the closing server and client
-/// for `n` connections per family; returns (agent, server pid, client pid, port4, port6).
-fn short_connections(label: &str, twin: &str, n: usize) -> (LiveAgent, u64, u64, u16, u16) {
-    let agent = LiveAgent::start(label, twin);
-    agent.wait_running("ConnectionCreate");
+/// Starts an agent with `twin` (and `TWINGUARD_SOURCES` as `sources` says, see
+/// [`LiveAgent::start_sources`]), waits for its audit rules when audit is its source, runs the
+/// closing server and client for `n` connections per family; returns (agent, server pid,
+/// client pid, port4, port6).
+fn short_connections(
+    label: &str,
+    twin: &str,
+    n: usize,
+    sources: Option<&str>,
+) -> (LiveAgent, u64, u64, u16, u16) {
+    let agent = LiveAgent::start_sources(label, twin, sources);
+    let status = agent.wait_running("ConnectionCreate");
     // Another agent on this machine may manage audit for a while (with its own rules): wait
-    // until the rules of this version (four) are in place.
+    // until the rules of this version (four) are in place (not needed with the eBPF source).
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
+    while status["source"] != CONNECTION_EBPF_SOURCE && t.elapsed() < Duration::from_secs(30) {
         match auditctl(&["-l"]) {
             Some(rules) if rules.matches("key=twinguard").count() >= 4 => break,
             Some(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -1287,7 +1298,8 @@ fn connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not() {
         return;
     }
     const N: usize = 200;
-    let (agent, server, client, p4, p6) = short_connections("ev-short", LIVE_TWIN, N);
+    // This test is of the audit source (the fallback of the eBPF one).
+    let (agent, server, client, p4, p6) = short_connections("ev-short", LIVE_TWIN, N, Some("fallback"));
     let count = |items: &[Value], dir: &str, pid: u64, port_field: &str, port: u16| {
         items
             .iter()
@@ -1384,7 +1396,7 @@ fn connection_create_repeated_connections_aggregate_into_one_item_with_their_hit
             r#""highPriorityMessageFrequency": {"value": "PT1S"},"#,
             r#""highPriorityMessageFrequency": {"value": "PT1S"}, "aggregationIntervalConnectionCreate": {"value": "PT6S"},"#,
         );
-    let (agent, _server, _client, p4, p6) = short_connections("ev-aggregate", &twin, N);
+    let (agent, _server, _client, p4, p6) = short_connections("ev-aggregate", &twin, N, None);
     for (port, remote) in [(p4, "127.0.0.1"), (p6, "::1")] {
         let out = agent.find("ConnectionCreate", "aggregated Out", |v| {
             v["Direction"] == "Out" && port_of(v, "RemotePort") == port
@@ -1408,4 +1420,204 @@ fn connection_create_repeated_connections_aggregate_into_one_item_with_their_hit
     }
     let stderr = agent.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// UDP datagrams (IPv4 and IPv6, connected sockets) and a UNIX stream connection, then one TCP
+/// connection to a listener of its own as an end mark; prints the UDP ports and the mark's port.
+const NON_TCP: &str = r#"
+import os, socket, tempfile
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u4.bind(("127.0.0.1", 0))
+c4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c4.connect(u4.getsockname()); c4.send(b"x"); u4.recv(1)
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.bind(("::1", 0))
+c6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); c6.connect(u6.getsockname()[:2]); c6.send(b"x"); u6.recv(1)
+path = os.path.join(tempfile.mkdtemp(), "s")
+l = socket.socket(socket.AF_UNIX); l.bind(path); l.listen(1)
+x = socket.socket(socket.AF_UNIX); x.connect(path); a, _ = l.accept()
+t = socket.socket(); t.bind(("127.0.0.1", 0)); t.listen(1)
+s = socket.create_connection(t.getsockname()); b, _ = t.accept()
+print(u4.getsockname()[1], c4.getsockname()[1], u6.getsockname()[1], c6.getsockname()[1], t.getsockname()[1], flush=True)
+import time; time.sleep(60)
+"#;
+
+/// The eBPF source: 200 connect-then-close-at-once pairs per family (IPv4 and IPv6, every other
+/// connect non-blocking) to listeners that close each connection at once: exactly 200 Out
+/// events from the client and 200 In events at the server per family, each with both ends
+/// (the In events' remote ports are the Out events' local ports), pid, user and executable;
+/// UDP and UNIX sockets produce none.
+#[test]
+fn ebpf_connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not() {
+    let test = "ebpf_connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    if tool("/usr/bin/python3").is_none() {
+        skip(test, "needs /usr/bin/python3 for the client and server processes");
+        return;
+    }
+    const N: usize = 200;
+    let (agent, server, client, p4, p6) = short_connections("ev-ebpf-short", LIVE_TWIN, N, Some(""));
+    let status = agent.reported()["twinguard"]["collectors"]["ConnectionCreate"].clone();
+    assert_eq!(status["source"], CONNECTION_EBPF_SOURCE, "{status}");
+    assert_eq!(status["fallback"], false, "{status}");
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let count = |items: &[Value], dir: &str, pid: u64, port_field: &str, port: u16| {
+        items
+            .iter()
+            .filter(|v| v["Direction"] == dir && pid_of(v) == pid && port_of(v, port_field) == port)
+            .count()
+    };
+    let t = Instant::now();
+    let mut items = agent.items("ConnectionCreate");
+    while t.elapsed() < Duration::from_secs(20) {
+        let all = [
+            count(&items, "Out", client, "RemotePort", p4),
+            count(&items, "Out", client, "RemotePort", p6),
+            count(&items, "In", server, "LocalPort", p4),
+            count(&items, "In", server, "LocalPort", p6),
+        ];
+        if all.iter().all(|c| *c >= N) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        items = agent.items("ConnectionCreate");
+    }
+    for (port, remote) in [(p4, "127.0.0.1"), (p6, "::1")] {
+        let outs: Vec<&Value> = items
+            .iter()
+            .filter(|v| v["Direction"] == "Out" && port_of(v, "RemotePort") == port)
+            .collect();
+        let ins: Vec<&Value> = items
+            .iter()
+            .filter(|v| v["Direction"] == "In" && port_of(v, "LocalPort") == port)
+            .collect();
+        assert_eq!(
+            (outs.len(), ins.len()),
+            (N, N),
+            "Out and In events of port {port}"
+        );
+        for o in &outs {
+            assert_eq!(pid_of(o), client, "{o}");
+            assert_eq!(o["RemoteAddress"], remote, "{o}");
+            assert_eq!(o["LocalAddress"], remote, "{o}");
+            assert_ne!(port_of(o, "LocalPort"), 0, "{o}");
+            assert_eq!(o["Protocol"], "TCP", "{o}");
+            assert_eq!(o["UserId"], "0", "{o}");
+            assert_eq!(o["Executable"], python.to_str().unwrap(), "{o}");
+            assert!(
+                o["CommandLine"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("/usr/bin/python3 -c"),
+                "{o}"
+            );
+            assert_eq!(o["ExtraDetails"]["Source"], "ebpf", "{o}");
+            assert_eq!(o["ExtraDetails"]["Syscall"], "connect", "{o}");
+            assert!(o["ExtraDetails"]["Missing"].is_null(), "{o}");
+        }
+        for i in &ins {
+            assert_eq!(pid_of(i), server, "{i}");
+            assert_eq!(i["RemoteAddress"], remote, "{i}");
+            assert_eq!(i["LocalAddress"], remote, "{i}");
+            assert_eq!(i["ExtraDetails"]["Syscall"], "accept", "{i}");
+            assert_eq!(i["Executable"], python.to_str().unwrap(), "{i}");
+            assert!(i["ExtraDetails"]["Missing"].is_null(), "{i}");
+        }
+        // Both ends of the same connections: the client's local ports are the server's
+        // remote ports, each once.
+        let mut client_ports: Vec<u16> = outs.iter().map(|o| port_of(o, "LocalPort")).collect();
+        let mut server_ports: Vec<u16> = ins.iter().map(|i| port_of(i, "RemotePort")).collect();
+        client_ports.sort_unstable();
+        server_ports.sort_unstable();
+        assert_eq!(client_ports, server_ports, "port {port}");
+        client_ports.dedup();
+        assert_eq!(client_ports.len(), N, "port {port}: each connection once");
+        let in_progress = outs
+            .iter()
+            .filter(|o| o["ExtraDetails"]["InProgress"] == "true")
+            .count();
+        assert!(in_progress >= N / 2, "{in_progress} connects in progress of {N}");
+    }
+
+    // Not TCP: UDP (IPv4, IPv6) and UNIX sockets are not connections.
+    let other = Helper::start(NON_TCP, &[]);
+    let ports = other.numbers();
+    let (udp, mark) = (&ports[..4], ports[4]);
+    agent.find("ConnectionCreate", "the end mark's connect", |v| {
+        v["Direction"] == "Out" && pid_of(v) == other.pid() && port_of(v, "RemotePort") == mark
+    });
+    agent.find("ConnectionCreate", "the end mark's accept", |v| {
+        v["Direction"] == "In" && pid_of(v) == other.pid() && port_of(v, "LocalPort") == mark
+    });
+    let items = agent.items("ConnectionCreate");
+    let of_other: Vec<&Value> = items.iter().filter(|v| pid_of(v) == other.pid()).collect();
+    assert_eq!(of_other.len(), 2, "only the TCP end mark: {of_other:#?}");
+    assert!(
+        !items
+            .iter()
+            .any(|v| udp.contains(&port_of(v, "LocalPort")) || udp.contains(&port_of(v, "RemotePort"))),
+        "UDP reported"
+    );
+    drop(other);
+    let stderr = agent.stop();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The connection programs' ring buffer forced to overflow (one page, not drained while 300
+/// connections are made and accepted): every record offered was delivered or counted as
+/// dropped, exactly; and this test's own records delivered plus the drops cover its 600.
+#[test]
+fn ebpf_connection_ring_overflow_is_counted_exactly() {
+    let Some(_guard) = live_lock("ebpf_connection_ring_overflow_is_counted_exactly") else {
+        return;
+    };
+    use twinguard::sys::ebpf_connection::{self, ConnectionKind};
+    let mut probes = ebpf_connection::load_with_ring(4096).unwrap_or_else(|e| panic!("{}", e.chain()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap().port();
+    const CONNECTIONS: u64 = 300;
+    for _ in 0..CONNECTIONS {
+        let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (a, _) = listener.accept().unwrap();
+        drop((c, a));
+    }
+    let me = std::process::id();
+    let mut delivered = 0u64;
+    let mut own = 0u64;
+    let mut take = |b: &[u8]| {
+        delivered += 1;
+        if let Some(r) = ebpf_connection::parse_connection(b) {
+            let port = match r.kind {
+                ConnectionKind::Connect => r.remote.1,
+                ConnectionKind::Accept => r.local.1,
+            };
+            if r.tgid == me && port == server {
+                own += 1;
+            }
+        }
+    };
+    // The machine is shared: settle on a moment when nothing arrived between two readings.
+    for _ in 0..100 {
+        probes.drain(usize::MAX, &mut take);
+        let before = probes.counts().unwrap();
+        let late = probes.drain(usize::MAX, &mut take);
+        let after = probes.counts().unwrap();
+        if late == 0 && before == after {
+            assert!(after.dropped > 0, "a 4 KiB ring did not overflow: {after:?}");
+            assert_eq!(
+                after.offered,
+                delivered + after.dropped,
+                "offered = delivered + dropped: {after:?}, delivered {delivered}"
+            );
+            assert!(
+                own + after.dropped >= 2 * CONNECTIONS,
+                "own records delivered {own} + dropped {} < {}",
+                after.dropped,
+                2 * CONNECTIONS
+            );
+            eprintln!("connection overflow: {after:?}, delivered {delivered} ({own} of this test's)");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the machine never went quiet long enough to compare the counts");
 }
