@@ -4,13 +4,18 @@
  * it makes it:
  *
  * - Out (connect): raw_tracepoint/inet_sock_set_state sees a TCP socket go CLOSE -> SYN_SENT,
- *   which runs in the connecting task; the socket is remembered for that thread. The source
- *   port is chosen only after that transition, so the record is written at the exit of the
- *   same system call (raw_tracepoint/sys_exit), when connect returned 0 or EINPROGRESS.
- * - In (accept): the passive side's ESTABLISHED happens in softirq, in no process; so
- *   raw_tracepoint/sys_enter notes a thread entering accept or accept4 (their numbers, which
- *   differ per architecture, are set by the loader in .rodata) and sys_exit turns the returned
- *   descriptor into its socket (task->files->fdt->fd[ret]).
+ *   which runs in the connecting task, once per connection; the socket is remembered for that
+ *   thread. The source port is chosen only after that transition, so the record is written at
+ *   the exit of the same system call (raw_tracepoint/sys_exit: connect, or a send with
+ *   MSG_FASTOPEN), when it returned 0 or EINPROGRESS and its descriptor (the first argument) is
+ *   that socket.
+ * - In (accept): the passive side's ESTABLISHED happens in softirq, in no process; so sys_exit
+ *   of accept or accept4 turns the returned descriptor into its socket
+ *   (task->files->fdt->fd[ret]).
+ *
+ * sys_exit runs for every system call: it reads the call's number from the saved registers and
+ * returns at once for any other. The numbers and the registers' offsets differ per
+ * architecture: the loader sets them in .rodata for the target it was built for.
  *
  * Each record carries both ends (address and port), the family, the pid (tgid), the real uid,
  * the executable's path (mm->exe_file, walked as the process programs do) and the argument
@@ -47,6 +52,14 @@
 /* Set by the loader for the target architecture; ~0 = no such system call. */
 volatile const __u32 accept_nr = ~0U;
 volatile const __u32 accept4_nr = ~0U;
+volatile const __u32 connect_nr = ~0U;
+volatile const __u32 sendto_nr = ~0U;
+volatile const __u32 sendmsg_nr = ~0U;
+volatile const __u32 sendmmsg_nr = ~0U;
+/* Offsets in struct pt_regs of the system call's number and of its first argument as saved at
+ * entry (x86_64: orig_ax, di; arm64: syscallno, orig_x0). */
+volatile const __u32 regs_nr_offset = 0;
+volatile const __u32 regs_arg0_offset = 0;
 
 struct conn_record {
 	__u32 kind;
@@ -89,19 +102,14 @@ struct {
 	__type(value, struct conn_record);
 } scratch SEC(".maps");
 
-/* A thread inside connect (the socket that went SYN_SENT) or accept (sk 0), keyed by
- * pid_tgid; consumed at the system call's exit. Bounded: the least recently used entry goes
- * when it is full, which needs more than this many threads in connect or accept at once. */
-struct pending {
-	__u64 sk;
-	__u32 kind;
-	__u32 pad;
-};
+/* The socket a thread's connect moved to SYN_SENT, keyed by pid_tgid; consumed at the system
+ * call's exit. Bounded: the least recently used entry goes when it is full, which needs more
+ * than this many threads between SYN_SENT and their system call's exit at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
-	__type(value, struct pending);
+	__type(value, __u64);
 } pending SEC(".maps");
 
 static __u64 wake_flag(void)
@@ -308,21 +316,8 @@ int connection_state(struct bpf_raw_tracepoint_args *ctx)
 	if (!mm)
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending p = {.sk = (__u64)sk, .kind = KIND_CONNECT};
-	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
-	return 0;
-}
-
-/* args: (struct pt_regs *regs, long id). */
-SEC("raw_tracepoint/sys_enter")
-int connection_sys_enter(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u32 nr = (__u32)ctx->args[1];
-	if (nr != accept_nr && nr != accept4_nr)
-		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	struct pending p = {.sk = 0, .kind = KIND_ACCEPT};
-	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
+	__u64 value = (__u64)sk;
+	bpf_map_update_elem(&pending, &id, &value, BPF_ANY);
 	return 0;
 }
 
@@ -330,25 +325,35 @@ int connection_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/sys_exit")
 int connection_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct pending *p = bpf_map_lookup_elem(&pending, &id);
-	if (!p)
-		return 0;
-	__u64 sk = p->sk;
-	__u32 kind = p->kind;
-	bpf_map_delete_elem(&pending, &id);
+	const char *regs = (const char *)ctx->args[0];
+	__u32 nr = ~0U;
+	bpf_probe_read_kernel(&nr, sizeof(nr), regs + regs_nr_offset);
 	long ret = (long)ctx->args[1];
-	if (kind == KIND_CONNECT) {
-		if (ret < 0 && ret != -EINPROGRESS)
-			return 0; /* refused, unreachable ...: no connection */
-		report((struct sock *)sk, KIND_CONNECT, ret == -EINPROGRESS ? FLAG_IN_PROGRESS : 0);
+	if (nr == accept_nr || nr == accept4_nr) {
+		if (ret < 0)
+			return 0;
+		struct sock *accepted = sock_of_fd((__u64)ret);
+		if (accepted)
+			report(accepted, KIND_ACCEPT, 0);
 		return 0;
 	}
-	if (ret < 0)
+	if (nr != connect_nr && nr != sendto_nr && nr != sendmsg_nr && nr != sendmmsg_nr)
 		return 0;
-	struct sock *accepted = sock_of_fd((__u64)ret);
-	if (accepted)
-		report(accepted, KIND_ACCEPT, 0);
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *pending_sk = bpf_map_lookup_elem(&pending, &id);
+	if (!pending_sk)
+		return 0;
+	__u64 sk = *pending_sk;
+	bpf_map_delete_elem(&pending, &id);
+	if (ret < 0 && ret != -EINPROGRESS)
+		return 0; /* refused, unreachable ...: no connection */
+	/* The call's own socket (a note left by a connect elsewhere, e.g. inside io_uring, is not
+	 * taken for this call's). */
+	__u64 fd = ~0ULL;
+	bpf_probe_read_kernel(&fd, sizeof(fd), regs + regs_arg0_offset);
+	if ((__u64)sock_of_fd(fd & 0xffffffff) != sk)
+		return 0;
+	report((struct sock *)sk, KIND_CONNECT, ret == -EINPROGRESS ? FLAG_IN_PROGRESS : 0);
 	return 0;
 }
 

@@ -66,6 +66,9 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    /// The programs do not support this architecture (they read its saved registers).
+    #[error("the eBPF programs do not support the {0} architecture")]
+    Unsupported(&'static str),
     /// A map of the object is missing or of another type (a build mistake).
     #[error("eBPF map {0} missing or of the wrong type")]
     Map(&'static str),

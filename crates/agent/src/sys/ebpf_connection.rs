@@ -1,7 +1,7 @@
 //! The kernel side of the eBPF connection source: loads `bpf/connection.bpf.o` (built by
 //! `scripts/build-bpf` from `bpf/connection.bpf.c`, committed beside it) with the shared loader
-//! ([`super::ebpf::Probes`]), attaches its raw tracepoints (`inet_sock_set_state`, `sys_enter`,
-//! `sys_exit`) and parses the records: one per TCP connect (returning 0 or EINPROGRESS) and
+//! ([`super::ebpf::Probes`]), attaches its raw tracepoints (`inet_sock_set_state`, `sys_exit`)
+//! and parses the records: one per TCP connect (returning 0 or EINPROGRESS) and
 //! per accept, with both ends, the process, its uid, executable and arguments, all taken in
 //! the kernel when the system call returns. Parsing is pure and tested on bytes.
 
@@ -13,33 +13,56 @@ use super::ebpf::{join_path, LoadError, ObjectSpec, Probes, RING_BYTES};
 static CONNECTION_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/connection.bpf.o");
 
 /// The program and the raw tracepoint it attaches to.
-const PROGRAMS: [(&str, &str); 3] = [
+const PROGRAMS: [(&str, &str); 2] = [
     ("connection_state", "inet_sock_set_state"),
     ("connection_sys_exit", "sys_exit"),
-    ("connection_sys_enter", "sys_enter"),
 ];
 
 /// The loaded and attached connection programs.
 pub type ConnectionProbes = Probes;
 
-/// This architecture's system call numbers of `accept` and `accept4` (the programs compare the
-/// raw `sys_enter` id with them); `u32::MAX` where the call does not exist.
-fn accept_numbers() -> [(&'static str, u32); 2] {
+/// Offsets in the kernel's `struct pt_regs` of the system call number and of the first
+/// argument as saved at entry, for the architectures the programs support: x86_64 `orig_ax`
+/// (15th word) and `di` (14th); arm64 `syscallno` (after `regs[31]`, `sp`, `pc`, `pstate`,
+/// `orig_x0`) and `orig_x0`. Both layouts have been stable for many kernel versions; were one
+/// to move, the self-test's accept would not be seen and the collector would fall back.
+fn regs_offsets() -> Option<(u32, u32)> {
+    if cfg!(target_arch = "x86_64") {
+        Some((120, 112))
+    } else if cfg!(target_arch = "aarch64") {
+        Some((280, 272))
+    } else {
+        None
+    }
+}
+
+/// The `.rodata` globals of the programs for this architecture: the system call numbers they
+/// look for at `sys_exit` and where the saved registers hold the number and first argument.
+/// `None` on an architecture the programs do not support.
+fn globals() -> Option<Vec<(&'static str, u32)>> {
+    let (nr_offset, arg0_offset) = regs_offsets()?;
     let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(u32::MAX);
-    [
+    Some(vec![
         ("accept_nr", nr(libc::SYS_accept)),
         ("accept4_nr", nr(libc::SYS_accept4)),
-    ]
+        ("connect_nr", nr(libc::SYS_connect)),
+        ("sendto_nr", nr(libc::SYS_sendto)),
+        ("sendmsg_nr", nr(libc::SYS_sendmsg)),
+        ("sendmmsg_nr", nr(libc::SYS_sendmmsg)),
+        ("regs_nr_offset", nr_offset),
+        ("regs_arg0_offset", arg0_offset),
+    ])
 }
 
 /// Loads the connection programs with a ring buffer of `ring_bytes` (a power of two, at least
 /// a page).
 pub fn load_with_ring(ring_bytes: u32) -> Result<ConnectionProbes, LoadError> {
+    let globals = globals().ok_or(LoadError::Unsupported(std::env::consts::ARCH))?;
     Probes::load_object(
         &ObjectSpec {
             object: CONNECTION_OBJECT,
             programs: &PROGRAMS,
-            globals: accept_numbers().to_vec(),
+            globals,
         },
         ring_bytes,
     )

@@ -261,7 +261,7 @@ fn doctor_names_the_ebpf_process_source_and_why_the_fallback_runs() {
     }
     assert_eq!(rows["ConnectionCreate"].1, "available", "{report}");
     assert_eq!(
-        rows["ConnectionCreate"].2, "eBPF raw tracepoints (inet_sock_set_state, sys_enter, sys_exit)",
+        rows["ConnectionCreate"].2, "eBPF raw tracepoints (inet_sock_set_state, sys_exit)",
         "{report}"
     );
     let (_, report) = doctor_with(&args, |c| {

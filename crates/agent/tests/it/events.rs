@@ -24,7 +24,7 @@ const SOURCES: &str = "TWINGUARD_SOURCES";
 const EBPF_SOURCE: &str = "eBPF raw tracepoints (sched_process_exec, sched_process_fork, sched_process_exit)";
 
 /// The eBPF connection source's name in `reported.twinguard`.
-const CONNECTION_EBPF_SOURCE: &str = "eBPF raw tracepoints (inet_sock_set_state, sys_enter, sys_exit)";
+const CONNECTION_EBPF_SOURCE: &str = "eBPF raw tracepoints (inet_sock_set_state, sys_exit)";
 
 /// Live tests take this lock: two agents would share the machine's audit state.
 static LIVE: Mutex<()> = Mutex::new(());

@@ -64,7 +64,7 @@ const RECV_SLOTS: usize = 32;
 const MAX_NEW_PER_POLL: usize = 10_000;
 
 /// The source names in `reported.twinguard`.
-pub(crate) const SOURCE_EBPF: &str = "eBPF raw tracepoints (inet_sock_set_state, sys_enter, sys_exit)";
+pub(crate) const SOURCE_EBPF: &str = "eBPF raw tracepoints (inet_sock_set_state, sys_exit)";
 const SOURCE_AUDIT: &str = "audit netlink + sock_diag polling";
 const SOURCE_POLL: &str = "sock_diag polling";
 
