@@ -317,15 +317,16 @@ const FLAG_NO_MM: u32 = 2;
 /// Bytes before an exec record's data.
 const EXEC_HEADER: usize = 48;
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+/// A native-endian integer at `at` in a record; `None` past its end.
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 

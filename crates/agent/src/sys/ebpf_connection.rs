@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::ebpf::{join_path, LoadError, ObjectSpec, Probes, RING_BYTES};
+use super::ebpf::{join_path, u16_at, u32_at, u64_at, LoadError, ObjectSpec, Probes, RING_BYTES};
 
 /// The compiled programs (see `scripts/build-bpf`).
 static CONNECTION_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/connection.bpf.o");
@@ -118,18 +118,6 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// Bytes before a record's data.
 const HEADER: usize = 72;
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
 
 fn address(family: u16, bytes: &[u8]) -> Option<IpAddr> {
     match family {

@@ -86,6 +86,46 @@ impl LiveAgent {
         }
     }
 
+    /// Starts with the eBPF sources and one-page ring buffers (the hidden
+    /// `TWINGUARD_EBPF_RING_BYTES`), so that a storm overflows them.
+    fn start_one_page_ring(label: &str) -> LiveAgent {
+        let dir = TempDir::new(label);
+        std::fs::write(dir.path("twin.json"), LIVE_TWIN).unwrap();
+        let mut command = local_agent_command(&dir);
+        command
+            .env_remove(SOURCES)
+            .env("TWINGUARD_EBPF_RING_BYTES", "4096");
+        LiveAgent {
+            child: Some(command.spawn().unwrap()),
+            dir,
+        }
+    }
+
+    /// The losses of the collector of `events` (the first names it), read after switching
+    /// them Off and On again: the status (with the losses) is reported when a collector starts.
+    fn losses_after_restart(&self, events: &[&str]) -> u64 {
+        let mut off = LIVE_TWIN.to_owned();
+        for event in events {
+            off = off.replace(
+                &format!(r#""eventPriority{event}": {{"value": "High"}}"#),
+                &format!(r#""eventPriority{event}": {{"value": "Off"}}"#),
+            );
+        }
+        assert_ne!(off, LIVE_TWIN);
+        self.write_twin(&off);
+        std::thread::sleep(Duration::from_millis(1500));
+        self.write_twin(LIVE_TWIN);
+        let t = Instant::now();
+        loop {
+            let status = self.reported()["twinguard"]["collectors"][events[0]].clone();
+            let losses = status["losses"].as_u64().unwrap_or(0);
+            if losses > 0 || t.elapsed() > Duration::from_secs(10) {
+                return losses;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Replaces the twin file (by rename, as editors do).
     fn write_twin(&self, doc: &str) {
         let tmp = self.dir.path("twin.json.tmp");
@@ -527,19 +567,7 @@ fn ebpf_losses_reach_the_collector_status() {
     let Some(_guard) = live_lock("ebpf_losses_reach_the_collector_status") else {
         return;
     };
-    let dir_label = "ev-ebpf-losses";
-    let agent = {
-        let dir = TempDir::new(dir_label);
-        std::fs::write(dir.path("twin.json"), LIVE_TWIN).unwrap();
-        let mut command = local_agent_command(&dir);
-        command
-            .env_remove(SOURCES)
-            .env("TWINGUARD_EBPF_RING_BYTES", "4096");
-        LiveAgent {
-            child: Some(command.spawn().unwrap()),
-            dir,
-        }
-    };
+    let agent = LiveAgent::start_one_page_ring("ev-ebpf-losses");
     let status = agent.wait_running("ProcessCreate");
     assert_eq!(status["source"], EBPF_SOURCE, "{status}");
     let tag = unique();
@@ -560,28 +588,7 @@ fn ebpf_losses_reach_the_collector_status() {
         c.wait().unwrap();
     }
     std::thread::sleep(Duration::from_millis(2500));
-    // The status (with the losses) is reported when the collector starts: stop and start it.
-    let off = LIVE_TWIN
-        .replace(
-            r#""eventPriorityProcessCreate": {"value": "High"}"#,
-            r#""eventPriorityProcessCreate": {"value": "Off"}"#,
-        )
-        .replace(
-            r#""eventPriorityProcessTerminate": {"value": "High"}"#,
-            r#""eventPriorityProcessTerminate": {"value": "Off"}"#,
-        );
-    agent.write_twin(&off);
-    std::thread::sleep(Duration::from_millis(1500));
-    agent.write_twin(LIVE_TWIN);
-    let t = Instant::now();
-    let losses = loop {
-        let status = agent.reported()["twinguard"]["collectors"]["ProcessCreate"].clone();
-        let losses = status["losses"].as_u64().unwrap_or(0);
-        if losses > 0 || t.elapsed() > Duration::from_secs(10) {
-            break losses;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let losses = agent.losses_after_restart(&["ProcessCreate", "ProcessTerminate"]);
     let prefix = format!("/bin/true tg-lossy-{tag}-");
     let captured = agent
         .items("ProcessCreate")
@@ -1294,19 +1301,14 @@ fn closing_connections(n: usize) -> (u64, u64, u16, u16) {
     (server_pid, client_pid, p4, p6)
 }
 
-#[test]
-fn connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not() {
-    let test = "connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not";
-    let Some(_guard) = live_lock(test) else {
-        return;
-    };
-    if tool("/usr/bin/python3").is_none() {
-        skip(test, "needs /usr/bin/python3 for the client and server processes");
-        return;
-    }
-    const N: usize = 200;
-    // This test is of the audit source (the fallback of the eBPF one).
-    let (agent, server, client, p4, p6) = short_connections("ev-short", LIVE_TWIN, N, Some("fallback"));
+/// Waits (up to 20 s) until the outbox has `n` Out events of `client` and `n` In events of
+/// `server` to each of the two ports; returns the ConnectionCreate items then.
+fn wait_short_connections(
+    agent: &LiveAgent,
+    (server, client): (u64, u64),
+    (p4, p6): (u16, u16),
+    n: usize,
+) -> Vec<Value> {
     let count = |items: &[Value], dir: &str, pid: u64, port_field: &str, port: u16| {
         items
             .iter()
@@ -1322,12 +1324,29 @@ fn connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not() {
             count(&items, "In", server, "LocalPort", p4),
             count(&items, "In", server, "LocalPort", p6),
         ];
-        if all.iter().all(|c| *c >= N) {
+        if all.iter().all(|c| *c >= n) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
         items = agent.items("ConnectionCreate");
     }
+    items
+}
+
+#[test]
+fn connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not() {
+    let test = "connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not";
+    let Some(_guard) = live_lock(test) else {
+        return;
+    };
+    if tool("/usr/bin/python3").is_none() {
+        skip(test, "needs /usr/bin/python3 for the client and server processes");
+        return;
+    }
+    const N: usize = 200;
+    // This test is of the audit source (the fallback of the eBPF one).
+    let (agent, server, client, p4, p6) = short_connections("ev-short", LIVE_TWIN, N, Some("fallback"));
+    let items = wait_short_connections(&agent, (server, client), (p4, p6), N);
     for (port, remote) in [(p4, "127.0.0.1"), (p6, "::1")] {
         let outs: Vec<&Value> = items
             .iter()
@@ -1467,27 +1486,7 @@ fn ebpf_connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not(
     assert_eq!(status["source"], CONNECTION_EBPF_SOURCE, "{status}");
     assert_eq!(status["fallback"], false, "{status}");
     let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
-    let count = |items: &[Value], dir: &str, pid: u64, port_field: &str, port: u16| {
-        items
-            .iter()
-            .filter(|v| v["Direction"] == dir && pid_of(v) == pid && port_of(v, port_field) == port)
-            .count()
-    };
-    let t = Instant::now();
-    let mut items = agent.items("ConnectionCreate");
-    while t.elapsed() < Duration::from_secs(20) {
-        let all = [
-            count(&items, "Out", client, "RemotePort", p4),
-            count(&items, "Out", client, "RemotePort", p6),
-            count(&items, "In", server, "LocalPort", p4),
-            count(&items, "In", server, "LocalPort", p6),
-        ];
-        if all.iter().all(|c| *c >= N) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        items = agent.items("ConnectionCreate");
-    }
+    let items = wait_short_connections(&agent, (server, client), (p4, p6), N);
     for (port, remote) in [(p4, "127.0.0.1"), (p6, "::1")] {
         let outs: Vec<&Value> = items
             .iter()
@@ -1702,18 +1701,7 @@ fn ebpf_connection_losses_reach_the_collector_status() {
         skip(test, "needs /usr/bin/python3 for the client and server processes");
         return;
     }
-    let agent = {
-        let dir = TempDir::new("ev-ebpf-conn-losses");
-        std::fs::write(dir.path("twin.json"), LIVE_TWIN).unwrap();
-        let mut command = local_agent_command(&dir);
-        command
-            .env_remove(SOURCES)
-            .env("TWINGUARD_EBPF_RING_BYTES", "4096");
-        LiveAgent {
-            child: Some(command.spawn().unwrap()),
-            dir,
-        }
-    };
+    let agent = LiveAgent::start_one_page_ring("ev-ebpf-conn-losses");
     let status = agent.wait_running("ConnectionCreate");
     assert_eq!(status["source"], CONNECTION_EBPF_SOURCE, "{status}");
     // Past the self-test (the ring holds its records until the first drain).
@@ -1721,23 +1709,7 @@ fn ebpf_connection_losses_reach_the_collector_status() {
     const N: usize = 500;
     let (server, client, p4, p6) = closing_connections(N);
     std::thread::sleep(Duration::from_millis(2500));
-    // The status (with the losses) is reported when the collector starts: stop and start it.
-    let off = LIVE_TWIN.replace(
-        r#""eventPriorityConnectionCreate": {"value": "High"}"#,
-        r#""eventPriorityConnectionCreate": {"value": "Off"}"#,
-    );
-    agent.write_twin(&off);
-    std::thread::sleep(Duration::from_millis(1500));
-    agent.write_twin(LIVE_TWIN);
-    let t = Instant::now();
-    let losses = loop {
-        let status = agent.reported()["twinguard"]["collectors"]["ConnectionCreate"].clone();
-        let losses = status["losses"].as_u64().unwrap_or(0);
-        if losses > 0 || t.elapsed() > Duration::from_secs(10) {
-            break losses;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let losses = agent.losses_after_restart(&["ConnectionCreate"]);
     let captured = agent
         .items("ConnectionCreate")
         .iter()
