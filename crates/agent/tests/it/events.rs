@@ -1164,7 +1164,8 @@ fn audit_rules_and_state_left_by_a_killed_agent_are_cleaned_by_the_next() {
     }
     let alone = audit_lock().is_some();
     let enabled_before = audit_enabled();
-    let mut first = LiveAgent::start("ev-crash-1", LIVE_TWIN);
+    // The rules are the audit connection source's (the fallback of the eBPF one).
+    let mut first = LiveAgent::start_sources("ev-crash-1", LIVE_TWIN, Some("fallback"));
     first.wait_running("ConnectionCreate");
     let t = Instant::now();
     while !auditctl(&["-l"]).unwrap_or_default().contains("key=twinguard") {
@@ -1181,7 +1182,7 @@ fn audit_rules_and_state_left_by_a_killed_agent_are_cleaned_by_the_next() {
         );
         assert!(twinguard::collect::audit::state_file_exists());
     }
-    let second = LiveAgent::start("ev-crash-2", LIVE_TWIN);
+    let second = LiveAgent::start_sources("ev-crash-2", LIVE_TWIN, Some("fallback"));
     second.wait_running("ConnectionCreate");
     std::thread::sleep(Duration::from_millis(1500));
     second.stop();
