@@ -1497,11 +1497,11 @@ fn ebpf_connection_create_every_short_connection_ipv4_and_ipv6_blocking_and_not(
             .iter()
             .filter(|v| v["Direction"] == "In" && port_of(v, "LocalPort") == port)
             .collect();
-        assert_eq!(
-            (outs.len(), ins.len()),
-            (N, N),
-            "Out and In events of port {port}"
-        );
+        if (outs.len(), ins.len()) != (N, N) {
+            let (outs, ins) = (outs.len(), ins.len());
+            let stderr = agent.stop();
+            panic!("port {port}: {outs} Out and {ins} In events of {N} each; the agent's log:\n{stderr}");
+        }
         for o in &outs {
             assert_eq!(pid_of(o), client, "{o}");
             assert_eq!(o["RemoteAddress"], remote, "{o}");

@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use tracing::{debug, warn};
 
 use crate::collect::process::ebpf::{DRAIN_EVERY, SELF_TEST_WAIT};
-use crate::collect::process::wall_time;
+use crate::collect::process::{wall_time, PRIORITY_BOOST};
 use crate::sys::ebpf_connection::{self, ConnectionKind, ConnectionProbes, ConnectionRecord};
 use crate::sys::procinfo::{self, join_cmdline, MAX_CMDLINE};
 use twinguard_core::event::{ConnectionCreate, Direction, Event, EventName, ExtraDetails, Protocol};
@@ -169,6 +169,9 @@ pub fn item(r: &ConnectionRecord) -> ConnectionCreate {
 
 /// Runs the eBPF source until `stop` is raised (Ok) or it fails.
 pub fn run(mut probes: ConnectionProbes, sink: &EventSink, stop: &StopSignal) -> Result<(), EbpfStopped> {
+    // Drained ahead of ordinary work, as the process source is: a storm of connections fills the
+    // ring buffer while its reader waits for a CPU.
+    procinfo::raise_thread_priority(PRIORITY_BOOST);
     let (mut self_test, held) = SelfTest::start().map_err(EbpfStopped::SelfTestSetup)?;
     let mut held = Some(held);
     let mut dropped_before: u64 = 0;
