@@ -5,7 +5,8 @@
 //! per accept, with both ends, the process, its uid, executable and arguments, all taken in
 //! the kernel when the system call returns. Parsing is pure and tested on bytes.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
 use super::ebpf::{join_path, u16_at, u32_at, u64_at, LoadError, ObjectSpec, Probes, RING_BYTES};
 
@@ -71,6 +72,34 @@ pub fn load_with_ring(ring_bytes: u32) -> Result<ConnectionProbes, LoadError> {
 /// Loads the connection programs with the default ring buffer.
 pub fn load() -> Result<ConnectionProbes, LoadError> {
     load_with_ring(RING_BYTES)
+}
+
+/// A loopback TCP connection this process made (listener on 127.0.0.1, connect, accept) and
+/// holds open: the connect and accept the eBPF source's self-test must see. Held so that its
+/// ports are not reused meanwhile by another connection that would be taken for it.
+#[derive(Debug)]
+pub struct LoopbackConnection {
+    /// The listener's port (the connect's remote port, the accept's local port).
+    pub server: u16,
+    /// The client's port.
+    pub client: u16,
+    _sockets: (TcpListener, TcpStream, TcpStream),
+}
+
+impl LoopbackConnection {
+    /// Makes the connection; the connect may take up to `timeout`.
+    pub fn make(timeout: Duration) -> std::io::Result<LoopbackConnection> {
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let server_addr = listener.local_addr()?;
+        let client = TcpStream::connect_timeout(&server_addr, timeout)?;
+        let client_port = client.local_addr()?.port();
+        let (accepted, _) = listener.accept()?;
+        Ok(LoopbackConnection {
+            server: server_addr.port(),
+            client: client_port,
+            _sockets: (listener, client, accepted),
+        })
+    }
 }
 
 /// Which system call made the connection.

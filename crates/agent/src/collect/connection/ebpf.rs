@@ -14,14 +14,16 @@
 //! [`SELF_TEST_WAIT`], the programs are attached but not working and the collector gives way
 //! to audit. The self-test's own records are not reported.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Instant, SystemTime};
 
 use tracing::{debug, warn};
 
 use crate::collect::process::ebpf::{DRAIN_EVERY, SELF_TEST_WAIT};
 use crate::collect::process::{wall_time, PRIORITY_BOOST};
-use crate::sys::ebpf_connection::{self, ConnectionKind, ConnectionProbes, ConnectionRecord};
+use crate::sys::ebpf_connection::{
+    self, ConnectionKind, ConnectionProbes, ConnectionRecord, LoopbackConnection,
+};
 use crate::sys::procinfo::{self, join_cmdline, MAX_CMDLINE};
 use twinguard_core::event::{ConnectionCreate, Direction, Event, EventName, ExtraDetails, Protocol};
 
@@ -64,23 +66,18 @@ struct SelfTest {
 }
 
 impl SelfTest {
-    /// Makes the loopback connection (kept open until the test is over, so its ports are not
-    /// reused meanwhile by another connection that would be taken for it).
-    fn start() -> std::io::Result<(SelfTest, (TcpListener, TcpStream, TcpStream))> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-        let server = listener.local_addr()?.port();
-        let client = TcpStream::connect_timeout(&listener.local_addr()?, SELF_TEST_WAIT)?;
-        let client_port = client.local_addr()?.port();
-        let (accepted, _) = listener.accept()?;
+    /// Makes the loopback connection, held open until the test is over.
+    fn start() -> std::io::Result<(SelfTest, LoopbackConnection)> {
+        let connection = LoopbackConnection::make(SELF_TEST_WAIT)?;
         Ok((
             SelfTest {
-                server,
-                client: client_port,
+                server: connection.server,
+                client: connection.client,
                 out: false,
                 inbound: false,
                 deadline: Instant::now() + SELF_TEST_WAIT,
             },
-            (listener, client, accepted),
+            connection,
         ))
     }
 
@@ -241,6 +238,7 @@ pub fn run(mut probes: ConnectionProbes, sink: &EventSink, stop: &StopSignal) ->
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn record(kind: ConnectionKind, local: &str, remote: &str) -> ConnectionRecord {
         let l: SocketAddr = local.parse().unwrap();
