@@ -151,6 +151,10 @@ impl Probes {
     /// Loads `spec`'s object with a ring buffer of `ring_bytes`, attaches its programs and
     /// maps its ring buffer and counters.
     pub(crate) fn load_object(spec: &ObjectSpec, ring_bytes: u32) -> Result<Probes, LoadError> {
+        // One load at a time: each parses the kernel's BTF (some 30 MiB while it lasts), and
+        // the process and connection collectors start together.
+        static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = LOADING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !Path::new(KERNEL_BTF).exists() {
             return Err(LoadError::NoBtf);
         }
