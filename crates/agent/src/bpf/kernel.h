@@ -109,4 +109,72 @@ static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 /* Reads a kernel field through its CO-RE relocated address; 0 when the read fails. */
 #define READ_KERNEL(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), &(src))
 
+/*
+ * Appended for the connection programs (bpf/connection.bpf.c): sockets, and a task's file
+ * table (to turn the descriptor accept returned into its socket).
+ */
+typedef unsigned short umode_t;
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} CORE;
+
+/* include/net/sock.h: the kernel nests the address and port pairs in anonymous unions; CO-RE
+ * finds the fields by name through them. */
+struct sock_common {
+	__u32 skc_daddr;
+	__u32 skc_rcv_saddr;
+	__u16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	int skc_bound_dev_if;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} CORE;
+
+/* sk_protocol and sk_type are u16 since Linux 5.6 (bit fields before: the load fails there and
+ * the fallback runs). */
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+	__u16 sk_type;
+} CORE;
+
+struct socket {
+	struct sock *sk;
+} CORE;
+
+struct inode {
+	umode_t i_mode;
+} CORE;
+
+/* struct file's fields the connection programs read (the ___ suffix is a CO-RE flavour: it
+ * matches the kernel's struct file). */
+struct file___sock {
+	struct inode *f_inode;
+	void *private_data;
+} CORE;
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} CORE;
+
+struct files_struct {
+	struct fdtable *fdt;
+} CORE;
+
+struct task_struct___files {
+	struct files_struct *files;
+} CORE;
+
+#define BPF_MAP_TYPE_LRU_HASH 9
+#define BPF_ANY 0
+
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
+static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+
 #endif

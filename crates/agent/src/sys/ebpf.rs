@@ -69,6 +69,9 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    /// The programs do not support this architecture (they read its saved registers).
+    #[error("the eBPF programs do not support the {0} architecture")]
+    Unsupported(&'static str),
     /// A map of the object is missing or of another type (a build mistake).
     #[error("eBPF map {0} missing or of the wrong type")]
     Map(&'static str),
@@ -88,10 +91,12 @@ impl LoadError {
     }
 }
 
-/// The loaded and attached process programs with their maps. Dropping it detaches the
-/// programs and frees the maps.
-pub struct ProcessProbes {
-    /// Owns the programs.
+/// Loaded and attached eBPF programs (one object: the process programs, or the connection
+/// programs of [`super::ebpf_connection`]) with their ring buffer `events` and their per-CPU
+/// `counts` of records offered and dropped. Dropping it detaches the programs and frees the
+/// maps.
+pub struct Probes {
+    /// Owns the programs and their links; dropped last.
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
     counts: PerCpuArray<MapData, u64>,
@@ -106,6 +111,9 @@ struct Attached {
     program_id: u32,
 }
 
+/// The process programs (`bpf/process.bpf.o`).
+pub type ProcessProbes = Probes;
+
 /// The kernel programs' record counts since loading, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordCounts {
@@ -115,15 +123,26 @@ pub struct RecordCounts {
     pub dropped: u64,
 }
 
-impl std::fmt::Debug for ProcessProbes {
+impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessProbes").finish_non_exhaustive()
+        f.debug_struct("Probes").finish_non_exhaustive()
     }
 }
 
-impl ProcessProbes {
-    /// Loads the object, attaches its programs and maps its ring buffer ([`RING_BYTES`]). The
-    /// kernel's BTF is read for the relocations and freed before this returns.
+/// What to load: an object, its raw tracepoint programs and the `u32` globals (`.rodata`) the
+/// loader sets before the verifier sees them.
+pub(crate) struct ObjectSpec {
+    /// The compiled object.
+    pub object: &'static [u8],
+    /// (program, raw tracepoint) pairs, attached in this order.
+    pub programs: &'static [(&'static str, &'static str)],
+    /// Read-only globals to set (they must exist in the object).
+    pub globals: Vec<(&'static str, u32)>,
+}
+
+impl Probes {
+    /// Loads the process programs, attaches them and maps their ring buffer ([`RING_BYTES`]).
+    /// The kernel's BTF is read for the relocations and freed before this returns.
     pub fn load() -> Result<ProcessProbes, LoadError> {
         Self::load_with_ring(RING_BYTES)
     }
@@ -131,18 +150,38 @@ impl ProcessProbes {
     /// As [`ProcessProbes::load`] with a ring buffer of `ring_bytes` (a power of two, at least
     /// a page): tests force overflows with a small one.
     pub fn load_with_ring(ring_bytes: u32) -> Result<ProcessProbes, LoadError> {
+        Self::load_object(
+            &ObjectSpec {
+                object: PROCESS_OBJECT,
+                programs: &PROGRAMS,
+                globals: Vec::new(),
+            },
+            ring_bytes,
+        )
+    }
+
+    /// Loads `spec`'s object with a ring buffer of `ring_bytes`, attaches its programs and
+    /// maps its ring buffer and counters.
+    pub(crate) fn load_object(spec: &ObjectSpec, ring_bytes: u32) -> Result<Probes, LoadError> {
+        // One load at a time: each parses the kernel's BTF (some 30 MiB while it lasts), and
+        // the process and connection collectors start together.
+        static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = LOADING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !Path::new(KERNEL_BTF).exists() {
             return Err(LoadError::NoBtf);
         }
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .map_max_entries("events", ring_bytes)
-            .load(PROCESS_OBJECT)
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf)).map_max_entries("events", ring_bytes);
+        for (name, value) in &spec.globals {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader
+            .load(spec.object)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
         drop(btf);
-        let mut links = Vec::with_capacity(PROGRAMS.len());
-        for (program, tracepoint) in PROGRAMS {
+        let mut links = Vec::with_capacity(spec.programs.len());
+        for &(program, tracepoint) in spec.programs {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(program)
                 .and_then(|p| p.try_into().ok())
@@ -179,7 +218,7 @@ impl ProcessProbes {
             .and_then(|m| PerCpuArray::try_from(m).ok())
             .ok_or(LoadError::Map("counts"))?;
         release_free_heap();
-        Ok(ProcessProbes {
+        Ok(Probes {
             _ebpf: ebpf,
             ring,
             counts,
@@ -353,15 +392,16 @@ const CG_NAME: usize = 96;
 /// Bytes before an exec record's data.
 const EXEC_HEADER: usize = CGROUP_NAMES + CG_LEVELS * CG_NAME;
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+/// A native-endian integer at `at` in a record; `None` past its end.
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 

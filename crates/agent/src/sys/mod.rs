@@ -31,6 +31,7 @@ pub mod audit;
 pub mod cnproc;
 pub(crate) mod disk;
 pub mod ebpf;
+pub mod ebpf_connection;
 pub mod execfacts;
 pub mod firewall;
 pub mod fs;

@@ -234,7 +234,8 @@ fn doctor_verdicts_match_what_the_agent_then_does() {
 }
 
 /// On this machine (kernel BTF, raw tracepoints allowed, root) doctor names the eBPF process
-/// source; with the fallback forced it names the process connector as a fallback, and why.
+/// and connection sources; with the fallback forced it names the process connector and audit
+/// as fallbacks, and why.
 #[test]
 fn doctor_names_the_ebpf_process_source_and_why_the_fallback_runs() {
     let test = "doctor_names_the_ebpf_process_source_and_why_the_fallback_runs";
@@ -258,12 +259,23 @@ fn doctor_names_the_ebpf_process_source_and_why_the_fallback_runs() {
             "{report}"
         );
     }
+    assert_eq!(rows["ConnectionCreate"].1, "available", "{report}");
+    assert_eq!(
+        rows["ConnectionCreate"].2, "eBPF raw tracepoints (inet_sock_set_state, sys_exit)",
+        "{report}"
+    );
     let (_, report) = doctor_with(&args, |c| {
         c.env("TWINGUARD_SOURCES", "fallback");
     });
     let rows = table(&report);
     assert_eq!(rows["ProcessCreate"].1, "fallback", "{report}");
     assert_eq!(rows["ProcessCreate"].2, "netlink proc connector", "{report}");
+    assert_ne!(rows["ConnectionCreate"].1, "available", "{report}");
+    assert!(
+        rows["ConnectionCreate"].2.starts_with("audit netlink")
+            || rows["ConnectionCreate"].2 == "sock_diag polling",
+        "{report}"
+    );
     assert!(
         report.contains("eBPF not tried: TWINGUARD_SOURCES=fallback"),
         "{report}"

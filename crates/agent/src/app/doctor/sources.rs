@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::collect::{audit::RULE_KEY, process, snapshot_collector};
+use crate::collect::{audit::RULE_KEY, connection, process, snapshot_collector};
 use crate::sys::audit::{self as sys_audit, AuditSocket, AuditStatus};
 use crate::sys::cnproc::ProcConnector;
 use crate::sys::firewall::legacy_tables_loaded;
@@ -317,7 +317,36 @@ fn probe_sock_diag() -> Result<(), String> {
         .map_err(|e| format!("sock_diag: {e}"))
 }
 
-fn probe_connections(audit: &AuditProbe) -> (SourceState, String, String) {
+/// The connection source the collector would choose: the eBPF programs (loaded, attached and
+/// released), else audit with polling, else polling.
+fn probe_connections(audit: &AuditProbe, caps: Capabilities) -> (SourceState, String, String) {
+    let why_not_ebpf = match connection::choose_source() {
+        Ok(_probes) => {
+            return (
+                SourceState::Available,
+                connection::SOURCE_EBPF.into(),
+                String::new(),
+            )
+        }
+        Err(why) if why.contains("Operation not permitted") && !caps.has(CAP_BPF) => {
+            format!("{why} (missing {}, {})", CAP_BPF.name, CAP_PERFMON.name)
+        }
+        Err(why) => why,
+    };
+    let (state, via, why) = probe_connections_fallback(audit);
+    let state = match state {
+        SourceState::Available => SourceState::Fallback,
+        other => other,
+    };
+    let why = if why.is_empty() {
+        why_not_ebpf
+    } else {
+        format!("{why_not_ebpf}; {why}")
+    };
+    (state, via, why)
+}
+
+fn probe_connections_fallback(audit: &AuditProbe) -> (SourceState, String, String) {
     let diag = probe_sock_diag();
     let audit_ok = audit
         .readable
@@ -472,7 +501,7 @@ pub(crate) fn examine_sources(
     push(EventName::ProcessCreate, process.clone());
     push(EventName::ProcessTerminate, process);
     let audit = probe_audit(caps);
-    push(EventName::ConnectionCreate, probe_connections(&audit));
+    push(EventName::ConnectionCreate, probe_connections(&audit, caps));
     push(EventName::Login, probe_login(&audit, caps));
     for name in EventName::SECURITY_SNAPSHOTS {
         push(name, probe_snapshot(name, caps));

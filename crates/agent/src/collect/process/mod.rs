@@ -342,12 +342,16 @@ pub(crate) fn choose_source() -> Result<ProcessProbes, String> {
     if fallback_forced() {
         return Err(format!("eBPF not tried: {SOURCES_VARIABLE}=fallback"));
     }
-    let ring = std::env::var(RING_BYTES_VARIABLE)
+    ProcessProbes::load_with_ring(ring_bytes()).map_err(|e| format!("eBPF unavailable: {}", e.chain()))
+}
+
+/// The eBPF ring buffer size: [`RING_BYTES_VARIABLE`] when valid, else the default.
+pub(crate) fn ring_bytes() -> u32 {
+    std::env::var(RING_BYTES_VARIABLE)
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
         .filter(|n| n.is_power_of_two() && *n >= 4096)
-        .unwrap_or(crate::sys::ebpf::RING_BYTES);
-    ProcessProbes::load_with_ring(ring).map_err(|e| format!("eBPF unavailable: {}", e.chain()))
+        .unwrap_or(crate::sys::ebpf::RING_BYTES)
 }
 
 /// The ProcessCreate / ProcessTerminate stream collector.

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::sys::audit::{
     self, Assembler, AuditEvent, SockAddr, AUDIT_PROCTITLE, AUDIT_SOCKADDR, AUDIT_SYSCALL,
@@ -46,7 +46,11 @@ use twinguard_core::config::CollectorStatus;
 use twinguard_core::event::{ConnectionCreate, Direction, EventName, ExtraDetails, Protocol};
 
 use super::audit::{AuditMember, RULE_KEY};
+use super::process::{fallback_forced, ring_bytes, SOURCES_VARIABLE};
 use super::{CollectError, EventSink, StopSignal, StreamCollector};
+use crate::sys::ebpf_connection::{self, ConnectionProbes};
+
+pub(crate) mod ebpf;
 
 /// How often TCP sockets are polled.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -60,6 +64,7 @@ const RECV_SLOTS: usize = 32;
 const MAX_NEW_PER_POLL: usize = 10_000;
 
 /// The source names in `reported.twinguard`.
+pub(crate) const SOURCE_EBPF: &str = "eBPF raw tracepoints (inet_sock_set_state, sys_exit)";
 const SOURCE_AUDIT: &str = "audit netlink + sock_diag polling";
 const SOURCE_POLL: &str = "sock_diag polling";
 
@@ -329,10 +334,32 @@ impl ConnectionPoller {
     }
 }
 
+/// The source the next run uses.
+#[derive(Debug)]
+enum Plan {
+    /// Not chosen yet: the next run chooses, reports and restarts at once.
+    Choose,
+    /// The eBPF programs, loaded and attached.
+    Ebpf(Box<ConnectionProbes>),
+    /// Audit (and polling), because of the reason in `ebpf_note`.
+    Audit,
+}
+
+/// Which source this machine allows now: the eBPF programs (loaded and attached) or why not.
+pub(crate) fn choose_source() -> Result<ConnectionProbes, String> {
+    if fallback_forced() {
+        return Err(format!("eBPF not tried: {SOURCES_VARIABLE}=fallback"));
+    }
+    ebpf_connection::load_with_ring(ring_bytes()).map_err(|e| format!("eBPF unavailable: {}", e.chain()))
+}
+
 /// The ConnectionCreate stream collector.
 #[derive(Debug)]
 pub(crate) struct ConnectionCollector {
     status: CollectorStatus,
+    plan: Plan,
+    /// Why the eBPF source is not in use (shown with the fallback's status).
+    ebpf_note: Option<String>,
     /// Why audit could not be used (then polling is the source), until it is tried again.
     audit_failed: Option<(String, Instant)>,
     /// Connections audit named whose socket had closed (or was not TCP-identifiable) before
@@ -434,10 +461,9 @@ impl ConnectionCollector {
     /// A collector of this machine's TCP connections.
     pub fn new() -> ConnectionCollector {
         ConnectionCollector {
-            status: CollectorStatus {
-                source: SOURCE_AUDIT.into(),
-                ..CollectorStatus::default()
-            },
+            status: CollectorStatus::default(),
+            plan: Plan::Choose,
+            ebpf_note: None,
             audit_failed: None,
             unresolved: 0,
             candidates: Vec::new(),
@@ -700,10 +726,45 @@ impl ConnectionCollector {
         }
     }
 
+    /// Chooses the source and sets the status the supervisor reports before the next run.
+    fn choose(&mut self) -> Plan {
+        match choose_source() {
+            Ok(probes) => {
+                self.ebpf_note = None;
+                self.status = CollectorStatus {
+                    source: SOURCE_EBPF.into(),
+                    ..CollectorStatus::default()
+                };
+                Plan::Ebpf(Box::new(probes))
+            }
+            Err(why) => {
+                self.fall_back(why);
+                Plan::Audit
+            }
+        }
+    }
+
+    fn fall_back(&mut self, why: String) {
+        warn!("connection events from {SOURCE_AUDIT}: {why}");
+        self.ebpf_note = Some(why.clone());
+        self.status = CollectorStatus {
+            source: SOURCE_AUDIT.into(),
+            fallback: true,
+            note: Some(why),
+            ..CollectorStatus::default()
+        };
+    }
+
     fn set_status(&mut self, source: &str, fallback: bool, note: Option<String>) {
+        // The audit sources are a fallback of the eBPF one, whose reason comes first.
+        let note = match (&self.ebpf_note, note) {
+            (Some(why), Some(n)) => Some(format!("{why}; {n}")),
+            (Some(why), None) => Some(why.clone()),
+            (None, n) => n,
+        };
         self.status = CollectorStatus {
             source: source.into(),
-            fallback,
+            fallback: fallback || self.ebpf_note.is_some(),
             last_error: None,
             losses: 0,
             note,
@@ -717,6 +778,50 @@ impl StreamCollector for ConnectionCollector {
     }
 
     fn run(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
+        // A run uses the plan once: the next start (after Off, or a failure) chooses again.
+        match std::mem::replace(&mut self.plan, Plan::Choose) {
+            Plan::Choose => {
+                self.plan = self.choose();
+                Err(CollectError::SourceChanged {
+                    source_name: "(choosing)".into(),
+                    why: format!("starting on {}", self.status.source),
+                })
+            }
+            Plan::Ebpf(probes) => match ebpf::run(*probes, sink, stop) {
+                Ok(()) => Ok(()),
+                Err(e @ (ebpf::EbpfStopped::SelfTestFailed { .. } | ebpf::EbpfStopped::SelfTestSetup(_))) => {
+                    self.fall_back(format!("eBPF failed its {e}"));
+                    self.plan = Plan::Audit;
+                    Err(CollectError::SourceChanged {
+                        source_name: SOURCE_EBPF.into(),
+                        why: e.to_string(),
+                    })
+                }
+                Err(e) => Err(CollectError::Failed {
+                    source_name: SOURCE_EBPF.into(),
+                    why: e.to_string(),
+                }),
+            },
+            Plan::Audit => {
+                // A failure restarts audit (it has its own retries and polling fallback); a
+                // stop (Off) makes the next start choose again.
+                let result = self.run_audit(sink, stop);
+                if result.is_err() {
+                    self.plan = Plan::Audit;
+                }
+                result
+            }
+        }
+    }
+
+    fn status(&self) -> CollectorStatus {
+        self.status_with_counts()
+    }
+}
+
+impl ConnectionCollector {
+    /// Audit netlink with sock_diag enrichment and polling (the fallback), until stopped.
+    fn run_audit(&mut self, sink: &EventSink, stop: &StopSignal) -> Result<(), CollectError> {
         let mut diag = SockDiag::open().ok();
         let retry_audit = self
             .audit_failed
@@ -868,7 +973,7 @@ impl StreamCollector for ConnectionCollector {
         Ok(())
     }
 
-    fn status(&self) -> CollectorStatus {
+    fn status_with_counts(&self) -> CollectorStatus {
         let mut s = self.status.clone();
         if self.unresolved > 0 {
             let note = format!(
