@@ -180,6 +180,18 @@ pub struct ServeArgs {
     /// connected is alerted as silent (longer when twice its highPriorityMessageFrequency is).
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     pub silent_after_secs: u64,
+    /// Seconds an agent may leave its desired configuration unapplied (desired $version newer
+    /// than the one it reports) before the console alerts "monitoring degraded".
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub config_pending_secs: u64,
+    /// Seconds a device whose connection ended without a clean stop may stay away before the
+    /// console alerts "monitoring degraded".
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub offline_grace_secs: u64,
+    /// Seconds after a device's first outbound connection during which its programs'
+    /// destinations are learned; later new destinations are alerted.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    pub outbound_learning_secs: u64,
     /// Seconds between the console's silence checks and retention runs (tests shorten it).
     #[arg(long, value_name = "SECS", default_value_t = 30, hide = true)]
     pub console_check_secs: u64,

@@ -123,11 +123,17 @@ impl Hub {
     /// Makes `live` the connection of `id`, closing the previous one (IoT Hub allows one
     /// connection per identity; the newest wins).
     pub fn register(&self, id: &IdentityId, live: Live) {
+        lock(&self.engine).connection_started(&id.to_string());
         let old = lock(&self.live).insert(id.clone(), live);
         if let Some(old) = old {
             info!(identity = %id, old = old.conn, "a new connection of the identity closes the old one");
             let _ = old.socket.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Notes for the console that `id`'s connection ended, cleanly (MQTT DISCONNECT) or not.
+    pub fn connection_ended(&self, id: &IdentityId, clean: bool) {
+        lock(&self.engine).connection_ended(&id.to_string(), clean, now_ms());
     }
 
     /// Whether connection `conn` is still the live one of `id`.
@@ -274,22 +280,34 @@ impl Hub {
         Ok(version)
     }
 
-    /// Raises a device-silent alert for each identity that sent security messages, has no
-    /// live connection, and has been quiet for longer than its expected frequency allows.
+    /// The console's periodic checks of each identity that sent security messages: device
+    /// silent (no live connection, quiet for longer than its expected frequency allows),
+    /// desired configuration unapplied for too long, and away after an unclean end.
     pub fn check_silence(&self, now: i64) -> Result<(), StoreError> {
-        let engine = lock(&self.engine);
+        let mut engine = lock(&self.engine);
         let settings = *engine.settings();
         let agents = self.store().agents()?;
         for agent in agents {
-            if self.is_connected(&agent.identity) {
-                continue;
+            let device = agent.identity.to_string();
+            let twin = self.store().twin(&agent.identity)?;
+            let mut findings = Vec::new();
+            if let Some(twin) = &twin {
+                if let Some(f) = engine.config_pending(
+                    &device,
+                    twin.desired_version,
+                    seen_desired_version(&twin.reported),
+                    now,
+                ) {
+                    findings.push(f);
+                }
             }
-            let frequency = self
-                .store()
-                .twin(&agent.identity)?
-                .and_then(|t| high_frequency_ms(&t.reported));
-            if let Some(finding) = engine.silent(agent.last_message_ms, frequency, now) {
-                self.store().raise(&agent.identity, &[finding], &settings, now)?;
+            if !self.is_connected(&agent.identity) {
+                let frequency = twin.as_ref().and_then(|t| high_frequency_ms(&t.reported));
+                findings.extend(engine.silent(agent.last_message_ms, frequency, now));
+                findings.extend(engine.offline_unclean(&device, now));
+            }
+            if !findings.is_empty() {
+                self.store().raise(&agent.identity, &findings, &settings, now)?;
             }
         }
         Ok(())
@@ -317,6 +335,16 @@ impl Hub {
         let _last = lock(&self.last_message);
         self.new_message.notify_all();
     }
+}
+
+/// The desired `$version` the agent reports it has seen (`twinguard.lastDesiredVersion`, or
+/// `desiredVersion` of its first report), when it reports one.
+fn seen_desired_version(reported: &Map<String, Value>) -> Option<i64> {
+    let status = reported.get("twinguard")?;
+    status
+        .get("lastDesiredVersion")
+        .or_else(|| status.get("desiredVersion"))
+        .and_then(Value::as_i64)
 }
 
 /// The reported highPriorityMessageFrequency of an agent, in milliseconds (read with the

@@ -71,6 +71,11 @@ fn init_logging(verbose: bool) {
         .init();
 }
 
+/// Seconds as milliseconds, saturating.
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose);
     let running = start(&ServeOptions {
@@ -92,7 +97,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             closed_alert_age_ms: days_ms(args.retention_days),
         },
         rules: RuleSettings {
-            silent_floor_ms: i64::try_from(args.silent_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            silent_floor_ms: secs_ms(args.silent_after_secs),
+            config_pending_ms: secs_ms(args.config_pending_secs),
+            offline_grace_ms: secs_ms(args.offline_grace_secs),
+            outbound_learning_ms: secs_ms(args.outbound_learning_secs),
             ..RuleSettings::default()
         },
         console_every: Duration::from_secs(args.console_check_secs.max(1)),
