@@ -131,6 +131,11 @@ impl Hub {
         }
     }
 
+    /// Puts custom rules in force (`serve --rules FILE`, and each good change of it).
+    pub fn set_custom_rules(&self, rules: crate::console::custom::CustomRules) {
+        lock(&self.engine).set_custom(rules);
+    }
+
     /// Notes for the console that `id`'s connection ended, cleanly (MQTT DISCONNECT) or not.
     pub fn connection_ended(&self, id: &IdentityId, clean: bool) {
         lock(&self.engine).connection_ended(&id.to_string(), clean, now_ms());
@@ -238,6 +243,16 @@ impl Hub {
         };
         let device = message.id.to_string();
         let mut engine = lock(&self.engine);
+        // The device's twin tags place it in custom rule groups; looked up only when a group
+        // matches by tags.
+        let tags = if engine.custom().needs_tags() {
+            self.store()
+                .twin_record(&message.id)?
+                .map(|r| r.tags)
+                .unwrap_or_default()
+        } else {
+            Map::new()
+        };
         let mut ingest = Ingest {
             agent_version: parsed.agent_version,
             ..Ingest::default()
@@ -250,7 +265,9 @@ impl Hub {
                 items: event.payload().len(),
                 summary: summary(event),
             });
-            ingest.findings.extend(engine.observe(&device, event));
+            ingest
+                .findings
+                .extend(engine.observe_tagged(&device, &tags, event));
             if let Some(advice) = from_snapshot(event) {
                 ingest.recommendations.push(advice);
             }
@@ -287,6 +304,12 @@ impl Hub {
         let mut engine = lock(&self.engine);
         let settings = *engine.settings();
         let agents = self.store().agents()?;
+        // Custom rule windows that ended: their minimums.
+        for (device, finding) in engine.custom_tick(now) {
+            if let Some(agent) = agents.iter().find(|a| a.identity.to_string() == device) {
+                self.store().raise(&agent.identity, &[finding], &settings, now)?;
+            }
+        }
         for agent in agents {
             let device = agent.identity.to_string();
             let twin = self.store().twin(&agent.identity)?;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use super::custom::{CustomRules, CustomState};
 use super::model::{ConfigurationErrorType, Direction, Event, ExtraDetails, LoginResult, PayloadItem};
 
 /// How bad an alert is.
@@ -333,6 +334,7 @@ struct DeviceState {
 pub struct RuleEngine {
     settings: RuleSettings,
     devices: HashMap<String, DeviceState>,
+    custom: CustomState,
 }
 
 /// Groups whose members can become root or read secrets.
@@ -372,6 +374,7 @@ impl RuleEngine {
         RuleEngine {
             settings,
             devices: HashMap::new(),
+            custom: CustomState::default(),
         }
     }
 
@@ -380,7 +383,36 @@ impl RuleEngine {
         &self.settings
     }
 
-    /// Runs every rule over one event of `device` (its identity's text form).
+    /// Puts custom rules in force (replacing the earlier ones; their windows start over).
+    pub fn set_custom(&mut self, rules: CustomRules) {
+        self.custom.set(rules);
+    }
+
+    /// The custom rules in force.
+    pub fn custom(&self) -> &CustomRules {
+        self.custom.rules()
+    }
+
+    /// Ends the custom rules' windows that are over at `now_ms`: the findings of their
+    /// minimums, by device.
+    pub fn custom_tick(&mut self, now_ms: i64) -> Vec<(String, Finding)> {
+        self.custom.tick(now_ms)
+    }
+
+    /// Runs every built-in rule, and the custom rules of the groups `tags` (the device's twin
+    /// tags) put it in, over one event of `device`.
+    pub fn observe_tagged(
+        &mut self,
+        device: &str,
+        tags: &serde_json::Map<String, serde_json::Value>,
+        event: &Event,
+    ) -> Vec<Finding> {
+        let mut out = self.observe(device, event);
+        out.extend(self.custom.observe(device, tags, event));
+        out
+    }
+
+    /// Runs every built-in rule over one event of `device` (its identity's text form).
     pub fn observe(&mut self, device: &str, event: &Event) -> Vec<Finding> {
         let time_ms = event.time().millis_since_epoch();
         let id = event.id().to_string();

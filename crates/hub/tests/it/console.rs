@@ -21,7 +21,7 @@ use crate::python::venv_python;
 use crate::support::{repo_root, scratch, skip, target_dir, wait_until, Hub, CONFIG_KEY, MODULE};
 
 /// The alerts the CLI prints for `device` (all states), by rule.
-fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
+pub fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
     let out = ok_stdout(&hub_cli(
         data,
         &["alerts", "--device", device, "--state", "all"],
@@ -32,7 +32,7 @@ fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
         .collect()
 }
 
-fn find<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
+pub fn find<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
     alerts.iter().find(|a| a["rule"] == json!(rule))
 }
 
