@@ -7,7 +7,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::{json, Value};
 
 use super::{identity_from_cols, module_col, Store, StoreError};
-use crate::console::recommend::Recommendation;
+use crate::console::recommend::{newest_version, outdated_agent, Recommendation};
+use crate::console::rules::Severity;
 use crate::console::rules::{merges_into, Finding, RuleSettings};
 use twinguard_core::iothub::identity::IdentityId;
 
@@ -553,6 +554,30 @@ impl Store {
                 });
             }
         }
+        // An agent older than the newest the fleet runs (worked out now, from the agents'
+        // last messages, so updating one device changes the advice for the others).
+        let agents = self.agents()?;
+        if let Some(newest) = newest_version(agents.iter().map(|a| a.agent_version.as_str())) {
+            for agent in agents
+                .iter()
+                .filter(|a| device.is_none_or(|d| a.identity.device() == d))
+            {
+                if let Some(r) = outdated_agent(&agent.agent_version, newest) {
+                    out.push(RecommendationRecord {
+                        identity: agent.identity.clone(),
+                        source: "AgentVersion".into(),
+                        kind: r.kind.into(),
+                        key: r.key,
+                        severity: r.severity.as_str().into(),
+                        title: r.title,
+                        remediation: r.remediation,
+                        updated_ms: agent.last_message_ms,
+                    });
+                }
+            }
+        }
+        let rank = |s: &str| Severity::parse(s).map_or(Severity::ALL.len(), |s| s as usize);
+        out.sort_by_key(|r| rank(&r.severity));
         Ok(out)
     }
 
@@ -842,6 +867,42 @@ mod tests {
             store.event_counts(None, 0).expect("counts"),
             vec![("ProcessCreate".to_owned(), 1)]
         );
+    }
+
+    #[test]
+    fn agents_older_than_the_fleets_newest_are_recommended_an_update() {
+        let mut store = Store::open(std::path::Path::new(":memory:"), 100).expect("store");
+        let settings = RuleSettings::default();
+        let old = IdentityId::new("old", Some("azureiotsecurity")).expect("id");
+        let new = IdentityId::new("new", Some("azureiotsecurity")).expect("id");
+        for (seq, (id, version)) in [(&old, "0.9.3"), (&new, "0.10.0")].into_iter().enumerate() {
+            let ingest = Ingest {
+                agent_version: version.into(),
+                ..Ingest::default()
+            };
+            store
+                .ingest(i64::try_from(seq).expect("seq") + 1, id, T0, &ingest, &settings)
+                .expect("ingest");
+        }
+        let all = store.recommendations(None).expect("list");
+        let outdated: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|r| r.kind == "outdated-agent")
+            .map(|r| (r.identity.device(), r.key.as_str()))
+            .collect();
+        assert_eq!(outdated, vec![("old", "0.9.3")]);
+        assert!(store
+            .recommendations(Some("new"))
+            .expect("list")
+            .iter()
+            .all(|r| r.kind != "outdated-agent"));
+        // The old one updated: no advice left.
+        let ingest = Ingest {
+            agent_version: "0.10.0".into(),
+            ..Ingest::default()
+        };
+        store.ingest(3, &old, T0, &ingest, &settings).expect("ingest");
+        assert!(store.recommendations(None).expect("list").is_empty());
     }
 
     #[test]
