@@ -271,6 +271,18 @@ impl Hub {
             if let Some(advice) = from_snapshot(event) {
                 ingest.recommendations.push(advice);
             }
+            if event.name().is_snapshot() {
+                if let Some(payload) = serde_json::to_value(event)
+                    .ok()
+                    .and_then(|v| v.get("Payload").cloned())
+                {
+                    ingest.snapshots.push((
+                        event.name().as_str().to_owned(),
+                        event.time().millis_since_epoch(),
+                        payload.to_string(),
+                    ));
+                }
+            }
         }
         let settings = *engine.settings();
         let changed = self

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 
+use super::finding::{Finding, Rule};
 use super::model::{Event, LoginResult, PayloadItem};
-use super::rules::{Finding, Rule};
 
 /// Most groups in a file.
 pub const MAX_GROUPS: usize = 256;

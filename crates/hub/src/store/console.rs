@@ -52,6 +52,14 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_by_key ON alerts (device_id, module_id, rule, key);
 CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state, changed_ms);
+CREATE TABLE IF NOT EXISTS snapshots (
+    device_id TEXT NOT NULL,
+    module_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (device_id, module_id, name)
+);
 CREATE TABLE IF NOT EXISTS recommendations (
     device_id TEXT NOT NULL,
     module_id TEXT NOT NULL,
@@ -216,6 +224,9 @@ pub struct Ingest {
     pub findings: Vec<Finding>,
     /// Per snapshot source, its new recommendations.
     pub recommendations: Vec<(&'static str, Vec<Recommendation>)>,
+    /// The snapshot events' payloads (name, time, the `Payload` array as JSON), each replacing
+    /// the identity's previous one of that name: the device page's tables.
+    pub snapshots: Vec<(String, i64, String)>,
 }
 
 fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AlertRecordCols, String)> {
@@ -420,6 +431,13 @@ impl Store {
                 )?;
             }
         }
+        for (name, time_ms, payload) in &ingest.snapshots {
+            tx.execute(
+                "INSERT INTO snapshots (device_id, module_id, name, time_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device_id, module_id, name) DO UPDATE SET time_ms = ?4, payload = ?5 WHERE ?4 >= time_ms",
+                params![id.device(), module_col(id), name, time_ms, payload],
+            )?;
+        }
         let changed = raise_in(&tx, id, &ingest.findings, settings, received_ms)?;
         tx.commit()?;
         Ok(changed)
@@ -579,6 +597,28 @@ impl Store {
         let rank = |s: &str| Severity::parse(s).map_or(Severity::ALL.len(), |s| s as usize);
         out.sort_by_key(|r| rank(&r.severity));
         Ok(out)
+    }
+
+    /// The latest snapshot of `name` an identity sent: its time and its `Payload` array.
+    pub fn latest_snapshot(&self, id: &IdentityId, name: &str) -> Result<Option<(i64, Value)>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT time_ms, payload FROM snapshots WHERE device_id = ?1 AND module_id = ?2 AND name = ?3",
+            )?
+            .query_row(params![id.device(), module_col(id), name], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        row.map(|(time, text)| {
+            serde_json::from_str(&text)
+                .map(|v| (time, v))
+                .map_err(|source| StoreError::CorruptJson {
+                    what: "snapshots.payload",
+                    source,
+                })
+        })
+        .transpose()
     }
 
     /// The identities that sent security messages.
@@ -746,8 +786,22 @@ mod tests {
             }],
             findings: vec![finding(Rule::TempDirExecution, "/tmp/x", T0, "e1")],
             recommendations: Vec::new(),
+            snapshots: vec![("ListeningPorts".into(), T0, r#"[{"LocalPort":"22"}]"#.into())],
         };
         let first = store.ingest(1, &id, T0, &ingest, &s).expect("ingest");
+        // The latest snapshot of a kind is kept for the device page; an older one does not
+        // replace it.
+        let older = Ingest {
+            agent_version: "1.2.3".into(),
+            snapshots: vec![("ListeningPorts".into(), T0 - 1, "[]".into())],
+            ..Ingest::default()
+        };
+        store.ingest(2, &id, T0, &older, &s).expect("ingest");
+        assert_eq!(
+            store.latest_snapshot(&id, "ListeningPorts").expect("read"),
+            Some((T0, serde_json::json!([{"LocalPort": "22"}])))
+        );
+        assert!(store.latest_snapshot(&id, "LocalUsers").expect("read").is_none());
         assert_eq!(first.len(), 1);
         // Same rule and key within the window: the same alert, counted.
         let again = store

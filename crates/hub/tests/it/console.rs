@@ -211,6 +211,9 @@ fn browser_check(hub: &Hub, device: &str, alert: i64) {
         Ok(p) => p,
         Err(reason) => return skip(&reason),
     };
+    let before = hub.twin(device, MODULE)["desired"]["$version"]
+        .as_i64()
+        .expect("version");
     let shots = target_dir().join("console-screenshots");
     let script = repo_root().join("crates/hub/tests/it/console_web.py");
     let out = Command::new(python)
@@ -237,8 +240,27 @@ fn browser_check(hub: &Hub, device: &str, alert: i64) {
         eprintln!("console screenshot: {}", shot.as_str().unwrap_or(""));
     }
     assert!(
-        result["screenshots"].as_array().is_some_and(|s| s.len() >= 8),
+        result["screenshots"].as_array().is_some_and(|s| s.len() >= 10),
         "{result}"
+    );
+    // The editor: the invalid document saved nothing (one new desired version, the valid
+    // one), and the valid one reached the agent, which reports it.
+    let twin = hub.twin(device, MODULE);
+    assert_eq!(twin["desired"]["$version"], json!(before + 1), "{twin}");
+    assert_eq!(
+        twin["desired"][CONFIG_KEY]["snapshotFrequency"]["value"],
+        json!("PT7H"),
+        "{twin}"
+    );
+    let applied = wait_until(Duration::from_secs(30), || {
+        let reported = &hub.twin(device, MODULE)["reported"];
+        reported[CONFIG_KEY]["snapshotFrequency"]["value"] == json!("PT7H")
+            && reported["twinguard"]["configurationStatus"] == json!("applied")
+    });
+    assert!(
+        applied,
+        "the agent does not report PT7H: {}",
+        hub.twin(device, MODULE)
     );
 }
 
