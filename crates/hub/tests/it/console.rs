@@ -371,6 +371,91 @@ fn the_web_console_needs_a_session_and_a_csrf_token() {
     assert_eq!(web(&hub, "GET", "/devices/nobody", &cookie, "").0, 404);
     assert_eq!(web(&hub, "GET", "/console.css", &cookie, "").0, 200);
 
+    // The configuration editor: CSRF-protected, checked as the agent checks, etag-guarded.
+    hub.add_identity("dev-editor", Some(MODULE));
+    let page_path = format!("/devices/dev-editor/modules/{MODULE}");
+    let action = format!("{page_path}/configuration");
+    let (status, page) = web(&hub, "GET", &page_path, &cookie, "");
+    assert_eq!(status, 200, "{page}");
+    let etag = page
+        .split("name=\"etag\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the editor's etag")
+        .to_owned();
+    let version = || hub.twin("dev-editor", MODULE)["desired"]["$version"].clone();
+    let before = version();
+    let config = |text: &str| {
+        let mut encoded = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() {
+                encoded.push(char::from(b));
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        encoded
+    };
+    let good = config(r#"{"highPriorityMessageFrequency": {"value": "PT3M"}}"#);
+    assert_eq!(
+        web(
+            &hub,
+            "POST",
+            &action,
+            &cookie,
+            &format!("etag={etag}&config={good}")
+        )
+        .0,
+        403,
+        "no CSRF token"
+    );
+    let bad = config(r#"{"highPriorityMessageFrequency": {"value": "3 minutes"}}"#);
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&etag={etag}&config={bad}"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        answer.contains("Not saved") && answer.contains("highPriorityMessageFrequency/value"),
+        "{answer}"
+    );
+    assert_eq!(version(), before, "an invalid document saves nothing");
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&etag=%22stale%22&config={good}"),
+    );
+    assert_eq!(status, 200);
+    assert!(answer.contains("the twin changed since"), "{answer}");
+    let (_, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&config={good}"),
+    );
+    assert!(answer.contains("the twin changed since"), "no etag: {answer}");
+    assert_eq!(version(), before, "a stale or missing etag saves nothing");
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&etag={etag}&config={good}"),
+    );
+    assert_eq!(status, 303, "{answer}");
+    let twin = hub.twin("dev-editor", MODULE);
+    assert_eq!(
+        twin["desired"][CONFIG_KEY]["highPriorityMessageFrequency"]["value"],
+        json!("PT3M"),
+        "{twin}"
+    );
+
     // Logging out ends the session.
     let (status, _) = web(&hub, "POST", "/logout", &cookie, &format!("csrf={csrf}"));
     assert_eq!(status, 303);
