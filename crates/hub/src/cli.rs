@@ -54,6 +54,22 @@ pub enum Command {
     Alerts(AlertsArgs),
     /// Print the recommendations from the devices' latest snapshots, one JSON object per line.
     Recommendations(RecommendationsArgs),
+    /// Custom rules files (`serve --rules FILE`): print their JSON Schema, or check one.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+/// `rules` subcommands (local: no hub needed).
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Print the JSON Schema of a custom rules file (TOML files follow it too).
+    Schema,
+    /// Check a rules file: prints each problem on one line (FILE: POINTER: problem) and exits
+    /// 1, or says it is good.
+    Validate {
+        /// The rules file (`.toml` is TOML, anything else JSON).
+        file: PathBuf,
+    },
 }
 
 /// `alerts` options.
@@ -180,6 +196,23 @@ pub struct ServeArgs {
     /// connected is alerted as silent (longer when twice its highPriorityMessageFrequency is).
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     pub silent_after_secs: u64,
+    /// Custom rules (allowed ranges and allow-lists per device group, TOML or JSON; see
+    /// `twinguard-hub rules schema`). Watched: a good change is put in force, a bad one is
+    /// logged (a line per error) and the last good rules stay.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Seconds an agent may leave its desired configuration unapplied (desired $version newer
+    /// than the one it reports) before the console alerts "monitoring degraded".
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub config_pending_secs: u64,
+    /// Seconds a device whose connection ended without a clean stop may stay away before the
+    /// console alerts "monitoring degraded".
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub offline_grace_secs: u64,
+    /// Seconds after a device's first outbound connection during which its programs'
+    /// destinations are learned; later new destinations are alerted.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    pub outbound_learning_secs: u64,
     /// Seconds between the console's silence checks and retention runs (tests shorten it).
     #[arg(long, value_name = "SECS", default_value_t = 30, hide = true)]
     pub console_check_secs: u64,

@@ -123,11 +123,22 @@ impl Hub {
     /// Makes `live` the connection of `id`, closing the previous one (IoT Hub allows one
     /// connection per identity; the newest wins).
     pub fn register(&self, id: &IdentityId, live: Live) {
+        lock(&self.engine).connection_started(&id.to_string());
         let old = lock(&self.live).insert(id.clone(), live);
         if let Some(old) = old {
             info!(identity = %id, old = old.conn, "a new connection of the identity closes the old one");
             let _ = old.socket.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Puts custom rules in force (`serve --rules FILE`, and each good change of it).
+    pub fn set_custom_rules(&self, rules: crate::console::custom::CustomRules) {
+        lock(&self.engine).set_custom(rules);
+    }
+
+    /// Notes for the console that `id`'s connection ended, cleanly (MQTT DISCONNECT) or not.
+    pub fn connection_ended(&self, id: &IdentityId, clean: bool) {
+        lock(&self.engine).connection_ended(&id.to_string(), clean, now_ms());
     }
 
     /// Whether connection `conn` is still the live one of `id`.
@@ -232,6 +243,16 @@ impl Hub {
         };
         let device = message.id.to_string();
         let mut engine = lock(&self.engine);
+        // The device's twin tags place it in custom rule groups; looked up only when a group
+        // matches by tags.
+        let tags = if engine.custom().needs_tags() {
+            self.store()
+                .twin_record(&message.id)?
+                .map(|r| r.tags)
+                .unwrap_or_default()
+        } else {
+            Map::new()
+        };
         let mut ingest = Ingest {
             agent_version: parsed.agent_version,
             ..Ingest::default()
@@ -244,9 +265,23 @@ impl Hub {
                 items: event.payload().len(),
                 summary: summary(event),
             });
-            ingest.findings.extend(engine.observe(&device, event));
+            ingest
+                .findings
+                .extend(engine.observe_tagged(&device, &tags, event));
             if let Some(advice) = from_snapshot(event) {
                 ingest.recommendations.push(advice);
+            }
+            if event.name().is_snapshot() {
+                if let Some(payload) = serde_json::to_value(event)
+                    .ok()
+                    .and_then(|v| v.get("Payload").cloned())
+                {
+                    ingest.snapshots.push((
+                        event.name().as_str().to_owned(),
+                        event.time().millis_since_epoch(),
+                        payload.to_string(),
+                    ));
+                }
             }
         }
         let settings = *engine.settings();
@@ -274,22 +309,40 @@ impl Hub {
         Ok(version)
     }
 
-    /// Raises a device-silent alert for each identity that sent security messages, has no
-    /// live connection, and has been quiet for longer than its expected frequency allows.
+    /// The console's periodic checks of each identity that sent security messages: device
+    /// silent (no live connection, quiet for longer than its expected frequency allows),
+    /// desired configuration unapplied for too long, and away after an unclean end.
     pub fn check_silence(&self, now: i64) -> Result<(), StoreError> {
-        let engine = lock(&self.engine);
+        let mut engine = lock(&self.engine);
         let settings = *engine.settings();
         let agents = self.store().agents()?;
-        for agent in agents {
-            if self.is_connected(&agent.identity) {
-                continue;
-            }
-            let frequency = self
-                .store()
-                .twin(&agent.identity)?
-                .and_then(|t| high_frequency_ms(&t.reported));
-            if let Some(finding) = engine.silent(agent.last_message_ms, frequency, now) {
+        // Custom rule windows that ended: their minimums.
+        for (device, finding) in engine.custom_tick(now) {
+            if let Some(agent) = agents.iter().find(|a| a.identity.to_string() == device) {
                 self.store().raise(&agent.identity, &[finding], &settings, now)?;
+            }
+        }
+        for agent in agents {
+            let device = agent.identity.to_string();
+            let twin = self.store().twin(&agent.identity)?;
+            let mut findings = Vec::new();
+            if let Some(twin) = &twin {
+                if let Some(f) = engine.config_pending(
+                    &device,
+                    twin.desired_version,
+                    seen_desired_version(&twin.reported),
+                    now,
+                ) {
+                    findings.push(f);
+                }
+            }
+            if !self.is_connected(&agent.identity) {
+                let frequency = twin.as_ref().and_then(|t| high_frequency_ms(&t.reported));
+                findings.extend(engine.silent(agent.last_message_ms, frequency, now));
+                findings.extend(engine.offline_unclean(&device, now));
+            }
+            if !findings.is_empty() {
+                self.store().raise(&agent.identity, &findings, &settings, now)?;
             }
         }
         Ok(())
@@ -317,6 +370,16 @@ impl Hub {
         let _last = lock(&self.last_message);
         self.new_message.notify_all();
     }
+}
+
+/// The desired `$version` the agent reports it has seen (`twinguard.lastDesiredVersion`, or
+/// `desiredVersion` of its first report), when it reports one.
+fn seen_desired_version(reported: &Map<String, Value>) -> Option<i64> {
+    let status = reported.get("twinguard")?;
+    status
+        .get("lastDesiredVersion")
+        .or_else(|| status.get("desiredVersion"))
+        .and_then(Value::as_i64)
 }
 
 /// The reported highPriorityMessageFrequency of an agent, in milliseconds (read with the

@@ -44,6 +44,7 @@ pub mod keys;
 pub mod link;
 pub mod policy;
 pub mod rollout;
+pub mod rules_file;
 pub mod security;
 pub mod server;
 pub mod service;

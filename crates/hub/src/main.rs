@@ -6,6 +6,7 @@
 
 mod cli;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
     AlertsAction, AlertsArgs, AuditArgs, Cli, Command, IdentityArgs, IdentityCommand, MessagesArgs,
-    PolicyCommand, RecommendationsArgs, ServeArgs, TokenCommand, TwinCommand, DEFAULT_API,
+    PolicyCommand, RecommendationsArgs, RulesCommand, ServeArgs, TokenCommand, TwinCommand, DEFAULT_API,
 };
 
 /// Largest desired document read from a file or standard input: the agent's bound.
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(args) => serve(&cli, args),
+        Command::Rules(command) => rules_command(command),
         command => client(&cli, command),
     };
     match result {
@@ -71,6 +73,35 @@ fn init_logging(verbose: bool) {
         .init();
 }
 
+/// `rules schema` and `rules validate FILE`: local, no hub needed.
+fn rules_command(command: &RulesCommand) -> anyhow::Result<()> {
+    match command {
+        RulesCommand::Schema => {
+            let text = serde_json::to_string_pretty(&twinguard_hub::console::custom::schema())?;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{text}");
+            Ok(())
+        }
+        RulesCommand::Validate { file } => match twinguard_hub::rules_file::load(file) {
+            Ok(rules) => {
+                println!("{}: good ({} groups)", file.display(), rules.groups.len());
+                Ok(())
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{}: {e}", file.display());
+                }
+                Err(Exit(1).into())
+            }
+        },
+    }
+}
+
+/// Seconds as milliseconds, saturating.
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose);
     let running = start(&ServeOptions {
@@ -92,10 +123,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             closed_alert_age_ms: days_ms(args.retention_days),
         },
         rules: RuleSettings {
-            silent_floor_ms: i64::try_from(args.silent_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            silent_floor_ms: secs_ms(args.silent_after_secs),
+            config_pending_ms: secs_ms(args.config_pending_secs),
+            offline_grace_ms: secs_ms(args.offline_grace_secs),
+            outbound_learning_ms: secs_ms(args.outbound_learning_secs),
             ..RuleSettings::default()
         },
         console_every: Duration::from_secs(args.console_check_secs.max(1)),
+        rules_file: args.rules.clone(),
     })?;
     println!(
         "twinguard-hub {} for host name {}",
@@ -189,7 +224,7 @@ fn client(cli: &Cli, command: &Command) -> anyhow::Result<()> {
     let _ = API_TOKEN.set(token);
     let timeout = Duration::from_secs(30);
     match command {
-        Command::Serve(_) | Command::Token(_) => Ok(()),
+        Command::Serve(_) | Command::Token(_) | Command::Rules(_) => Ok(()),
         Command::Identity(IdentityCommand::Add(args)) => {
             let id = &args.identity;
             let body = json!({"deviceId": id.device, "moduleId": id.module});

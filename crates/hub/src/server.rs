@@ -22,6 +22,9 @@ use crate::hub::Hub;
 use crate::link::Link;
 use crate::store::{Retention, Store};
 
+/// How often the custom rules file is looked at for changes.
+const RULES_POLL: Duration = Duration::from_secs(1);
+
 /// The file in the data directory naming the addresses a running hub listens on.
 pub const LISTEN_FILE: &str = "listen.json";
 
@@ -59,6 +62,8 @@ pub struct ServeOptions {
     pub rules: RuleSettings,
     /// How often the console checks for silent devices and prunes by age.
     pub console_every: Duration,
+    /// The custom rules file (`serve --rules`), watched for changes.
+    pub rules_file: Option<PathBuf>,
 }
 
 /// A started hub.
@@ -110,6 +115,20 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         store,
         RuleEngine::new(opts.rules),
     )?);
+    let mut rules_file = None;
+    if let Some(path) = &opts.rules_file {
+        match crate::rules_file::RulesFile::open(path) {
+            Ok((rules, file)) => {
+                info!(file = %path.display(), groups = rules.groups.len(), "custom rules in force");
+                hub.set_custom_rules(rules);
+                rules_file = Some(file);
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                bail!("custom rules {}:\n  {}", path.display(), lines.join("\n  "));
+            }
+        }
+    }
     let ca_file = crate::tls::ensure_certificates(&opts.data_dir, &opts.hostname)?;
     let tls = crate::tls::server_config(&opts.data_dir)?;
 
@@ -193,6 +212,27 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
                     Ok(0) => {}
                     Ok(n) => debug!(rows = n, "console: retention pruned rows"),
                     Err(e) => warn!("console: retention: {e}"),
+                }
+            }),
+        )?);
+    }
+    if let Some(mut file) = rules_file {
+        let hub = hub.clone();
+        threads.push(spawn(
+            "rules-file",
+            Box::new(move || loop {
+                std::thread::sleep(RULES_POLL);
+                match file.poll() {
+                    crate::rules_file::Reload::Unchanged => {}
+                    crate::rules_file::Reload::Apply(rules) => {
+                        info!(file = %file.path().display(), groups = rules.groups.len(), "custom rules reloaded");
+                        hub.set_custom_rules(rules);
+                    }
+                    crate::rules_file::Reload::Keep(errors) => {
+                        for e in errors {
+                            warn!(file = %file.path().display(), "custom rules not reloaded (the last good ones stay): {e}");
+                        }
+                    }
                 }
             }),
         )?);

@@ -335,6 +335,9 @@ impl Session<'_> {
     fn finish(self, end: End) {
         let replaced = !self.hub.is_live(&self.id, self.conn);
         self.hub.unregister(&self.id, self.conn);
+        if !replaced {
+            self.hub.connection_ended(&self.id, end == End::Disconnect);
+        }
         match &end {
             End::Violation(why) => warn!(conn = self.conn, identity = %self.id, "closed: {why}"),
             End::Disconnect => info!(conn = self.conn, identity = %self.id, "disconnected"),

@@ -16,6 +16,7 @@
 //! | GET | `/devices/{d}[/modules/{m}]` | one device |
 //! | GET | `/alerts?state=&severity=&device=` | alerts with filters |
 //! | POST | `/alerts/{id}/ack`, `/alerts/{id}/close` | state changes |
+//! | POST | `/devices/{d}[/modules/{m}]/configuration` | the configuration editor: validated as the agent validates, then an etag-checked desired write |
 //! | GET | `/console.css`, `/favicon.svg` | the stylesheet, the icon |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -301,6 +302,17 @@ pub fn serve(hub: &Hub, req: &Request, login: &dyn Login) -> WebReply {
                     Err(e) => WebReply::html(500, message_page("Failed", &e.to_string())),
                 }
             }
+            ["devices", rest @ .., "configuration"] => {
+                let id = match rest {
+                    [d] => IdentityId::new(d, None),
+                    [d, "modules", m] => IdentityId::new(d, Some(m)),
+                    _ => return WebReply::html(404, message_page("Not found", "No such page.")),
+                };
+                let Ok(id) = id else {
+                    return WebReply::html(404, message_page("Not found", "No such device."));
+                };
+                save_configuration(hub, &id, &fields, &csrf, now)
+            }
             _ => WebReply::html(404, message_page("Not found", "No such page.")),
         };
     }
@@ -314,7 +326,13 @@ pub fn serve(hub: &Hub, req: &Request, login: &dyn Login) -> WebReply {
                 _ => return WebReply::html(404, message_page("Not found", "No such page.")),
             };
             match id {
-                Ok(id) => device_page(hub, &id, &csrf),
+                Ok(id) => {
+                    let editor = Editor {
+                        saved: req.param("saved").and_then(|v| v.parse().ok()),
+                        ..Editor::default()
+                    };
+                    device_page(hub, &id, &csrf, &editor)
+                }
                 Err(e) => return WebReply::html(400, message_page("Bad device", &e.to_string())),
             }
         }
@@ -623,12 +641,218 @@ fn json_text(v: Option<&Value>) -> String {
     v.map_or_else(String::new, |v| v.get("value").unwrap_or(v).to_string())
 }
 
-fn device_page(hub: &Hub, id: &IdentityId, csrf: &str) -> Result<Option<String>, StoreError> {
-    let (twin, agent, alerts, recs, events, counts) = {
+/// What the configuration editor shows besides the twin: the text that was submitted and its
+/// problems (nothing saved), or the desired version just saved.
+#[derive(Debug, Default)]
+struct Editor {
+    text: Option<String>,
+    errors: Vec<String>,
+    saved: Option<i64>,
+}
+
+/// Largest configuration text the editor takes, bytes.
+const MAX_EDITOR_BYTES: usize = 64 * 1024;
+
+/// `POST .../configuration`: `config` (the configuration object as JSON) and `etag` (the
+/// twin's etag the form was made from). Checked with the agent's own validation; a document
+/// with errors is shown back with them and nothing is written; a good one replaces the
+/// configuration member of the desired section, if the twin has not changed since.
+fn save_configuration(
+    hub: &Hub,
+    id: &IdentityId,
+    fields: &BTreeMap<String, String>,
+    csrf: &str,
+    now: i64,
+) -> WebReply {
+    let text = fields.get("config").cloned().unwrap_or_default();
+    // The twin's etag when the form was made: required, so a write never goes unchecked.
+    let etag = Some(fields.get("etag").map_or("\"missing\"", String::as_str));
+    let show = |errors: Vec<String>| {
+        let editor = Editor {
+            text: Some(text.clone()),
+            errors,
+            saved: None,
+        };
+        match device_page(hub, id, csrf, &editor) {
+            // The page itself answers the form (200: it is the page to read, not a failure
+            // of the request).
+            Ok(Some(html)) => WebReply::html(200, html),
+            Ok(None) => WebReply::html(404, message_page("Not found", "No such device.")),
+            Err(e) => WebReply::html(500, message_page("Failed", &e.to_string())),
+        }
+    };
+    if text.len() > MAX_EDITOR_BYTES {
+        return show(vec![format!(
+            "the text is {} bytes; at most {MAX_EDITOR_BYTES}",
+            text.len()
+        )]);
+    }
+    let value: Value = match serde_json::from_str(if text.trim().is_empty() { "{}" } else { &text }) {
+        Ok(v) => v,
+        Err(e) => return show(vec![format!("not JSON: {e}")]),
+    };
+    let pointer = format!("/{CONFIG_KEY}");
+    let validation = twinguard_core::config::validate_config_object(Some(&value), &pointer);
+    let errors: Vec<String> = validation.errors().map(ToString::to_string).collect();
+    if !errors.is_empty() {
+        return show(errors);
+    }
+    let current = match hub.store().twin(id) {
+        Ok(Some(t)) => t,
+        Ok(None) => return WebReply::html(404, message_page("Not found", "No such device.")),
+        Err(e) => return WebReply::html(500, message_page("Failed", &e.to_string())),
+    };
+    let mut desired = current.desired.clone();
+    desired.insert(CONFIG_KEY.to_owned(), value);
+    let written = hub.write_twin_service(
+        id,
+        etag,
+        None,
+        Some(&crate::twin::DesiredChange::Replace(Value::Object(desired))),
+    );
+    let audit = hub.store().record_audit(
+        now,
+        "web-session",
+        &format!("POST {}/configuration", device_href(id)),
+        &device_href(id),
+        if written.is_ok() { 200 } else { 412 },
+    );
+    if let Err(e) = audit {
+        tracing::warn!("audit trail: {e}");
+    }
+    match written {
+        Ok(record) => WebReply::redirect(&format!(
+            "{}?saved={}",
+            device_href(id),
+            record.twin.desired_version
+        )),
+        Err(StoreError::StaleEtag { .. }) => show(vec![
+            "the twin changed since this page was loaded (someone else saved): nothing was saved; the form below shows your text, the table the current state".into(),
+        ]),
+        Err(e) => show(vec![format!("not saved: {e}")]),
+    }
+}
+
+/// The configuration editor's form.
+fn editor_form(
+    id: &IdentityId,
+    csrf: &str,
+    etag: &str,
+    desired: &Map<String, Value>,
+    editor: &Editor,
+) -> String {
+    let text = editor.text.clone().unwrap_or_else(|| {
+        serde_json::to_string_pretty(&Value::Object(desired.clone())).unwrap_or_else(|_| "{}".into())
+    });
+    let mut out = String::from("<h3 id=\"editor\">Edit the desired configuration</h3>");
+    if let Some(v) = editor.saved {
+        let _ = write!(
+            out,
+            "<p class=\"saved\" role=\"status\">Saved as desired version {v}. The agent applies it when it gets it; the table above shows what it reports.</p>"
+        );
+    }
+    if !editor.errors.is_empty() {
+        out.push_str("<div class=\"errors\" role=\"alert\"><p>Not saved:</p><ul>");
+        for e in &editor.errors {
+            let _ = write!(out, "<li>{}</li>", esc(e));
+        }
+        out.push_str("</ul></div>");
+    }
+    let _ = write!(
+        out,
+        r#"<form method="post" action="{}/configuration" class="editor"><input type="hidden" name="csrf" value="{}"><input type="hidden" name="etag" value="{}"><label for="config">The <code>{}</code> object (JSON; properties left out take their defaults), checked as the agent checks it before saving</label><textarea id="config" name="config" rows="12" spellcheck="false">{}</textarea><button type="submit">Validate and save</button></form>"#,
+        esc(&device_href(id)),
+        esc(csrf),
+        esc(etag),
+        esc(CONFIG_KEY),
+        esc(&text)
+    );
+    out
+}
+
+/// Most rows a snapshot table shows.
+const MAX_TABLE_ROWS: usize = 200;
+
+/// A table of snapshot items (or event rows): a column per field, `ExtraDetails` as one.
+fn items_table(title: &str, when: Option<i64>, items: &[Value]) -> String {
+    let mut out = format!("<h3>{}</h3>", esc(title));
+    if items.is_empty() {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">{}</p>",
+            if when.is_some() {
+                "The latest snapshot is empty."
+            } else {
+                "No snapshot yet."
+            }
+        );
+        return out;
+    }
+    let mut columns: Vec<String> = Vec::new();
+    for item in items.iter().take(MAX_TABLE_ROWS) {
+        for key in item.as_object().map(|o| o.keys()).into_iter().flatten() {
+            if !columns.contains(key) {
+                columns.push(key.clone());
+            }
+        }
+    }
+    if let Some(t) = when {
+        let _ = write!(out, "<p class=\"muted\">As of {}.</p>", esc(&utc_text(t)));
+    }
+    out.push_str("<div class=\"scroll\"><table><thead><tr>");
+    for c in &columns {
+        let _ = write!(out, "<th>{}</th>", esc(c));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for item in items.iter().take(MAX_TABLE_ROWS) {
+        out.push_str("<tr>");
+        for c in &columns {
+            let cell = match item.get(c) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => o
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                Some(v) => v.to_string(),
+            };
+            let _ = write!(out, "<td>{}</td>", esc(&cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+    if items.len() > MAX_TABLE_ROWS {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">{} more not shown.</p>",
+            items.len() - MAX_TABLE_ROWS
+        );
+    }
+    out
+}
+
+fn device_page(
+    hub: &Hub,
+    id: &IdentityId,
+    csrf: &str,
+    editor: &Editor,
+) -> Result<Option<String>, StoreError> {
+    let (twin, etag, snapshots, activity, agent, alerts, recs, events, counts) = {
         let store = hub.store();
-        let Some(twin) = store.twin(id)? else {
+        let Some(record) = store.twin_record(id)? else {
             return Ok(None);
         };
+        let etag = record.etag();
+        let twin = record.twin;
+        let mut snapshots = Vec::new();
+        for (name, title) in SNAPSHOT_TABLES {
+            snapshots.push((title, store.latest_snapshot(id, name)?));
+        }
+        let mut activity = Vec::new();
+        for (name, title) in ACTIVITY_TABLES {
+            activity.push((title, store.recent_events(Some(id), Some(name), ACTIVITY_ROWS)?));
+        }
         let agent = store.agents()?.into_iter().find(|a| &a.identity == id);
         let alerts: Vec<AlertRecord> = store
             .alerts(&AlertQuery {
@@ -646,7 +870,9 @@ fn device_page(hub: &Hub, id: &IdentityId, csrf: &str) -> Result<Option<String>,
             .collect();
         let events = store.recent_events(Some(id), None, RECENT_EVENTS)?;
         let counts = store.event_counts(Some(id), now_ms() - 24 * 3600 * 1000)?;
-        (twin, agent, alerts, recs, events, counts)
+        (
+            twin, etag, snapshots, activity, agent, alerts, recs, events, counts,
+        )
     };
     let connected = hub.is_connected(id);
     let (state, reason) = config_state(&twin.desired, &twin.reported);
@@ -701,6 +927,7 @@ fn device_page(hub: &Hub, id: &IdentityId, csrf: &str) -> Result<Option<String>,
             "</tbody></table></div><p class=\"muted\">Highlighted: desired but not (yet) in force.</p>",
         );
     }
+    body.push_str(&editor_form(id, csrf, &etag, desired, editor));
 
     body.push_str("<h2>Recommendations</h2>");
     if recs.is_empty() {
@@ -717,6 +944,23 @@ fn device_page(hub: &Hub, id: &IdentityId, csrf: &str) -> Result<Option<String>,
             );
         }
         body.push_str("</ul>");
+    }
+
+    body.push_str("<h2>Activity</h2>");
+    for (title, rows) in &activity {
+        let items: Vec<Value> = rows
+            .iter()
+            .map(|e| serde_json::json!({"Time": utc_text(e.row.time_ms), "Summary": e.row.summary}))
+            .collect();
+        body.push_str(&items_table(title, None, &items).replace("No snapshot yet.", "None recently."));
+    }
+    body.push_str("<h2>Latest snapshots</h2>");
+    for (title, snapshot) in &snapshots {
+        let (when, items) = match snapshot {
+            Some((t, Value::Array(items))) => (Some(*t), items.as_slice()),
+            _ => (None, &[][..]),
+        };
+        body.push_str(&items_table(title, when, items));
     }
 
     body.push_str("<h2>Events</h2>");
@@ -736,6 +980,25 @@ fn device_page(hub: &Hub, id: &IdentityId, csrf: &str) -> Result<Option<String>,
     }
     Ok(Some(layout(&id.to_string(), Some(csrf), &body)))
 }
+
+/// The snapshot kinds the device page shows as tables, with their titles.
+const SNAPSHOT_TABLES: [(&str, &str); 6] = [
+    ("ListeningPorts", "Listening ports"),
+    ("LocalUsers", "Users"),
+    ("FirewallConfiguration", "Firewall rules"),
+    ("OSBaseline", "Baseline results"),
+    ("SystemInformation", "System information"),
+    ("ConnectedHardware", "Hardware"),
+];
+
+/// The event kinds the device page lists as recent activity.
+const ACTIVITY_TABLES: [(&str, &str); 2] = [
+    ("ProcessCreate", "Processes started"),
+    ("ConnectionCreate", "Connections"),
+];
+
+/// Rows of each activity table.
+const ACTIVITY_ROWS: usize = 25;
 
 fn alerts_page(hub: &Hub, req: &Request, csrf: &str) -> Result<Option<String>, StoreError> {
     let severity = req.param("severity").and_then(Severity::parse);
@@ -834,6 +1097,13 @@ header button{background:transparent;color:#fff;border-color:#fff}
 .filters{display:flex;flex-wrap:wrap;gap:.4rem;align-items:center;margin-bottom:.8rem}
 .filters input,.filters select{font:inherit;padding:.2rem}
 .recs li{margin-bottom:.4rem}
+h3{font-size:1rem;margin:1rem 0 .4rem}
+.editor{display:flex;flex-direction:column;gap:.4rem;max-width:48rem}
+.editor label code{overflow-wrap:anywhere}
+.editor textarea{font:13px/1.4 ui-monospace,monospace;width:100%;padding:.4rem}
+textarea:focus{outline:3px solid #f0b400;outline-offset:1px}
+.errors{border:1px solid #b3261e;background:#fdecea;color:#8c1d18;border-radius:6px;padding:.2rem .8rem;margin:.4rem 0}
+.saved{border:1px solid #1d7a33;background:#e7f5ea;color:#14561f;border-radius:6px;padding:.4rem .8rem}
 figure{margin:1rem 0}
 figcaption{font-weight:600;margin-bottom:.3rem}
 .chart{max-width:40rem;background:#fff;border:1px solid #dde1e6;border-radius:6px}

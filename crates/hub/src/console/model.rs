@@ -4,9 +4,10 @@
 
 pub use twinguard_core::config::{IsoDuration, CONFIG_KEY};
 pub use twinguard_core::event::{
-    BaselineResult, BaselineSeverity, ConfigurationError, ConfigurationErrorType, DroppedEventsStatistics,
-    Event, EventName, FirewallAction, FirewallConfiguration, ListeningPorts, LocalUsers, Login, LoginResult,
-    OSBaseline, PayloadItem, ProcessCreate, Protocol, Queue, Timestamp, Uuid,
+    BaselineResult, BaselineSeverity, ConfigurationError, ConfigurationErrorType, ConnectionCreate,
+    Direction, DroppedEventsStatistics, Event, EventName, ExtraDetails, FirewallAction,
+    FirewallConfiguration, ListeningPorts, LocalUsers, Login, LoginResult, OSBaseline, PayloadItem,
+    ProcessCreate, Protocol, Queue, Timestamp, Uuid,
 };
 
 /// `ms` (Unix milliseconds) as RFC 3339 UTC text, `""` when out of range.

@@ -14,213 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use super::model::{ConfigurationErrorType, Event, LoginResult, PayloadItem};
-
-/// How bad an alert is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Severity {
-    /// Act now: an intrusion or a disabled defence.
-    High,
-    /// Look today.
-    Medium,
-    /// Worth knowing.
-    Low,
-    /// For the record.
-    Informational,
-}
-
-impl Severity {
-    /// Every severity, worst first.
-    pub const ALL: [Severity; 4] = [
-        Severity::High,
-        Severity::Medium,
-        Severity::Low,
-        Severity::Informational,
-    ];
-
-    /// The name used in the API, the CLI and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::High => "high",
-            Severity::Medium => "medium",
-            Severity::Low => "low",
-            Severity::Informational => "informational",
-        }
-    }
-
-    /// Reads [`Severity::as_str`] (any case).
-    pub fn parse(text: &str) -> Option<Severity> {
-        Severity::ALL
-            .into_iter()
-            .find(|s| s.as_str().eq_ignore_ascii_case(text))
-    }
-}
-
-/// The built-in rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rule {
-    /// Several failed logins of a user from one source, then a success.
-    SuccessfulBruteForce,
-    /// Several failed logins of a user from one source within the window.
-    FailedBruteForce,
-    /// A successful login with no remote address (console, `su`).
-    SuccessfulLocalLogin,
-    /// A shell with its input and output on a socket, by its usual command lines.
-    ReverseShell,
-    /// A program run from /tmp, /var/tmp, /dev/shm (or from memory, or deleted).
-    TempDirExecution,
-    /// Firewall rules flushed or the firewall service stopped, or a snapshot that lost them.
-    FirewallDisabled,
-    /// Kernel auditing switched off or its daemon stopped.
-    AuditDisabled,
-    /// A shell history file removed, emptied or redirected.
-    HistoryCleared,
-    /// A local user created.
-    UserAdded,
-    /// A user added to a privileged group.
-    PrivilegedGroup,
-    /// A listening port this device had not opened before.
-    NewListeningPort,
-    /// A known attack or crypto-mining tool run.
-    AttackTool,
-    /// An SSH or socat port forward.
-    PortForwarding,
-    /// No message from the device for longer than its expected frequency allows.
-    DeviceSilent,
-    /// The agent rejected its desired configuration.
-    ConfigurationRejected,
-    /// The agent lost events or runs a collector on a fallback source.
-    MonitoringDegraded,
-}
-
-impl Rule {
-    /// Every built-in rule.
-    pub const ALL: [Rule; 16] = [
-        Rule::SuccessfulBruteForce,
-        Rule::FailedBruteForce,
-        Rule::SuccessfulLocalLogin,
-        Rule::ReverseShell,
-        Rule::TempDirExecution,
-        Rule::FirewallDisabled,
-        Rule::AuditDisabled,
-        Rule::HistoryCleared,
-        Rule::UserAdded,
-        Rule::PrivilegedGroup,
-        Rule::NewListeningPort,
-        Rule::AttackTool,
-        Rule::PortForwarding,
-        Rule::DeviceSilent,
-        Rule::ConfigurationRejected,
-        Rule::MonitoringDegraded,
-    ];
-
-    /// The rule's id in the API and the database.
-    pub fn id(self) -> &'static str {
-        match self {
-            Rule::SuccessfulBruteForce => "successful-brute-force",
-            Rule::FailedBruteForce => "failed-brute-force",
-            Rule::SuccessfulLocalLogin => "successful-local-login",
-            Rule::ReverseShell => "reverse-shell",
-            Rule::TempDirExecution => "temp-dir-execution",
-            Rule::FirewallDisabled => "firewall-disabled",
-            Rule::AuditDisabled => "audit-disabled",
-            Rule::HistoryCleared => "history-cleared",
-            Rule::UserAdded => "user-added",
-            Rule::PrivilegedGroup => "privileged-group",
-            Rule::NewListeningPort => "new-listening-port",
-            Rule::AttackTool => "attack-tool",
-            Rule::PortForwarding => "port-forwarding",
-            Rule::DeviceSilent => "device-silent",
-            Rule::ConfigurationRejected => "configuration-rejected",
-            Rule::MonitoringDegraded => "monitoring-degraded",
-        }
-    }
-
-    /// Reads [`Rule::id`].
-    pub fn parse(id: &str) -> Option<Rule> {
-        Rule::ALL.into_iter().find(|r| r.id() == id)
-    }
-
-    /// A short title for lists.
-    pub fn title(self) -> &'static str {
-        match self {
-            Rule::SuccessfulBruteForce => "Successful brute-force login",
-            Rule::FailedBruteForce => "Brute-force login attempts",
-            Rule::SuccessfulLocalLogin => "Successful local login",
-            Rule::ReverseShell => "Possible reverse shell",
-            Rule::TempDirExecution => "Program run from a temporary directory",
-            Rule::FirewallDisabled => "Firewall disabled",
-            Rule::AuditDisabled => "Audit logging disabled",
-            Rule::HistoryCleared => "Shell history cleared",
-            Rule::UserAdded => "Local user added",
-            Rule::PrivilegedGroup => "User added to a privileged group",
-            Rule::NewListeningPort => "New listening port",
-            Rule::AttackTool => "Attack or crypto-mining tool run",
-            Rule::PortForwarding => "Port forwarding",
-            Rule::DeviceSilent => "Device silent",
-            Rule::ConfigurationRejected => "Agent configuration rejected",
-            Rule::MonitoringDegraded => "Monitoring degraded",
-        }
-    }
-
-    /// How bad it is.
-    pub fn severity(self) -> Severity {
-        match self {
-            Rule::SuccessfulBruteForce
-            | Rule::ReverseShell
-            | Rule::FirewallDisabled
-            | Rule::AuditDisabled
-            | Rule::AttackTool => Severity::High,
-            Rule::FailedBruteForce
-            | Rule::TempDirExecution
-            | Rule::HistoryCleared
-            | Rule::PrivilegedGroup
-            | Rule::PortForwarding
-            | Rule::DeviceSilent
-            | Rule::ConfigurationRejected => Severity::Medium,
-            Rule::UserAdded | Rule::NewListeningPort | Rule::MonitoringDegraded => Severity::Low,
-            Rule::SuccessfulLocalLogin => Severity::Informational,
-        }
-    }
-
-    /// What the operator should do.
-    pub fn remediation(self) -> &'static str {
-        match self {
-            Rule::SuccessfulBruteForce => "Treat the account as compromised: change its password or keys, end its sessions, review what it ran, and limit login attempts (fail2ban, pam_faillock) or disable password logins.",
-            Rule::FailedBruteForce => "Block the source, limit login attempts (pam_faillock, fail2ban) and prefer key-based SSH logins.",
-            Rule::SuccessfulLocalLogin => "Confirm that someone with physical or console access was expected on this device.",
-            Rule::ReverseShell => "Isolate the device, kill the process and its parent, find how it was started (the parent process), and rotate the credentials it could read.",
-            Rule::TempDirExecution => "Find where the program came from, remove it, and mount /tmp, /var/tmp and /dev/shm with noexec.",
-            Rule::FirewallDisabled => "Restore the firewall rules (nft -f /etc/nftables.conf), re-enable the service, and find who disabled it.",
-            Rule::AuditDisabled => "Re-enable auditing (auditctl -e 1, systemctl start auditd), make the rules immutable (-e 2), and find who disabled it.",
-            Rule::HistoryCleared => "Someone hid their commands: review logins and process events around this time.",
-            Rule::UserAdded => "Confirm the new account is expected; otherwise lock it (usermod -L) and investigate.",
-            Rule::PrivilegedGroup => "Confirm the change is expected; otherwise remove the user from the group (gpasswd -d USER GROUP) and investigate.",
-            Rule::NewListeningPort => "Confirm the service is expected; otherwise stop it, or bind it to the interface that needs it only.",
-            Rule::AttackTool => "Kill the process, remove the tool, and find how it reached the device.",
-            Rule::PortForwarding => "Confirm the tunnel is expected; otherwise kill it and disable forwarding (AllowTcpForwarding no).",
-            Rule::DeviceSilent => "Check the device's power, network and agent (systemctl status twinguard); a device that stops reporting may have been tampered with.",
-            Rule::ConfigurationRejected => "Fix the desired configuration (twinguard validate, or the device page's errors); the agent keeps the previous one meanwhile.",
-            Rule::MonitoringDegraded => "See the device's reported collector status and twinguard doctor on the device; raise the cache size or message frequency if events are dropped.",
-        }
-    }
-}
-
-/// What a rule found: one occurrence, which the store folds into an alert.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    /// Which rule.
-    pub rule: Rule,
-    /// What makes this occurrence distinct within the rule and device (a user and source, a
-    /// port, a path); occurrences with the same key fold into one alert.
-    pub key: String,
-    /// When it happened (the event's time), Unix milliseconds.
-    pub time_ms: i64,
-    /// The events that match (their `Id`s).
-    pub event_ids: Vec<String>,
-    /// The fields that matched, by name.
-    pub fields: Vec<(String, String)>,
-}
+use super::custom::{CustomRules, CustomState};
+pub use super::finding::{Finding, Rule, Severity};
+use super::model::{ConfigurationErrorType, Direction, Event, ExtraDetails, LoginResult, PayloadItem};
 
 /// The tunables of the built-in rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +30,15 @@ pub struct RuleSettings {
     /// Least silence that makes a device silent; the device's own expectation (twice its
     /// high-priority message frequency) is used when longer.
     pub silent_floor_ms: i64,
+    /// How long after a device's first outbound connection its destinations are learned
+    /// without alerts (per device; a hub restart learns again).
+    pub outbound_learning_ms: i64,
+    /// How long the desired configuration may stay unapplied (desired `$version` newer than
+    /// the one the agent reports) before monitoring counts as degraded.
+    pub config_pending_ms: i64,
+    /// How long a device whose connection ended without a clean stop (no MQTT DISCONNECT) may
+    /// stay away before monitoring counts as degraded.
+    pub offline_grace_ms: i64,
 }
 
 /// 15 minutes.
@@ -246,6 +51,9 @@ impl Default for RuleSettings {
             brute_force_window_ms: 10 * 60 * 1000,
             dedup_window_ms: 60 * 60 * 1000,
             silent_floor_ms: FIFTEEN_MINUTES_MS,
+            outbound_learning_ms: 24 * 60 * 60 * 1000,
+            config_pending_ms: 2 * FIFTEEN_MINUTES_MS,
+            offline_grace_ms: 2 * 60 * 1000,
         }
     }
 }
@@ -272,6 +80,16 @@ struct DeviceState {
     users: Option<BTreeMap<String, BTreeSet<String>>>,
     /// Items of the last FirewallConfiguration snapshot.
     firewall_items: Option<usize>,
+    /// When this device's first outbound connection was seen (its learning period starts).
+    outbound_since_ms: Option<i64>,
+    /// Executable -> `address:port` destinations it connected out to.
+    outbound: HashMap<String, BTreeSet<String>>,
+    /// Destinations remembered over all executables (bounded by [`MAX_REMEMBERED`]).
+    outbound_count: usize,
+    /// The desired `$version` not yet applied and since when (hub time).
+    pending: Option<(i64, i64)>,
+    /// When the device's last connection ended without a clean stop, while it is away.
+    unclean_end_ms: Option<i64>,
 }
 
 /// The rule engine: built-in rules over typed events, with the per-device state they need.
@@ -279,6 +97,7 @@ struct DeviceState {
 pub struct RuleEngine {
     settings: RuleSettings,
     devices: HashMap<String, DeviceState>,
+    custom: CustomState,
 }
 
 /// Groups whose members can become root or read secrets.
@@ -318,6 +137,7 @@ impl RuleEngine {
         RuleEngine {
             settings,
             devices: HashMap::new(),
+            custom: CustomState::default(),
         }
     }
 
@@ -326,7 +146,36 @@ impl RuleEngine {
         &self.settings
     }
 
-    /// Runs every rule over one event of `device` (its identity's text form).
+    /// Puts custom rules in force (replacing the earlier ones; their windows start over).
+    pub fn set_custom(&mut self, rules: CustomRules) {
+        self.custom.set(rules);
+    }
+
+    /// The custom rules in force.
+    pub fn custom(&self) -> &CustomRules {
+        self.custom.rules()
+    }
+
+    /// Ends the custom rules' windows that are over at `now_ms`: the findings of their
+    /// minimums, by device.
+    pub fn custom_tick(&mut self, now_ms: i64) -> Vec<(String, Finding)> {
+        self.custom.tick(now_ms)
+    }
+
+    /// Runs every built-in rule, and the custom rules of the groups `tags` (the device's twin
+    /// tags) put it in, over one event of `device`.
+    pub fn observe_tagged(
+        &mut self,
+        device: &str,
+        tags: &serde_json::Map<String, serde_json::Value>,
+        event: &Event,
+    ) -> Vec<Finding> {
+        let mut out = self.observe(device, event);
+        out.extend(self.custom.observe(device, tags, event));
+        out
+    }
+
+    /// Runs every built-in rule over one event of `device` (its identity's text form).
     pub fn observe(&mut self, device: &str, event: &Event) -> Vec<Finding> {
         let time_ms = event.time().millis_since_epoch();
         let id = event.id().to_string();
@@ -428,7 +277,13 @@ impl RuleEngine {
         for item in event.payload() {
             match item {
                 PayloadItem::ProcessCreate(p) => {
-                    for (rule, key, fields) in command_findings(&p.executable, &p.command_line) {
+                    let mut matches = command_findings(&p.executable, &p.command_line);
+                    for m in exec_fact_findings(&p.executable, &p.extra_details) {
+                        if !matches.iter().any(|(r, _, _)| *r == m.0) {
+                            matches.push(m);
+                        }
+                    }
+                    for (rule, key, fields) in matches {
                         let mut fields = fields;
                         fields.push(("UserId", p.user_id.clone()));
                         fields.push(("ProcessId", p.process_id.to_string()));
@@ -488,6 +343,37 @@ impl RuleEngine {
                                 out.push(finding(Rule::SuccessfulLocalLogin, l.user_name.clone(), fields));
                             }
                         }
+                    }
+                }
+                PayloadItem::ConnectionCreate(c) if c.direction == Direction::Out => {
+                    let since = *state.outbound_since_ms.get_or_insert(time_ms);
+                    let destination = match c.remote_address {
+                        std::net::IpAddr::V6(a) => format!("[{a}]:{}", c.remote_port),
+                        a => format!("{a}:{}", c.remote_port),
+                    };
+                    let known = state.outbound.get(&c.executable);
+                    if known.is_some_and(|k| k.contains(&destination)) {
+                        continue;
+                    }
+                    if time_ms.saturating_sub(since) > self.settings.outbound_learning_ms {
+                        out.push(finding(
+                            Rule::NewOutboundDestination,
+                            format!("{} -> {destination}", c.executable),
+                            vec![
+                                ("Executable", c.executable.clone()),
+                                ("Destination", destination.clone()),
+                                ("Protocol", c.protocol.to_string()),
+                                ("ProcessId", c.process_id.to_string()),
+                            ],
+                        ));
+                    }
+                    if state.outbound_count < MAX_REMEMBERED {
+                        state.outbound_count += 1;
+                        state
+                            .outbound
+                            .entry(c.executable.clone())
+                            .or_default()
+                            .insert(destination);
                     }
                 }
                 PayloadItem::ConfigurationError(c)
@@ -563,6 +449,74 @@ impl RuleEngine {
         out
     }
 
+    /// Monitoring degraded when `device`'s desired configuration stays unapplied: its desired
+    /// `$version` is newer than the `seen` one its agent reports for longer than
+    /// [`RuleSettings::config_pending_ms`]. Called on each check with the twin's state; the
+    /// engine remembers since when (hub time `now_ms`) the version has been pending.
+    pub fn config_pending(
+        &mut self,
+        device: &str,
+        desired: i64,
+        seen: Option<i64>,
+        now_ms: i64,
+    ) -> Option<Finding> {
+        let pending = seen.is_some_and(|s| desired > s);
+        let state = self.devices.entry(device.to_owned()).or_default();
+        if !pending {
+            state.pending = None;
+            return None;
+        }
+        let since = match state.pending {
+            // A newer desired version while one was pending: still the same wait.
+            Some((_, since)) => since,
+            None => now_ms,
+        };
+        state.pending = Some((desired, since));
+        (now_ms.saturating_sub(since) > self.settings.config_pending_ms).then(|| Finding {
+            rule: Rule::MonitoringDegraded,
+            key: format!("config-pending-{desired}"),
+            time_ms: now_ms,
+            event_ids: Vec::new(),
+            fields: vec![
+                ("DesiredVersion".into(), desired.to_string()),
+                (
+                    "ReportedVersion".into(),
+                    seen.map_or_else(String::new, |s| s.to_string()),
+                ),
+                ("PendingSince".into(), super::model::utc_text(since)),
+            ],
+        })
+    }
+
+    /// Notes that `device`'s connection ended at `now_ms`, cleanly (an MQTT DISCONNECT, the
+    /// agent stopping) or not.
+    pub fn connection_ended(&mut self, device: &str, clean: bool, now_ms: i64) {
+        self.devices.entry(device.to_owned()).or_default().unclean_end_ms = (!clean).then_some(now_ms);
+    }
+
+    /// Notes that `device` is connected again.
+    pub fn connection_started(&mut self, device: &str) {
+        if let Some(state) = self.devices.get_mut(device) {
+            state.unclean_end_ms = None;
+        }
+    }
+
+    /// Monitoring degraded when `device` (not connected now) went away without a clean stop
+    /// longer than [`RuleSettings::offline_grace_ms`] ago. One alert per disconnection.
+    pub fn offline_unclean(&self, device: &str, now_ms: i64) -> Option<Finding> {
+        let ended = self.devices.get(device)?.unclean_end_ms?;
+        (now_ms.saturating_sub(ended) > self.settings.offline_grace_ms).then(|| Finding {
+            rule: Rule::MonitoringDegraded,
+            key: format!("offline-{ended}"),
+            time_ms: ended,
+            event_ids: Vec::new(),
+            fields: vec![
+                ("OfflineSince".into(), super::model::utc_text(ended)),
+                ("CleanStop".into(), "false".into()),
+            ],
+        })
+    }
+
     /// The device-silent finding of a device whose last message was at `last_ms`, if its
     /// silence at `now_ms` is longer than the floor and than twice `high_frequency_ms` (its
     /// highPriorityMessageFrequency, when known). The key is the last message's time, so one
@@ -596,6 +550,94 @@ fn forget_oldest(failures: &mut HashMap<(String, String), VecDeque<(i64, String)
     if let Some(k) = oldest {
         failures.remove(&k);
     }
+}
+
+/// Shells, by program name (for the stdio exec facts).
+const SHELLS: [&str; 9] = [
+    "sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "busybox", "fish",
+];
+
+/// Matches of the eBPF exec facts of a process start (its `ExtraDetails`: `Stdin`/`Stdout`
+/// as `socket|pipe|tty|file|other`, `ExecutableDeleted`, `ExecutableMemfd`,
+/// `WritableDirectory` as `"True"`): a shell whose input and output are both sockets is a
+/// reverse shell; a deleted or memfd executable, or one in a writable directory, runs from a
+/// writable/temporary location. Empty when the agent sent no facts (the command-line patterns
+/// of [`command_findings`] are the fallback). Pure.
+pub fn exec_fact_findings(executable: &str, extra: &ExtraDetails) -> Vec<CommandMatch> {
+    let mut out: Vec<CommandMatch> = Vec::new();
+    let fact = |k: &str| extra.get(k).map(String::as_str);
+    if fact("Stdin") == Some("socket")
+        && fact("Stdout") == Some("socket")
+        && SHELLS.contains(&base(executable))
+    {
+        out.push((
+            Rule::ReverseShell,
+            executable.to_owned(),
+            vec![
+                ("Executable", executable.to_owned()),
+                ("Stdin", "socket".into()),
+                ("Stdout", "socket".into()),
+            ],
+        ));
+    }
+    let location: Vec<(&'static str, String)> = ["ExecutableDeleted", "ExecutableMemfd", "WritableDirectory"]
+        .into_iter()
+        .filter(|k| fact(k).is_some_and(|v| v.eq_ignore_ascii_case("true")))
+        .map(|k| (k, "True".to_owned()))
+        .collect();
+    if !location.is_empty() {
+        let mut fields = vec![("Executable", executable.to_owned())];
+        fields.extend(location);
+        out.push((Rule::TempDirExecution, executable.to_owned(), fields));
+    }
+    out
+}
+
+/// Temporary directories (a compiler's output there is suspicious; programs run from there
+/// are [`Rule::TempDirExecution`]).
+const TEMP_DIRS: [&str; 3] = ["/tmp/", "/var/tmp/", "/dev/shm/"];
+
+/// Whether `program` is a compiler, assembler or linker driver: gcc, cc, clang, tcc, as, ld
+/// and their versioned, cross and C++ names (`gcc-12`, `x86_64-linux-gnu-gcc`, `ld.gold`).
+fn is_compiler(program: &str) -> bool {
+    let stem = program
+        .rsplit_once("-linux-gnu-")
+        .map_or(program, |(_, s)| s)
+        .split(['-', '.'])
+        .next()
+        .unwrap_or("");
+    ["gcc", "cc", "clang", "tcc", "as", "ld", "g++", "c++", "clang++"].contains(&stem)
+}
+
+/// The compiler's output file in a temporary directory, if any: the `-o` argument (`-o PATH`
+/// or `-oPATH`), leaving out the intermediates a compiler driver itself writes to /tmp
+/// (`.o`, `.s`, `.i` and friends, e.g. gcc's `/tmp/ccXXXXXX.o`), so that an ordinary build
+/// elsewhere does not match. (The working directory is not in the event model, so a relative
+/// output in a temporary directory is not seen.)
+fn temp_output(tokens: &[&str]) -> Option<String> {
+    let output = tokens
+        .windows(2)
+        .find(|w| w[0] == "-o")
+        .map(|w| w[1])
+        .or_else(|| {
+            tokens
+                .iter()
+                .find_map(|t| t.strip_prefix("-o").filter(|r| r.starts_with('/')))
+        })?;
+    let intermediate = [
+        ".o",
+        ".s",
+        ".i",
+        ".ii",
+        ".res",
+        ".ld",
+        ".le",
+        ".lto.o",
+        ".ltrans.out",
+    ]
+    .iter()
+    .any(|e| output.ends_with(e));
+    (TEMP_DIRS.iter().any(|d| output.starts_with(d)) && !intermediate).then(|| output.to_owned())
 }
 
 /// The program name of a path or argv[0].
@@ -653,13 +695,18 @@ pub fn command_findings(executable: &str, command_line: &str) -> Vec<CommandMatc
     }
 
     // A program run from a temporary or world-writable directory, from memory, or deleted.
-    if ["/tmp/", "/var/tmp/", "/dev/shm/"]
-        .iter()
-        .any(|d| executable.starts_with(d))
+    if TEMP_DIRS.iter().any(|d| executable.starts_with(d))
         || executable.starts_with("/memfd:")
         || executable.ends_with(" (deleted)")
     {
         push(Rule::TempDirExecution, executable.to_owned());
+    }
+
+    // Compilation into a temporary directory.
+    if is_compiler(program) || is_compiler(argv0) {
+        if let Some(output) = temp_output(&tokens) {
+            push(Rule::SuspiciousCompilation, output);
+        }
     }
 
     // Firewall disabled.
@@ -1153,5 +1200,249 @@ mod tests {
             .any(|(k, v)| k == "Executable" && v == "/tmp/tg/evil"));
         assert_eq!(Severity::parse("HIGH"), Some(Severity::High));
         assert!(Rule::ALL.iter().all(|r| Rule::parse(r.id()) == Some(*r)));
+    }
+
+    fn exec_with(exe: &str, cmd: &str, facts: &[(&str, &str)]) -> Event {
+        event(
+            EventName::ProcessCreate,
+            vec![PayloadItem::ProcessCreate(ProcessCreate {
+                executable: exe.into(),
+                process_id: 43,
+                parent_process_id: 1,
+                user_id: "0".into(),
+                user_name: None,
+                command_line: cmd.into(),
+                extra_details: facts
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            })],
+            T0,
+        )
+    }
+
+    fn rule_ids(found: &[Finding]) -> Vec<&'static str> {
+        found.iter().map(|f| f.rule.id()).collect()
+    }
+
+    #[test]
+    fn exec_facts_reverse_shell_and_writable_locations() {
+        let mut engine = RuleEngine::default();
+        // A shell with stdin and stdout on sockets, whatever its command line.
+        let found = engine.observe(
+            "d",
+            &exec_with(
+                "/usr/bin/bash",
+                "bash -i",
+                &[("Stdin", "socket"), ("Stdout", "socket"), ("Stderr", "socket")],
+            ),
+        );
+        assert_eq!(rule_ids(&found), vec!["reverse-shell"]);
+        assert!(found[0].fields.iter().any(|(k, v)| k == "Stdin" && v == "socket"));
+        // Near misses: only stdin on a socket (inetd-style input), a pipe, or not a shell.
+        for facts in [
+            &[("Stdin", "socket"), ("Stdout", "pipe")][..],
+            &[("Stdin", "pipe"), ("Stdout", "socket")][..],
+            &[("Stdin", "tty"), ("Stdout", "tty")][..],
+        ] {
+            assert!(
+                engine
+                    .observe("d", &exec_with("/usr/bin/bash", "bash -i", facts))
+                    .is_empty(),
+                "{facts:?}"
+            );
+        }
+        assert!(engine
+            .observe(
+                "d",
+                &exec_with(
+                    "/usr/sbin/sshd",
+                    "sshd -i",
+                    &[("Stdin", "socket"), ("Stdout", "socket")]
+                )
+            )
+            .is_empty());
+        // A deleted or memfd executable, or one in a writable directory, outside /tmp too.
+        for fact in ["ExecutableDeleted", "ExecutableMemfd", "WritableDirectory"] {
+            let found = engine.observe("d", &exec_with("/home/pi/.cache/x", "x", &[(fact, "True")]));
+            assert_eq!(rule_ids(&found), vec!["temp-dir-execution"], "{fact}");
+            assert!(found[0].fields.iter().any(|(k, _)| k == fact));
+        }
+        // Near miss: the facts present and all false.
+        assert!(engine
+            .observe(
+                "d",
+                &exec_with(
+                    "/usr/bin/ls",
+                    "ls",
+                    &[
+                        ("ExecutableDeleted", "False"),
+                        ("WritableDirectory", "False"),
+                        ("Stdin", "tty")
+                    ]
+                )
+            )
+            .is_empty());
+        // Facts and the path both say so: one finding, not two.
+        let found = engine.observe(
+            "d",
+            &exec_with("/tmp/x", "/tmp/x", &[("WritableDirectory", "True")]),
+        );
+        assert_eq!(rule_ids(&found), vec!["temp-dir-execution"]);
+    }
+
+    #[test]
+    fn compilation_into_a_temporary_directory() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "/usr/bin/x86_64-linux-gnu-gcc-12",
+                "gcc -o /tmp/x x.c",
+                &["suspicious-compilation"],
+            ),
+            (
+                "/usr/bin/clang-16",
+                "clang x.c -o/dev/shm/.k",
+                &["suspicious-compilation"],
+            ),
+            (
+                "/usr/bin/tcc",
+                "tcc -o /var/tmp/a a.c",
+                &["suspicious-compilation"],
+            ),
+            (
+                "/usr/bin/x86_64-linux-gnu-ld.bfd",
+                "ld -o /tmp/pay a.o",
+                &["suspicious-compilation"],
+            ),
+            // Near misses: a build elsewhere, the driver's own intermediates in /tmp, a
+            // non-compiler writing to /tmp.
+            ("/usr/bin/gcc", "gcc -o /home/pi/app app.c", &[]),
+            (
+                "/usr/bin/x86_64-linux-gnu-as",
+                "as --64 -o /tmp/ccAbc123.o /tmp/ccXyz789.s",
+                &[],
+            ),
+            ("/usr/bin/sort", "sort -o /tmp/sorted in.txt", &[]),
+            ("/usr/bin/gcc", "gcc /tmp/x.c", &[]),
+        ];
+        for (exe, cmd, want) in cases {
+            assert_eq!(rules_of(exe, cmd), *want, "{exe}: {cmd}");
+        }
+    }
+
+    #[test]
+    fn new_outbound_destination_after_learning() {
+        let settings = RuleSettings {
+            outbound_learning_ms: 60_000,
+            ..RuleSettings::default()
+        };
+        let mut engine = RuleEngine::new(settings);
+        let connect = |exe: &str, to: &str, port: &str, ms: i64, direction: Direction| {
+            event(
+                EventName::ConnectionCreate,
+                vec![PayloadItem::ConnectionCreate(
+                    crate::console::model::ConnectionCreate {
+                        remote_address: to.parse().expect("ip"),
+                        remote_port: port.into(),
+                        local_address: None,
+                        local_port: None,
+                        direction,
+                        protocol: Protocol::Tcp,
+                        process_id: 7,
+                        user_id: None,
+                        executable: exe.into(),
+                        command_line: None,
+                        extra_details: Default::default(),
+                    },
+                )],
+                ms,
+            )
+        };
+        // Learning: anything goes.
+        assert!(engine
+            .observe(
+                "d",
+                &connect("/usr/bin/curl", "10.0.0.1", "443", T0, Direction::Out)
+            )
+            .is_empty());
+        assert!(engine
+            .observe(
+                "d",
+                &connect("/usr/bin/curl", "10.0.0.2", "443", T0 + 59_000, Direction::Out)
+            )
+            .is_empty());
+        // After it: a known destination is quiet, a new one fires once, inbound never does.
+        let after = T0 + 61_000;
+        assert!(engine
+            .observe(
+                "d",
+                &connect("/usr/bin/curl", "10.0.0.1", "443", after, Direction::Out)
+            )
+            .is_empty());
+        let found = engine.observe(
+            "d",
+            &connect("/usr/bin/curl", "203.0.113.9", "4444", after, Direction::Out),
+        );
+        assert_eq!(rule_ids(&found), vec!["new-outbound-destination"]);
+        assert_eq!(found[0].key, "/usr/bin/curl -> 203.0.113.9:4444");
+        assert!(engine
+            .observe(
+                "d",
+                &connect("/usr/bin/curl", "203.0.113.9", "4444", after + 1, Direction::Out)
+            )
+            .is_empty());
+        // Per executable: another program to a destination curl knows is new.
+        let found = engine.observe("d", &connect("/tmp/x", "10.0.0.1", "443", after, Direction::Out));
+        assert_eq!(rule_ids(&found), vec!["new-outbound-destination"]);
+        assert!(engine
+            .observe(
+                "d",
+                &connect("/usr/sbin/sshd", "198.51.100.1", "50000", after, Direction::In)
+            )
+            .is_empty());
+        // Another device is still learning.
+        assert!(engine
+            .observe(
+                "e",
+                &connect("/usr/bin/curl", "203.0.113.9", "4444", after, Direction::Out)
+            )
+            .is_empty());
+    }
+
+    #[test]
+    fn pending_configuration_and_unclean_offline() {
+        let settings = RuleSettings {
+            config_pending_ms: 60_000,
+            offline_grace_ms: 30_000,
+            ..RuleSettings::default()
+        };
+        let mut engine = RuleEngine::new(settings);
+        // Applied: nothing; pending: nothing until the time is up, then one key per version.
+        assert!(engine.config_pending("d", 3, Some(3), T0).is_none());
+        assert!(engine.config_pending("d", 4, Some(3), T0).is_none());
+        assert!(engine.config_pending("d", 4, Some(3), T0 + 59_000).is_none());
+        let found = engine
+            .config_pending("d", 4, Some(3), T0 + 61_000)
+            .expect("pending too long");
+        assert_eq!(
+            (found.rule, found.key.as_str()),
+            (Rule::MonitoringDegraded, "config-pending-4")
+        );
+        // Applied at last: the wait starts over.
+        assert!(engine.config_pending("d", 4, Some(4), T0 + 62_000).is_none());
+        assert!(engine.config_pending("d", 5, Some(4), T0 + 63_000).is_none());
+        // No reported version (not an agent): never.
+        assert!(engine.config_pending("e", 9, None, T0 + 10_000_000).is_none());
+
+        // A clean stop never counts; an unclean end does after the grace, unless it came back.
+        engine.connection_ended("d", true, T0);
+        assert!(engine.offline_unclean("d", T0 + 100_000).is_none());
+        engine.connection_ended("d", false, T0);
+        assert!(engine.offline_unclean("d", T0 + 29_000).is_none());
+        let found = engine.offline_unclean("d", T0 + 31_000).expect("offline");
+        assert_eq!(found.key, format!("offline-{T0}"));
+        engine.connection_started("d");
+        assert!(engine.offline_unclean("d", T0 + 100_000).is_none());
+        assert!(engine.offline_unclean("never-seen", T0).is_none());
     }
 }

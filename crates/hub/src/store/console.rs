@@ -7,7 +7,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::{json, Value};
 
 use super::{identity_from_cols, module_col, Store, StoreError};
-use crate::console::recommend::Recommendation;
+use crate::console::recommend::{newest_version, outdated_agent, Recommendation};
+use crate::console::rules::Severity;
 use crate::console::rules::{merges_into, Finding, RuleSettings};
 use twinguard_core::iothub::identity::IdentityId;
 
@@ -51,6 +52,14 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_by_key ON alerts (device_id, module_id, rule, key);
 CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state, changed_ms);
+CREATE TABLE IF NOT EXISTS snapshots (
+    device_id TEXT NOT NULL,
+    module_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (device_id, module_id, name)
+);
 CREATE TABLE IF NOT EXISTS recommendations (
     device_id TEXT NOT NULL,
     module_id TEXT NOT NULL,
@@ -215,6 +224,9 @@ pub struct Ingest {
     pub findings: Vec<Finding>,
     /// Per snapshot source, its new recommendations.
     pub recommendations: Vec<(&'static str, Vec<Recommendation>)>,
+    /// The snapshot events' payloads (name, time, the `Payload` array as JSON), each replacing
+    /// the identity's previous one of that name: the device page's tables.
+    pub snapshots: Vec<(String, i64, String)>,
 }
 
 fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AlertRecordCols, String)> {
@@ -419,6 +431,13 @@ impl Store {
                 )?;
             }
         }
+        for (name, time_ms, payload) in &ingest.snapshots {
+            tx.execute(
+                "INSERT INTO snapshots (device_id, module_id, name, time_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device_id, module_id, name) DO UPDATE SET time_ms = ?4, payload = ?5 WHERE ?4 >= time_ms",
+                params![id.device(), module_col(id), name, time_ms, payload],
+            )?;
+        }
         let changed = raise_in(&tx, id, &ingest.findings, settings, received_ms)?;
         tx.commit()?;
         Ok(changed)
@@ -553,7 +572,53 @@ impl Store {
                 });
             }
         }
+        // An agent older than the newest the fleet runs (worked out now, from the agents'
+        // last messages, so updating one device changes the advice for the others).
+        let agents = self.agents()?;
+        if let Some(newest) = newest_version(agents.iter().map(|a| a.agent_version.as_str())) {
+            for agent in agents
+                .iter()
+                .filter(|a| device.is_none_or(|d| a.identity.device() == d))
+            {
+                if let Some(r) = outdated_agent(&agent.agent_version, newest) {
+                    out.push(RecommendationRecord {
+                        identity: agent.identity.clone(),
+                        source: "AgentVersion".into(),
+                        kind: r.kind.into(),
+                        key: r.key,
+                        severity: r.severity.as_str().into(),
+                        title: r.title,
+                        remediation: r.remediation,
+                        updated_ms: agent.last_message_ms,
+                    });
+                }
+            }
+        }
+        let rank = |s: &str| Severity::parse(s).map_or(Severity::ALL.len(), |s| s as usize);
+        out.sort_by_key(|r| rank(&r.severity));
         Ok(out)
+    }
+
+    /// The latest snapshot of `name` an identity sent: its time and its `Payload` array.
+    pub fn latest_snapshot(&self, id: &IdentityId, name: &str) -> Result<Option<(i64, Value)>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT time_ms, payload FROM snapshots WHERE device_id = ?1 AND module_id = ?2 AND name = ?3",
+            )?
+            .query_row(params![id.device(), module_col(id), name], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        row.map(|(time, text)| {
+            serde_json::from_str(&text)
+                .map(|v| (time, v))
+                .map_err(|source| StoreError::CorruptJson {
+                    what: "snapshots.payload",
+                    source,
+                })
+        })
+        .transpose()
     }
 
     /// The identities that sent security messages.
@@ -721,8 +786,22 @@ mod tests {
             }],
             findings: vec![finding(Rule::TempDirExecution, "/tmp/x", T0, "e1")],
             recommendations: Vec::new(),
+            snapshots: vec![("ListeningPorts".into(), T0, r#"[{"LocalPort":"22"}]"#.into())],
         };
         let first = store.ingest(1, &id, T0, &ingest, &s).expect("ingest");
+        // The latest snapshot of a kind is kept for the device page; an older one does not
+        // replace it.
+        let older = Ingest {
+            agent_version: "1.2.3".into(),
+            snapshots: vec![("ListeningPorts".into(), T0 - 1, "[]".into())],
+            ..Ingest::default()
+        };
+        store.ingest(2, &id, T0, &older, &s).expect("ingest");
+        assert_eq!(
+            store.latest_snapshot(&id, "ListeningPorts").expect("read"),
+            Some((T0, serde_json::json!([{"LocalPort": "22"}])))
+        );
+        assert!(store.latest_snapshot(&id, "LocalUsers").expect("read").is_none());
         assert_eq!(first.len(), 1);
         // Same rule and key within the window: the same alert, counted.
         let again = store
@@ -842,6 +921,42 @@ mod tests {
             store.event_counts(None, 0).expect("counts"),
             vec![("ProcessCreate".to_owned(), 1)]
         );
+    }
+
+    #[test]
+    fn agents_older_than_the_fleets_newest_are_recommended_an_update() {
+        let mut store = Store::open(std::path::Path::new(":memory:"), 100).expect("store");
+        let settings = RuleSettings::default();
+        let old = IdentityId::new("old", Some("azureiotsecurity")).expect("id");
+        let new = IdentityId::new("new", Some("azureiotsecurity")).expect("id");
+        for (seq, (id, version)) in [(&old, "0.9.3"), (&new, "0.10.0")].into_iter().enumerate() {
+            let ingest = Ingest {
+                agent_version: version.into(),
+                ..Ingest::default()
+            };
+            store
+                .ingest(i64::try_from(seq).expect("seq") + 1, id, T0, &ingest, &settings)
+                .expect("ingest");
+        }
+        let all = store.recommendations(None).expect("list");
+        let outdated: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|r| r.kind == "outdated-agent")
+            .map(|r| (r.identity.device(), r.key.as_str()))
+            .collect();
+        assert_eq!(outdated, vec![("old", "0.9.3")]);
+        assert!(store
+            .recommendations(Some("new"))
+            .expect("list")
+            .iter()
+            .all(|r| r.kind != "outdated-agent"));
+        // The old one updated: no advice left.
+        let ingest = Ingest {
+            agent_version: "0.10.0".into(),
+            ..Ingest::default()
+        };
+        store.ingest(3, &old, T0, &ingest, &settings).expect("ingest");
+        assert!(store.recommendations(None).expect("list").is_empty());
     }
 
     #[test]

@@ -64,11 +64,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(bin: &Path, dir: &Path, hub: &Hub, cs: &str, extra: &[&str]) -> Agent {
+        Agent::start_via(&[], bin, dir, hub, cs, extra)
+    }
+
+    /// Starts the agent through `prefix` (e.g. `ip netns exec NS`), which execs it.
+    pub fn start_via(prefix: &[&str], bin: &Path, dir: &Path, hub: &Hub, cs: &str, extra: &[&str]) -> Agent {
         let cs_file = dir.join("connection-string");
         write_secret(&cs_file, cs);
         let log = dir.join("agent.log");
         let log_file = std::fs::File::create(&log).expect("log");
-        let child = Command::new(bin)
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("run")
             .arg("--iothub")
             .arg(&cs_file)

@@ -21,7 +21,7 @@ use crate::python::venv_python;
 use crate::support::{repo_root, scratch, skip, target_dir, wait_until, Hub, CONFIG_KEY, MODULE};
 
 /// The alerts the CLI prints for `device` (all states), by rule.
-fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
+pub fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
     let out = ok_stdout(&hub_cli(
         data,
         &["alerts", "--device", device, "--state", "all"],
@@ -32,7 +32,7 @@ fn cli_alerts(data: &Path, device: &str) -> Vec<Value> {
         .collect()
 }
 
-fn find<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
+pub fn find<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
     alerts.iter().find(|a| a["rule"] == json!(rule))
 }
 
@@ -211,6 +211,9 @@ fn browser_check(hub: &Hub, device: &str, alert: i64) {
         Ok(p) => p,
         Err(reason) => return skip(&reason),
     };
+    let before = hub.twin(device, MODULE)["desired"]["$version"]
+        .as_i64()
+        .expect("version");
     let shots = target_dir().join("console-screenshots");
     let script = repo_root().join("crates/hub/tests/it/console_web.py");
     let out = Command::new(python)
@@ -237,8 +240,27 @@ fn browser_check(hub: &Hub, device: &str, alert: i64) {
         eprintln!("console screenshot: {}", shot.as_str().unwrap_or(""));
     }
     assert!(
-        result["screenshots"].as_array().is_some_and(|s| s.len() >= 8),
+        result["screenshots"].as_array().is_some_and(|s| s.len() >= 10),
         "{result}"
+    );
+    // The editor: the invalid document saved nothing (one new desired version, the valid
+    // one), and the valid one reached the agent, which reports it.
+    let twin = hub.twin(device, MODULE);
+    assert_eq!(twin["desired"]["$version"], json!(before + 1), "{twin}");
+    assert_eq!(
+        twin["desired"][CONFIG_KEY]["snapshotFrequency"]["value"],
+        json!("PT7H"),
+        "{twin}"
+    );
+    let applied = wait_until(Duration::from_secs(30), || {
+        let reported = &hub.twin(device, MODULE)["reported"];
+        reported[CONFIG_KEY]["snapshotFrequency"]["value"] == json!("PT7H")
+            && reported["twinguard"]["configurationStatus"] == json!("applied")
+    });
+    assert!(
+        applied,
+        "the agent does not report PT7H: {}",
+        hub.twin(device, MODULE)
     );
 }
 
@@ -348,6 +370,91 @@ fn the_web_console_needs_a_session_and_a_csrf_token() {
     );
     assert_eq!(web(&hub, "GET", "/devices/nobody", &cookie, "").0, 404);
     assert_eq!(web(&hub, "GET", "/console.css", &cookie, "").0, 200);
+
+    // The configuration editor: CSRF-protected, checked as the agent checks, etag-guarded.
+    hub.add_identity("dev-editor", Some(MODULE));
+    let page_path = format!("/devices/dev-editor/modules/{MODULE}");
+    let action = format!("{page_path}/configuration");
+    let (status, page) = web(&hub, "GET", &page_path, &cookie, "");
+    assert_eq!(status, 200, "{page}");
+    let etag = page
+        .split("name=\"etag\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the editor's etag")
+        .to_owned();
+    let version = || hub.twin("dev-editor", MODULE)["desired"]["$version"].clone();
+    let before = version();
+    let config = |text: &str| {
+        let mut encoded = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() {
+                encoded.push(char::from(b));
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        encoded
+    };
+    let good = config(r#"{"highPriorityMessageFrequency": {"value": "PT3M"}}"#);
+    assert_eq!(
+        web(
+            &hub,
+            "POST",
+            &action,
+            &cookie,
+            &format!("etag={etag}&config={good}")
+        )
+        .0,
+        403,
+        "no CSRF token"
+    );
+    let bad = config(r#"{"highPriorityMessageFrequency": {"value": "3 minutes"}}"#);
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&etag={etag}&config={bad}"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        answer.contains("Not saved") && answer.contains("highPriorityMessageFrequency/value"),
+        "{answer}"
+    );
+    assert_eq!(version(), before, "an invalid document saves nothing");
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&etag=%22stale%22&config={good}"),
+    );
+    assert_eq!(status, 200);
+    assert!(answer.contains("the twin changed since"), "{answer}");
+    let (_, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&config={good}"),
+    );
+    assert!(answer.contains("the twin changed since"), "no etag: {answer}");
+    assert_eq!(version(), before, "a stale or missing etag saves nothing");
+    let (status, answer) = web(
+        &hub,
+        "POST",
+        &action,
+        &cookie,
+        &format!("csrf={csrf}&etag={etag}&config={good}"),
+    );
+    assert_eq!(status, 303, "{answer}");
+    let twin = hub.twin("dev-editor", MODULE);
+    assert_eq!(
+        twin["desired"][CONFIG_KEY]["highPriorityMessageFrequency"]["value"],
+        json!("PT3M"),
+        "{twin}"
+    );
 
     // Logging out ends the session.
     let (status, _) = web(&hub, "POST", "/logout", &cookie, &format!("csrf={csrf}"));

@@ -4,7 +4,9 @@ request Chromium makes is one the page asked for.
 
 Usage: console_web.py BASE_URL TOKEN DEVICE_PATH ALERT_ID SCREENSHOT_DIR
 Logs in with the token, loads each page at phone and desktop widths, acknowledges an alert
-through the alerts page's form, and checks: no console errors, no failed requests (HTTP >= 400
+through the alerts page's form, submits the device page's configuration editor with an invalid
+value (the error must show; the caller checks nothing was saved) and then a valid one
+(snapshotFrequency PT7H; the caller checks it reaches the agent), and checks: no console errors, no failed requests (HTTP >= 400
 or a network failure), no request to another origin, no sideways scrolling at phone width.
 Prints one JSON object: {"pages": [...], "screenshots": [...]}; exits 1 with the problems.
 """
@@ -77,7 +79,14 @@ def visit(name, path, must_contain):
             overflow = driver.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth")
             if overflow > 0:
-                problems.append(f"{name} (phone): the page scrolls sideways by {overflow}px")
+                culprit = driver.execute_script(
+                    "const w = window.innerWidth;"
+                    "for (const e of document.querySelectorAll('body *')) {"
+                    "  if (e.closest('.scroll')) continue;"
+                    "  if (e.getBoundingClientRect().right > w) return e.tagName + '.' + e.className + ': ' + (e.textContent || '').slice(0, 60);"
+                    "}"
+                    "return '';")
+                problems.append(f"{name} (phone): the page scrolls sideways by {overflow}px ({culprit})")
         shot = os.path.join(shots, f"{name}-{label}.png")
         driver.save_screenshot(shot)
         screenshots.append(shot)
@@ -105,7 +114,11 @@ try:
 
     device = device_path.rsplit("/modules/", 1)[0].split("/devices/", 1)[-1]
     visit("overview", "/", ["Fleet", device, "Events in the last 24 hours"])
-    visit("device", device_path, ["Alerts", "Configuration: desired and reported", "Recommendations", "Events", "highPriorityMessageFrequency"])
+    visit("device", device_path, ["Alerts", "Configuration: desired and reported", "Recommendations", "Events",
+                                  "highPriorityMessageFrequency", "Edit the desired configuration",
+                                  "Latest snapshots", "Listening ports", "Users", "Firewall rules",
+                                  "Baseline results", "System information", "Hardware",
+                                  "Processes started", "Connections"])
     visit("alerts", "/alerts", ["Alerts", "Possible reverse shell"])
 
     # Acknowledge the alert through its form.
@@ -121,6 +134,36 @@ try:
         problems.append(f"alert {alert_id} is not acknowledged after the form")
     visit("alerts-acknowledged", "/alerts?state=acknowledged", ["acknowledged"])
     check_logs("acknowledge")
+
+    # The configuration editor: an invalid value shows the agent's validation error.
+    def submit_config(change, label):
+        driver.set_window_size(1280, 900)
+        driver.get(base + device_path)
+        area = driver.find_element(By.ID, "config")
+        config = json.loads(area.get_attribute("value") or "{}")
+        change(config)
+        driver.execute_script("arguments[0].value = arguments[1];", area, json.dumps(config, indent=2))
+        driver.find_element(By.CSS_SELECTOR, "form.editor button").click()
+        settle.until(lambda d: d.execute_script("return document.readyState") == "complete"
+                     and d.find_elements(By.CSS_SELECTOR, ".errors, .saved"))
+        driver.find_element(By.ID, "editor").location_once_scrolled_into_view
+        shot = os.path.join(shots, f"device-editor-{label}.png")
+        driver.save_screenshot(shot)
+        screenshots.append(shot)
+        check_logs(f"editor ({label})")
+
+    submit_config(lambda c: c.update({"snapshotFrequency": {"value": "every hour"}}), "invalid")
+    errors = driver.find_elements(By.CSS_SELECTOR, ".errors")
+    if not errors or "snapshotFrequency" not in errors[0].text:
+        problems.append(f"the invalid configuration shows no error naming snapshotFrequency: "
+                        f"{errors[0].text if errors else driver.find_element(By.TAG_NAME, 'body').text[:300]}")
+    if driver.find_elements(By.CSS_SELECTOR, ".saved"):
+        problems.append("the invalid configuration says it was saved")
+    submit_config(lambda c: c.update({"snapshotFrequency": {"value": "PT7H"}}), "valid")
+    saved = driver.find_elements(By.CSS_SELECTOR, ".saved")
+    if not saved or driver.find_elements(By.CSS_SELECTOR, ".errors"):
+        problems.append(f"the valid configuration was not saved: "
+                        f"{driver.find_element(By.TAG_NAME, 'body').text[:300]}")
 except Exception as e:  # Reported with the rest, so the test shows what was seen.
     problems.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 finally:
