@@ -346,6 +346,7 @@ fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) ->
     let result = match (method, segments.as_slice()) {
         ("GET", ["v1", "status"]) => Ok((200, status.clone())),
         ("GET", ["v1", "connections"]) => Ok(connections(hub)),
+        ("GET", ["v1", "fleet"]) => Ok(fleet_devices(hub)),
         ("GET", ["v1", "identities"]) => list_identities(hub),
         ("POST", ["v1", "identities"]) => add_identity(hub, &req.body),
         ("GET", ["v1", "identities", ..]) => {
@@ -736,6 +737,26 @@ fn connections(hub: &Hub) -> Answer {
                 "moduleId": c.id.module(),
                 "peer": c.peer.to_string(),
                 "sinceMs": c.since_ms,
+            })
+        })
+        .collect();
+    (200, Value::Array(list))
+}
+
+/// The devices followed on the MQTT fleet broker (`serve --mqtt-fleet`), with their status.
+fn fleet_devices(hub: &Hub) -> Answer {
+    let list: Vec<Value> = hub
+        .fleet_devices()
+        .into_iter()
+        .map(|(id, d)| {
+            json!({
+                "deviceId": id.device(),
+                "status": match d.online {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "unknown",
+                },
+                "sinceMs": d.since_ms,
             })
         })
         .collect();

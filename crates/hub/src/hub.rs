@@ -3,7 +3,7 @@
 //! waiting for new messages (`messages --follow`), and the console's rule engine, run on each
 //! stored security message and reported-properties change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -69,6 +69,28 @@ pub struct Hub {
     new_message: Condvar,
     /// The console's rules; locked before the store when both are.
     engine: Mutex<RuleEngine>,
+    /// The devices followed on an MQTT broker (`serve --mqtt-fleet`), see [`crate::fleet`].
+    fleet: Mutex<FleetState>,
+}
+
+/// What the hub knows of the devices it follows on an MQTT broker.
+#[derive(Debug, Default)]
+struct FleetState {
+    /// Every device seen on the broker since the start, with its last status.
+    devices: HashMap<IdentityId, FleetDevice>,
+    /// Devices whose desired section changed and is not published yet (one entry per device
+    /// however often it changed: bounded by the fleet's size).
+    pending_desired: BTreeSet<IdentityId>,
+}
+
+/// One device followed on an MQTT broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetDevice {
+    /// Its retained status: `Some(true)` online, `Some(false)` offline (said by the agent at
+    /// a clean stop, or by the broker for it: its last will), `None` not known.
+    pub online: Option<bool>,
+    /// When the status last changed, Unix milliseconds.
+    pub since_ms: i64,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data behind these locks is
@@ -102,6 +124,7 @@ impl Hub {
             last_message: Mutex::new(last),
             new_message: Condvar::new(),
             engine: Mutex::new(engine),
+            fleet: Mutex::new(FleetState::default()),
         })
     }
 
@@ -188,6 +211,13 @@ impl Hub {
     /// Hands a desired patch to the identity's live connection, if any; a connection that
     /// does not read its notifications is closed (it GETs the twin when it reconnects).
     fn notify(&self, id: &IdentityId, patch: Value) {
+        {
+            let mut fleet = lock(&self.fleet);
+            if fleet.devices.contains_key(id) {
+                // The fleet client publishes the whole section, retained, on its next turn.
+                fleet.pending_desired.insert(id.clone());
+            }
+        }
         let mut live = lock(&self.live);
         if let Some(l) = live.get(id) {
             match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
@@ -203,9 +233,57 @@ impl Hub {
         }
     }
 
-    /// Whether an identity has a live connection.
+    /// Whether an identity has a live connection (to this hub, or said `online` on the MQTT
+    /// broker the hub follows).
     pub fn is_connected(&self, id: &IdentityId) -> bool {
         lock(&self.live).contains_key(id)
+            || lock(&self.fleet)
+                .devices
+                .get(id)
+                .is_some_and(|d| d.online == Some(true))
+    }
+
+    /// Records that a device was seen on the fleet's broker; with `status`, its new status.
+    /// Returns true when the status changed.
+    pub fn fleet_seen(&self, id: &IdentityId, status: Option<Option<bool>>, now_ms: i64) -> bool {
+        let mut fleet = lock(&self.fleet);
+        let device = fleet.devices.entry(id.clone()).or_default();
+        match status {
+            Some(online) if device.online != online => {
+                device.online = online;
+                device.since_ms = now_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The device as followed on the fleet's broker, if it was seen there.
+    pub fn fleet_device(&self, id: &IdentityId) -> Option<FleetDevice> {
+        lock(&self.fleet).devices.get(id).cloned()
+    }
+
+    /// Every device seen on the fleet's broker, by id.
+    pub fn fleet_devices(&self) -> Vec<(IdentityId, FleetDevice)> {
+        let mut out: Vec<_> = lock(&self.fleet)
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The fleet devices whose desired section is to be published, taken.
+    pub fn take_fleet_desired(&self) -> Vec<IdentityId> {
+        std::mem::take(&mut lock(&self.fleet).pending_desired)
+            .into_iter()
+            .collect()
+    }
+
+    /// Marks a fleet device's desired section to be published (again).
+    pub fn mark_fleet_desired(&self, id: &IdentityId) {
+        lock(&self.fleet).pending_desired.insert(id.clone());
     }
 
     /// Stores a message and wakes the readers waiting for one.

@@ -14,6 +14,8 @@
 //!   minimal HTTP/1.1 client, and the request parser the fuzz targets shape inputs with.
 //! - `service`: IoT Hub's service REST API over HTTPS (hyper, rustls); `service::routes` its
 //!   routes; `rollout` applies automatic configurations to twins through `hub`.
+//! - `fleet`: MQTT fleet ingest (`serve --mqtt-fleet`): one client connection to a broker,
+//!   the agents' messages, reported sections and status in, desired sections out (retained).
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
 //!   without following links; the API's bearer token.
 //! - `console`: the fleet console's pure part - typed ingest, the rule engine,
@@ -38,6 +40,7 @@ pub mod configuration;
 pub mod connect;
 pub mod console;
 pub mod datadir;
+pub mod fleet;
 pub mod http;
 pub mod hub;
 pub mod keys;

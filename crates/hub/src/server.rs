@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub rules: RuleSettings,
     /// How often the console checks for silent devices and prunes by age.
     pub console_every: Duration,
+    /// Follow a fleet of MQTT-mode agents on a broker (`serve --mqtt-fleet`).
+    pub fleet: Option<crate::fleet::FleetOptions>,
 }
 
 /// A started hub.
@@ -196,6 +198,9 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
                 }
             }),
         )?);
+    }
+    if let Some(fleet) = &opts.fleet {
+        threads.push(crate::fleet::start(hub.clone(), fleet.clone())?);
     }
     if let (Some(listener), Some(bound)) = (service, service_addr) {
         let state = Arc::new(crate::service::ServiceState::new(hub.clone(), bound));

@@ -561,7 +561,12 @@ fn overview(hub: &Hub, csrf: &str) -> Result<Option<String>, StoreError> {
     let shown: Vec<IdentityId> = identities
         .iter()
         .map(|r| r.id.clone())
-        .filter(|id| agents.contains_key(id) || id.module() == Some("azureiotsecurity"))
+        .filter(|id| {
+            agents.contains_key(id)
+                || id.module() == Some("azureiotsecurity")
+                // A device followed on the MQTT fleet broker (`serve --mqtt-fleet`).
+                || hub.fleet_device(id).is_some()
+        })
         .collect();
     let online = shown.iter().filter(|id| hub.is_connected(id)).count();
     let mut body = format!(

@@ -7,6 +7,7 @@ mod agent;
 mod cli;
 mod client;
 mod console;
+mod fleet;
 mod fuzz_corpus;
 mod hardening;
 mod protocol;
