@@ -3,7 +3,7 @@
 //! waiting for new messages (`messages --follow`), and the console's rule engine, run on each
 //! stored security message and reported-properties change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -71,7 +71,14 @@ pub struct Hub {
     engine: Mutex<RuleEngine>,
     /// The devices followed on an MQTT broker (`serve --mqtt-fleet`), see [`crate::fleet`].
     fleet: Mutex<FleetState>,
+    /// Fleet-wide event counts per (hour of event time, name), kept as messages are ingested
+    /// (loaded from the database at start), so the overview's chart does not count a day of
+    /// events on every request. Only hours from 25 h ago to 1 h ahead are kept: bounded.
+    event_hours: Mutex<BTreeMap<(i64, String), i64>>,
 }
+
+/// One hour in milliseconds.
+const HOUR_MS: i64 = 3_600_000;
 
 /// What the hub knows of the devices it follows on an MQTT broker.
 #[derive(Debug, Default)]
@@ -116,6 +123,10 @@ impl Hub {
     /// A hub over `store` whose console runs `engine`.
     pub fn with_rules(hostname: String, store: Store, engine: RuleEngine) -> Result<Hub, StoreError> {
         let last = store.last_message_seq()?;
+        let mut event_hours = BTreeMap::new();
+        for (hour, name, n) in store.event_counts_by_hour(now_ms() - 25 * HOUR_MS)? {
+            event_hours.insert((hour, name), n);
+        }
         Ok(Hub {
             hostname,
             store: Mutex::new(store),
@@ -125,6 +136,7 @@ impl Hub {
             new_message: Condvar::new(),
             engine: Mutex::new(engine),
             fleet: Mutex::new(FleetState::default()),
+            event_hours: Mutex::new(event_hours),
         })
     }
 
@@ -286,27 +298,36 @@ impl Hub {
         lock(&self.fleet).pending_desired.insert(id.clone());
     }
 
-    /// Stores a message and wakes the readers waiting for one.
+    /// Stores a message and wakes the readers waiting for one. A schema-valid security
+    /// message is parsed once into typed rows and run through the rules and recommendations,
+    /// stored with the message in one transaction.
     pub fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
-        let seq = self.store().insert_message(message)?;
-        if message.is_security && message.schema_valid {
+        let seq = if message.is_security && message.schema_valid {
             // The message is stored (and will be acknowledged) whatever the console makes
             // of it; a console failure is logged, not the device's problem.
-            if let Err(e) = self.ingest(seq, message) {
-                warn!(identity = %message.id, seq, "console ingest: {e}");
+            match self.ingest(message) {
+                Ok(Some(seq)) => seq,
+                Ok(None) => self.store().insert_message(message)?,
+                Err(e) => {
+                    warn!(identity = %message.id, "console ingest: {e}");
+                    self.store().insert_message(message)?
+                }
             }
-        }
+        } else {
+            self.store().insert_message(message)?
+        };
         let mut last = lock(&self.last_message);
         *last = (*last).max(seq);
         self.new_message.notify_all();
         Ok(seq)
     }
 
-    /// Parses a stored security message once into typed rows, runs the rules and the
-    /// recommendations over its events, and stores all of it in one transaction.
-    fn ingest(&self, seq: i64, message: &NewMessage) -> Result<(), StoreError> {
+    /// Parses a security message once into typed rows, runs the rules and the
+    /// recommendations over its events, and stores the message and all of it in one
+    /// transaction; `None` (nothing stored) when the body is not a security message after all.
+    fn ingest(&self, message: &NewMessage) -> Result<Option<i64>, StoreError> {
         let Some(parsed) = parse_message(&message.body) else {
-            return Ok(());
+            return Ok(None);
         };
         let device = message.id.to_string();
         let mut engine = lock(&self.engine);
@@ -328,13 +349,36 @@ impl Hub {
             }
         }
         let settings = *engine.settings();
-        let changed = self
+        let (seq, changed) = self
             .store()
-            .ingest(seq, &message.id, message.received_ms, &ingest, &settings)?;
+            .insert_message_ingested(message, &ingest, &settings)?;
         if !changed.is_empty() {
             info!(identity = %message.id, alerts = ?changed, "console: alerts raised");
         }
-        Ok(())
+        let now_hour = now_ms() / HOUR_MS;
+        let mut hours = lock(&self.event_hours);
+        for e in &ingest.events {
+            let hour = e.time_ms.div_euclid(HOUR_MS);
+            if (now_hour - 25..=now_hour + 1).contains(&hour) {
+                *hours.entry((hour, e.name.clone())).or_default() += 1;
+            }
+        }
+        Ok(Some(seq))
+    }
+
+    /// Fleet-wide event counts per name in the whole hours since `since_ms` (the hour that
+    /// holds `since_ms` included), from the running summary.
+    pub fn fleet_event_counts(&self, since_ms: i64) -> Vec<(String, i64)> {
+        let first = since_ms.div_euclid(HOUR_MS);
+        let mut hours = lock(&self.event_hours);
+        // Drop what no chart asks for any more (the map stays bounded).
+        let stale = now_ms() / HOUR_MS - 25;
+        hours.retain(|(hour, _), _| *hour >= stale);
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for ((_, name), n) in hours.range((first, String::new())..) {
+            *counts.entry(name.clone()).or_default() += n;
+        }
+        counts.into_iter().collect()
     }
 
     /// Stores a reported-properties patch, then runs the rules over the reported section.
