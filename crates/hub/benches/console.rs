@@ -337,6 +337,7 @@ fn main() {
         rules: RuleSettings::default(),
         console_every: Duration::from_secs(3600),
         fleet: None,
+        webhook: None,
     })
     .unwrap();
     let api = running.api;

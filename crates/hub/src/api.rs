@@ -23,6 +23,8 @@
 //! | GET | `/v1/alerts?device=&severity=&state=&changedSince=&limit=` | the console's alerts (default: open and acknowledged, newest change first; with `changedSince` (Unix ms), oldest change first) |
 //! | GET | `/v1/alerts/{id}` | one alert |
 //! | POST | `/v1/alerts/{id}/ack`, `/v1/alerts/{id}/close` | changes its state (409 if it is closed) |
+//! | GET | `/v1/fleet` | the devices followed on the MQTT fleet broker (`serve --mqtt-fleet`) and their status |
+//! | GET | `/v1/statistics` | counters of optional parts (`alertWebhook`: delivered, retries, failed, dropped, last error) |
 //! | GET | `/v1/recommendations?device=` | the recommendations from the latest snapshots |
 //!
 //! Any path outside `/v1/` is the web console ([`crate::web`]), which logs in with
@@ -347,6 +349,7 @@ fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) ->
         ("GET", ["v1", "status"]) => Ok((200, status.clone())),
         ("GET", ["v1", "connections"]) => Ok(connections(hub)),
         ("GET", ["v1", "fleet"]) => Ok(fleet_devices(hub)),
+        ("GET", ["v1", "statistics"]) => Ok((200, Value::Object(hub.statistics()))),
         ("GET", ["v1", "identities"]) => list_identities(hub),
         ("POST", ["v1", "identities"]) => add_identity(hub, &req.body),
         ("GET", ["v1", "identities", ..]) => {

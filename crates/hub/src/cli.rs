@@ -220,6 +220,17 @@ pub struct ServeArgs {
     /// mqtt-password-file, mqtt-client-id, allow-insecure-password); flags win.
     #[arg(long, value_name = "FILE")]
     pub settings: Option<PathBuf>,
+    /// POST each new alert and each alert state change as JSON to this https:// URL (the
+    /// certificate verified), signed with --alert-webhook-secret-file.
+    #[arg(long, value_name = "URL", requires = "alert_webhook_secret_file")]
+    pub alert_webhook: Option<String>,
+    /// File holding the webhook's HMAC-SHA256 secret; a secret (mode 0600, not readable by
+    /// group or others); one trailing newline is ignored.
+    #[arg(long, value_name = "FILE", requires = "alert_webhook")]
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// A private CA (PEM) to trust for the webhook's server, besides the system's roots.
+    #[arg(long, value_name = "FILE", requires = "alert_webhook")]
+    pub alert_webhook_ca: Option<PathBuf>,
     /// Log at debug level.
     #[arg(short, long)]
     pub verbose: bool,

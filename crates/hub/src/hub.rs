@@ -75,6 +75,18 @@ pub struct Hub {
     /// (loaded from the database at start), so the overview's chart does not count a day of
     /// events on every request. Only hours from 25 h ago to 1 h ahead are kept: bounded.
     event_hours: Mutex<BTreeMap<(i64, String), i64>>,
+    /// Counters of optional parts (the alert webhook), by name, for `GET /v1/statistics`.
+    statistics: Mutex<BTreeMap<String, Statistics>>,
+}
+
+/// A source of counters, read when asked for.
+#[derive(Clone)]
+pub struct Statistics(pub std::sync::Arc<dyn Fn() -> Value + Send + Sync>);
+
+impl std::fmt::Debug for Statistics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Statistics")
+    }
 }
 
 /// One hour in milliseconds.
@@ -137,6 +149,7 @@ impl Hub {
             engine: Mutex::new(engine),
             fleet: Mutex::new(FleetState::default()),
             event_hours: Mutex::new(event_hours),
+            statistics: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -364,6 +377,20 @@ impl Hub {
             }
         }
         Ok(Some(seq))
+    }
+
+    /// Registers a source of counters under `name` (`GET /v1/statistics`).
+    pub fn add_statistics(&self, name: &str, source: Statistics) {
+        lock(&self.statistics).insert(name.to_owned(), source);
+    }
+
+    /// Every registered source's counters, by name.
+    pub fn statistics(&self) -> Map<String, Value> {
+        let sources: Vec<(String, Statistics)> = lock(&self.statistics)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        sources.into_iter().map(|(k, f)| (k, (f.0)())).collect()
     }
 
     /// Fleet-wide event counts per name in the whole hours since `since_ms` (the hour that

@@ -20,6 +20,7 @@ use twinguard_hub::fleet::FleetSettings;
 use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
 use twinguard_hub::store::Retention;
+use twinguard_hub::webhook::{WebhookOptions, WebhookUrl};
 use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
@@ -90,6 +91,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         None => FleetSettings::default(),
     };
     let fleet = flags.over(file).options()?;
+    let webhook = match (&args.alert_webhook, &args.alert_webhook_secret_file) {
+        (Some(url), Some(secret_file)) => Some(WebhookOptions {
+            url: WebhookUrl::parse(url)?,
+            secret_file: secret_file.clone(),
+            ca: args.alert_webhook_ca.clone(),
+        }),
+        _ => None,
+    };
     let running = start(&ServeOptions {
         data_dir: cli.data_dir.clone(),
         listen: args.listen,
@@ -114,6 +123,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         },
         console_every: Duration::from_secs(args.console_check_secs.max(1)),
         fleet: fleet.clone(),
+        webhook,
     })?;
     println!(
         "twinguard-hub {} for host name {}",

@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub console_every: Duration,
     /// Follow a fleet of MQTT-mode agents on a broker (`serve --mqtt-fleet`).
     pub fleet: Option<crate::fleet::FleetOptions>,
+    /// POST alerts to a webhook (`serve --alert-webhook`).
+    pub webhook: Option<crate::webhook::WebhookOptions>,
 }
 
 /// A started hub.
@@ -198,6 +200,9 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
                 }
             }),
         )?);
+    }
+    if let Some(webhook) = &opts.webhook {
+        crate::webhook::start(hub.clone(), webhook)?;
     }
     if let Some(fleet) = &opts.fleet {
         threads.push(crate::fleet::start(hub.clone(), fleet.clone())?);

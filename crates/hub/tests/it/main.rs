@@ -15,3 +15,4 @@ mod python;
 mod sdk;
 mod service;
 mod support;
+mod webhook;
