@@ -10,7 +10,7 @@
 //! | `P/+/messages` | subscribes (QoS 1): each publish is stored as a security message of the device and goes through the console's typed ingest and rules |
 //! | `P/+/twin/reported` | subscribes: the retained reported section becomes the device twin's reported section |
 //! | `P/+/status` | subscribes: retained `online` / `offline` (the agent's clean stop, or its last will) is the device's connection state |
-//! | `P/{deviceId}/twin/desired` | publishes (QoS 1, retained) the twin's desired section whenever it changes (console, CLI, service API); an empty desired section is an empty payload (= defaults) |
+//! | `P/{deviceId}/twin/desired` | publishes (QoS 1, retained) the twin's desired section whenever it changes (console, CLI, service API), and again on every connection to the broker (a broker restarted without persistence lost it); an empty desired section is an empty payload (= defaults) |
 //!
 //! Each device is a device identity (no module) in the registry, created when first seen.
 //! One thread keeps one connection: a persistent session (`clean_session = 0`, a fixed client
@@ -521,6 +521,18 @@ fn serve(
         }
     }
     info!(broker = %o.broker, prefix = %o.prefix, "MQTT fleet: connected, following {}/+/{{messages,twin/reported,status}}", o.prefix);
+    // The desired sections again, retained, on every connection: a broker that lost its
+    // retained messages (restarted without persistence) gets them back, as agents re-publish
+    // their status and reported sections.
+    for (id, _) in hub.fleet_devices() {
+        let twin = hub
+            .store()
+            .twin(&id)
+            .map_err(|e| format!("reading the twin of {id}: {e}"))?;
+        if twin.is_some_and(|t| !desired_payload(&t.desired).is_empty()) {
+            hub.mark_fleet_desired(&id);
+        }
+    }
     loop {
         for id in hub.take_fleet_desired() {
             if in_flight.len() >= MAX_IN_FLIGHT {

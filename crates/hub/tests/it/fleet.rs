@@ -4,8 +4,10 @@
 //! devices appear with their status; the desired sections set through the hub before the
 //! agents start reach them (short frequencies, and process events off on the second); a
 //! program run from /tmp raises an alert for the first device only; a desired change made
-//! while they run reaches the agent (its reported section shows it); the second agent stopped,
-//! its status turns offline.
+//! while they run reaches the agent (its reported section shows it); the broker killed and
+//! started again (its retained messages gone), the hub reconnects and publishes the desired
+//! sections again, and messages keep coming; the second agent stopped, its status turns
+//! offline. Bad fleet settings are refused in one line.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,7 @@ pub fn make_pki(dir: &Path) {
 pub struct Broker {
     child: Child,
     pub port: u16,
+    conf: PathBuf,
 }
 
 impl Broker {
@@ -81,14 +84,18 @@ impl Broker {
         }
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        Some(Broker::launch(&bin, conf_path, port))
+    }
+
+    fn launch(bin: &Path, conf: PathBuf, port: u16) -> Broker {
         let child = Command::new(bin)
             .arg("-c")
-            .arg(&conf_path)
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut broker = Broker { child, port };
+        let mut broker = Broker { child, port, conf };
         let up = wait_until(Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
@@ -96,7 +103,18 @@ impl Broker {
             let _ = broker.child.kill();
             panic!("mosquitto did not listen on {port}");
         }
-        Some(broker)
+        broker
+    }
+
+    /// Kills the broker (its retained messages and sessions are lost: no persistence) and
+    /// starts it again on the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let bin = mosquitto_binary().unwrap();
+        let fresh = Broker::launch(&bin, self.conf.clone(), self.port);
+        // The old one's child is reaped already: dropping it changes nothing.
+        drop(std::mem::replace(self, fresh));
     }
 }
 
@@ -193,7 +211,7 @@ fn two_mqtt_agents_on_a_broker_are_one_fleet() {
     };
     let dir = scratch("fleet");
     make_pki(&dir);
-    let Some(broker) = Broker::start(&dir, true) else {
+    let Some(mut broker) = Broker::start(&dir, true) else {
         return skip("mosquitto is not installed (Debian package mosquitto)");
     };
     // The fleet settings in a file, the agents' key names, the CA relative to the file.
@@ -330,6 +348,29 @@ fn two_mqtt_agents_on_a_broker_are_one_fleet() {
         context(&hub, &agent_a, &agent_b)
     );
 
+    // The broker killed and started again: the hub reconnects (with backoff) and the agents'
+    // messages keep coming in.
+    let before = hub.messages(a).len();
+    broker.restart();
+    let resumed = wait_until(Duration::from_secs(60), || hub.messages(a).len() > before + 2);
+    assert!(
+        resumed,
+        "no messages after the broker restart{}",
+        context(&hub, &agent_a, &agent_b)
+    );
+    assert!(
+        hub.log_text()
+            .lines()
+            .any(|l| l.contains("MQTT fleet: ") && l.contains("; reconnecting")),
+        "the lost connection is logged in one line"
+    );
+    let both_online = wait_until(Duration::from_secs(30), || {
+        [a, b]
+            .iter()
+            .all(|d| fleet_status(&hub, d).as_deref() == Some("online"))
+    });
+    assert!(both_online, "{}", context(&hub, &agent_a, &agent_b));
+
     // The second agent stopped: offline; the first stays online.
     agent_b.stop();
     let offline = wait_until(Duration::from_secs(20), || {
@@ -339,4 +380,61 @@ fn two_mqtt_agents_on_a_broker_are_one_fleet() {
     assert_eq!(fleet_status(&hub, a).as_deref(), Some("online"));
     agent_a.stop();
     drop(broker);
+}
+
+/// `serve` refuses fleet settings it cannot use, with one line naming the file or flag: a
+/// password file others may read, an unknown settings key, a URL that is not a broker's.
+#[test]
+fn bad_fleet_settings_are_refused_in_one_line() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch("fleet-settings");
+    let password = dir.join("password-0644");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let settings = dir.join("hub.toml");
+    std::fs::write(
+        &settings,
+        "mqtt-fleet = \"mqtt://127.0.0.1:1\"\nmqtt-topic = \"x\"\n",
+    )
+    .unwrap();
+    let password_arg = password.display().to_string();
+    let settings_arg = settings.display().to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "--mqtt-fleet",
+                "mqtt://127.0.0.1:1",
+                "--mqtt-username",
+                "hub",
+                "--mqtt-password-file",
+                &password_arg,
+                "--allow-insecure-password",
+            ],
+            "password-0644",
+        ),
+        (&["--settings", &settings_arg], "unknown key \"mqtt-topic\""),
+        (&["--mqtt-fleet", "tcp://broker"], "--mqtt-fleet \"tcp://broker\""),
+    ];
+    for (i, (args, expected)) in cases.iter().enumerate() {
+        let out = Command::new(env!("CARGO_BIN_EXE_twinguard-hub"))
+            .arg("--data-dir")
+            .arg(dir.join(format!("data-{i}")))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--no-service",
+            ])
+            .args(*args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
 }
