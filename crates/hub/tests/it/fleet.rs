@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::agent::agent_binary;
+use crate::console::{log_in, web};
 use crate::support::{scratch, skip, wait_until, Hub, CONFIG_KEY};
 
 /// The mosquitto binary, if installed.
@@ -298,6 +299,21 @@ fn two_mqtt_agents_on_a_broker_are_one_fleet() {
         }
     }
 
+    // The web console's overview lists both, online.
+    let (cookie, _) = log_in(&hub);
+    let overview = |hub: &Hub| {
+        let (status, page) = web(hub, "GET", "/", &cookie, "");
+        assert_eq!(status, 200, "{page}");
+        page
+    };
+    let page = overview(&hub);
+    for d in [a, b] {
+        assert!(
+            page.contains(&format!(">{d}</a></td><td><span class=\"online\">")),
+            "{d} not online on the overview: {page}"
+        );
+    }
+
     // A program copied to /tmp and run: an alert for the device that watches processes.
     let tmp = std::env::temp_dir().join(format!("twinguard-fleet-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -378,6 +394,11 @@ fn two_mqtt_agents_on_a_broker_are_one_fleet() {
     });
     assert!(offline, "{b} not offline{}", context(&hub, &agent_a, &agent_b));
     assert_eq!(fleet_status(&hub, a).as_deref(), Some("online"));
+    let page = overview(&hub);
+    assert!(
+        page.contains(&format!(">{b}</a></td><td><span class=\"offline\">")),
+        "{b} not offline on the overview: {page}"
+    );
     agent_a.stop();
     drop(broker);
 }
