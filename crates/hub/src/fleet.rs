@@ -61,6 +61,10 @@ const MAX_IN_FLIGHT: usize = 256;
 const STABLE: Duration = Duration::from_secs(10);
 /// Settings files are small.
 const MAX_SETTINGS_BYTES: usize = 64 * 1024;
+/// Devices followed at most: anyone who may publish under the prefix names devices, and each
+/// is an identity and an entry in memory. Publishes of further devices are dropped (counted in
+/// the log).
+pub const MAX_DEVICES: usize = 10_000;
 
 /// The fleet connection as given: flags, or keys of a settings file (`serve --settings FILE`)
 /// named as the flags (`mqtt-fleet = "mqtts://broker:8883"`, `mqtt-ca = "ca.pem"`, ...), the
@@ -638,6 +642,14 @@ pub fn on_publish(hub: &Hub, prefix: &str, p: Publish) -> Result<(), String> {
     };
     let now = now_ms();
     if hub.fleet_device(&id).is_none() {
+        if hub.fleet_devices_len() >= MAX_DEVICES {
+            static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(identity = %id, refused = n + 1, "MQTT fleet: already {MAX_DEVICES} devices; publishes of new ones are dropped");
+            }
+            return Ok(());
+        }
         ensure_identity(hub, &id).map_err(|e| format!("registering {id}: {e}"))?;
     }
     match kind {

@@ -288,6 +288,11 @@ impl Hub {
         lock(&self.fleet).devices.get(id).cloned()
     }
 
+    /// How many devices were seen on the fleet's broker.
+    pub fn fleet_devices_len(&self) -> usize {
+        lock(&self.fleet).devices.len()
+    }
+
     /// Every device seen on the fleet's broker, by id.
     pub fn fleet_devices(&self) -> Vec<(IdentityId, FleetDevice)> {
         let mut out: Vec<_> = lock(&self.fleet)
