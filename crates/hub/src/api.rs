@@ -23,6 +23,8 @@
 //! | GET | `/v1/alerts?device=&severity=&state=&changedSince=&limit=` | the console's alerts (default: open and acknowledged, newest change first; with `changedSince` (Unix ms), oldest change first) |
 //! | GET | `/v1/alerts/{id}` | one alert |
 //! | POST | `/v1/alerts/{id}/ack`, `/v1/alerts/{id}/close` | changes its state (409 if it is closed) |
+//! | GET | `/v1/fleet` | the devices followed on the MQTT fleet broker (`serve --mqtt-fleet`) and their status |
+//! | GET | `/v1/statistics` | counters of optional parts (`alertWebhook`: delivered, retries, failed, dropped, last error) |
 //! | GET | `/v1/recommendations?device=` | the recommendations from the latest snapshots |
 //!
 //! Any path outside `/v1/` is the web console ([`crate::web`]), which logs in with
@@ -346,6 +348,8 @@ fn route_unaudited(hub: &Hub, req: &Request, status: &Value, access: &Access) ->
     let result = match (method, segments.as_slice()) {
         ("GET", ["v1", "status"]) => Ok((200, status.clone())),
         ("GET", ["v1", "connections"]) => Ok(connections(hub)),
+        ("GET", ["v1", "fleet"]) => Ok(fleet_devices(hub)),
+        ("GET", ["v1", "statistics"]) => Ok((200, Value::Object(hub.statistics()))),
         ("GET", ["v1", "identities"]) => list_identities(hub),
         ("POST", ["v1", "identities"]) => add_identity(hub, &req.body),
         ("GET", ["v1", "identities", ..]) => {
@@ -736,6 +740,26 @@ fn connections(hub: &Hub) -> Answer {
                 "moduleId": c.id.module(),
                 "peer": c.peer.to_string(),
                 "sinceMs": c.since_ms,
+            })
+        })
+        .collect();
+    (200, Value::Array(list))
+}
+
+/// The devices followed on the MQTT fleet broker (`serve --mqtt-fleet`), with their status.
+fn fleet_devices(hub: &Hub) -> Answer {
+    let list: Vec<Value> = hub
+        .fleet_devices()
+        .into_iter()
+        .map(|(id, d)| {
+            json!({
+                "deviceId": id.device(),
+                "status": match d.online {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "unknown",
+                },
+                "sinceMs": d.since_ms,
             })
         })
         .collect();

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub (MQTT over TLS, and the loopback API the other commands use).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage device and module identities.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -216,6 +216,54 @@ pub struct ServeArgs {
     /// Seconds between the console's silence checks and retention runs (tests shorten it).
     #[arg(long, value_name = "SECS", default_value_t = 30, hide = true)]
     pub console_check_secs: u64,
+    /// Follow a fleet of agents in MQTT mode on this broker (mqtt://host:port or
+    /// mqtts://host:port): their messages, reported sections and status come in as for agents
+    /// on the hub's own endpoint; desired sections are published (retained) to them.
+    #[arg(long, value_name = "URL")]
+    pub mqtt_fleet: Option<String>,
+    /// The fleet's topic prefix: devices are PREFIX/{deviceId} (default twinguard, the agents'
+    /// default twinguard/{device-id}).
+    #[arg(long, value_name = "PREFIX")]
+    pub mqtt_prefix: Option<String>,
+    /// A private CA (PEM) to trust for the fleet broker, besides the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for the fleet broker.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate; a secret (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_client_key: Option<PathBuf>,
+    /// User name for the fleet broker.
+    #[arg(long, value_name = "NAME")]
+    pub mqtt_username: Option<String>,
+    /// File holding the fleet broker's password; a secret (mode 0600, not readable by group or
+    /// others); one trailing newline is ignored.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// MQTT client id of the hub's fleet connection (its persistent session's name; default
+    /// twinguard-hub).
+    #[arg(long, value_name = "ID")]
+    pub mqtt_client_id: Option<String>,
+    /// Send the fleet broker password even over plain mqtt:// (clear text); refused without.
+    #[arg(long)]
+    pub allow_insecure_password: bool,
+    /// A settings file (TOML) whose keys are these flags' names without the dashes
+    /// (mqtt-fleet, mqtt-prefix, mqtt-ca, mqtt-client-cert, mqtt-client-key, mqtt-username,
+    /// mqtt-password-file, mqtt-client-id, allow-insecure-password); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    /// POST each new alert and each alert state change as JSON to this https:// URL (the
+    /// certificate verified), signed with --alert-webhook-secret-file.
+    #[arg(long, value_name = "URL", requires = "alert_webhook_secret_file")]
+    pub alert_webhook: Option<String>,
+    /// File holding the webhook's HMAC-SHA256 secret; a secret (mode 0600, not readable by
+    /// group or others); one trailing newline is ignored.
+    #[arg(long, value_name = "FILE", requires = "alert_webhook")]
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// A private CA (PEM) to trust for the webhook's server, besides the system's roots.
+    #[arg(long, value_name = "FILE", requires = "alert_webhook")]
+    pub alert_webhook_ca: Option<PathBuf>,
     /// Log at debug level.
     #[arg(short, long)]
     pub verbose: bool,

@@ -3,7 +3,7 @@
 //! waiting for new messages (`messages --follow`), and the console's rule engine, run on each
 //! stored security message and reported-properties change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -69,6 +69,47 @@ pub struct Hub {
     new_message: Condvar,
     /// The console's rules; locked before the store when both are.
     engine: Mutex<RuleEngine>,
+    /// The devices followed on an MQTT broker (`serve --mqtt-fleet`), see [`crate::fleet`].
+    fleet: Mutex<FleetState>,
+    /// Fleet-wide event counts per (hour of event time, name), kept as messages are ingested
+    /// (loaded from the database at start), so the overview's chart does not count a day of
+    /// events on every request. Only hours from 25 h ago to 1 h ahead are kept: bounded.
+    event_hours: Mutex<BTreeMap<(i64, String), i64>>,
+    /// Counters of optional parts (the alert webhook), by name, for `GET /v1/statistics`.
+    statistics: Mutex<BTreeMap<String, Statistics>>,
+}
+
+/// A source of counters, read when asked for.
+#[derive(Clone)]
+pub struct Statistics(pub std::sync::Arc<dyn Fn() -> Value + Send + Sync>);
+
+impl std::fmt::Debug for Statistics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Statistics")
+    }
+}
+
+/// One hour in milliseconds.
+const HOUR_MS: i64 = 3_600_000;
+
+/// What the hub knows of the devices it follows on an MQTT broker.
+#[derive(Debug, Default)]
+struct FleetState {
+    /// Every device seen on the broker since the start, with its last status.
+    devices: HashMap<IdentityId, FleetDevice>,
+    /// Devices whose desired section changed and is not published yet (one entry per device
+    /// however often it changed: bounded by the fleet's size).
+    pending_desired: BTreeSet<IdentityId>,
+}
+
+/// One device followed on an MQTT broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetDevice {
+    /// Its retained status: `Some(true)` online, `Some(false)` offline (said by the agent at
+    /// a clean stop, or by the broker for it: its last will), `None` not known.
+    pub online: Option<bool>,
+    /// When the status last changed, Unix milliseconds.
+    pub since_ms: i64,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: the data behind these locks is
@@ -94,6 +135,10 @@ impl Hub {
     /// A hub over `store` whose console runs `engine`.
     pub fn with_rules(hostname: String, store: Store, engine: RuleEngine) -> Result<Hub, StoreError> {
         let last = store.last_message_seq()?;
+        let mut event_hours = BTreeMap::new();
+        for (hour, name, n) in store.event_counts_by_hour(now_ms() - 25 * HOUR_MS)? {
+            event_hours.insert((hour, name), n);
+        }
         Ok(Hub {
             hostname,
             store: Mutex::new(store),
@@ -102,6 +147,9 @@ impl Hub {
             last_message: Mutex::new(last),
             new_message: Condvar::new(),
             engine: Mutex::new(engine),
+            fleet: Mutex::new(FleetState::default()),
+            event_hours: Mutex::new(event_hours),
+            statistics: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -199,6 +247,13 @@ impl Hub {
     /// Hands a desired patch to the identity's live connection, if any; a connection that
     /// does not read its notifications is closed (it GETs the twin when it reconnects).
     fn notify(&self, id: &IdentityId, patch: Value) {
+        {
+            let mut fleet = lock(&self.fleet);
+            if fleet.devices.contains_key(id) {
+                // The fleet client publishes the whole section, retained, on its next turn.
+                fleet.pending_desired.insert(id.clone());
+            }
+        }
         let mut live = lock(&self.live);
         if let Some(l) = live.get(id) {
             match l.outbox.try_send(Outbound::DesiredPatch(patch)) {
@@ -214,32 +269,94 @@ impl Hub {
         }
     }
 
-    /// Whether an identity has a live connection.
+    /// Whether an identity has a live connection (to this hub, or said `online` on the MQTT
+    /// broker the hub follows).
     pub fn is_connected(&self, id: &IdentityId) -> bool {
         lock(&self.live).contains_key(id)
+            || lock(&self.fleet)
+                .devices
+                .get(id)
+                .is_some_and(|d| d.online == Some(true))
     }
 
-    /// Stores a message and wakes the readers waiting for one.
+    /// Records that a device was seen on the fleet's broker; with `status`, its new status.
+    /// Returns true when the status changed.
+    pub fn fleet_seen(&self, id: &IdentityId, status: Option<Option<bool>>, now_ms: i64) -> bool {
+        let mut fleet = lock(&self.fleet);
+        let device = fleet.devices.entry(id.clone()).or_default();
+        match status {
+            Some(online) if device.online != online => {
+                device.online = online;
+                device.since_ms = now_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The device as followed on the fleet's broker, if it was seen there.
+    pub fn fleet_device(&self, id: &IdentityId) -> Option<FleetDevice> {
+        lock(&self.fleet).devices.get(id).cloned()
+    }
+
+    /// How many devices were seen on the fleet's broker.
+    pub fn fleet_devices_len(&self) -> usize {
+        lock(&self.fleet).devices.len()
+    }
+
+    /// Every device seen on the fleet's broker, by id.
+    pub fn fleet_devices(&self) -> Vec<(IdentityId, FleetDevice)> {
+        let mut out: Vec<_> = lock(&self.fleet)
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The fleet devices whose desired section is to be published, taken.
+    pub fn take_fleet_desired(&self) -> Vec<IdentityId> {
+        std::mem::take(&mut lock(&self.fleet).pending_desired)
+            .into_iter()
+            .collect()
+    }
+
+    /// Marks a fleet device's desired section to be published (again).
+    pub fn mark_fleet_desired(&self, id: &IdentityId) {
+        lock(&self.fleet).pending_desired.insert(id.clone());
+    }
+
+    /// Stores a message and wakes the readers waiting for one. A schema-valid security
+    /// message is parsed once into typed rows and run through the rules and recommendations,
+    /// stored with the message in one transaction.
     pub fn record_message(&self, message: &NewMessage) -> Result<i64, StoreError> {
-        let seq = self.store().insert_message(message)?;
-        if message.is_security && message.schema_valid {
+        let seq = if message.is_security && message.schema_valid {
             // The message is stored (and will be acknowledged) whatever the console makes
             // of it; a console failure is logged, not the device's problem.
-            if let Err(e) = self.ingest(seq, message) {
-                warn!(identity = %message.id, seq, "console ingest: {e}");
+            match self.ingest(message) {
+                Ok(Some(seq)) => seq,
+                Ok(None) => self.store().insert_message(message)?,
+                Err(e) => {
+                    warn!(identity = %message.id, "console ingest: {e}");
+                    self.store().insert_message(message)?
+                }
             }
-        }
+        } else {
+            self.store().insert_message(message)?
+        };
         let mut last = lock(&self.last_message);
         *last = (*last).max(seq);
         self.new_message.notify_all();
         Ok(seq)
     }
 
-    /// Parses a stored security message once into typed rows, runs the rules and the
-    /// recommendations over its events, and stores all of it in one transaction.
-    fn ingest(&self, seq: i64, message: &NewMessage) -> Result<(), StoreError> {
+    /// Parses a security message once into typed rows, runs the rules and the
+    /// recommendations over its events, and stores the message and all of it in one
+    /// transaction; `None` (nothing stored) when the body is not a security message after all.
+    fn ingest(&self, message: &NewMessage) -> Result<Option<i64>, StoreError> {
         let Some(parsed) = parse_message(&message.body) else {
-            return Ok(());
+            return Ok(None);
         };
         let device = message.id.to_string();
         let mut engine = lock(&self.engine);
@@ -285,13 +402,50 @@ impl Hub {
             }
         }
         let settings = *engine.settings();
-        let changed = self
+        let (seq, changed) = self
             .store()
-            .ingest(seq, &message.id, message.received_ms, &ingest, &settings)?;
+            .insert_message_ingested(message, &ingest, &settings)?;
         if !changed.is_empty() {
             info!(identity = %message.id, alerts = ?changed, "console: alerts raised");
         }
-        Ok(())
+        let now_hour = now_ms() / HOUR_MS;
+        let mut hours = lock(&self.event_hours);
+        for e in &ingest.events {
+            let hour = e.time_ms.div_euclid(HOUR_MS);
+            if (now_hour - 25..=now_hour + 1).contains(&hour) {
+                *hours.entry((hour, e.name.clone())).or_default() += 1;
+            }
+        }
+        Ok(Some(seq))
+    }
+
+    /// Registers a source of counters under `name` (`GET /v1/statistics`).
+    pub fn add_statistics(&self, name: &str, source: Statistics) {
+        lock(&self.statistics).insert(name.to_owned(), source);
+    }
+
+    /// Every registered source's counters, by name.
+    pub fn statistics(&self) -> Map<String, Value> {
+        let sources: Vec<(String, Statistics)> = lock(&self.statistics)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        sources.into_iter().map(|(k, f)| (k, (f.0)())).collect()
+    }
+
+    /// Fleet-wide event counts per name in the whole hours since `since_ms` (the hour that
+    /// holds `since_ms` included), from the running summary.
+    pub fn fleet_event_counts(&self, since_ms: i64) -> Vec<(String, i64)> {
+        let first = since_ms.div_euclid(HOUR_MS);
+        let mut hours = lock(&self.event_hours);
+        // Drop what no chart asks for any more (the map stays bounded).
+        let stale = now_ms() / HOUR_MS - 25;
+        hours.retain(|(hour, _), _| *hour >= stale);
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for ((_, name), n) in hours.range((first, String::new())..) {
+            *counts.entry(name.clone()).or_default() += n;
+        }
+        counts.into_iter().collect()
     }
 
     /// Stores a reported-properties patch, then runs the rules over the reported section.

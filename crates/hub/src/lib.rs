@@ -14,6 +14,10 @@
 //!   minimal HTTP/1.1 client, and the request parser the fuzz targets shape inputs with.
 //! - `service`: IoT Hub's service REST API over HTTPS (hyper, rustls); `service::routes` its
 //!   routes; `rollout` applies automatic configurations to twins through `hub`.
+//! - `fleet`: MQTT fleet ingest (`serve --mqtt-fleet`): one client connection to a broker,
+//!   the agents' messages, reported sections and status in, desired sections out (retained).
+//! - `webhook`: the alert webhook (`serve --alert-webhook`): new alerts and state changes
+//!   POSTed over verified HTTPS with an HMAC-SHA256 signature, retried, bounded, counted.
 //! - `datadir`, `token`: the data directory's ownership and modes, private files opened
 //!   without following links; the API's bearer token.
 //! - `console`: the fleet console's pure part - typed ingest, the rule engine,
@@ -38,6 +42,7 @@ pub mod configuration;
 pub mod connect;
 pub mod console;
 pub mod datadir;
+pub mod fleet;
 pub mod http;
 pub mod hub;
 pub mod keys;
@@ -55,3 +60,4 @@ pub mod token;
 pub mod twin;
 pub mod twin_query;
 pub mod web;
+pub mod webhook;

@@ -6,7 +6,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// What a receive found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +25,11 @@ pub(crate) enum Received {
 pub enum Link {
     /// Plain TCP (only with `serve --plain`).
     Plain(TcpStream),
-    /// TLS.
+    /// TLS (the server side of a client's connection, or the client side of the hub's own
+    /// connection to an MQTT broker).
     Tls {
         /// The TLS state.
-        tls: Box<ServerConnection>,
+        tls: Box<Connection>,
         /// The socket.
         socket: TcpStream,
     },
@@ -42,7 +44,19 @@ impl Link {
     pub fn tls(socket: TcpStream, config: Arc<ServerConfig>) -> io::Result<Link> {
         let tls = ServerConnection::new(config).map_err(io::Error::other)?;
         Ok(Link::Tls {
-            tls: Box::new(tls),
+            tls: Box::new(Connection::Server(tls)),
+            socket,
+        })
+    }
+
+    /// The client side of a TLS connection to `server` (name checked against its
+    /// certificate) over `socket`; the handshake runs as bytes are sent and received.
+    pub fn tls_client(socket: TcpStream, config: Arc<ClientConfig>, server: &str) -> io::Result<Link> {
+        let name = ServerName::try_from(server.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{server:?}: {e}")))?;
+        let tls = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        Ok(Link::Tls {
+            tls: Box::new(Connection::Client(tls)),
             socket,
         })
     }
@@ -121,7 +135,7 @@ impl Link {
     }
 }
 
-fn flush_tls(tls: &mut ServerConnection, socket: &mut TcpStream) -> io::Result<()> {
+fn flush_tls(tls: &mut Connection, socket: &mut TcpStream) -> io::Result<()> {
     while tls.wants_write() {
         tls.write_tls(socket)?;
     }

@@ -17,9 +17,11 @@ use clap::Parser;
 use serde_json::{json, Value};
 use twinguard_core::iothub::query::percent_encode;
 use twinguard_hub::console::rules::RuleSettings;
+use twinguard_hub::fleet::FleetSettings;
 use twinguard_hub::http::{call, HttpError};
 use twinguard_hub::server::{start, ServeOptions, LISTEN_FILE};
 use twinguard_hub::store::Retention;
+use twinguard_hub::webhook::{WebhookOptions, WebhookUrl};
 use twinguard_os::safefile::{read_limited, read_regular};
 
 use cli::{
@@ -104,6 +106,30 @@ fn secs_ms(secs: u64) -> i64 {
 
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose);
+    let flags = FleetSettings {
+        mqtt_fleet: args.mqtt_fleet.clone(),
+        mqtt_prefix: args.mqtt_prefix.clone(),
+        mqtt_ca: args.mqtt_ca.clone(),
+        mqtt_client_cert: args.mqtt_client_cert.clone(),
+        mqtt_client_key: args.mqtt_client_key.clone(),
+        mqtt_username: args.mqtt_username.clone(),
+        mqtt_password_file: args.mqtt_password_file.clone(),
+        mqtt_client_id: args.mqtt_client_id.clone(),
+        allow_insecure_password: args.allow_insecure_password.then_some(true),
+    };
+    let file = match &args.settings {
+        Some(path) => FleetSettings::load(path)?,
+        None => FleetSettings::default(),
+    };
+    let fleet = flags.over(file).options()?;
+    let webhook = match (&args.alert_webhook, &args.alert_webhook_secret_file) {
+        (Some(url), Some(secret_file)) => Some(WebhookOptions {
+            url: WebhookUrl::parse(url)?,
+            secret_file: secret_file.clone(),
+            ca: args.alert_webhook_ca.clone(),
+        }),
+        _ => None,
+    };
     let running = start(&ServeOptions {
         data_dir: cli.data_dir.clone(),
         listen: args.listen,
@@ -131,6 +157,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         },
         console_every: Duration::from_secs(args.console_check_secs.max(1)),
         rules_file: args.rules.clone(),
+        fleet: fleet.clone(),
+        webhook,
     })?;
     println!(
         "twinguard-hub {} for host name {}",
@@ -144,6 +172,12 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     println!("operator API:   http://{}", running.api);
     if let Some(service) = running.service {
         println!("service API:    https://{service} (twinguard-hub policy show iothubowner prints its connection string)");
+    }
+    if let Some(fleet) = &fleet {
+        println!(
+            "MQTT fleet:     {} (devices under {}/)",
+            fleet.broker, fleet.prefix
+        );
     }
     println!("CA certificate: {}", running.ca_file.display());
     println!(

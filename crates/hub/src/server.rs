@@ -64,6 +64,11 @@ pub struct ServeOptions {
     pub console_every: Duration,
     /// The custom rules file (`serve --rules`), watched for changes.
     pub rules_file: Option<PathBuf>,
+    }
+    /// Follow a fleet of MQTT-mode agents on a broker (`serve --mqtt-fleet`).
+    pub fleet: Option<crate::fleet::FleetOptions>,
+    /// POST alerts to a webhook (`serve --alert-webhook`).
+    pub webhook: Option<crate::webhook::WebhookOptions>,
 }
 
 /// A started hub.
@@ -236,6 +241,12 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
                 }
             }),
         )?);
+    }
+    if let Some(webhook) = &opts.webhook {
+        crate::webhook::start(hub.clone(), webhook)?;
+    }
+    if let Some(fleet) = &opts.fleet {
+        threads.push(crate::fleet::start(hub.clone(), fleet.clone())?);
     }
     if let (Some(listener), Some(bound)) = (service, service_addr) {
         let state = Arc::new(crate::service::ServiceState::new(hub.clone(), bound));

@@ -553,15 +553,12 @@ fn alerts_table(alerts: &[AlertRecord], csrf: &str, back: &str, with_device: boo
 }
 
 fn overview(hub: &Hub, csrf: &str) -> Result<Option<String>, StoreError> {
-    let (identities, agents, counts, events) = {
+    let (identities, agents, counts) = {
         let store = hub.store();
-        (
-            store.identities()?,
-            store.agents()?,
-            store.open_alert_counts()?,
-            store.event_counts(None, now_ms() - 24 * 3600 * 1000)?,
-        )
+        (store.identities()?, store.agents()?, store.open_alert_counts()?)
     };
+    // From the hub's running summary, not a count over a day of events per request.
+    let events = hub.fleet_event_counts(now_ms() - 24 * 3600 * 1000);
     let agents: HashMap<IdentityId, (String, i64)> = agents
         .into_iter()
         .map(|a| (a.identity, (a.agent_version, a.last_message_ms)))
@@ -579,7 +576,12 @@ fn overview(hub: &Hub, csrf: &str) -> Result<Option<String>, StoreError> {
     let shown: Vec<IdentityId> = identities
         .iter()
         .map(|r| r.id.clone())
-        .filter(|id| agents.contains_key(id) || id.module() == Some("azureiotsecurity"))
+        .filter(|id| {
+            agents.contains_key(id)
+                || id.module() == Some("azureiotsecurity")
+                // A device followed on the MQTT fleet broker (`serve --mqtt-fleet`).
+                || hub.fleet_device(id).is_some()
+        })
         .collect();
     let online = shown.iter().filter(|id| hub.is_connected(id)).count();
     let mut body = format!(

@@ -8,6 +8,7 @@
 //! - [`encode`]: a [`Packet`] -> bytes, refusing anything that is not valid 3.1.1.
 //! - [`PacketBuffer`]: bytes as they come off a socket -> packets, bounded.
 //! - [`topic`]: topic name and filter syntax, and filter matching (for a server).
+//! - [`url`]: broker URLs (`mqtt://`, `mqtts://`).
 //!
 //! Architecture Invariant: nothing here panics on any input (a property test feeds random
 //! bytes), and nothing here does IO or reads a clock.
@@ -17,6 +18,7 @@ mod decode;
 mod encode;
 mod packet;
 pub mod topic;
+pub mod url;
 
 pub use buffer::PacketBuffer;
 pub use decode::{decode, decode_remaining_length, Decoded, ProtocolError, MAX_REMAINING_LENGTH};

@@ -6,9 +6,12 @@
 //!   (`read_limited`) and the one atomic write (temporary `O_EXCL` file, fsync, `renameat`,
 //!   directory fsync); `try_lock` is a data directory's `flock`.
 //! - `signals`: blocking SIGINT/SIGTERM and taking them with `sigwait(2)`.
+//! - `tls`: the TLS client configuration (system roots plus a private CA, optional client
+//!   certificate) of every outgoing TLS connection.
 //! - [`euid`]: the effective user id.
 pub mod safefile;
 pub mod signals;
+pub mod tls;
 
 /// The effective user id of this process.
 pub fn euid() -> u32 {

@@ -207,7 +207,7 @@ impl ConnectionSettings {
                 if self.iothub_ca.is_some() {
                     return invalid("--iothub-ca is an IoT Hub setting; for a broker's CA use --mqtt-ca");
                 }
-                let broker = BrokerUrl::parse(url)?;
+                let broker = BrokerUrl::parse(url).map_err(MqttOptionsError::from)?;
                 let Some(device_id) = self.device_id.clone() else {
                     return invalid("MQTT mode needs --device-id ID");
                 };

@@ -170,7 +170,16 @@ impl Event {
     /// Reads an event back from its JSON (as [`Event::to_json`] writes it, or another agent's
     /// v1.0 event), checking what the schema checks on the envelope.
     pub fn from_json(json: &[u8]) -> Result<Event, EventError> {
-        let raw: RawEvent = serde_json::from_slice(json)?;
+        Event::from_raw(serde_json::from_slice(json)?)
+    }
+
+    /// [`Event::from_json`] over an already parsed JSON value (a member of a message's
+    /// `Events`), without writing it out and parsing it again.
+    pub fn from_value(value: serde_json::Value) -> Result<Event, EventError> {
+        Event::from_raw(serde_json::from_value(value)?)
+    }
+
+    fn from_raw(raw: RawEvent) -> Result<Event, EventError> {
         let invalid = |member, problem: String| EventError::Invalid { member, problem };
         let name = EventName::parse(&raw.name)
             .ok_or_else(|| invalid("Name", format!("unknown event name {:?}", raw.name)))?;
@@ -485,6 +494,11 @@ mod tests {
         assert!(broken("Extra", 1.into()).is_err());
         // The same instant written with another offset is fine.
         assert!(broken("TimestampUTC", "2026-11-28T19:21:00.123+00:00".into()).is_ok());
+        // From a parsed value: the same event, the same checks.
+        assert_eq!(Event::from_value(good.clone()).unwrap(), event);
+        let mut bad = good.clone();
+        bad["IsEmpty"] = true.into();
+        assert!(Event::from_value(bad).is_err());
     }
 
     #[test]

@@ -21,13 +21,17 @@ pub struct Ingested {
 /// messages the hub found schema-valid, so this is the rare corrupt row).
 pub fn parse_message(body: &[u8]) -> Option<Ingested> {
     let value: Value = serde_json::from_slice(body).ok()?;
-    let agent_version = value.get("AgentVersion")?.as_str()?.to_owned();
-    let events = value
-        .get("Events")?
-        .as_array()?
-        .iter()
-        .filter_map(|e| serde_json::to_vec(e).ok())
-        .filter_map(|json| Event::from_json(&json).ok())
+    let Value::Object(mut members) = value else {
+        return None;
+    };
+    let agent_version = members.get("AgentVersion")?.as_str()?.to_owned();
+    let Value::Array(events) = members.remove("Events")? else {
+        return None;
+    };
+    // Each event from the value already parsed: the body is parsed once.
+    let events = events
+        .into_iter()
+        .filter_map(|e| Event::from_value(e).ok())
         .collect();
     Some(Ingested {
         agent_version,

@@ -290,6 +290,69 @@ fn to_alert((cols, evidence): (AlertRecordCols, String)) -> Result<Option<AlertR
 }
 
 /// Folds findings into alerts; returns the ids of the alerts made or changed.
+/// What one security message adds to the console's tables, in `tx`; the alerts made or
+/// changed.
+pub(super) fn ingest_in(
+    tx: &Transaction<'_>,
+    seq: i64,
+    id: &IdentityId,
+    received_ms: i64,
+    ingest: &Ingest,
+    settings: &RuleSettings,
+    retention: Retention,
+) -> Result<Vec<i64>, StoreError> {
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (message_seq, device_id, module_id, event_id, name, time_ms, received_ms, items, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for e in &ingest.events {
+            insert.execute(params![
+                seq,
+                id.device(),
+                module_col(id),
+                e.event_id,
+                e.name,
+                e.time_ms,
+                received_ms,
+                i64::try_from(e.items).unwrap_or(i64::MAX),
+                e.summary
+            ])?;
+        }
+    }
+    let last = tx.last_insert_rowid();
+    tx.prepare_cached("DELETE FROM events WHERE id <= ?1")?
+        .execute(params![last.saturating_sub(
+            i64::try_from(retention.max_events).unwrap_or(i64::MAX)
+        )])?;
+    tx.prepare_cached(
+        "INSERT INTO agents (device_id, module_id, agent_version, last_message_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device_id, module_id) DO UPDATE SET agent_version = ?3, last_message_ms = MAX(last_message_ms, ?4)",
+    )?
+    .execute(params![id.device(), module_col(id), ingest.agent_version, received_ms])?;
+    for (source, list) in &ingest.recommendations {
+        tx.execute(
+            "DELETE FROM recommendations WHERE device_id = ?1 AND module_id = ?2 AND source = ?3",
+            params![id.device(), module_col(id), source],
+        )?;
+        for r in list {
+            tx.execute(
+                "INSERT OR REPLACE INTO recommendations (device_id, module_id, source, kind, key, severity, title, remediation, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![id.device(), module_col(id), source, r.kind, r.key, r.severity.as_str(), r.title, r.remediation, received_ms],
+            )?;
+        }
+    }
+    for (name, time_ms, payload) in &ingest.snapshots {
+        tx.execute(
+            "INSERT INTO snapshots (device_id, module_id, name, time_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (device_id, module_id, name) DO UPDATE SET time_ms = ?4, payload = ?5 WHERE ?4 >= time_ms",
+            params![id.device(), module_col(id), name, time_ms, payload],
+        )?;
+    }
+    raise_in(tx, id, &ingest.findings, settings, received_ms)
+}
+
 fn raise_in(
     tx: &Transaction<'_>,
     id: &IdentityId,
@@ -389,56 +452,7 @@ impl Store {
         settings: &RuleSettings,
     ) -> Result<Vec<i64>, StoreError> {
         let tx = self.conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (message_seq, device_id, module_id, event_id, name, time_ms, received_ms, items, summary)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for e in &ingest.events {
-                insert.execute(params![
-                    seq,
-                    id.device(),
-                    module_col(id),
-                    e.event_id,
-                    e.name,
-                    e.time_ms,
-                    received_ms,
-                    i64::try_from(e.items).unwrap_or(i64::MAX),
-                    e.summary
-                ])?;
-            }
-        }
-        let last = tx.last_insert_rowid();
-        tx.execute(
-            "DELETE FROM events WHERE id <= ?1",
-            params![last.saturating_sub(i64::try_from(self.retention.max_events).unwrap_or(i64::MAX))],
-        )?;
-        tx.execute(
-            "INSERT INTO agents (device_id, module_id, agent_version, last_message_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (device_id, module_id) DO UPDATE SET agent_version = ?3, last_message_ms = MAX(last_message_ms, ?4)",
-            params![id.device(), module_col(id), ingest.agent_version, received_ms],
-        )?;
-        for (source, list) in &ingest.recommendations {
-            tx.execute(
-                "DELETE FROM recommendations WHERE device_id = ?1 AND module_id = ?2 AND source = ?3",
-                params![id.device(), module_col(id), source],
-            )?;
-            for r in list {
-                tx.execute(
-                    "INSERT OR REPLACE INTO recommendations (device_id, module_id, source, kind, key, severity, title, remediation, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![id.device(), module_col(id), source, r.kind, r.key, r.severity.as_str(), r.title, r.remediation, received_ms],
-                )?;
-            }
-        }
-        for (name, time_ms, payload) in &ingest.snapshots {
-            tx.execute(
-                "INSERT INTO snapshots (device_id, module_id, name, time_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (device_id, module_id, name) DO UPDATE SET time_ms = ?4, payload = ?5 WHERE ?4 >= time_ms",
-                params![id.device(), module_col(id), name, time_ms, payload],
-            )?;
-        }
-        let changed = raise_in(&tx, id, &ingest.findings, settings, received_ms)?;
+        let changed = ingest_in(&tx, seq, id, received_ms, ingest, settings, self.retention)?;
         tx.commit()?;
         Ok(changed)
     }
@@ -655,11 +669,17 @@ impl Store {
         name: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        // Two statements, not one with `?1 IS NULL OR ...`: SQLite plans a statement once, and
+        // such an OR keeps it from using the identity's index (a full scan at fleet size).
+        let mut stmt = self.conn.prepare_cached(if id.is_some() {
             "SELECT device_id, module_id, event_id, name, time_ms, received_ms, items, summary FROM events
-             WHERE (?1 IS NULL OR (device_id = ?1 AND module_id = ?2)) AND (?3 IS NULL OR name = ?3)
-             ORDER BY time_ms DESC, id DESC LIMIT ?4",
-        )?;
+             WHERE device_id = ?1 AND module_id = ?2 AND (?3 IS NULL OR name = ?3)
+             ORDER BY time_ms DESC, id DESC LIMIT ?4"
+        } else {
+            "SELECT device_id, module_id, event_id, name, time_ms, received_ms, items, summary FROM events
+             WHERE ?1 IS NULL AND ?2 IS NULL AND (?3 IS NULL OR name = ?3)
+             ORDER BY time_ms DESC, id DESC LIMIT ?4"
+        })?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(
             params![id.map(IdentityId::device), id.map(module_col), name, limit],
@@ -694,15 +714,30 @@ impl Store {
         id: Option<&IdentityId>,
         since_ms: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        // Two statements for the same reason as in `recent_events`.
+        let mut stmt = self.conn.prepare_cached(if id.is_some() {
             "SELECT name, COUNT(*) FROM events
-             WHERE (?1 IS NULL OR (device_id = ?1 AND module_id = ?2)) AND time_ms >= ?3
-             GROUP BY name ORDER BY name",
-        )?;
+             WHERE device_id = ?1 AND module_id = ?2 AND time_ms >= ?3
+             GROUP BY name ORDER BY name"
+        } else {
+            "SELECT name, COUNT(*) FROM events
+             WHERE ?1 IS NULL AND ?2 IS NULL AND time_ms >= ?3
+             GROUP BY name ORDER BY name"
+        })?;
         let rows = stmt.query_map(
             params![id.map(IdentityId::device), id.map(module_col), since_ms],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
         )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Event counts of the whole fleet per hour (of event time, Unix milliseconds / 3,600,000)
+    /// and name since `since_ms`: what the hub's running summary starts from.
+    pub fn event_counts_by_hour(&self, since_ms: i64) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT time_ms / 3600000, name, COUNT(*) FROM events WHERE time_ms >= ?1 GROUP BY 1, 2",
+        )?;
+        let rows = stmt.query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -265,7 +265,7 @@ fn browser_check(hub: &Hub, device: &str, alert: i64) {
 }
 
 /// A web request with a form body (empty: none) and extra header lines.
-fn web(hub: &Hub, method: &str, path: &str, headers: &str, form: &str) -> (u16, String) {
+pub fn web(hub: &Hub, method: &str, path: &str, headers: &str, form: &str) -> (u16, String) {
     let api = hub.api;
     let body = if form.is_empty() {
         String::new()
@@ -292,7 +292,7 @@ fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Logs in; returns the `Cookie:` header line and the page's CSRF token.
-fn log_in(hub: &Hub) -> (String, String) {
+pub fn log_in(hub: &Hub) -> (String, String) {
     let (status, answer) = web(hub, "POST", "/login", "", &format!("token={}", hub.token));
     assert_eq!(status, 303, "{answer}");
     let cookie = header(&answer, "set-cookie").expect("a session cookie");
