@@ -338,6 +338,7 @@ fn main() {
         },
         rules: RuleSettings::default(),
         console_every: Duration::from_secs(3600),
+        rules_file: None,
         fleet: None,
         webhook: None,
     })

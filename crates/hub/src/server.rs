@@ -64,7 +64,6 @@ pub struct ServeOptions {
     pub console_every: Duration,
     /// The custom rules file (`serve --rules`), watched for changes.
     pub rules_file: Option<PathBuf>,
-    }
     /// Follow a fleet of MQTT-mode agents on a broker (`serve --mqtt-fleet`).
     pub fleet: Option<crate::fleet::FleetOptions>,
     /// POST alerts to a webhook (`serve --alert-webhook`).

@@ -7,7 +7,9 @@
 
 use twinguard_core::event::ExtraDetails;
 
-use super::procinfo::MAX_CMDLINE;
+/// Most bytes of a command line kept (the rest is cut and flagged): a message holds the event,
+/// and an argument list can be megabytes long.
+pub(crate) const MAX_CMDLINE: usize = 8192;
 
 /// Most bytes of `ExtraDetails.Argv` (the JSON text): the same bound as `CommandLine`, so a
 /// process event is at most about twice 8 KiB.

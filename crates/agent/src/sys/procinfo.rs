@@ -13,9 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::execfacts::{self, ExecFacts};
 
-/// Most bytes of a command line kept (the rest is cut and flagged): a message holds the event,
-/// and an argument list can be megabytes long.
-pub(crate) const MAX_CMDLINE: usize = 8192;
+pub(crate) use super::execfacts::MAX_CMDLINE;
 /// Most bytes read from `stat` or `status` (real ones are under 2 KiB).
 const MAX_SMALL_FILE: usize = 16 * 1024;
 
