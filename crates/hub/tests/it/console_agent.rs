@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::agent::{agent_binary, Agent};
 use crate::console::{cli_alerts, find};
-use crate::support::{scratch, skip, wait_until, Hub, CONFIG_KEY, MODULE};
+use crate::support::{machine_wide, scratch, skip, wait_until, Hub, CONFIG_KEY, MODULE};
 
 /// Desired properties for an agent that reports every second and snapshots every 2 s.
 fn fast_twin() -> Value {
@@ -89,6 +89,7 @@ fn unique(prefix: &str) -> String {
 
 #[test]
 fn a_custom_rules_file_raises_alerts_through_ingest_and_reloads() {
+    let _one_at_a_time = machine_wide();
     let bin = match agent_binary() {
         Ok(b) => b,
         Err(reason) => return skip(&reason),
@@ -243,6 +244,7 @@ fn good_su(su: &Path) {
 
 #[test]
 fn brute_force_by_su_a_user_added_and_a_new_listening_port() {
+    let _one_at_a_time = machine_wide();
     let bin = match agent_binary() {
         Ok(b) => b,
         Err(reason) => return skip(&reason),
@@ -425,6 +427,7 @@ impl Drop for Netns {
 
 #[test]
 fn nft_flush_in_a_network_namespace_disables_the_firewall() {
+    let _one_at_a_time = machine_wide();
     let bin = match agent_binary() {
         Ok(b) => b,
         Err(reason) => return skip(&reason),

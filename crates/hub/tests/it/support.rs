@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -35,6 +36,14 @@ pub fn skip(reason: &str) {
 }
 
 /// `target/` of the workspace.
+/// Held for the whole of a test whose real agent watches the whole machine and whose checks
+/// include a near miss (no alert for X): such tests would see each other's programs, logins
+/// and firewall changes, so they run one at a time.
+pub fn machine_wide() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn target_dir() -> PathBuf {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().map(Path::to_path_buf).unwrap_or(tmp)
